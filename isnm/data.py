@@ -1,0 +1,161 @@
+"""Data sets held as whole tensors on the training device, with augmentation as batched tensor ops.
+
+digits (scikit-learn's 8x8 handwritten digits, shipped with the package) is the embedded default;
+cifar10 and cifar100 are read from CIFAR's "python version" files under `data_dir`.
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DATASETS = ("digits", "cifar10", "cifar100")
+DIGITS_SPLIT_SEED = 0  # fixed, so every run of every study sees the same digits test set
+DIGITS_TEST_FRACTION = 0.25
+
+CIFAR = {
+    "cifar10": {"folder": "cifar-10-batches-py", "train": [f"data_batch_{i}" for i in range(1, 6)],
+                "test": ["test_batch"], "labels": b"labels", "classes": 10,
+                "url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                "mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616)},
+    "cifar100": {"folder": "cifar-100-python", "train": ["train"], "test": ["test"],
+                 "labels": b"fine_labels", "classes": 100,
+                 "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                 "mean": (0.5071, 0.4865, 0.4409), "std": (0.2673, 0.2564, 0.2762)},
+}
+
+
+class DataError(Exception):
+    """A data set cannot be found or read; the message says where it was looked for and what to do."""
+
+
+@dataclass
+class Dataset:
+    train_x: torch.Tensor  # [N, C, H, W] float, normalized, on the training device
+    train_y: torch.Tensor  # [N] int64
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    augment: bool  # random crop (padding 4) and horizontal flip while training
+
+    @property
+    def in_channels(self) -> int:
+        return self.train_x.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.train_x.shape[-1]
+
+
+def normalized(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+def load_digits(device: torch.device) -> Dataset:
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(bunch.target, dtype=torch.int64)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
+    n_test = int(len(y) * DIGITS_TEST_FRACTION)
+    test, train = order[:n_test], order[n_test:]
+    mean, std = x[train].mean().reshape(1), x[train].std().reshape(1)
+    return Dataset(normalized(x[train], mean, std).to(device), y[train].to(device),
+                   normalized(x[test], mean, std).to(device), y[test].to(device), 10, augment=False)
+
+
+def read_cifar_files(folder: Path, names: list[str], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for name in names:
+        with open(folder / name, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")  # CIFAR's own format; files from the official archive
+        xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(batch[label_key], dtype=np.int64))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def cifar_missing(root: Path, name: str) -> list[str]:
+    spec = CIFAR[name]
+    folder = root / spec["folder"]
+    return [f for f in spec["train"] + spec["test"] if not (folder / f).is_file()]
+
+
+def download_cifar(root: Path, name: str) -> None:
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    try:
+        cls(str(root), train=True, download=True)
+    except Exception as exc:  # network errors come in many types; all end the same way for the user
+        raise DataError(f"{name}: download from {CIFAR[name]['url']} into {root} failed ({exc}); "
+                        f"download it by hand and unpack it there") from exc
+
+
+def load_cifar(name: str, data_dir: str, download: bool, device: torch.device) -> Dataset:
+    spec = CIFAR[name]
+    root = Path(data_dir).expanduser().resolve()
+    if cifar_missing(root, name) and download:
+        download_cifar(root, name)
+    missing = cifar_missing(root, name)
+    if missing:
+        raise DataError(f"{name}: files {', '.join(missing)} not found in {root / spec['folder']}; "
+                        f"set download: true, or unpack {spec['url']} into {root}")
+    folder = root / spec["folder"]
+    try:
+        train_x, train_y = read_cifar_files(folder, spec["train"], spec["labels"])
+        test_x, test_y = read_cifar_files(folder, spec["test"], spec["labels"])
+    except (OSError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+        raise DataError(f"{name}: cannot read {folder} ({exc}); delete it and download again") from exc
+    mean, std = torch.tensor(spec["mean"]), torch.tensor(spec["std"])
+
+    def prepared(x: np.ndarray) -> torch.Tensor:
+        return normalized(torch.from_numpy(x).float() / 255.0, mean, std).to(device)
+
+    return Dataset(prepared(train_x), torch.from_numpy(train_y).to(device),
+                   prepared(test_x), torch.from_numpy(test_y).to(device), spec["classes"], augment=True)
+
+
+def load_dataset(name: str, data_dir: str = "./data", download: bool = False,
+                 device: torch.device | str = "cpu") -> Dataset:
+    device = torch.device(device)
+    if name == "digits":
+        return load_digits(device)
+    if name in CIFAR:
+        return load_cifar(name, data_dir, download, device)
+    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+
+
+def augmented(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Random crop (zero padding, which is the mean colour after normalization) and horizontal flip."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=x.device)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=x.device)
+    flip = torch.rand(b, generator=generator, device=x.device) < 0.5
+    rows = (dy[:, None] + torch.arange(h, device=x.device)).view(b, 1, h, 1)
+    cols = dx[:, None] + torch.arange(w, device=x.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols).view(b, 1, 1, w)
+    batch = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+    chan = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[batch, chan, rows, cols]
+
+
+def train_batches(data: Dataset, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of shuffled (and, for CIFAR, augmented) training batches; the last partial batch is kept."""
+    n = len(data.train_y)
+    order = torch.randperm(n, generator=generator, device=generator.device).to(data.train_x.device)
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        x = data.train_x[idx]
+        yield (augmented(x, generator) if data.augment else x), data.train_y[idx]
+
+
+def test_batches(data: Dataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, len(data.test_y), batch_size):
+        yield data.test_x[start:start + batch_size], data.test_y[start:start + batch_size]

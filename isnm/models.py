@@ -1,0 +1,102 @@
+"""ISNM networks: a conv encoder run once per image, ISNM blocks over time, a mean-current readout.
+
+A block is conv -> BN -> (max-pool) -> ISNM: pooling and batch norm act on current, which is what
+ISNM makes possible (paper section 2.1). Tensors with time are [T, B, ...]; the stateless layers
+fold T into the batch.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from isnm.neuron import ISNM
+
+ARCHS = ("tiny", "vgg_small", "resnet18")
+
+
+class TimeFolded(nn.Sequential):
+    """Stateless layers applied to [T, B, ...] as one [T*B, ...] batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x.flatten(0, 1))
+        return y.view(x.shape[0], x.shape[1], *y.shape[1:])
+
+
+def conv_bn(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout)]
+
+
+class SpikingNet(nn.Module):
+    """encoder (once per image) -> broadcast over T -> body (spikes) -> head (current) -> mean over T."""
+
+    def __init__(self, encoder: nn.Module, body: nn.Module, head: nn.Module, timesteps: int):
+        super().__init__()
+        if timesteps < 1:
+            raise ValueError(f"timesteps must be >= 1, got {timesteps!r}")
+        self.encoder, self.body, self.head, self.timesteps = encoder, body, head, timesteps
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        current = self.encoder(images)
+        current = current.unsqueeze(0).expand(self.timesteps, *current.shape)
+        return self.head(self.body(current)).mean(0)
+
+
+class SpikingBasicBlock(nn.Module):
+    """ResNet BasicBlock with ISNM in place of ReLU; the shortcut adds to the second current."""
+
+    def __init__(self, cin: int, cout: int, stride: int, neuron: dict):
+        super().__init__()
+        self.branch = nn.Sequential(TimeFolded(*conv_bn(cin, cout, stride)), ISNM(**neuron),
+                                    TimeFolded(*conv_bn(cout, cout)))
+        self.shortcut = (TimeFolded(*conv_bn(cin, cout, stride, kernel=1))
+                         if stride != 1 or cin != cout else nn.Identity())
+        self.neuron = ISNM(**neuron)
+
+    def forward(self, spikes: torch.Tensor) -> torch.Tensor:
+        return self.neuron(self.branch(spikes) + self.shortcut(spikes))
+
+
+def vgg_small(num_classes: int, in_channels: int, image_size: int, timesteps: int, neuron: dict) -> SpikingNet:
+    # VGG-9 (64 64 M 128 128 M 256 256 256 M) after one conv coding layer, one FC layer (paper 3.1)
+    plan = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M"]
+    layers: list[nn.Module] = [ISNM(**neuron)]
+    cin, size = 64, image_size
+    for i, item in enumerate(plan):
+        if item == "M":
+            continue
+        block = conv_bn(cin, item)
+        if i + 1 < len(plan) and plan[i + 1] == "M":
+            block.append(nn.MaxPool2d(2))
+            size //= 2
+        layers += [TimeFolded(*block), ISNM(**neuron)]
+        cin = item
+    head = TimeFolded(nn.Flatten(), nn.Linear(cin * size * size, num_classes))
+    return SpikingNet(nn.Sequential(*conv_bn(in_channels, 64)), nn.Sequential(*layers), head, timesteps)
+
+
+def resnet18(num_classes: int, in_channels: int, image_size: int, timesteps: int, neuron: dict) -> SpikingNet:
+    # CIFAR ResNet-18: 3x3 stem as the encoder, BasicBlocks [2, 2, 2, 2]
+    layers: list[nn.Module] = [ISNM(**neuron)]
+    cin = 64
+    for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+        layers += [SpikingBasicBlock(cin, cout, stride, neuron), SpikingBasicBlock(cout, cout, 1, neuron)]
+        cin = cout
+    head = TimeFolded(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+    return SpikingNet(nn.Sequential(*conv_bn(in_channels, 64)), nn.Sequential(*layers), head, timesteps)
+
+
+def tiny(num_classes: int, in_channels: int, image_size: int, timesteps: int, neuron: dict) -> SpikingNet:
+    # two conv layers, for 8x8 digits and for tests
+    body = nn.Sequential(ISNM(**neuron), TimeFolded(*conv_bn(32, 64), nn.MaxPool2d(2)), ISNM(**neuron))
+    head = TimeFolded(nn.Flatten(), nn.Linear(64 * (image_size // 2) ** 2, num_classes))
+    return SpikingNet(nn.Sequential(*conv_bn(in_channels, 32)), body, head, timesteps)
+
+
+def build_model(arch: str, num_classes: int, in_channels: int = 3, timesteps: int = 5, tau: float = 2.0,
+                threshold: float = 1.0, reset: str = "hard", image_size: int = 32) -> SpikingNet:
+    """An ISNM network mapping images [B, C, H, W] (H = W = image_size) to logits [B, num_classes]."""
+    builders = {"tiny": tiny, "vgg_small": vgg_small, "resnet18": resnet18}
+    if arch not in builders:
+        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
+    neuron = {"tau": tau, "threshold": threshold, "reset": reset}
+    return builders[arch](num_classes, in_channels, image_size, timesteps, neuron)

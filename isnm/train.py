@@ -1,0 +1,265 @@
+"""One training run of an ISNM network: `train(config, on_epoch, resume_state) -> final metrics`.
+
+Also a command line: `python -m isnm.train --set arch=tiny --set epochs=5`.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Union
+
+import torch
+from torch import nn
+
+from isnm.config import ConfigError, check, join, parse_dataclass, to_dict
+from isnm.data import DATASETS, DataError, Dataset, load_dataset, test_batches, train_batches
+from isnm.models import ARCHS, build_model
+from isnm.neuron import ISNM, RESETS, set_surrogate
+from isnm.surrogate import ALPHA_RULES, alpha_for, beta_at
+
+EVAL_BATCH_SIZE = 1000
+
+
+@dataclass
+class NeuronConfig:
+    tau: float = 2.0  # membrane decay is 1/tau
+    threshold: float = 1.0
+    reset: Literal[RESETS] = "hard"
+
+    def check(self, path: str) -> None:
+        check(self.tau > 0, join(path, "tau"), self.tau, "a number > 0")
+        check(self.threshold > 0, join(path, "threshold"), self.threshold, "a number > 0")
+
+
+@dataclass
+class SurrogateConfig:
+    schedule: Literal["gradual", "fixed"] = "gradual"  # gradual = GSG, eq. 7; fixed = beta throughout
+    beta: float = 5.0  # the fixed schedule's beta
+    beta_min: float = 0.5  # the gradual schedule's first-epoch beta ...
+    beta_max: float = 5.0  # ... and last-epoch beta
+    alpha: Union[Literal[ALPHA_RULES], float] = "paper"  # eq. 8, or another rule, or a constant
+
+    def check(self, path: str) -> None:
+        check(self.beta > 0, join(path, "beta"), self.beta, "a number > 0")
+        check(self.beta_min > 0, join(path, "beta_min"), self.beta_min, "a number > 0")
+        check(self.beta_max >= self.beta_min, join(path, "beta_max"), self.beta_max,
+              f"a number >= beta_min ({self.beta_min})")
+        if not isinstance(self.alpha, str):
+            check(self.alpha > 0, join(path, "alpha"), self.alpha, f"one of {ALPHA_RULES} or a number > 0")
+
+
+@dataclass
+class TrainConfig:
+    # The paper's recipe (section 3.1): Adam, lr 1e-3, weight decay 1e-4, cross-entropy.
+    # Data set, architecture and length default to the embedded digits demo.
+    dataset: Literal[DATASETS] = "digits"
+    data_dir: str = "./data"
+    download: bool = False
+    arch: Literal[ARCHS] = "tiny"
+    timesteps: int = 5
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    device: str = "auto"  # auto = CUDA when present, else CPU
+    neuron: NeuronConfig = field(default_factory=NeuronConfig)
+    surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
+
+    def check(self, path: str) -> None:
+        for key in ("timesteps", "epochs", "batch_size"):
+            check(getattr(self, key) >= 1, join(path, key), getattr(self, key), "an integer >= 1")
+        check(self.lr > 0, join(path, "lr"), self.lr, "a number > 0")
+        check(self.weight_decay >= 0, join(path, "weight_decay"), self.weight_decay, "a number >= 0")
+        check(self.device in ("auto", "cpu") or self.device.startswith("cuda"), join(path, "device"),
+              self.device, "'auto', 'cpu' or 'cuda[:N]'")
+
+
+def parse_config(config: dict, path: str = "") -> TrainConfig:
+    """A validated TrainConfig from plain data; raises ConfigError naming the bad key."""
+    return parse_dataclass(TrainConfig, config, path)
+
+
+def default_config() -> dict:
+    return to_dict(TrainConfig())
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, step: int, loss: float):
+        self.epoch, self.step, self.loss = epoch, step, loss
+        super().__init__(f"training diverged: loss {loss} at epoch {epoch}, step {step}")
+
+
+def surrogate_at(cfg: SurrogateConfig, epoch_index: int, epochs: int) -> tuple[float, float]:
+    """(alpha, beta) for 0-based epoch `epoch_index`; GSG spans beta_min on the first to beta_max on the last."""
+    if cfg.schedule == "gradual":
+        beta = beta_at(epoch_index, epochs - 1, cfg.beta_min, cfg.beta_max)
+    else:
+        beta = cfg.beta
+    return alpha_for(beta, cfg.alpha), beta
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset) -> tuple[float, float]:
+    """(test accuracy, mean firing rate over all ISNM neurons) on the test set."""
+    model.eval()
+    fired = torch.zeros((), dtype=torch.float64, device=data.test_x.device)
+    count = 0
+
+    def record(module, inputs, spikes):
+        nonlocal fired, count
+        fired += spikes.sum(dtype=torch.float64)
+        count += spikes.numel()
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, ISNM)]
+    correct = torch.zeros((), dtype=torch.int64, device=data.test_x.device)
+    try:
+        for x, y in test_batches(data, EVAL_BATCH_SIZE):
+            correct += (model(x).argmax(1) == y).sum()
+    finally:
+        for h in hooks:
+            h.remove()
+    return correct.item() / len(data.test_y), (fired / max(count, 1)).item()
+
+
+def rng_state(generator: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "data": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["data"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
+          resume_state: dict | None = None) -> dict:
+    """Train one ISNM network; returns the last epoch's metrics.
+
+    `on_epoch(metrics, state)` runs after every epoch; `state` (model, optimizer, epoch, RNG states)
+    is a copy that `resume_state` accepts, and resuming from it reproduces the uninterrupted run.
+    Raises ConfigError (bad config), DataError (data set missing) or TrainingDiverged.
+    """
+    cfg = parse_config(config)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, device)
+    model = build_model(cfg.arch, data.num_classes, data.in_channels, cfg.timesteps, cfg.neuron.tau,
+                        cfg.neuron.threshold, cfg.neuron.reset, data.image_size).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    start = 0
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        restore_rng(resume_state["rng"], generator)
+        start = resume_state["epoch"]
+    loss_fn = nn.CrossEntropyLoss()
+    metrics: dict = {}
+    for epoch in range(start + 1, cfg.epochs + 1):
+        began = time.perf_counter()
+        alpha, beta = surrogate_at(cfg.surrogate, epoch - 1, cfg.epochs)
+        set_surrogate(model, alpha, beta)
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        for step, (x, y) in enumerate(train_batches(data, cfg.batch_size, generator), start=1):
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            if not math.isfinite(loss.item()):
+                raise TrainingDiverged(epoch, step, loss.item())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+        n = len(data.train_y)
+        test_acc, spike_rate = evaluate(model, data)
+        metrics = {"epoch": epoch, "train_loss": loss_sum.item() / n, "train_acc": correct.item() / n,
+                   "test_acc": test_acc, "beta": beta, "alpha": alpha,
+                   "epoch_seconds": time.perf_counter() - began, "spike_rate": spike_rate}
+        if on_epoch is not None:
+            state = {"model": copy.deepcopy(model.state_dict()),
+                     "optimizer": copy.deepcopy(optimizer.state_dict()),
+                     "epoch": epoch, "rng": rng_state(generator)}
+            on_epoch(dict(metrics), state)
+    return metrics
+
+
+def value_of(text: str) -> Any:
+    """A --set value: true/false, a number, a list, else the text itself."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def with_override(config: dict, dotted: str, value: Any) -> dict:
+    """A copy of nested `config` with `dotted` (e.g. "surrogate.beta_min") set to `value`."""
+    out = copy.deepcopy(config)
+    node = out
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(dotted, f"{key!r} is not a mapping")
+    node[leaf] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m isnm.train", description="Train one ISNM network.")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, dotted keys, e.g. --set surrogate.schedule=fixed")
+    args = parser.parse_args(argv)
+    config: dict = {}
+    try:
+        for item in args.set:
+            key, sep, text = item.partition("=")
+            if not sep:
+                raise ConfigError("--set", f"got {item!r}, expected KEY=VALUE")
+            config = with_override(config, key, value_of(text))
+        cfg = parse_config(config)
+    except ConfigError as exc:
+        print(f"error: --set {exc}", file=sys.stderr)
+        return 2
+    print(f"training {cfg.arch} on {cfg.dataset}, T={cfg.timesteps}, {cfg.epochs} epochs, "
+          f"surrogate {cfg.surrogate.schedule}, reset {cfg.neuron.reset}")
+
+    def progress(metrics: dict, state: dict) -> None:
+        done = metrics["epoch"]
+        bar = "#" * round(30 * done / cfg.epochs)
+        print(f"\r[{bar:<30}] epoch {done}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  "
+              f"test_acc {metrics['test_acc']:.4f}  beta {metrics['beta']:.3f}  "
+              f"{metrics['epoch_seconds']:.1f}s", end="" if done < cfg.epochs else "\n", flush=True)
+
+    try:
+        final = train(config, on_epoch=progress)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("final: " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in final.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from isnm.data import DataError, augmented, load_dataset, train_batches
+from tests.cifar_files import write_fake_cifar
+
+
+def test_digits_split_is_fixed_and_disjoint():
+    a, b = load_dataset("digits"), load_dataset("digits")
+    assert torch.equal(a.test_x, b.test_x) and torch.equal(a.train_y, b.train_y)
+    assert a.train_x.shape[1:] == (1, 8, 8) and len(a.train_y) + len(a.test_y) == 1797
+    train = {tuple(r) for r in a.train_x.flatten(1).tolist()}
+    assert not any(tuple(r) in train for r in a.test_x.flatten(1).tolist()[:50])
+    assert abs(a.train_x.mean().item()) < 1e-5 and a.num_classes == 10 and not a.augment
+
+
+@pytest.mark.parametrize("name, classes, train_files", [("cifar10", 10, 5), ("cifar100", 100, 1)])
+def test_cifar_is_read_from_its_on_disk_format(tmp_path, name, classes, train_files):
+    write_fake_cifar(tmp_path, name, per_file=6)
+    data = load_dataset(name, str(tmp_path))
+    assert data.train_x.shape == (6 * train_files, 3, 32, 32) and data.test_x.shape == (6, 3, 32, 32)
+    assert data.num_classes == classes and data.augment and data.train_y.dtype == torch.int64
+
+
+def test_cifar_pixels_keep_their_layout(tmp_path):
+    folder = write_fake_cifar(tmp_path, "cifar10", per_file=2)
+    import pickle
+    with open(folder / "test_batch", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")[b"data"][0].reshape(3, 32, 32)
+    data = load_dataset("cifar10", str(tmp_path))
+    red = data.test_x[0, 0] * 0.2470 + 0.4914
+    torch.testing.assert_close(red, torch.tensor(raw[0], dtype=torch.float32) / 255, atol=1e-5, rtol=0)
+
+
+def test_missing_cifar_says_where_and_how(tmp_path):
+    with pytest.raises(DataError, match=f"not found in {tmp_path}.*download: true"):
+        load_dataset("cifar10", str(tmp_path), download=False)
+
+
+def test_augmentation_is_a_padded_crop_maybe_flipped():
+    x = torch.randn(16, 3, 8, 8)
+    out = augmented(x, torch.Generator().manual_seed(0), padding=2)
+    padded = F.pad(x, (2, 2, 2, 2))
+    for i in range(16):
+        crops = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(out[i], c) or torch.equal(out[i], c.flip(-1)) for c in crops)
+    assert not torch.equal(out, x)
+
+
+def test_train_batches_cover_the_set_once_per_epoch(tmp_path):
+    data = load_dataset("digits")
+    ys = torch.cat([y for _, y in train_batches(data, 100, torch.Generator().manual_seed(0))])
+    assert torch.equal(ys.sort().values, data.train_y.sort().values)

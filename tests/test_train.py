@@ -1,0 +1,93 @@
+import dataclasses
+import math
+
+import pytest
+import torch
+
+import isnm.train as train_module
+from isnm.config import ConfigError
+from isnm.train import TrainingDiverged, default_config, main, parse_config, surrogate_at, train
+
+
+def test_defaults_are_the_papers_recipe():
+    cfg = parse_config({})
+    assert (cfg.lr, cfg.weight_decay, cfg.surrogate.alpha) == (1e-3, 1e-4, "paper")
+
+
+@pytest.mark.parametrize("config, path, words", [
+    ({"epocs": 3}, "epocs", "did you mean 'epochs'"),
+    ({"epochs": "ten"}, "epochs", "expected an integer"),
+    ({"epochs": 0}, "epochs", ">= 1"),
+    ({"timesteps": 2.5}, "timesteps", "an integer"),
+    ({"neuron": {"tau": 0}}, "neuron.tau", "> 0"),
+    ({"neuron": {"reset": "medium"}}, "neuron.reset", "'hard' or 'soft'"),
+    ({"surrogate": {"beta_min": 3.0, "beta_max": 2.0}}, "surrogate.beta_max", ">= beta_min"),
+    ({"surrogate": {"alpha": "steep"}}, "surrogate.alpha", "'paper' or 'unit_peak' or a number"),
+    ({"dataset": "mnist"}, "dataset", "'digits' or 'cifar10' or 'cifar100'"),
+    ({"arch": "vgg16"}, "arch", "'tiny' or 'vgg_small' or 'resnet18'"),
+])
+def test_bad_config_names_the_key(config, path, words):
+    with pytest.raises(ConfigError, match=words) as info:
+        parse_config(config)
+    assert info.value.path == path
+
+
+def test_gradual_schedule_spans_beta_min_to_beta_max():
+    cfg = parse_config({"surrogate": {"beta_min": 0.2, "beta_max": 20.0}}).surrogate
+    assert surrogate_at(cfg, 0, 5) == pytest.approx((5.0, 0.2))  # eq. 8: alpha = 1/beta below 1
+    assert surrogate_at(cfg, 4, 5) == pytest.approx((1.0, 20.0))
+    fixed = dataclasses.replace(cfg, schedule="fixed", beta=3.0)
+    assert surrogate_at(fixed, 0, 5) == surrogate_at(fixed, 4, 5) == (1.0, 3.0)
+
+
+def test_tiny_learns_digits_with_gsg():
+    history = []
+    final = train({"epochs": 10, "seed": 0}, on_epoch=lambda m, s: history.append(m))
+    assert final["test_acc"] >= 0.97
+    assert [m["epoch"] for m in history] == list(range(1, 11))
+    assert 0 < final["spike_rate"] < 1 and history[0]["beta"] == pytest.approx(0.5)
+    assert set(final) == {"epoch", "train_loss", "train_acc", "test_acc", "beta", "alpha", "epoch_seconds",
+                          "spike_rate"}
+
+
+def test_resumed_run_equals_uninterrupted_run():
+    config = {"epochs": 3, "seed": 1, "batch_size": 128}
+    states = {}
+    whole = train(config, on_epoch=lambda m, s: states.setdefault(m["epoch"], s))
+    resumed_history = []
+    resumed = train(config, on_epoch=lambda m, s: resumed_history.append((m, s)), resume_state=states[1])
+    assert [m["epoch"] for m, _ in resumed_history] == [2, 3]
+    assert {k: v for k, v in resumed.items() if k != "epoch_seconds"} == \
+        {k: v for k, v in whole.items() if k != "epoch_seconds"}
+    final_state = resumed_history[-1][1]["model"]
+    for key, value in states[3]["model"].items():
+        assert torch.equal(value, final_state[key]), key
+
+
+def test_nan_loss_raises_training_diverged(monkeypatch):
+    real = train_module.build_model
+
+    def poisoned(*args, **kwargs):
+        model = real(*args, **kwargs)
+        torch.nn.init.constant_(model.head[-1].bias, math.nan)
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", poisoned)
+    with pytest.raises(TrainingDiverged, match="epoch 1, step 1"):
+        train({"epochs": 2})
+
+
+def test_command_line_trains_and_prints_the_final_metrics(capsys):
+    assert main(["--set", "epochs=1", "--set", "neuron.reset=soft", "--set", "timesteps=2"]) == 0
+    out = capsys.readouterr().out
+    assert "reset soft" in out and "final: epoch 1" in out and "test_acc" in out
+
+
+def test_command_line_bad_value_is_one_line_and_exit_2(capsys):
+    assert main(["--set", "neuron.tau=-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "neuron.tau" in err and "> 0" in err
+
+
+def test_default_config_round_trips():
+    assert parse_config(default_config()) == parse_config({})
