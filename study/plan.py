@@ -1,0 +1,79 @@
+"""A study expanded into trial configs: variants x grid x seeds, each with a config hash.
+
+Pure: no Ray, no MLflow, so `--dry-run` and the tests see exactly what would run.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from study.config import Study, StudyError, flat, with_overrides
+
+# Where the data lives and whether it may be fetched do not change a result, so they are not hashed.
+UNHASHED_KEYS = ("data_dir", "download")
+
+
+@dataclass(frozen=True)
+class Trial:
+    name: str  # readable and unique in the study: "ISNM+GSG seed=1", "ISNM timesteps=1 seed=0"
+    variant: str
+    overrides: dict[str, Any]  # dotted keys: the variant's, then the grid cell's
+    seed: int
+    config: dict  # the complete isnm.train config
+    config_hash: str
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "variant": self.variant, "overrides": self.overrides, "seed": self.seed,
+                "config": self.config, "config_hash": self.config_hash}
+
+
+def config_hash(config: dict) -> str:
+    """12 hex digits identifying what a training run computes, stable across files and machines."""
+    payload = {k: v for k, v in config.items() if k not in UNHASHED_KEYS}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def grid_cells(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def cell_label(cell: dict[str, Any]) -> str:
+    return " ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in cell.items())
+
+
+def plan_trials(study: Study) -> list[Trial]:
+    """Every trial of a grid study, in file order: variant, then grid cell, then seed."""
+    trials = []
+    for variant, overrides in study.variants.items():
+        for cell in grid_cells(study.spec.grid):
+            for seed in study.spec.seeds:
+                dotted = {**flat(overrides), **cell}
+                config = with_overrides(study.base, {**dotted, "seed": seed})
+                name = " ".join(part for part in (variant, cell_label(cell), f"seed={seed}") if part)
+                trials.append(Trial(name, variant, dotted, seed, config, config_hash(config)))
+    seen: dict[str, str] = {}
+    for trial in trials:
+        if trial.config_hash in seen:
+            raise StudyError(f"{study.path}: trials {seen[trial.config_hash]!r} and {trial.name!r} have the same "
+                             f"config; expected every variant and grid cell to differ")
+        seen[trial.config_hash] = trial.name
+    return trials
+
+
+def search_base(study: Study) -> dict:
+    """The config every search trial starts from; a search compares its samples on the first seed."""
+    return with_overrides(study.base, {"seed": study.spec.seeds[0]})
+
+
+def trial_table(trials: list[Trial]) -> str:
+    """The dry-run's plain-text table: name, overrides, seed, config hash."""
+    rows = [("trial", "overrides", "seed", "config_hash")]
+    rows += [(t.name, ", ".join(f"{k}={v}" for k, v in t.overrides.items()) or "-", str(t.seed), t.config_hash)
+             for t in trials]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

@@ -1,0 +1,154 @@
+"""MLflow tracking of a study: one parent run per invocation, one child run per trial.
+
+A Ray Tune callback on the driver owns every write, so a trial that is retried, or an experiment
+that is restored after the driver died, keeps one MLflow run with each epoch logged exactly once.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback, Checkpoint
+
+from study.config import METRICS, Study, flat
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+PARENT = "mlflow.parentRunId"
+LOGGED_METRICS = METRICS + ("beta", "alpha", "epoch_seconds")
+MAX_PARAM_LENGTH = 6000
+STATE_FILE = "state.pt"  # the trial checkpoint: model, optimizer, epoch and RNG states
+
+
+def tracking_uri(cli_value: Optional[str]) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory."""
+    return cli_value or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def ui_command(uri: str) -> str:
+    return f"mlflow ui --host 127.0.0.1 --backend-store-uri {uri}"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    """The study's MLflow experiment, made on first use; artifacts sit beside a sqlite store."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts" / name).as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def start_parent_run(client: MlflowClient, exp_id: str, study: Study, commit: str, ray_path: str) -> str:
+    tags = {"study": study.name, "profile": study.profile or "", "git_commit": commit,
+            "ray_experiment": ray_path, "mlflow.note.content": study.spec.description}
+    run = client.create_run(exp_id, run_name=f"{study.name} {time.strftime('%Y-%m-%d %H:%M:%S')}", tags=tags)
+    client.log_artifact(run.info.run_id, study.path)
+    return run.info.run_id
+
+
+def error_line(text: str) -> str:
+    """The last line of a traceback: the exception and its message."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "unknown error"
+
+
+class MlflowTracker(Callback):
+    """Logs trials to MLflow as nested child runs of `parent_id`.
+
+    `describe(tune_config)` gives a trial's name, variant, seed, config and config_hash.
+    """
+
+    def __init__(self, uri: str, exp_id: str, parent_id: str, study: Study, commit: str,
+                 describe: Callable[[dict], dict]):
+        self.uri, self.exp_id, self.parent_id = uri, exp_id, parent_id
+        self.study, self.commit, self.describe = study, commit, describe
+        self.client: Optional[MlflowClient] = None
+        self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
+        self.logged_epoch: dict[str, int] = {}  # MLflow run id -> last epoch logged
+        self.checkpoints: dict[str, Checkpoint] = {}  # Ray trial id -> last checkpoint
+
+    def setup(self, **info) -> None:
+        self.client = MlflowClient(self.uri)
+
+    def run_for(self, trial) -> str:
+        if trial.trial_id in self.runs:
+            return self.runs[trial.trial_id]
+        info = self.describe(trial.config)
+        existing = self.client.search_runs(
+            [self.exp_id], f"tags.ray_trial_id = '{trial.trial_id}' and tags.ray_experiment = '{trial.local_experiment_path}'")
+        if existing:  # the experiment was restored after the driver stopped: continue that run
+            run_id = existing[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, PARENT, self.parent_id)
+            history = self.client.get_metric_history(run_id, "test_acc")
+            self.logged_epoch[run_id] = max((m.step for m in history), default=0)
+        else:
+            tags = {PARENT: self.parent_id, "study": self.study.name, "variant": info["variant"],
+                    "seed": str(info["seed"]), "config_hash": info["config_hash"], "git_commit": self.commit,
+                    "ray_trial_id": trial.trial_id, "ray_experiment": trial.local_experiment_path,
+                    "profile": self.study.profile or ""}
+            run_id = self.client.create_run(self.exp_id, run_name=info["name"], tags=tags).info.run_id
+            params = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flat(info["config"]).items()]
+            self.client.log_batch(run_id, params=params)
+            self.logged_epoch[run_id] = 0
+        self.runs[trial.trial_id] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.run_for(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        run_id = self.run_for(trial)
+        epoch = int(result.get("epoch", 0))
+        if epoch <= self.logged_epoch[run_id]:
+            return  # a retried or restored trial re-reporting an epoch already logged
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(result[k]), now, epoch) for k in LOGGED_METRICS if k in result]
+        self.client.log_batch(run_id, metrics=metrics)
+        self.logged_epoch[run_id] = epoch
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
+        self.checkpoints[trial.trial_id] = checkpoint
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        run_id = self.run_for(trial)
+        checkpoint = self.checkpoints.get(trial.trial_id) or trial.checkpoint
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                self.log_weights(run_id, Path(folder) / STATE_FILE)
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        run_id = self.run_for(trial)
+        self.client.set_tag(run_id, "retries", str(trial.num_failures))
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        run_id = self.run_for(trial)
+        error = trial.get_error()
+        self.client.set_tag(run_id, "error", error_line(str(error)) if error else "unknown error")
+        self.client.set_terminated(run_id, "FAILED")
+
+    def log_weights(self, run_id: str, state_file: Path) -> None:
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = Path(tmp) / "model.pt"
+            torch.save(state["model"], weights)
+            self.client.log_artifact(run_id, str(weights))
+
