@@ -66,9 +66,10 @@ def parse(tp: Any, value: Any, path: str = "") -> Any:
         if value is None:
             check(type(None) in args, path, value, describe(tp))
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own error says more than "expected X"
+            return parse(options[0], value, path)
+        for arg in options:
             try:
                 return parse(arg, value, path)
             except ConfigError:

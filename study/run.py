@@ -39,6 +39,10 @@ def summary_lines(results, describe) -> list[str]:
 def run(study: Study, args: argparse.Namespace) -> int:
     # Every epoch checkpoints by design (that is what resuming needs); Tune warns about it on short epochs.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if args.address or os.environ.get("RAY_ADDRESS"):
+        # `ray start` turns token authentication on, but a joining driver follows only when told, and
+        # Ray reads this once, on import
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     # Ray and MLflow load only once the study is known to be valid, so a bad file fails in milliseconds.
     import ray
     from mlflow.tracking import MlflowClient

@@ -1,0 +1,115 @@
+"""Study files: every shipped one validates; every user mistake is one clear line."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from study.config import StudyError, load_study
+
+SHIPPED = sorted(Path(__file__).resolve().parent.parent.glob("search_spaces/*.yaml"))
+GOOD = {"name": "t", "base": {"dataset": "digits", "arch": "tiny", "epochs": 2},
+        "variants": {"A": {}, "B": {"neuron.reset": "soft"}}, "seeds": [0, 1], "resources": {"cpu": 1}}
+
+
+def write(tmp_path: Path, data) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def with_change(**changes) -> dict:
+    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return data
+
+
+def test_four_paper_studies_ship():
+    assert {p.stem for p in SHIPPED} >= {"ablation", "timesteps", "comparison", "beta_search"}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+@pytest.mark.parametrize("profile", [None, "demo"])
+def test_shipped_study_validates(path, profile):
+    study = load_study(path, profile)
+    if profile == "demo":
+        assert study.base["dataset"] == "digits" or all(
+            v.get("dataset") == "digits" for v in study.variants.values())
+        assert study.spec.resources.gpu == 0
+    else:
+        assert study.base["dataset"].startswith("cifar")
+
+
+def test_nested_and_dotted_overrides_plan_the_same_trial(tmp_path):
+    from study.plan import plan_trials
+
+    nested = plan_trials(load_study(write(tmp_path, with_change(variants={"A": {"neuron": {"reset": "soft"}}}))))
+    dotted = plan_trials(load_study(write(tmp_path, with_change(variants={"A": {"neuron.reset": "soft"}}))))
+    assert [t.config_hash for t in nested] == [t.config_hash for t in dotted]
+    assert nested[0].config["neuron"]["reset"] == "soft"
+
+
+def test_profile_overlays_base_and_replaces_the_trial_set(tmp_path):
+    data = with_change(profiles={"quick": {"base": {"epochs": 1}, "variants": {"only": {}}, "seeds": [3]}})
+    study = load_study(write(tmp_path, data), "quick")
+    assert study.base["epochs"] == 1 and study.base["arch"] == "tiny"
+    assert list(study.variants) == ["only"] and study.spec.seeds == [3]
+
+
+BAD = [
+    ("yaml", "name: t\nbase: {dataset: digits\n", "YAML syntax error at line 3"),
+    ("unknown top key", with_change(seed=[0]), "seed: unknown key 'seed'.*did you mean 'seeds'"),
+    ("unknown config key", with_change(base__epocs=3), "base.epocs: unknown key 'epocs'.*did you mean 'epochs'"),
+    ("wrong type", with_change(base__epochs="ten"), "base.epochs: got 'ten', expected an integer"),
+    ("epochs < 1", with_change(base__epochs=0), "base.epochs: got 0, expected an integer >= 1"),
+    ("timesteps < 1", with_change(variants={"A": {"timesteps": 0}}), "variants.A.timesteps: got 0"),
+    ("beta_min <= 0", with_change(base__surrogate={"beta_min": 0}), "base.surrogate.beta_min: got 0"),
+    ("beta_min > beta_max", with_change(variants={"G": {"surrogate.beta_min": 9.0}}),
+     "variants.G.surrogate.beta_max: got 5.0, expected a number >= beta_min"),
+    ("tau <= 0", with_change(variants={"A": {"neuron.tau": -1}}), "variants.A.neuron.tau: got -1"),
+    ("threshold <= 0", with_change(base__neuron={"threshold": 0}), "base.neuron.threshold: got 0"),
+    ("reset", with_change(variants={"A": {"neuron.reset": "medium"}}),
+     "variants.A.neuron.reset: got 'medium', expected 'hard' or 'soft'"),
+    ("dataset", with_change(base__dataset="mnist"), "base.dataset: got 'mnist', expected 'digits'"),
+    ("arch", with_change(base__arch="vgg16"), "base.arch: got 'vgg16', expected 'tiny' or 'vgg_small'"),
+    ("override key missing", with_change(variants={"A": {"neuron.rest": "soft"}}),
+     "variants.A.neuron.rest: unknown key.*did you mean 'neuron.reset'"),
+    ("seed set by variant", with_change(variants={"A": {"seed": 3}}), "variants.A.seed: seeds are set by"),
+    ("grid key", with_change(grid={"timestep": [1, 5]}), "grid.timestep: unknown key.*'timesteps'"),
+    ("grid value", with_change(grid={"timesteps": [1, 0]}), r"grid.timesteps\[1\]: got 0"),
+    ("seeds empty", with_change(seeds=[]), "seeds: got \\[\\], expected a non-empty list"),
+    ("seeds duplicated", with_change(seeds=[0, 1, 0]), r"seeds\[2\]: got 0, expected a seed not listed before"),
+    ("negative cpu", with_change(resources={"cpu": -1}), "resources.cpu: got -1"),
+    ("non-numeric gpu", with_change(resources={"gpu": "lots"}), "resources.gpu: got 'lots', expected a number"),
+    ("unknown profile", "PROFILE", "profiles: no profile 'fast'"),
+    ("empty file", "", "the file is empty"),
+    ("not a mapping", "- a\n- b\n", "expected a mapping"),
+    ("search with variants", with_change(search={"space": {"lr": {"loguniform": [1e-4, 1e-2]}}}),
+     "search: .*either a search or variants/grid"),
+    ("bad distribution", {**GOOD, "variants": {}, "search": {"space": {"lr": {"lognormal": [1, 2]}}}},
+     r"search.space.lr: got .*, expected one of \{loguniform"),
+    ("loguniform low", {**GOOD, "variants": {}, "search": {"space": {"lr": {"loguniform": [0, 1]}}}},
+     "search.space.lr.loguniform: got \\[0, 1\\], expected \\[low, high\\] with 0 < low"),
+    ("same config twice", with_change(variants={"A": {}, "B": {"neuron.reset": "hard"}}),
+     "trials 'A seed=0' and 'B seed=0' have the same config"),
+]
+
+
+@pytest.mark.parametrize("name, data, words", BAD, ids=[b[0] for b in BAD])
+def test_bad_study_is_one_clear_line(tmp_path, name, data, words):
+    from study.plan import plan_trials
+
+    path = write(tmp_path, GOOD if data == "PROFILE" else data)
+    with pytest.raises(StudyError, match=words) as info:
+        plan_trials(load_study(path, "fast" if data == "PROFILE" else None))
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(StudyError, match="no such study file"):
+        load_study(tmp_path / "nope.yaml")

@@ -1,0 +1,49 @@
+from pathlib import Path
+
+from study.config import load_study
+from study.plan import config_hash, plan_trials, search_base, trial_table
+from study.run import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ablation_is_four_variants_by_three_seeds_with_distinct_hashes():
+    trials = plan_trials(load_study(ROOT / "search_spaces/ablation.yaml"))
+    assert len(trials) == 12 and len({t.config_hash for t in trials}) == 12
+    assert [t.name for t in trials[:4]] == ["ISNM seed=0", "ISNM seed=1", "ISNM seed=2", "ISNM+Soft Reset seed=0"]
+    gsg_soft = trials[-1]
+    assert gsg_soft.config["neuron"]["reset"] == "soft" and gsg_soft.config["surrogate"]["schedule"] == "gradual"
+    assert gsg_soft.seed == 2 and gsg_soft.config["seed"] == 2
+
+
+def test_grid_crosses_variants_and_seeds():
+    trials = plan_trials(load_study(ROOT / "search_spaces/timesteps.yaml"))
+    assert len(trials) == 2 * 2 * 2 * 3
+    assert trials[0].name == "CIFAR-10 arch=vgg_small timesteps=1 seed=0"
+    assert trials[0].overrides == {"dataset": "cifar10", "epochs": 200, "arch": "vgg_small", "timesteps": 1}
+    assert {t.config["epochs"] for t in trials if t.config["dataset"] == "cifar100"} == {300}
+
+
+def test_hash_ignores_where_data_lives_but_not_what_is_trained():
+    config = plan_trials(load_study(ROOT / "search_spaces/ablation.yaml"))[0].config
+    assert config_hash({**config, "data_dir": "/elsewhere", "download": False}) == config_hash(config)
+    assert config_hash({**config, "epochs": 199}) != config_hash(config)
+
+
+def test_search_trials_start_from_the_first_seed():
+    study = load_study(ROOT / "search_spaces/beta_search.yaml")
+    assert search_base(study)["seed"] == study.spec.seeds[0]
+
+
+def test_dry_run_prints_the_trial_table(capsys):
+    assert main([str(ROOT / "search_spaces/ablation.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ablation: 12 trials") and "ISNM+GSG+Soft Reset seed=2" in out
+    assert out.count("surrogate.schedule=gradual") == 6
+
+
+def test_trial_table_columns():
+    trials = plan_trials(load_study(ROOT / "search_spaces/ablation.yaml"))
+    header, first = trial_table(trials).splitlines()[:2]
+    assert header.split() == ["trial", "overrides", "seed", "config_hash"]
+    assert first.split() == ["ISNM", "seed=0", "-", "0", trials[0].config_hash]

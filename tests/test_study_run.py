@@ -1,0 +1,121 @@
+"""End to end on real Ray and a real MLflow sqlite store: local Ray, a Ray cluster, an MLflow server."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.studies import free_port, loopback_env, run_study, small_study
+
+EPOCH_METRICS = {"test_acc", "train_acc", "train_loss", "spike_rate", "beta", "alpha", "epoch_seconds"}
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    """The 2 x 2 study, run once on a local Ray with the default store (sqlite:///mlflow.db in cwd)."""
+    cwd = tmp_path_factory.mktemp("study")
+    path = small_study(cwd)
+    done = run_study(cwd, str(path))
+    return cwd, done
+
+
+def child_runs(client: MlflowClient, name: str):
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id])
+    return [r for r in runs if "mlflow.parentRunId" in r.data.tags], [r for r in runs if
+                                                                       "mlflow.parentRunId" not in r.data.tags]
+
+
+def test_every_trial_is_a_finished_child_run(finished_study):
+    cwd, _ = finished_study
+    assert (cwd / "mlflow.db").is_file() and (cwd / "ray_results").is_dir()
+    children, parents = child_runs(MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}"), "itest")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+    assert {r.info.run_name for r in children} == {"ISNM seed=0", "ISNM seed=1", "ISNM+GSG seed=0", "ISNM+GSG seed=1"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+
+
+def test_runs_carry_tags_params_metrics_per_epoch_and_weights(finished_study):
+    cwd, _ = finished_study
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+    children, _ = child_runs(client, "itest")
+    gsg = next(r for r in children if r.info.run_name == "ISNM+GSG seed=1")
+    tags = gsg.data.tags
+    assert (tags["study"], tags["variant"], tags["seed"]) == ("itest", "ISNM+GSG", "1")
+    assert len(tags["config_hash"]) == 12 and len(tags["git_commit"]) in (40, len("unknown"))
+    assert gsg.data.params["surrogate.schedule"] == "gradual" and gsg.data.params["seed"] == "1"
+    assert EPOCH_METRICS <= set(gsg.data.metrics)
+    for key in EPOCH_METRICS:
+        assert [m.step for m in client.get_metric_history(gsg.info.run_id, key)] == [1, 2]
+    assert [a.path for a in client.list_artifacts(gsg.info.run_id)] == ["model.pt"]
+    assert len({r.data.tags["config_hash"] for r in children}) == 4
+
+
+def test_summary_names_each_trial_and_where_the_runs_are(finished_study):
+    _, done = finished_study
+    assert "itest: 4 trials" in done.stdout and "0 failed" in done.stdout
+    for name in ("ISNM seed=0", "ISNM+GSG seed=1"):
+        assert any(line.strip().startswith(name) and "test_acc 0." in line for line in done.stdout.splitlines())
+    assert "mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///mlflow.db" in done.stdout
+
+
+def test_runs_are_browsable_through_an_mlflow_server(finished_study):
+    cwd, _ = finished_study
+    port = free_port()
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    server = subprocess.Popen([str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{cwd / 'mlflow.db'}", "--workers", "1"],
+                              cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/experiments/get-by-name?experiment_name=itest", timeout=2) as r:
+                    exp_id = json.load(r)["experiment"]["experiment_id"]
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.5)
+        request = urllib.request.Request(f"{base}/runs/search", method="POST",
+                                         data=json.dumps({"experiment_ids": [exp_id]}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as r:
+            runs = json.load(r)["runs"]
+        names = sorted(run["info"]["run_name"] for run in runs)
+        assert len(runs) == 5 and "ISNM+GSG seed=0" in names
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_study_joins_an_existing_ray_cluster(tmp_path):
+    port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    ray_bin = Path(sys.executable).parent / "ray"
+    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+                             "--port", str(port), "--temp-dir", temp_dir, "--num-cpus", "2",
+                             "--include-dashboard", "false", "--disable-usage-stats"],
+                            env=loopback_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        path = small_study(tmp_path, name="cluster", epochs=1,
+                           variants={"ISNM": {}, "ISNM+Soft Reset": {"neuron.reset": "soft"}})
+        path.write_text(path.read_text().replace("- 0\n- 1\n", "- 0\n"))
+        done = run_study(tmp_path, str(path), "--address", f"127.0.0.1:{port}",
+                         "--tracking-uri", f"sqlite:///{tmp_path / 'cluster.db'}")
+        assert "cluster: 2 trials" in done.stdout
+        children, _ = child_runs(MlflowClient(f"sqlite:///{tmp_path / 'cluster.db'}"), "cluster")
+        assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
