@@ -83,11 +83,23 @@ def check_distribution(spec: dict, path: str) -> None:
 
 @dataclass
 class Table:
-    rows: Union[str, list[str]] = "variant"  # "variant" and/or dotted config keys
-    columns: list[str] = field(default_factory=list)
+    """How `study.report` lays out the study's table (see README, "Tables")."""
+    rows: Union[str, list[str]] = "variant"  # keys printed first, repeats left blank ("variant" or dotted config keys)
+    columns: list[str] = field(default_factory=list)  # keys printed on every line after the rows
+    split: Optional[str] = None  # one table per value of this key (paper Tables 2 and 3: dataset)
+    method: Optional[str] = None  # a constant first "Method" column, e.g. "This work"
     metric: Literal[METRICS] = "test_acc"
-    paper: dict[str, Any] = field(default_factory=dict)  # published figures, nested in rows (then columns) order
+    paper: dict[str, Any] = field(default_factory=dict)  # published figures, nested by split, rows, columns
     labels: dict[str, str] = field(default_factory=dict)  # printed names of values, e.g. vgg_small: VGG
+
+    @property
+    def row_keys(self) -> list[str]:
+        return [self.rows] if isinstance(self.rows, str) else list(self.rows)
+
+    @property
+    def keys(self) -> list[str]:
+        """split, rows, columns: the keys that identify a cell of the table."""
+        return ([self.split] if self.split else []) + self.row_keys + self.columns
 
 
 @dataclass
@@ -247,8 +259,7 @@ def load_study(path: str | Path, profile: Optional[str] = None) -> Study:
         if spec.search is not None:
             check_override_keys(spec.search.space, "search.space")
         if spec.table is not None:
-            rows = [spec.table.rows] if isinstance(spec.table.rows, str) else spec.table.rows
-            for key in rows + spec.table.columns:
+            for key in spec.table.keys:
                 if key != "variant" and key not in TRAIN_KEYS:
                     raise ConfigError("table", unknown_key_message(key, ["variant", *TRAIN_KEYS]))
     except ConfigError as exc:

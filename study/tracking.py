@@ -56,7 +56,7 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
 
 
 def start_parent_run(client: MlflowClient, exp_id: str, study: Study, commit: str, ray_path: str) -> str:
-    tags = {"study": study.name, "profile": study.profile or "", "git_commit": commit,
+    tags = {"kind": "study", "study": study.name, "profile": study.profile or "", "git_commit": commit,
             "ray_experiment": ray_path, "mlflow.note.content": study.spec.description}
     run = client.create_run(exp_id, run_name=f"{study.name} {time.strftime('%Y-%m-%d %H:%M:%S')}", tags=tags)
     client.log_artifact(run.info.run_id, study.path)
@@ -67,6 +67,24 @@ def error_line(text: str) -> str:
     """The last line of a traceback: the exception and its message."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:500] if lines else "unknown error"
+
+
+def create_trial_run(client: MlflowClient, exp_id: str, parent_id: str, study_name: str, info: dict, commit: str,
+                     extra_tags: dict | None = None) -> str:
+    """A child run for one trial (`info` as from TrialBook.describe): readable name, tags, flat params."""
+    tags = {PARENT: parent_id, "kind": "trial", "study": study_name, "variant": info["variant"], "seed": str(info["seed"]),
+            "config_hash": info["config_hash"], "git_commit": commit, **(extra_tags or {})}
+    run_id = client.create_run(exp_id, run_name=info["name"], tags=tags).info.run_id
+    params = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flat(info["config"]).items()]
+    client.log_batch(run_id, params=params)
+    return run_id
+
+
+def log_epoch(client: MlflowClient, run_id: str, metrics: dict) -> None:
+    """One epoch's metrics, at step = epoch."""
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(metrics[k]), now, int(metrics["epoch"]))
+                                      for k in LOGGED_METRICS if k in metrics])
 
 
 class MlflowTracker(Callback):
@@ -90,7 +108,6 @@ class MlflowTracker(Callback):
     def run_for(self, trial) -> str:
         if trial.trial_id in self.runs:
             return self.runs[trial.trial_id]
-        info = self.describe(trial.config)
         existing = self.client.search_runs(
             [self.exp_id], f"tags.ray_trial_id = '{trial.trial_id}' and tags.ray_experiment = '{trial.local_experiment_path}'")
         if existing:  # the experiment was restored after the driver stopped: continue that run
@@ -100,13 +117,10 @@ class MlflowTracker(Callback):
             history = self.client.get_metric_history(run_id, "test_acc")
             self.logged_epoch[run_id] = max((m.step for m in history), default=0)
         else:
-            tags = {PARENT: self.parent_id, "study": self.study.name, "variant": info["variant"],
-                    "seed": str(info["seed"]), "config_hash": info["config_hash"], "git_commit": self.commit,
-                    "ray_trial_id": trial.trial_id, "ray_experiment": trial.local_experiment_path,
-                    "profile": self.study.profile or ""}
-            run_id = self.client.create_run(self.exp_id, run_name=info["name"], tags=tags).info.run_id
-            params = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flat(info["config"]).items()]
-            self.client.log_batch(run_id, params=params)
+            extra = {"ray_trial_id": trial.trial_id, "ray_experiment": trial.local_experiment_path,
+                     "profile": self.study.profile or ""}
+            run_id = create_trial_run(self.client, self.exp_id, self.parent_id, self.study.name,
+                                      self.describe(trial.config), self.commit, extra)
             self.logged_epoch[run_id] = 0
         self.runs[trial.trial_id] = run_id
         return run_id
@@ -119,9 +133,7 @@ class MlflowTracker(Callback):
         epoch = int(result.get("epoch", 0))
         if epoch <= self.logged_epoch[run_id]:
             return  # a retried or restored trial re-reporting an epoch already logged
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(result[k]), now, epoch) for k in LOGGED_METRICS if k in result]
-        self.client.log_batch(run_id, metrics=metrics)
+        log_epoch(self.client, run_id, result)
         self.logged_epoch[run_id] = epoch
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:

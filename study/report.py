@@ -1,0 +1,416 @@
+"""`python -m study.report`: the paper's tables, as Markdown, from the runs in MLflow.
+
+It never runs anything: the study file comes from the latest parent run's artifacts, the values
+from `mlflow.search_runs`. Each cell is the mean ± sample std over seeds of one planned cell.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+import yaml
+
+from study.config import MAXIMIZED, METRICS, Study, StudyError, Table, flat, load_study, nested
+from study.plan import Trial, plan_trials
+
+HEADERS = {"variant": "Method", "dataset": "Dataset", "arch": "Architecture", "timesteps": "TimeStep"}
+METRIC_HEADERS = {"test_acc": "Accuracy (%)", "train_acc": "Train accuracy (%)", "spike_rate": "Spike rate (%)",
+                  "train_loss": "Train loss"}
+PERCENT = ("test_acc", "train_acc", "spike_rate")
+DASH = "—"
+LEADERBOARD_SIZE = 10
+
+
+# ---------------------------------------------------------------- statistics
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1; nan for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+    return mean, std
+
+
+def welch(a: list[float], b: list[float]) -> tuple[float, float, float, float]:
+    """mean(b) - mean(a), its 95% confidence interval (low, high) and the two-sided p-value, by Welch's t."""
+    from scipy import stats
+
+    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+    va, vb = sa ** 2 / len(a), sb ** 2 / len(b)
+    diff, se = mb - ma, math.sqrt(va + vb)
+    if se == 0:
+        return diff, diff, diff, (1.0 if diff == 0 else 0.0)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = stats.t.ppf(0.975, df) * se
+    return diff, diff - half, diff + half, float(2 * stats.t.sf(abs(diff / se), df))
+
+
+# ---------------------------------------------------------------- runs
+
+@dataclass
+class Cell:
+    key: tuple  # values of the table's keys (split, rows, columns)
+    planned: int = 0
+    values: list[float] = field(default_factory=list)  # one per finished seed
+    run_ids: list[str] = field(default_factory=list)
+    variants: set = field(default_factory=set)
+
+
+@dataclass
+class Counts:
+    planned: int = 0
+    finished: int = 0
+    failed: int = 0
+    running: int = 0
+    missing: int = 0
+
+    def line(self) -> str:
+        return (f"{self.planned} trials planned: {self.finished} finished, {self.failed} failed, "
+                f"{self.running} running, {self.missing} not run.")
+
+
+def key_value(trial: Trial, key: str) -> Any:
+    return trial.variant if key == "variant" else flat(trial.config)[key]
+
+
+def metric_value(client, run: pd.Series, metric: str, stat: str, maximize: bool) -> float:
+    if stat == "final":
+        return float(run[f"metrics.{metric}"])
+    history = [m.value for m in client.get_metric_history(run["run_id"], metric)]
+    return max(history) if maximize else min(history)
+
+
+def trial_status(runs: pd.DataFrame) -> tuple[str, Optional[pd.Series]]:
+    """A trial's state from its runs (any invocation): the newest FINISHED run wins."""
+    if runs.empty:
+        return "missing", None
+    for status in ("FINISHED", "RUNNING", "SCHEDULED"):
+        hits = runs[runs["status"] == status]
+        if not hits.empty:
+            return ("finished" if status == "FINISHED" else "running"), hits.sort_values("start_time").iloc[-1]
+    return "failed", None
+
+
+def table_cells(client, study: Study, children: pd.DataFrame, table: Table, metric: str,
+                stat: str) -> tuple[list[Cell], Counts]:
+    cells: dict[tuple, Cell] = {}
+    counts = Counts()
+    maximize = metric in MAXIMIZED
+    for trial in plan_trials(study):
+        key = tuple(key_value(trial, k) for k in table.keys)
+        cell = cells.setdefault(key, Cell(key))
+        cell.planned += 1
+        cell.variants.add(trial.variant)
+        counts.planned += 1
+        runs = children[children["tags.config_hash"] == trial.config_hash] if not children.empty else children
+        status, run = trial_status(runs)
+        setattr(counts, status, getattr(counts, status) + 1)
+        if run is not None and status == "finished" and not pd.isna(run.get(f"metrics.{metric}")):
+            cell.values.append(metric_value(client, run, metric, stat, maximize))
+            cell.run_ids.append(run["run_id"])
+    return list(cells.values()), counts
+
+
+# ---------------------------------------------------------------- Markdown
+
+def scaled(value: float, metric: str) -> float:
+    return value * 100 if metric in PERCENT else value
+
+
+def number(value: float, metric: str) -> str:
+    return f"{value:.2f}" if metric in PERCENT else f"{value:.4f}"
+
+
+def cell_text(cell: Cell, metric: str) -> str:
+    if not cell.values:
+        return DASH
+    mean, std = mean_std([scaled(v, metric) for v in cell.values])
+    text = number(mean, metric) if math.isnan(std) else f"{number(mean, metric)} ± {number(std, metric)}"
+    return text if len(cell.values) == cell.planned else f"{text} (n={len(cell.values)})"
+
+
+def paper_figure(paper: dict, key: tuple) -> Optional[float]:
+    node: Any = {str(k): v for k, v in paper.items()}
+    for part in key:
+        if not isinstance(node, dict):
+            return None
+        node = {str(k): v for k, v in node.items()}.get(str(part))
+    return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def label(table: Table, value: Any) -> str:
+    return table.labels.get(str(value), str(value))
+
+
+def render_table(cells: list[Cell], table: Table, metric: str, split_value: tuple) -> str:
+    """One Markdown table in the paper's shape: method?, rows (repeats blank), columns, value, paper, Δ."""
+    offset = len(split_value)
+    n_rows = len(table.row_keys)
+    has_paper = any(paper_figure(table.paper, c.key) is not None for c in cells)
+    header = (["Method"] if table.method else []) + [HEADERS.get(k, k) for k in table.row_keys + table.columns]
+    header += [METRIC_HEADERS[metric]] + (["Paper (%)", "Δ"] if has_paper else [])
+    means = {c.key: mean_std([scaled(v, metric) for v in c.values])[0] for c in cells if c.values}
+    best = (max if metric in MAXIMIZED else min)(means.values()) if means else None
+    lines, previous = [], None
+    for cell in cells:
+        own = cell.key[offset:]
+        shown = [label(table, v) for v in own]
+        if previous is not None:  # blank repeated leading row values, as the paper prints them
+            for i in range(n_rows):
+                if own[:i + 1] != previous[:i + 1]:
+                    break
+                shown[i] = ""
+        previous = own
+        value = cell_text(cell, metric)
+        if best is not None and cell.key in means and means[cell.key] == best:
+            value = f"**{value}**"
+        line = ([table.method] if table.method else []) + shown + [value]
+        if has_paper:
+            figure = paper_figure(table.paper, cell.key)
+            line.append(DASH if figure is None else f"{figure:.2f}")
+            line.append(DASH if figure is None or cell.key not in means else f"{means[cell.key] - figure:+.2f}")
+        lines.append(line)
+    return markdown_table(header, lines)
+
+
+def render_welch(cells: list[Cell], metric: str) -> Optional[str]:
+    """Each row against the first: difference, 95% CI (Welch) and p-value; None if too few seeds."""
+    first = cells[0]
+    if len(cells) < 2 or len(first.values) < 2:
+        return None
+    reference = [scaled(v, metric) for v in first.values]
+    rows = []
+    for cell in cells[1:]:
+        values = [scaled(v, metric) for v in cell.values]
+        if len(values) < 2:
+            rows.append([str(cell.key[-1]), DASH, DASH, DASH])
+            continue
+        diff, low, high, p = welch(reference, values)
+        rows.append([str(cell.key[-1]), f"{diff:+.2f}", f"[{low:+.2f}, {high:+.2f}]", f"{p:.3f}"])
+    header = ["Method", f"Δ vs {first.key[-1]} (pp)", "95% CI (pp)", "p (Welch)"]
+    return markdown_table(header, rows)
+
+
+def setting_line(study: Study) -> str:
+    base = study.base
+    what = (f"{base['dataset']}, {base['arch']}, T={base['timesteps']}, {base['epochs']} epochs, "
+            f"seeds {', '.join(map(str, study.spec.seeds))}")
+    profile = f" with profile `{study.profile}`" if study.profile else ""
+    return f"Ours{profile}: {what} (each row's own overrides apply)."
+
+
+# ---------------------------------------------------------------- plots
+
+def plot_curves(client, cells: list[Cell], table: Table, metric: str, path: Path) -> None:
+    """Metric per epoch for every line of the table: mean over seeds, band of ± std."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for cell in cells:
+        if not cell.run_ids:
+            continue
+        series = [[m.value for m in sorted(client.get_metric_history(r, metric), key=lambda m: m.step)]
+                  for r in cell.run_ids]
+        length = min(len(s) for s in series)
+        data = np.array([s[:length] for s in series]) * (100 if metric in PERCENT else 1)
+        epochs = np.arange(1, length + 1)
+        mean = data.mean(0)
+        line, = ax.plot(epochs, mean, label=" ".join(label(table, v) for v in cell.key))
+        if len(series) > 1:
+            std = data.std(0, ddof=1)
+            ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(METRIC_HEADERS[metric])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_schedule(client, cells: list[Cell], path: Path) -> None:
+    """The surrogate's beta and alpha per epoch, once per variant, as the runs logged them."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    seen = set()
+    for cell in cells:
+        for variant, run_id in zip(sorted(cell.variants), cell.run_ids):
+            if variant in seen:
+                continue
+            seen.add(variant)
+            for ax, key in ((top, "beta"), (bottom, "alpha")):
+                history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+                ax.plot([m.step for m in history], [m.value for m in history], marker=".", label=variant)
+    top.set_ylabel("beta (eq. 7)")
+    top.set_yscale("log")
+    bottom.set_ylabel("alpha (eq. 8)")
+    bottom.set_xlabel("epoch")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    top.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- search studies
+
+def short(param: str) -> str:
+    """A logged parameter for a table: numbers to 4 significant digits (the YAML keeps them whole)."""
+    value = yaml.safe_load(param)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def leaderboard(client, children: pd.DataFrame, study: Study, metric: str) -> str:
+    """The top trials of a search with their sampled values, and the best as a `base:` overlay."""
+    keys = list(study.spec.search.space)
+    done = children[(children["status"] == "FINISHED") & (children["tags.variant"] == "search")
+                    & (children["tags.profile"].fillna("") == (study.profile or ""))]
+    if done.empty or f"metrics.{metric}" not in done:
+        return "No finished search trials yet."
+    top = done.sort_values(f"metrics.{metric}", ascending=metric not in MAXIMIZED).head(LEADERBOARD_SIZE)
+    header = ["#"] + keys + [METRIC_HEADERS[metric], "epochs"]
+    rows = []
+    for i, (_, run) in enumerate(top.iterrows(), start=1):
+        epochs = len(client.get_metric_history(run["run_id"], metric))  # fewer when the scheduler stopped it
+        rows.append([str(i)] + [short(run[f"params.{k}"]) for k in keys]
+                    + [number(scaled(run[f"metrics.{metric}"], metric), metric), str(epochs)])
+    best = top.iloc[0]
+    overlay = {"base": nested({k: yaml.safe_load(str(best[f"params.{k}"])) for k in keys})}
+    return (markdown_table(header, rows) + "\n\nBest configuration, ready to paste into a study file:\n\n"
+            "```yaml\n" + yaml.safe_dump(overlay, sort_keys=False).strip() + "\n```")
+
+
+# ---------------------------------------------------------------- the command
+
+def sqlite_path(uri: str) -> Optional[Path]:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def study_names(client) -> list[str]:
+    """Studies in the store: experiments with at least one parent run of study.run."""
+    names = []
+    for exp in client.search_experiments():
+        if client.search_runs([exp.experiment_id], "tags.kind = 'study'", max_results=1):
+            names.append(exp.name)
+    return sorted(names)
+
+
+def latest_study(client, exp_id: str, workdir: Path) -> tuple[Study, str]:
+    """The study file (and profile) of the latest invocation, from its parent run's artifacts."""
+    parents = client.search_runs([exp_id], "tags.kind = 'study'", order_by=["attributes.start_time DESC"],
+                                 max_results=1)
+    if not parents:
+        raise StudyError(f"experiment {client.get_experiment(exp_id).name!r} has no run of study.run")
+    parent = parents[0]
+    files = [a.path for a in client.list_artifacts(parent.info.run_id) if a.path.endswith((".yaml", ".yml"))]
+    if not files:
+        raise StudyError(f"run {parent.info.run_id} holds no study file; was it made by study.run?")
+    local = client.download_artifacts(parent.info.run_id, files[0], str(workdir))
+    return load_study(local, parent.data.tags.get("profile") or None), parent.info.run_id
+
+
+def report_study(client, uri: str, name: str, out: Path, metric: Optional[str], stat: str,
+                 write_csv: bool) -> str:
+    """The Markdown report of one study; writes it (and its plots, and the CSV when asked) into `out`."""
+    import mlflow
+
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        raise StudyError(f"no study {name!r} in {uri}; studies there: {', '.join(study_names(client)) or 'none'}")
+    with tempfile.TemporaryDirectory() as tmp:
+        study, parent_id = latest_study(client, exp.experiment_id, Path(tmp))
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs([exp.experiment_id])
+    children = runs[runs["tags.mlflow.parentRunId"].notna()] if "tags.mlflow.parentRunId" in runs else runs.iloc[0:0]
+    table = study.spec.table or Table()
+    metric = metric or table.metric
+    out.mkdir(parents=True, exist_ok=True)
+    parts = [f"# {study.name}", study.spec.description, setting_line(study)]
+    plots: list[Path] = []
+    if study.spec.search is not None:
+        parts.append(f"## Leaderboard ({stat} {metric})\n\n" + leaderboard(client, children, study, metric))
+    else:
+        cells, counts = table_cells(client, study, children, table, metric, stat)
+        splits = list(dict.fromkeys(c.key[:1] for c in cells)) if table.split else [()]
+        for split_value in splits:
+            mine = [c for c in cells if c.key[:len(split_value)] == split_value]
+            title = f"## {label(table, split_value[0])}\n\n" if split_value else ""
+            parts.append(title + render_table(mine, table, metric, split_value))
+        parts.append(f"{stat.capitalize()} {metric}, mean ± sample std over seeds; n = finished seeds where "
+                     f"fewer than planned; best in bold; Δ = ours − paper. {counts.line()}")
+        if table.keys == ["variant"]:
+            stats = render_welch(cells, metric)
+            if stats:
+                parts.append("### Differences to the first row\n\n" + stats)
+        curves, schedule = out / f"{study.name}-curves.png", out / f"{study.name}-schedule.png"
+        if any(c.run_ids for c in cells):
+            plot_curves(client, cells, table, metric, curves)
+            plot_schedule(client, cells, schedule)
+            plots = [curves, schedule]
+            parts.append(f"![{metric} per epoch]({curves.name})\n\n![surrogate schedule]({schedule.name})")
+    text = "\n\n".join(p for p in parts if p) + "\n"
+    (out / f"{study.name}.md").write_text(text)
+    if write_csv:
+        runs.to_csv(out / f"{study.name}.csv", index=False)
+    for plot in plots:
+        client.log_artifact(parent_id, str(plot), "report")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m study.report", description=__doc__.splitlines()[0])
+    parser.add_argument("studies", nargs="*", metavar="STUDY", help="study names (default: every study in the store)")
+    parser.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    parser.add_argument("--out", default="reports", help="folder for <study>.md and plots (default reports/)")
+    parser.add_argument("--metric", choices=METRICS, help="metric to tabulate (default: the study file's)")
+    parser.add_argument("--stat", choices=("final", "best"), default="final",
+                        help="each run's last-epoch value, or its best epoch (default final)")
+    parser.add_argument("--format", choices=("md", "csv"), default="md", help="csv also writes every run's row")
+    args = parser.parse_args(argv)
+
+    import os
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow.tracking import MlflowClient
+
+    from study.tracking import tracking_uri
+
+    uri = tracking_uri(args.tracking_uri)
+    try:
+        db = sqlite_path(uri)
+        if db is not None and not db.is_file():
+            raise StudyError(f"no MLflow store at {db.resolve()}; run `python -m study.run FILE` first, "
+                             f"or pass --tracking-uri")
+        client = MlflowClient(uri)
+        names = args.studies or study_names(client)
+        if not names:
+            raise StudyError(f"no studies in {uri}; run `python -m study.run FILE` first")
+        for name in names:
+            print(report_study(client, uri, name, Path(args.out), args.metric, args.stat, args.format == "csv"))
+            print(f"(written to {Path(args.out) / (name + '.md')})\n")
+    except StudyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
