@@ -370,7 +370,7 @@ def report_study(client, uri: str, name: str, out: Path, metric: Optional[str], 
     text = "\n\n".join(p for p in parts if p) + "\n"
     (out / f"{study.name}.md").write_text(text)
     if write_csv:
-        runs.to_csv(out / f"{study.name}.csv", index=False)
+        children.to_csv(out / f"{study.name}.csv", index=False)
     for plot in plots:
         client.log_artifact(parent_id, str(plot), "report")
     return text
