@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DATASETS = ("digits", "cifar10", "cifar100")
+from isnm.config import DATASETS
+
 DIGITS_SPLIT_SEED = 0  # fixed, so every run of every study sees the same digits test set
 DIGITS_TEST_FRACTION = 0.25
 
@@ -86,6 +87,17 @@ def cifar_missing(root: Path, name: str) -> list[str]:
     return [f for f in spec["train"] + spec["test"] if not (folder / f).is_file()]
 
 
+def cifar_absence(name: str, data_dir: str) -> str | None:
+    """Why data set `name` is not on disk under `data_dir` (and how to get it), or None when it is."""
+    spec = CIFAR[name]
+    root = Path(data_dir).expanduser().resolve()
+    missing = cifar_missing(root, name)
+    if not missing:
+        return None
+    return (f"{name}: files {', '.join(missing)} not found in {root / spec['folder']}; "
+            f"set download: true, or unpack {spec['url']} into {root}")
+
+
 def download_cifar(root: Path, name: str) -> None:
     import torchvision
 
@@ -102,10 +114,9 @@ def load_cifar(name: str, data_dir: str, download: bool, device: torch.device) -
     root = Path(data_dir).expanduser().resolve()
     if cifar_missing(root, name) and download:
         download_cifar(root, name)
-    missing = cifar_missing(root, name)
-    if missing:
-        raise DataError(f"{name}: files {', '.join(missing)} not found in {root / spec['folder']}; "
-                        f"set download: true, or unpack {spec['url']} into {root}")
+    absence = cifar_absence(name, data_dir)
+    if absence:
+        raise DataError(absence)
     folder = root / spec["folder"]
     try:
         train_x, train_y = read_cifar_files(folder, spec["train"], spec["labels"])

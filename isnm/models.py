@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from isnm.config import ARCHS
 from isnm.neuron import ISNM
 
-ARCHS = ("tiny", "vgg_small", "resnet18")
 
 
 class TimeFolded(nn.Sequential):

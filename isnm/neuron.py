@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from isnm.config import RESETS
 from isnm.surrogate import spike
 
-RESETS = ("hard", "soft")
 
 
 def isnm_spikes(current: torch.Tensor, tau: float, threshold: float, reset: str,

@@ -5,7 +5,8 @@ import math
 
 import torch
 
-ALPHA_RULES = ("paper", "unit_peak")
+from isnm.config import ALPHA_RULES
+
 
 
 def beta_at(epoch: float, max_epoch: float, beta_min: float, beta_max: float) -> float:

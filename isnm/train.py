@@ -10,83 +10,26 @@ import copy
 import math
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Union
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from isnm.config import ConfigError, check, join, parse_dataclass, to_dict
-from isnm.data import DATASETS, DataError, Dataset, load_dataset, test_batches, train_batches
-from isnm.models import ARCHS, build_model
-from isnm.neuron import ISNM, RESETS, set_surrogate
-from isnm.surrogate import ALPHA_RULES, alpha_for, beta_at
+from isnm.config import ConfigError, SurrogateConfig, TrainConfig, parse_config
+from isnm.data import CIFAR, DataError, Dataset, cifar_absence, load_dataset, test_batches, train_batches
+from isnm.models import build_model
+from isnm.neuron import ISNM, set_surrogate
+from isnm.surrogate import alpha_for, beta_at
 
 EVAL_BATCH_SIZE = 1000
 
 
-@dataclass
-class NeuronConfig:
-    tau: float = 2.0  # membrane decay is 1/tau
-    threshold: float = 1.0
-    reset: Literal[RESETS] = "hard"
-
-    def check(self, path: str) -> None:
-        check(self.tau > 0, join(path, "tau"), self.tau, "a number > 0")
-        check(self.threshold > 0, join(path, "threshold"), self.threshold, "a number > 0")
-
-
-@dataclass
-class SurrogateConfig:
-    schedule: Literal["gradual", "fixed"] = "gradual"  # gradual = GSG, eq. 7; fixed = beta throughout
-    beta: float = 5.0  # the fixed schedule's beta
-    beta_min: float = 0.5  # the gradual schedule's first-epoch beta ...
-    beta_max: float = 5.0  # ... and last-epoch beta
-    alpha: Union[Literal[ALPHA_RULES], float] = "paper"  # eq. 8, or another rule, or a constant
-
-    def check(self, path: str) -> None:
-        check(self.beta > 0, join(path, "beta"), self.beta, "a number > 0")
-        check(self.beta_min > 0, join(path, "beta_min"), self.beta_min, "a number > 0")
-        check(self.beta_max >= self.beta_min, join(path, "beta_max"), self.beta_max,
-              f"a number >= beta_min ({self.beta_min})")
-        if not isinstance(self.alpha, str):
-            check(self.alpha > 0, join(path, "alpha"), self.alpha, f"one of {ALPHA_RULES} or a number > 0")
-
-
-@dataclass
-class TrainConfig:
-    # The paper's recipe (section 3.1): Adam, lr 1e-3, weight decay 1e-4, cross-entropy.
-    # Data set, architecture and length default to the embedded digits demo.
-    dataset: Literal[DATASETS] = "digits"
-    data_dir: str = "./data"
-    download: bool = False
-    arch: Literal[ARCHS] = "tiny"
-    timesteps: int = 5
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    device: str = "auto"  # auto = CUDA when present, else CPU
-    neuron: NeuronConfig = field(default_factory=NeuronConfig)
-    surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
-
-    def check(self, path: str) -> None:
-        for key in ("timesteps", "epochs", "batch_size"):
-            check(getattr(self, key) >= 1, join(path, key), getattr(self, key), "an integer >= 1")
-        check(self.lr > 0, join(path, "lr"), self.lr, "a number > 0")
-        check(self.weight_decay >= 0, join(path, "weight_decay"), self.weight_decay, "a number >= 0")
-        check(self.device in ("auto", "cpu") or self.device.startswith("cuda"), join(path, "device"),
-              self.device, "'auto', 'cpu' or 'cuda[:N]'")
-
-
-def parse_config(config: dict, path: str = "") -> TrainConfig:
-    """A validated TrainConfig from plain data; raises ConfigError naming the bad key."""
-    return parse_dataclass(TrainConfig, config, path)
-
-
-def default_config() -> dict:
-    return to_dict(TrainConfig())
+def missing_data(config: dict) -> str | None:
+    """Why this config's data set is not on disk while download is off, or None (checked before any run)."""
+    cfg = parse_config(config)
+    if cfg.dataset in CIFAR and not cfg.download:
+        return cifar_absence(cfg.dataset, cfg.data_dir)
+    return None
 
 
 class TrainingDiverged(RuntimeError):

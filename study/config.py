@@ -12,8 +12,8 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from isnm.config import ConfigError, check, join, parse_dataclass, to_dict, unknown_key_message
-from isnm.train import default_config, parse_config
+from isnm.config import (ConfigError, check, default_config, join, parse_config, parse_dataclass, to_dict,
+                         unknown_key_message)
 
 METRICS = ("test_acc", "train_acc", "train_loss", "spike_rate")  # what a trial reports per epoch
 MAXIMIZED = ("test_acc", "train_acc")

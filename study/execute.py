@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -12,7 +13,7 @@ import ray
 import torch
 from ray import tune
 
-from isnm.train import train
+from isnm.train import TrainingDiverged, train
 from study.config import Study, StudyError, with_overrides
 from study.plan import Trial, config_hash, search_base
 from study.tracking import STATE_FILE
@@ -59,7 +60,11 @@ def trainable(tune_config: dict, book: TrialBook) -> None:
             torch.save(state, Path(folder) / STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    train(config, on_epoch=report, resume_state=resume_state)
+    try:
+        train(config, on_epoch=report, resume_state=resume_state)
+    except TrainingDiverged as exc:
+        # Divergence is a result, not a crash: retrying the same seed would diverge again.
+        tune.report({"epoch": exc.epoch, "diverged": 1, "diverged_step": exc.step})
 
 
 def trial_folder(trial) -> str:
@@ -102,12 +107,12 @@ def tune_config(study: Study, max_concurrent: Optional[int]) -> tune.TuneConfig:
                            trial_dirname_creator=trial_folder)
 
 
-def experiment_name(study: Study, trials: list[Trial]) -> str:
+def experiment_path(study: Study, trials: list[Trial], storage: str) -> Path:
     """Ray's experiment folder: the same plan maps to the same folder, so a rerun can resume it."""
     plan = [t.config_hash for t in trials] or [json.dumps(study.spec.search.__dict__, sort_keys=True, default=str),
                                                  config_hash(search_base(study))]
     digest = hashlib.sha256("\n".join(plan).encode()).hexdigest()[:8]
-    return "-".join(part for part in (study.name, study.profile, digest) if part)
+    return Path(storage).resolve() / "-".join(part for part in (study.name, study.profile, digest) if part)
 
 
 def start_ray(address: Optional[str], resources) -> None:
@@ -124,24 +129,26 @@ def start_ray(address: Optional[str], resources) -> None:
                          f"{total.get('CPU', 0):g} CPUs; lower resources.cpu")
 
 
-def build_tuner(study: Study, trials: list[Trial], book: TrialBook, storage: str, callbacks: list,
-                max_concurrent: Optional[int], fresh: bool) -> tuple[tune.Tuner, str]:
-    """A new Tuner, or the restored one when this plan's experiment was interrupted; and its path."""
-    name = experiment_name(study, trials)
-    path = Path(storage).resolve() / name
+def can_resume(path: Path) -> bool:
+    return tune.Tuner.can_restore(str(path))
+
+
+def build_tuner(study: Study, to_run: list[Trial], book: TrialBook, path: Path, callbacks: list,
+                max_concurrent: Optional[int], resume: bool) -> tune.Tuner:
+    """The restored Tuner of this plan's interrupted experiment, or a new one over `to_run`."""
     resources = {"cpu": study.spec.resources.cpu, "gpu": study.spec.resources.gpu}
     fn = tune.with_resources(tune.with_parameters(trainable, book=book), resources)
-    space = param_space(study, trials)
-    if not fresh and tune.Tuner.can_restore(str(path)):
-        tuner = tune.Tuner.restore(str(path), trainable=fn, param_space=space, resume_unfinished=True,
-                                   resume_errored=True)
+    if resume:
+        tuner = tune.Tuner.restore(str(path), trainable=fn, resume_unfinished=True, resume_errored=True)
         # Restore unpickles the callbacks of the interrupted driver; this invocation's tracker (its own
         # parent run) replaces them. Ray offers no public setter for this.
         tuner._local_tuner.get_run_config().callbacks = callbacks
-        return tuner, str(path)
+        return tuner
+    if path.exists():  # an earlier, finished or abandoned, experiment of this plan: keep it aside
+        path.rename(path.with_name(f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}"))
     run_config = tune.RunConfig(
-        name=name, storage_path=str(Path(storage).resolve()), callbacks=callbacks,
+        name=path.name, storage_path=str(path.parent), callbacks=callbacks,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=study.spec.retries))
-    tuner = tune.Tuner(fn, param_space=space, tune_config=tune_config(study, max_concurrent), run_config=run_config)
-    return tuner, str(path)
+    return tune.Tuner(fn, param_space=param_space(study, to_run), tune_config=tune_config(study, max_concurrent),
+                      run_config=run_config)

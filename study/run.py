@@ -6,8 +6,10 @@ import os
 import sys
 import time
 
+from typing import Optional
+
 from study.config import Study, StudyError, load_study
-from study.plan import plan_trials, trial_table
+from study.plan import Trial, plan_trials, trial_table
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -20,51 +22,87 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--storage", default="./ray_results", help="Ray results and checkpoints (default ./ray_results)")
     parser.add_argument("--max-concurrent", type=int, help="at most N trials at once (default: as resources allow)")
     parser.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted run")
+    parser.add_argument("--rerun", action="store_true",
+                        help="run every trial, also those with a FINISHED run of the same config in MLflow")
     return parser.parse_args(argv)
 
 
-def summary_lines(results, describe) -> list[str]:
-    rows = []
-    for result in results:
-        info = describe(result.config)
-        acc = result.metrics.get("test_acc") if result.metrics else None
-        seconds = result.metrics.get("time_total_s") if result.metrics else None
-        status = "failed: " + str(result.error).strip().splitlines()[-1][:120] if result.error else (
-            f"test_acc {acc:.4f}" if acc is not None else "no result")
-        rows.append((info["name"], status, f"{seconds:.0f}s" if seconds is not None else "-"))
+def summary_lines(rows: list[tuple[str, str, str]]) -> list[str]:
     width = max((len(r[0]) for r in rows), default=0)
     return [f"  {name.ljust(width)}  {status}  {secs}" for name, status, secs in rows]
 
 
-def run(study: Study, args: argparse.Namespace) -> int:
+def result_row(result, describe) -> tuple[str, str, str]:
+    metrics = result.metrics or {}
+    if result.error:
+        status = "failed: " + str(result.error).strip().splitlines()[-1][:120]
+    elif metrics.get("diverged"):
+        status = f"failed: training diverged at epoch {int(metrics['epoch'])}, step {int(metrics['diverged_step'])}"
+    elif "test_acc" in metrics:
+        status = f"test_acc {metrics['test_acc']:.4f}"
+    else:
+        status = "no result"
+    seconds = metrics.get("time_total_s")
+    return describe(result.config)["name"], status, f"{seconds:.0f}s" if seconds is not None else "-"
+
+
+def check_before_start(study: Study, trials: list[Trial], address: Optional[str]) -> None:
+    """Mistakes found without starting anything: data that is missing, GPUs this machine lacks."""
+    from isnm.train import missing_data  # torch loads only here, after the file itself is known good
+
+    configs = [t.config for t in trials] or [study.base]
+    for config in configs:
+        why = missing_data(config)
+        if why:
+            raise StudyError(f"{study.path}: {why}")
+    if study.spec.resources.gpu > 0 and not (address or os.environ.get("RAY_ADDRESS")):
+        import torch
+        if torch.cuda.device_count() < study.spec.resources.gpu:
+            raise StudyError(f"{study.path}: resources.gpu: {study.spec.resources.gpu:g} per trial, but this machine "
+                             f"has {torch.cuda.device_count()} GPUs; set resources.gpu: 0 (a profile such as "
+                             f"demo does) or pass --address of a cluster with GPUs")
+
+
+def run(study: Study, trials: list[Trial], args: argparse.Namespace) -> int:
     # Every epoch checkpoints by design (that is what resuming needs); Tune warns about it on short epochs.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if args.address or os.environ.get("RAY_ADDRESS"):
         # `ray start` turns token authentication on, but a joining driver follows only when told, and
         # Ray reads this once, on import
         os.environ.setdefault("RAY_AUTH_MODE", "token")
-    # Ray and MLflow load only once the study is known to be valid, so a bad file fails in milliseconds.
+    # Ray and MLflow load only once the study is known to be valid, so a bad file fails in a second.
     import ray
     from mlflow.tracking import MlflowClient
 
     from study import execute, tracking
 
-    trials = plan_trials(study) if study.spec.search is None else []
     uri = tracking.tracking_uri(args.tracking_uri)
-    execute.start_ray(args.address, study.spec.resources)
-    try:
-        client = MlflowClient(uri)
-        exp_id = tracking.experiment_id(client, study.name, uri)
-        commit = tracking.git_commit()
-        name = execute.experiment_name(study, trials)
-        parent = tracking.start_parent_run(client, exp_id, study, commit, name)
-        book = execute.TrialBook(study, trials)
-        tracker = tracking.MlflowTracker(uri, exp_id, parent, study, commit, book.describe)
-        tuner, path = execute.build_tuner(study, trials, book, args.storage, [tracker], args.max_concurrent,
-                                          args.fresh)
-        began = time.perf_counter()
+    client = MlflowClient(uri)
+    exp_id = tracking.experiment_id(client, study.name, uri)
+    commit = tracking.git_commit()
+    path = execute.experiment_path(study, trials, args.storage)
+    closed = tracking.close_dangling_runs(client, exp_id, str(path))
+    if closed:
+        print(f"closed {closed} run(s) left RUNNING by an interrupted driver")
+    book = execute.TrialBook(study, trials)
+    parent = tracking.start_parent_run(client, exp_id, study, commit, str(path))
+    cached = {} if args.rerun else tracking.finished_runs(client, {t.config_hash for t in trials})
+    for trial in trials:
+        source = cached.get(trial.config_hash)
+        if source is not None and source.info.experiment_id != exp_id:
+            tracking.copy_cached_run(client, source, exp_id, parent, study.name, trial.as_dict(), commit)
+    to_run = [t for t in trials if t.config_hash not in cached]
+    resume = not (args.fresh or args.rerun) and execute.can_resume(path)
+    rows = [(t.name, "cached", "-") for t in trials if t.config_hash in cached]
+    failed = 0
+    began = time.perf_counter()
+    if to_run or study.spec.search is not None:
+        execute.start_ray(args.address, study.spec.resources)
+        tracker = tracking.MlflowTracker(uri, exp_id, parent, study, commit, book.describe, str(path))
         try:
+            tuner = execute.build_tuner(study, to_run, book, path, [tracker], args.max_concurrent, resume)
             results = tuner.fit()
+            tracker.reconcile(results)
         except KeyboardInterrupt:
             client.set_terminated(parent, "KILLED")
             print(f"\ninterrupted; run the same command again to resume ({path})", file=sys.stderr)
@@ -72,12 +110,15 @@ def run(study: Study, args: argparse.Namespace) -> int:
         except BaseException:
             client.set_terminated(parent, "FAILED")
             raise
-        failed = sum(1 for r in results if r.error)
-        client.set_terminated(parent, "FAILED" if failed else "FINISHED")
-    finally:
-        ray.shutdown()
-    print(f"\n{study.name}: {len(results)} trials in {time.perf_counter() - began:.0f}s, {failed} failed")
-    print("\n".join(summary_lines(results, book.describe)))
+        finally:
+            ray.shutdown()
+        done = [result_row(r, book.describe) for r in results]
+        failed = sum(1 for _, status, _ in done if status.startswith("failed"))
+        rows += done
+    client.set_terminated(parent, "FAILED" if failed else "FINISHED")
+    print(f"\n{study.name}: {len(rows)} trials ({len(rows) - len(to_run) if trials else 0} cached) in "
+          f"{time.perf_counter() - began:.0f}s, {failed} failed")
+    print("\n".join(summary_lines(rows)))
     print(f"\nruns: {tracking.ui_command(uri)}   (experiment {study.name!r})")
     return 1 if failed else 0
 
@@ -97,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{study.name}: search, {search.num_samples} samples ({search.algorithm}) over "
                       f"{', '.join(search.space)}; {search.metric} {search.mode}")
             return 0
-        return run(study, args)
+        check_before_start(study, trials, args.address)
+        return run(study, trials, args)
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

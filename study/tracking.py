@@ -87,49 +87,94 @@ def log_epoch(client: MlflowClient, run_id: str, metrics: dict) -> None:
                                       for k in LOGGED_METRICS if k in metrics])
 
 
+def close_dangling_runs(client: MlflowClient, exp_id: str, ray_path: str) -> int:
+    """Runs of this Ray experiment still RUNNING belong to a driver that died: mark them KILLED.
+
+    A restored trial reopens its own run; the count of closed runs is returned.
+    """
+    runs = client.search_runs([exp_id], f"tags.ray_experiment = '{ray_path}' and attributes.status = 'RUNNING'")
+    for run in runs:
+        client.set_terminated(run.info.run_id, "KILLED")
+    return len(runs)
+
+
+def finished_runs(client: MlflowClient, hashes: set[str]) -> dict[str, object]:
+    """config hash -> the newest FINISHED trial run with that hash, in any experiment of the store."""
+    found: dict[str, object] = {}
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    token = None
+    while experiments:
+        page = client.search_runs(experiments, "tags.kind = 'trial' and attributes.status = 'FINISHED'",
+                                  order_by=["attributes.start_time DESC"], max_results=1000, page_token=token)
+        for run in page:
+            key = run.data.tags.get("config_hash")
+            if key in hashes and key not in found:
+                found[key] = run
+        token = page.token
+        if not token:
+            break
+    return found
+
+
+def copy_cached_run(client: MlflowClient, source, exp_id: str, parent_id: str, study_name: str, info: dict,
+                    commit: str) -> str:
+    """A FINISHED child run in this study holding another study's result for the same config hash."""
+    run_id = create_trial_run(client, exp_id, parent_id, study_name, info, commit,
+                              {"cached_from": source.info.run_id})
+    metrics = [m for key in source.data.metrics for m in client.get_metric_history(source.info.run_id, key)]
+    for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics a batch
+        client.log_batch(run_id, metrics=metrics[start:start + 1000])
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
 class MlflowTracker(Callback):
-    """Logs trials to MLflow as nested child runs of `parent_id`.
+    """Logs trials to MLflow as nested child runs of `parent_id`, each epoch exactly once.
 
     `describe(tune_config)` gives a trial's name, variant, seed, config and config_hash.
     """
 
     def __init__(self, uri: str, exp_id: str, parent_id: str, study: Study, commit: str,
-                 describe: Callable[[dict], dict]):
+                 describe: Callable[[dict], dict], ray_path: str):
         self.uri, self.exp_id, self.parent_id = uri, exp_id, parent_id
-        self.study, self.commit, self.describe = study, commit, describe
+        self.study, self.commit, self.describe, self.ray_path = study, commit, describe, ray_path
         self.client: Optional[MlflowClient] = None
         self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
         self.logged_epoch: dict[str, int] = {}  # MLflow run id -> last epoch logged
         self.checkpoints: dict[str, Checkpoint] = {}  # Ray trial id -> last checkpoint
+        self.diverged: dict[str, str] = {}  # Ray trial id -> why
 
     def setup(self, **info) -> None:
         self.client = MlflowClient(self.uri)
 
-    def run_for(self, trial) -> str:
-        if trial.trial_id in self.runs:
-            return self.runs[trial.trial_id]
+    def run_for(self, trial_id: str, tune_config: dict) -> str:
+        if trial_id in self.runs:
+            return self.runs[trial_id]
         existing = self.client.search_runs(
-            [self.exp_id], f"tags.ray_trial_id = '{trial.trial_id}' and tags.ray_experiment = '{trial.local_experiment_path}'")
-        if existing:  # the experiment was restored after the driver stopped: continue that run
+            [self.exp_id], f"tags.ray_trial_id = '{trial_id}' and tags.ray_experiment = '{self.ray_path}'")
+        if existing:  # the experiment was restored after its driver stopped: continue that run
             run_id = existing[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, PARENT, self.parent_id)
             history = self.client.get_metric_history(run_id, "test_acc")
             self.logged_epoch[run_id] = max((m.step for m in history), default=0)
         else:
-            extra = {"ray_trial_id": trial.trial_id, "ray_experiment": trial.local_experiment_path,
-                     "profile": self.study.profile or ""}
+            extra = {"ray_trial_id": trial_id, "ray_experiment": self.ray_path, "profile": self.study.profile or ""}
             run_id = create_trial_run(self.client, self.exp_id, self.parent_id, self.study.name,
-                                      self.describe(trial.config), self.commit, extra)
+                                      self.describe(tune_config), self.commit, extra)
             self.logged_epoch[run_id] = 0
-        self.runs[trial.trial_id] = run_id
+        self.runs[trial_id] = run_id
         return run_id
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self.run_for(trial)
+        self.run_for(trial.trial_id, trial.config)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        run_id = self.run_for(trial)
+        run_id = self.run_for(trial.trial_id, trial.config)
+        if result.get("diverged"):
+            self.diverged[trial.trial_id] = (f"training diverged: loss not finite at epoch {int(result['epoch'])}, "
+                                             f"step {int(result['diverged_step'])}")
+            return
         epoch = int(result.get("epoch", 0))
         if epoch <= self.logged_epoch[run_id]:
             return  # a retried or restored trial re-reporting an epoch already logged
@@ -140,19 +185,36 @@ class MlflowTracker(Callback):
         self.checkpoints[trial.trial_id] = checkpoint
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        run_id = self.run_for(trial)
-        checkpoint = self.checkpoints.get(trial.trial_id) or trial.checkpoint
+        self.finish(trial.trial_id, trial.config, self.checkpoints.get(trial.trial_id) or trial.checkpoint)
+
+    def finish(self, trial_id: str, tune_config: dict, checkpoint: Optional[Checkpoint]) -> None:
+        """End a trial's run: FAILED if it diverged, else FINISHED with its final weights."""
+        run_id = self.run_for(trial_id, tune_config)
+        if trial_id in self.diverged:
+            self.client.set_tag(run_id, "error", self.diverged[trial_id])
+            self.client.set_terminated(run_id, "FAILED")
+            return
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
                 self.log_weights(run_id, Path(folder) / STATE_FILE)
         self.client.set_terminated(run_id, "FINISHED")
 
+    def reconcile(self, results) -> None:
+        """After fit: a trial Ray holds as done keeps a FINISHED run, whatever the driver lived through."""
+        for result in results:
+            if result.error is not None or not result.metrics:
+                continue
+            trial_id = result.metrics["trial_id"]
+            run_id = self.run_for(trial_id, result.config)
+            if self.client.get_run(run_id).info.status != "FINISHED" and trial_id not in self.diverged:
+                self.finish(trial_id, result.config, result.checkpoint)
+
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        run_id = self.run_for(trial)
+        run_id = self.run_for(trial.trial_id, trial.config)
         self.client.set_tag(run_id, "retries", str(trial.num_failures))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        run_id = self.run_for(trial)
+        run_id = self.run_for(trial.trial_id, trial.config)
         error = trial.get_error()
         self.client.set_tag(run_id, "error", error_line(str(error)) if error else "unknown error")
         self.client.set_terminated(run_id, "FAILED")
@@ -163,4 +225,3 @@ class MlflowTracker(Callback):
             weights = Path(tmp) / "model.pt"
             torch.save(state["model"], weights)
             self.client.log_artifact(run_id, str(weights))
-

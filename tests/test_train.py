@@ -6,7 +6,8 @@ import torch
 
 import isnm.train as train_module
 from isnm.config import ConfigError
-from isnm.train import TrainingDiverged, default_config, main, parse_config, surrogate_at, train
+from isnm.config import default_config, parse_config
+from isnm.train import TrainingDiverged, main, surrogate_at, train
 
 
 def test_defaults_are_the_papers_recipe():

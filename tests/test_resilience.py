@@ -1,0 +1,150 @@
+"""Crashes, restarts, divergence and caching, with real processes killed by real signals."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from isnm.train import train
+from study.config import load_study
+from study.plan import plan_trials
+from tests.studies import loopback_env, run_study, small_study
+
+
+def trial_runs(db: Path, study: str) -> list:
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(study)
+    return [] if exp is None else client.search_runs([exp.experiment_id], "tags.kind = 'trial'")
+
+
+def steps(db: Path, run, key: str = "test_acc") -> list[int]:
+    return sorted(m.step for m in MlflowClient(f"sqlite:///{db}").get_metric_history(run.info.run_id, key))
+
+
+def start_study(cwd: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=cwd, env=loopback_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"study ended before {what}:\n{process.stdout.read()[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def parent_of(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def trial_workers(driver: int) -> list[int]:
+    """PIDs of the driver's Ray workers running a trial (their process title names the trainable's actor)."""
+    out = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout
+    mine = []
+    for pid in map(int, out.split()):
+        ancestor = pid
+        while ancestor > 1 and ancestor != driver:
+            ancestor = parent_of(ancestor)
+        if ancestor == driver:
+            mine.append(pid)
+    return mine
+
+
+def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
+    path = small_study(tmp_path, name="killworker", epochs=5, variants={"GSG": {"surrogate.schedule": "gradual"}},
+                       seeds=[3])
+    db = tmp_path / "mlflow.db"
+    driver = start_study(tmp_path, str(path))
+    try:
+        wait_for(lambda: db.exists() and any(steps(db, r) for r in trial_runs(db, "killworker")), 240,
+                 "the first epoch", driver)
+        workers = wait_for(lambda: trial_workers(driver.pid), 30, "the trial's worker", driver)
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        output, _ = driver.communicate(timeout=300)
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, output[-3000:]
+    (run,) = trial_runs(db, "killworker")
+    assert run.info.status == "FINISHED" and run.data.tags.get("retries") == "1"
+    assert steps(db, run) == [1, 2, 3, 4, 5]  # every epoch exactly once
+    (trial,) = plan_trials(load_study(path))
+    torch.set_num_threads(1)  # the trial had one CPU
+    reference = train(trial.config)
+    assert run.data.metrics["test_acc"] == reference["test_acc"]
+    assert run.data.metrics["train_loss"] == pytest.approx(reference["train_loss"], rel=0, abs=1e-12)
+
+
+def test_killed_driver_resumes_on_rerun_without_repeating_work(tmp_path):
+    path = small_study(tmp_path, name="killdriver", epochs=4)
+    db = tmp_path / "mlflow.db"
+    driver = start_study(tmp_path, str(path))
+    try:
+        finished = wait_for(lambda: db.exists() and [r for r in trial_runs(db, "killdriver")
+                                                     if r.info.status == "FINISHED"], 300, "a finished trial", driver)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        driver.kill()
+    before = {r.info.run_id: r.info.end_time for r in trial_runs(db, "killdriver") if r.info.status == "FINISHED"}
+    assert len(before) < 4, "the study ended before the driver was killed"
+    done = run_study(tmp_path, str(path))
+    runs = trial_runs(db, "killdriver")
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(finished) == 4 and len({r.data.tags["config_hash"] for r in finished}) == 4
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    for run in finished:
+        assert steps(db, run) == [1, 2, 3, 4]
+        if run.info.run_id in before:  # finished before the kill: not trained again
+            assert run.info.end_time == before[run.info.run_id]
+    assert "0 failed" in done.stdout
+
+
+def test_finished_configs_are_cached_across_invocations_and_study_files(tmp_path):
+    first = small_study(tmp_path, name="first", epochs=1)
+    db = tmp_path / "mlflow.db"
+    run_study(tmp_path, str(first))
+    again = run_study(tmp_path, str(first))
+    assert "4 trials (4 cached)" in again.stdout and "Trial status" not in again.stdout
+    assert len(trial_runs(db, "first")) == 4
+
+    second = small_study(tmp_path, name="second", epochs=1, seeds=[1, 2])  # seed 1 overlaps
+    out = run_study(tmp_path, str(second)).stdout
+    assert "4 trials (2 cached)" in out
+    runs = trial_runs(db, "second")
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    copies = [r for r in runs if "cached_from" in r.data.tags]
+    assert len(copies) == 2 and all(steps(db, r) == [1] for r in copies)
+
+    rerun = run_study(tmp_path, str(first), "--rerun")
+    assert "4 trials (0 cached)" in rerun.stdout
+    assert len([r for r in trial_runs(db, "first") if r.info.status == "FINISHED"]) == 8
+
+
+def test_diverged_trial_fails_alone_and_is_counted(tmp_path):
+    path = small_study(tmp_path, name="diverge", epochs=2, seeds=[0],
+                       variants={"sane": {}, "wild": {"lr": 1e37}})
+    done = run_study(tmp_path, str(path), check=False)
+    assert done.returncode == 1
+    assert "training diverged at epoch 1, step 2" in done.stdout and "1 failed" in done.stdout
+    runs = {r.info.run_name: r for r in trial_runs(tmp_path / "mlflow.db", "diverge")}
+    assert runs["sane seed=0"].info.status == "FINISHED"
+    assert runs["wild seed=0"].info.status == "FAILED"
+    assert runs["wild seed=0"].data.tags["error"] == "training diverged: loss not finite at epoch 1, step 2"
+    from study.report import main as report
+    assert report(["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path / "r")]) == 0
+    assert "2 trials planned: 1 finished, 1 failed" in (tmp_path / "r/diverge.md").read_text()
