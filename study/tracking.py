@@ -143,6 +143,7 @@ class MlflowTracker(Callback):
         self.logged_epoch: dict[str, int] = {}  # MLflow run id -> last epoch logged
         self.checkpoints: dict[str, Checkpoint] = {}  # Ray trial id -> last checkpoint
         self.diverged: dict[str, str] = {}  # Ray trial id -> why
+        self.done: set[str] = set()  # Ray trial ids whose run was already FINISHED before this driver
 
     def setup(self, **info) -> None:
         self.client = MlflowClient(self.uri)
@@ -152,7 +153,13 @@ class MlflowTracker(Callback):
             return self.runs[trial_id]
         existing = self.client.search_runs(
             [self.exp_id], f"tags.ray_trial_id = '{trial_id}' and tags.ray_experiment = '{self.ray_path}'")
-        if existing:  # the experiment was restored after its driver stopped: continue that run
+        if existing and existing[0].info.status == "FINISHED":
+            # Ray's last snapshot predates the trial's end, so the restored trial replays its final
+            # checkpoint (no epoch is trained again); its run is complete and stays untouched.
+            run_id = existing[0].info.run_id
+            self.done.add(trial_id)
+            self.logged_epoch[run_id] = 1 << 30
+        elif existing:  # the experiment was restored after its driver stopped: continue that run
             run_id = existing[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, PARENT, self.parent_id)
@@ -190,6 +197,8 @@ class MlflowTracker(Callback):
     def finish(self, trial_id: str, tune_config: dict, checkpoint: Optional[Checkpoint]) -> None:
         """End a trial's run: FAILED if it diverged, else FINISHED with its final weights."""
         run_id = self.run_for(trial_id, tune_config)
+        if trial_id in self.done:
+            return
         if trial_id in self.diverged:
             self.client.set_tag(run_id, "error", self.diverged[trial_id])
             self.client.set_terminated(run_id, "FAILED")

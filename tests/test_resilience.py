@@ -27,6 +27,10 @@ def steps(db: Path, run, key: str = "test_acc") -> list[int]:
     return sorted(m.step for m in MlflowClient(f"sqlite:///{db}").get_metric_history(run.info.run_id, key))
 
 
+def checkpoints(cwd: Path) -> list[Path]:
+    return list(cwd.glob("ray_results/*/*/checkpoint_*"))
+
+
 def start_study(cwd: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=cwd, env=loopback_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -70,8 +74,7 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
     db = tmp_path / "mlflow.db"
     driver = start_study(tmp_path, str(path))
     try:
-        wait_for(lambda: db.exists() and any(steps(db, r) for r in trial_runs(db, "killworker")), 240,
-                 "the first epoch", driver)
+        wait_for(lambda: checkpoints(tmp_path), 240, "the first epoch's checkpoint", driver)
         workers = wait_for(lambda: trial_workers(driver.pid), 30, "the trial's worker", driver)
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
@@ -94,8 +97,9 @@ def test_killed_driver_resumes_on_rerun_without_repeating_work(tmp_path):
     db = tmp_path / "mlflow.db"
     driver = start_study(tmp_path, str(path))
     try:
-        finished = wait_for(lambda: db.exists() and [r for r in trial_runs(db, "killdriver")
-                                                     if r.info.status == "FINISHED"], 300, "a finished trial", driver)
+        wait_for(lambda: checkpoints(tmp_path), 240, "the first checkpoint", driver)  # the store exists by now
+        wait_for(lambda: [r for r in trial_runs(db, "killdriver") if r.info.status == "FINISHED"], 300,
+                 "a finished trial", driver)
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
