@@ -177,6 +177,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     device: str = "auto"  # auto = CUDA when present, else CPU
+    kernel: Literal["auto", "eager", "compiled"] = "auto"  # the ISNM time loops; auto = compiled for
+    # CUDA or the CIFAR networks (compiling takes ~30 s, repaid within an epoch), eager otherwise
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on CUDA; the CPU always computes in fp32
     neuron: NeuronConfig = field(default_factory=NeuronConfig)
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
 

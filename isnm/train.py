@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
-import math
 import sys
 import time
 from typing import Any, Callable
@@ -18,7 +17,7 @@ from torch import nn
 from isnm.config import ConfigError, SurrogateConfig, TrainConfig, parse_config
 from isnm.data import CIFAR, DataError, Dataset, cifar_absence, load_dataset, test_batches, train_batches
 from isnm.models import build_model
-from isnm.neuron import ISNM, set_surrogate
+from isnm.neuron import ISNM, set_kernel, set_surrogate
 from isnm.surrogate import alpha_for, beta_at
 
 EVAL_BATCH_SIZE = 1000
@@ -47,6 +46,13 @@ def surrogate_at(cfg: SurrogateConfig, epoch_index: int, epochs: int) -> tuple[f
     else:
         beta = cfg.beta
     return alpha_for(beta, cfg.alpha), beta
+
+
+def resolve_kernel(cfg: TrainConfig, device: torch.device) -> str:
+    """The ISNM loops to run: compiling pays off on GPUs and for the CIFAR networks, not for tiny ones."""
+    if cfg.kernel != "auto":
+        return cfg.kernel
+    return "compiled" if cfg.timesteps > 1 and (device.type == "cuda" or cfg.arch != "tiny") else "eager"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -106,6 +112,12 @@ def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, device)
     model = build_model(cfg.arch, data.num_classes, data.in_channels, cfg.timesteps, cfg.neuron.tau,
                         cfg.neuron.threshold, cfg.neuron.reset, data.image_size).to(device)
+    set_kernel(model, resolve_kernel(cfg, device))
+    cuda = device.type == "cuda"
+    if cuda:  # layouts and algorithms that are faster on GPUs and change nothing on the CPU
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.precision == "bf16")
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     start = 0
@@ -123,16 +135,23 @@ def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
+        first_bad = torch.zeros((), dtype=torch.int64, device=device)  # step of the first non-finite loss
+        bad_loss = torch.zeros((), dtype=torch.float64, device=device)
         for step, (x, y) in enumerate(train_batches(data, cfg.batch_size, generator), start=1):
-            logits = model(x)
-            loss = loss_fn(logits, y)
-            if not math.isfinite(loss.item()):
-                raise TrainingDiverged(epoch, step, loss.item())
+            with autocast:
+                logits = model(x)
+                loss = loss_fn(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            # Divergence is noted on the device and checked once an epoch: no host sync inside the step.
+            newly_bad = ~torch.isfinite(loss.detach()) & (first_bad == 0)
+            first_bad = torch.where(newly_bad, step, first_bad)
+            bad_loss = torch.where(newly_bad, loss.detach().double(), bad_loss)
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
+        if first_bad.item():
+            raise TrainingDiverged(epoch, first_bad.item(), bad_loss.item())
         n = len(data.train_y)
         test_acc, spike_rate = evaluate(model, data)
         metrics = {"epoch": epoch, "train_loss": loss_sum.item() / n, "train_acc": correct.item() / n,

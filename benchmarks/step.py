@@ -1,0 +1,88 @@
+"""One training step (forward, backward, Adam) of ISNM networks at T=5 against the same network as an ANN.
+
+python -m benchmarks.step [--batch 32] [--repeats 10]
+R = t_isnm / (5 * t_ann): below 1 means the ISNM network costs less than five ANN passes.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+
+from benchmarks.common import alternating_medians, print_table
+from isnm.models import build_model
+from isnm.neuron import ISNM, set_kernel
+
+TIMESTEPS = 5
+
+
+def as_ann(model: nn.Module) -> nn.Module:
+    """The same network with ReLU in place of every ISNM layer (built with timesteps=1)."""
+    for name, child in model.named_children():
+        if isinstance(child, ISNM):
+            setattr(model, name, nn.ReLU())
+        else:
+            as_ann(child)
+    return model
+
+
+def step_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(images), labels).backward()
+        optimizer.step()
+    return step
+
+
+def saved_activation_bytes(model: nn.Module, images: torch.Tensor) -> int:
+    """Bytes autograd keeps for backward in one forward pass (what training memory grows with)."""
+    total = 0
+    seen: set = set()
+
+    def pack(tensor: torch.Tensor):
+        nonlocal total
+        key = (tensor.untyped_storage().data_ptr(), tensor.dtype)
+        if key not in seen and not isinstance(tensor, nn.Parameter):
+            seen.add(key)
+            total += tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(images).sum()
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    images = torch.randn(args.batch, 3, 32, 32)
+    labels = torch.randint(0, 10, (args.batch,))
+    rows = []
+    for arch in ("vgg_small", "resnet18"):
+        snn = build_model(arch, 10, timesteps=TIMESTEPS)
+        set_kernel(snn, "compiled")  # what isnm.train runs for these networks (kernel: auto)
+        ann = as_ann(build_model(arch, 10, timesteps=1))
+        for model in (snn, ann):
+            for m in model.modules():
+                if isinstance(m, ISNM):
+                    m.beta = 5.0
+        medians = alternating_medians({"isnm": step_fn(snn, images, labels), "ann": step_fn(ann, images, labels)},
+                                      args.repeats)
+        mem_snn, mem_ann = saved_activation_bytes(snn, images), saved_activation_bytes(ann, images)
+        rows.append([arch, f"{medians['isnm'] * 1e3:.0f} ms", f"{medians['ann'] * 1e3:.0f} ms",
+                     f"{medians['isnm'] / (TIMESTEPS * medians['ann']):.2f}",
+                     f"{mem_snn / 2**20:.0f} MiB", f"{mem_ann / 2**20:.0f} MiB", f"{mem_snn / mem_ann:.2f}x"])
+    print_table(f"Training step, batch {args.batch}, 32x32 images: ISNM at T={TIMESTEPS} vs the same net as an ANN",
+                ["arch", "ISNM step", "ANN step", "R = isnm / (5 ann)", "ISNM activations", "ANN activations",
+                 "ratio"], rows)
+
+
+if __name__ == "__main__":
+    main()
