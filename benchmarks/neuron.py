@@ -27,7 +27,7 @@ def spikingjelly_lif(reset: str):
     # decay_input=False: H[t] = V[t-1] * (1 - 1/tau) + X[t], which at tau = 2 is ISNM's V[t-1]/tau + I[t]
     return neuron.LIFNode(tau=TAU, decay_input=False, v_threshold=THRESHOLD,
                           v_reset=0.0 if reset == "hard" else None, surrogate_function=surrogate.ATan(),
-                          step_mode="m", backend="torch")
+                          step_mode="m")  # the torch backend: SpikingJelly 2 has no other on the CPU
 
 
 def forward_backward(fn, current: torch.Tensor, grad: torch.Tensor) -> None:
