@@ -6,6 +6,7 @@ a close-match suggestion for misspelled keys. No torch here, so a study file is 
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -128,6 +129,40 @@ def parse_dataclass(cls: type, data: Any, path: str = "") -> Any:
     if hasattr(obj, "check"):
         obj.check(path)
     return obj
+
+
+def flat(config: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {dotted key: leaf value}."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = join(prefix, str(key))
+        if isinstance(value, dict):
+            out.update(flat(value, dotted))
+        else:
+            out[dotted] = value
+    return out
+
+
+def nested(dotted: dict[str, Any]) -> dict:
+    out: dict = {}
+    for key, value in dotted.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def merged(base: dict, overlay: dict) -> dict:
+    """Deep merge: mappings merge key by key, anything else in `overlay` replaces."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def to_dict(obj: Any) -> dict:

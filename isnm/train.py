@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from isnm.config import ConfigError, SurrogateConfig, TrainConfig, parse_config
+from isnm.config import ConfigError, SurrogateConfig, TrainConfig, merged, nested, parse_config
 from isnm.data import CIFAR, DataError, Dataset, cifar_absence, load_dataset, test_batches, train_batches
 from isnm.models import build_model
 from isnm.neuron import ISNM, set_kernel, set_surrogate
@@ -175,19 +175,6 @@ def value_of(text: str) -> Any:
         return text
 
 
-def with_override(config: dict, dotted: str, value: Any) -> dict:
-    """A copy of nested `config` with `dotted` (e.g. "surrogate.beta_min") set to `value`."""
-    out = copy.deepcopy(config)
-    node = out
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ConfigError(dotted, f"{key!r} is not a mapping")
-    node[leaf] = value
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m isnm.train", description="Train one ISNM network.")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -199,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             key, sep, text = item.partition("=")
             if not sep:
                 raise ConfigError("--set", f"got {item!r}, expected KEY=VALUE")
-            config = with_override(config, key, value_of(text))
+            config = merged(config, nested({key: value_of(text)}))
         cfg = parse_config(config)
     except ConfigError as exc:
         print(f"error: --set {exc}", file=sys.stderr)

@@ -5,15 +5,14 @@ file, the key path, the bad value and what was expected.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from isnm.config import (ConfigError, check, default_config, join, parse_config, parse_dataclass, to_dict,
-                         unknown_key_message)
+from isnm.config import (ConfigError, check, default_config, flat, join, merged, nested, parse_config,
+                         parse_dataclass, to_dict, unknown_key_message)
 
 METRICS = ("test_acc", "train_acc", "train_loss", "spike_rate")  # what a trial reports per epoch
 MAXIMIZED = ("test_acc", "train_acc")
@@ -148,40 +147,6 @@ class Study:
     def variants(self) -> dict[str, dict[str, Any]]:
         """Row name -> dotted overrides; a study without variants has one row named 'base'."""
         return self.spec.variants or {"base": {}}
-
-
-def flat(config: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> {dotted key: leaf value}."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        dotted = join(prefix, str(key))
-        if isinstance(value, dict):
-            out.update(flat(value, dotted))
-        else:
-            out[dotted] = value
-    return out
-
-
-def nested(dotted: dict[str, Any]) -> dict:
-    out: dict = {}
-    for key, value in dotted.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
-
-
-def merged(base: dict, overlay: dict) -> dict:
-    """Deep merge: mappings merge key by key, anything else in `overlay` replaces."""
-    out = copy.deepcopy(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def with_overrides(base: dict, overrides: dict[str, Any]) -> dict:

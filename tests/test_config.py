@@ -1,9 +1,11 @@
 """Study files: every shipped one validates; every user mistake is one clear line."""
+import copy
 from pathlib import Path
 
 import pytest
 import yaml
 
+from isnm.config import merged, nested
 from study.config import StudyError, load_study
 
 SHIPPED = sorted(Path(__file__).resolve().parent.parent.glob("search_spaces/*.yaml"))
@@ -18,13 +20,11 @@ def write(tmp_path: Path, data) -> Path:
 
 
 def with_change(**changes) -> dict:
-    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    """GOOD with `changes`: top=v replaces a top-level key, top__a__b=v sets one key inside it."""
+    data = copy.deepcopy(GOOD)
     for dotted, value in changes.items():
-        node = data
-        *parents, leaf = dotted.split("__")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+        top, *rest = dotted.split("__")
+        data[top] = merged(data.get(top, {}), nested({".".join(rest): value})) if rest else value
     return data
 
 
