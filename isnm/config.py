@@ -120,10 +120,10 @@ def parse_dataclass(cls: type, data: Any, path: str = "") -> Any:
         if key not in fields:
             raise ConfigError(join(path, str(key)), unknown_key_message(str(key), list(fields)))
     values = {}
-    for name, field in fields.items():
+    for name, spec in fields.items():
         if name in data:
             values[name] = parse(hints[name], data[name], join(path, name))
-        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
             raise ConfigError(join(path, name), f"missing, expected {describe(hints[name])}")
     obj = cls(**values)
     if hasattr(obj, "check"):

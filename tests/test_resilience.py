@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from mlflow.tracking import MlflowClient
 
 from isnm.train import train

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from study.run import main
-from tests.studies import ROOT, loopback_env
+from tests.studies import loopback_env
 from tests.test_config import BAD, GOOD
 
 CLI_ONLY = [
