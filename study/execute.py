@@ -4,8 +4,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -15,11 +15,8 @@ from ray import tune
 
 from isnm.train import TrainingDiverged, train
 from study.config import Study, StudyError, with_overrides
-from study.plan import Trial, config_hash, search_base
+from study.plan import SEARCH_VARIANT, Trial, cell_label, config_hash, search_base
 from study.tracking import STATE_FILE
-
-SEARCH_VARIANT = "search"
-
 
 class TrialBook:
     """Maps a Tune trial's config (a planned trial's name, or a search sample) to the trial it is.
@@ -37,9 +34,7 @@ class TrialBook:
             return self.trials[tune_config["trial"]]
         overrides = dict(tune_config["search"])
         config = with_overrides(self.base, overrides)
-        name = " ".join(f"{k.rsplit('.', 1)[-1]}={v:.4g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
-                        for k, v in overrides.items())
-        return {"name": name, "variant": SEARCH_VARIANT, "seed": config["seed"], "overrides": overrides,
+        return {"name": cell_label(overrides), "variant": SEARCH_VARIANT, "seed": config["seed"], "overrides": overrides,
                 "config": config, "config_hash": config_hash(config)}
 
 

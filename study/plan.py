@@ -12,6 +12,8 @@ from typing import Any
 
 from study.config import Study, StudyError, flat, with_overrides
 
+SEARCH_VARIANT = "search"  # the variant tag of every trial a search samples
+
 # Where the data lives and whether it may be fetched do not change a result, so they are not hashed.
 UNHASHED_KEYS = ("data_dir", "download")
 
@@ -43,7 +45,9 @@ def grid_cells(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 
 def cell_label(cell: dict[str, Any]) -> str:
-    return " ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in cell.items())
+    """'arch=resnet18 timesteps=1', 'beta_min=0.3786 alpha=paper': last key part, value (floats to 4 digits)."""
+    return " ".join(f"{key.rsplit('.', 1)[-1]}={value:.4g}" if isinstance(value, float)
+                    else f"{key.rsplit('.', 1)[-1]}={value}" for key, value in cell.items())
 
 
 def plan_trials(study: Study) -> list[Trial]:

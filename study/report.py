@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 
 from study.config import MAXIMIZED, METRICS, Study, StudyError, Table, flat, load_study, nested
-from study.plan import Trial, plan_trials
+from study.plan import SEARCH_VARIANT, Trial, plan_trials
 
 HEADERS = {"variant": "Method", "dataset": "Dataset", "arch": "Architecture", "timesteps": "TimeStep"}
 METRIC_HEADERS = {"test_acc": "Accuracy (%)", "train_acc": "Train accuracy (%)", "spike_rate": "Spike rate (%)",
@@ -282,7 +282,7 @@ def short(param: str) -> str:
 def leaderboard(client, children: pd.DataFrame, study: Study, metric: str) -> str:
     """The top trials of a search with their sampled values, and the best as a `base:` overlay."""
     keys = list(study.spec.search.space)
-    done = children[(children["status"] == "FINISHED") & (children["tags.variant"] == "search")
+    done = children[(children["status"] == "FINISHED") & (children["tags.variant"] == SEARCH_VARIANT)
                     & (children["tags.profile"].fillna("") == (study.profile or ""))]
     if done.empty or f"metrics.{metric}" not in done:
         return "No finished search trials yet."

@@ -93,7 +93,7 @@ def run(study: Study, trials: list[Trial], args: argparse.Namespace) -> int:
             tracking.copy_cached_run(client, source, exp_id, parent, study.name, trial.as_dict(), commit)
     to_run = [t for t in trials if t.config_hash not in cached]
     resume = not (args.fresh or args.rerun) and execute.can_resume(path)
-    rows = [(t.name, "cached", "-") for t in trials if t.config_hash in cached]
+    rows = {t.name: (t.name, "cached", "-") for t in trials if t.config_hash in cached}
     failed = 0
     began = time.perf_counter()
     if to_run or study.spec.search is not None:
@@ -112,13 +112,14 @@ def run(study: Study, trials: list[Trial], args: argparse.Namespace) -> int:
             raise
         finally:
             ray.shutdown()
-        done = [result_row(r, book.describe) for r in results]
-        failed = sum(1 for _, status, _ in done if status.startswith("failed"))
-        rows += done
+        # a restored experiment also returns trials that finished before: their result replaces "cached"
+        rows.update((row[0], row) for row in (result_row(r, book.describe) for r in results))
+        failed = sum(1 for _, status, _ in rows.values() if status.startswith("failed"))
     client.set_terminated(parent, "FAILED" if failed else "FINISHED")
-    print(f"\n{study.name}: {len(rows)} trials ({len(rows) - len(to_run) if trials else 0} cached) in "
-          f"{time.perf_counter() - began:.0f}s, {failed} failed")
-    print("\n".join(summary_lines(rows)))
+    reused = sum(1 for _, status, _ in rows.values() if status == "cached")
+    print(f"\n{study.name}: {len(rows)} trials ({reused} cached) in {time.perf_counter() - began:.0f}s, "
+          f"{failed} failed")
+    print("\n".join(summary_lines(list(rows.values()))))
     print(f"\nruns: {tracking.ui_command(uri)}   (experiment {study.name!r})")
     return 1 if failed else 0
 
