@@ -204,11 +204,15 @@ def render_welch(cells: list[Cell], metric: str) -> Optional[str]:
 
 
 def setting_line(study: Study) -> str:
-    base = study.base
-    what = (f"{base['dataset']}, {base['arch']}, T={base['timesteps']}, {base['epochs']} epochs, "
-            f"seeds {', '.join(map(str, study.spec.seeds))}")
+    """What our numbers were trained on, over all planned trials (a search: its base)."""
+    configs = [t.config for t in plan_trials(study)] if study.spec.search is None else [study.base]
+
+    def values(key: str) -> str:
+        return "/".join(str(v) for v in dict.fromkeys(c[key] for c in configs))
+
     profile = f" with profile `{study.profile}`" if study.profile else ""
-    return f"Ours{profile}: {what} (each row's own overrides apply)."
+    return (f"Ours{profile}: {values('dataset')}, {values('arch')}, T={values('timesteps')}, "
+            f"{values('epochs')} epochs, seeds {', '.join(map(str, study.spec.seeds))}.")
 
 
 # ---------------------------------------------------------------- plots
