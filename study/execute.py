@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -117,7 +118,12 @@ def experiment_path(study: Study, trials: list[Trial], storage: str) -> Path:
 
 def start_ray(address: Optional[str], resources) -> None:
     """Join `address` (or RAY_ADDRESS), else start Ray on this machine; fail early on resources it lacks."""
-    ray.init(address=address, include_dashboard=False, logging_level="WARNING")
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level="WARNING")
+    except ConnectionError as exc:
+        where = address or os.environ.get("RAY_ADDRESS")
+        raise StudyError(f"--address {where}: no Ray cluster answers there ({str(exc).splitlines()[0]}); "
+                         f"start one with `ray start --head`, or leave --address out for a local Ray") from None
     total = ray.cluster_resources()
     if resources.gpu > total.get("GPU", 0):
         ray.shutdown()

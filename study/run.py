@@ -144,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # an MLflow store that cannot be reached is the user's setting, not a bug
+        if type(exc).__module__.startswith("mlflow"):
+            print(f"error: MLflow store: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":
