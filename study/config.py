@@ -5,6 +5,7 @@ file, the key path, the bad value and what was expected.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -22,6 +23,19 @@ SCHEDULERS = ("asha",)
 
 class StudyError(Exception):
     """A user's study file (or command line) is wrong; `str()` is the one line to print."""
+
+
+def user_error_exit(exc: Exception) -> int:
+    """For a command's main: a user's mistake (a StudyError, or an MLflow store that cannot be
+    reached, which is the user's setting) prints one line and gives exit code 2; anything else is a
+    bug and is raised again with its traceback."""
+    if isinstance(exc, StudyError):
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if type(exc).__module__.startswith("mlflow"):
+        print(f"error: MLflow store: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    raise exc
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import pandas as pd
 import yaml
 
-from study.config import MAXIMIZED, METRICS, Study, StudyError, Table, flat, load_study, nested
+from study.config import MAXIMIZED, METRICS, Study, StudyError, Table, flat, load_study, nested, user_error_exit
 from study.plan import SEARCH_VARIANT, Trial, plan_trials
 
 HEADERS = {"variant": "Method", "dataset": "Dataset", "arch": "Architecture", "timesteps": "TimeStep"}
@@ -410,14 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             print(report_study(client, uri, name, Path(args.out), args.metric, args.stat, args.format == "csv"))
             print(f"(written to {Path(args.out) / (name + '.md')})\n")
-    except StudyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # an MLflow store that cannot be reached is the user's setting, not a bug
-        if type(exc).__module__.startswith("mlflow"):
-            print(f"error: MLflow store {uri}: {str(exc).splitlines()[0]}", file=sys.stderr)
-            return 2
-        raise
+    except Exception as exc:
+        return user_error_exit(exc)
     return 0
 
 

@@ -8,7 +8,7 @@ import time
 
 from typing import Optional
 
-from study.config import Study, StudyError, load_study
+from study.config import Study, StudyError, load_study, user_error_exit
 from study.plan import Trial, plan_trials, trial_table
 
 
@@ -141,14 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         check_before_start(study, trials, args.address)
         return run(study, trials, args)
-    except StudyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # an MLflow store that cannot be reached is the user's setting, not a bug
-        if type(exc).__module__.startswith("mlflow"):
-            print(f"error: MLflow store: {str(exc).splitlines()[0]}", file=sys.stderr)
-            return 2
-        raise
+    except Exception as exc:
+        return user_error_exit(exc)
 
 
 if __name__ == "__main__":
