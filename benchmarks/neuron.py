@@ -15,6 +15,7 @@ import torch
 
 from benchmarks.common import alternating_medians, print_table
 from isnm.neuron import isnm_spikes, isnm_spikes_reference
+from isnm.train import reuse_freed_memory
 
 # (channels, size) of VGG-small's ISNM layers on 32x32 CIFAR images
 VGG_SMALL_LAYERS = [(64, 32), (64, 16), (128, 16), (128, 8), (256, 8), (256, 4)]
@@ -36,6 +37,7 @@ def forward_backward(fn, current: torch.Tensor, grad: torch.Tensor) -> None:
 
 
 def main() -> None:
+    reuse_freed_memory()  # as isnm.train does on the CPU
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=20)

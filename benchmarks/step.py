@@ -1,27 +1,38 @@
 """One training step (forward, backward, Adam) of ISNM networks at T=5 against the same network as an ANN.
 
 python -m benchmarks.step [--batch 32] [--repeats 10]
-R = t_isnm / (5 * t_ann): below 1 means the ISNM network costs less than five ANN passes.
+R = t_isnm / (5 * t_ann): below 1 means the ISNM network costs less than five ANN passes. The same ratio for
+the time spent in convolutions alone (torch.profiler) shows how much of R is the conv library's doing.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 from torch import nn
 
 from benchmarks.common import alternating_medians, print_table
-from isnm.models import build_model
+from isnm.train import reuse_freed_memory
+from isnm.bn_neuron import BNISNM
+from isnm.conv import SpikeConv2d
+from isnm.models import TimeFolded, build_model
 from isnm.neuron import ISNM, set_kernel
 
 TIMESTEPS = 5
 
 
 def as_ann(model: nn.Module) -> nn.Module:
-    """The same network with ReLU in place of every ISNM layer (built with timesteps=1)."""
+    """The same network with plain layers: ReLU for ISNM, BN (and pool) + ReLU for BNISNM, nn.Conv2d (timesteps=1)."""
     for name, child in model.named_children():
-        if isinstance(child, ISNM):
+        if isinstance(child, BNISNM):
+            setattr(model, name, TimeFolded(child.bn, *([nn.MaxPool2d(2)] if child.pool else []), nn.ReLU()))
+        elif isinstance(child, ISNM):
             setattr(model, name, nn.ReLU())
+        elif isinstance(child, SpikeConv2d):
+            conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
+                             bias=False)
+            setattr(model, name, conv)
         else:
             as_ann(child)
     return model
@@ -56,7 +67,18 @@ def saved_activation_bytes(model: nn.Module, images: torch.Tensor) -> int:
     return total
 
 
+CONV_OPS = {"aten::mkldnn_convolution", "aten::convolution_backward", "aten::cudnn_convolution"}
+
+
+def conv_seconds(step) -> float:
+    """Seconds one step spends in convolutions (forward and backward), from torch.profiler."""
+    with torch.profiler.profile() as prof:
+        step()
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in CONV_OPS) / 1e6
+
+
 def main() -> None:
+    reuse_freed_memory()  # as isnm.train does on the CPU
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=10)
@@ -73,15 +95,17 @@ def main() -> None:
             for m in model.modules():
                 if isinstance(m, ISNM):
                     m.beta = 5.0
-        medians = alternating_medians({"isnm": step_fn(snn, images, labels), "ann": step_fn(ann, images, labels)},
-                                      args.repeats)
+        steps = {"isnm": step_fn(snn, images, labels), "ann": step_fn(ann, images, labels)}
+        medians = alternating_medians(steps, args.repeats)
+        conv = {name: statistics.median(conv_seconds(step) for _ in range(3)) for name, step in steps.items()}
         mem_snn, mem_ann = saved_activation_bytes(snn, images), saved_activation_bytes(ann, images)
         rows.append([arch, f"{medians['isnm'] * 1e3:.0f} ms", f"{medians['ann'] * 1e3:.0f} ms",
                      f"{medians['isnm'] / (TIMESTEPS * medians['ann']):.2f}",
+                     f"{conv['isnm'] / (TIMESTEPS * conv['ann']):.2f}",
                      f"{mem_snn / 2**20:.0f} MiB", f"{mem_ann / 2**20:.0f} MiB", f"{mem_snn / mem_ann:.2f}x"])
     print_table(f"Training step, batch {args.batch}, 32x32 images: ISNM at T={TIMESTEPS} vs the same net as an ANN",
-                ["arch", "ISNM step", "ANN step", "R = isnm / (5 ann)", "ISNM activations", "ANN activations",
-                 "ratio"], rows)
+                ["arch", "ISNM step", "ANN step", "R = isnm / (5 ann)", "R of the convolutions alone",
+                 "ISNM activations", "ANN activations", "ratio"], rows)
 
 
 if __name__ == "__main__":

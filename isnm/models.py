@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from isnm.config import ARCHS
+from isnm.bn_neuron import BNISNM
+from isnm.conv import SpikeConv2d
 from isnm.neuron import ISNM
-
 
 
 class TimeFolded(nn.Sequential):
@@ -22,8 +23,19 @@ class TimeFolded(nn.Sequential):
         return y.view(x.shape[0], x.shape[1], *y.shape[1:])
 
 
-def conv_bn(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout)]
+def conv_bn(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> TimeFolded:
+    """Conv + BN on spikes, for a current that is summed before it reaches a neuron (ResNet)."""
+    return TimeFolded(SpikeConv2d(cin, cout, kernel, stride, kernel // 2), nn.BatchNorm2d(cout))
+
+
+def conv_bn_isnm(cin: int, cout: int, neuron: dict, stride: int = 1, pool: bool = False) -> list[nn.Module]:
+    """Conv -> BN -> (max pool) -> ISNM on spikes; BN, pool and neuron run fused (isnm.bn_neuron)."""
+    return [TimeFolded(SpikeConv2d(cin, cout, 3, stride, 1)), BNISNM(cout, pool, **neuron)]
+
+
+def image_encoder(cin: int, cout: int) -> nn.Module:
+    """Conv + BN on images: the coding layer, run once per image."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
 
 
 class SpikingNet(nn.Module):
@@ -46,10 +58,8 @@ class SpikingBasicBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int, neuron: dict):
         super().__init__()
-        self.branch = nn.Sequential(TimeFolded(*conv_bn(cin, cout, stride)), ISNM(**neuron),
-                                    TimeFolded(*conv_bn(cout, cout)))
-        self.shortcut = (TimeFolded(*conv_bn(cin, cout, stride, kernel=1))
-                         if stride != 1 or cin != cout else nn.Identity())
+        self.branch = nn.Sequential(*conv_bn_isnm(cin, cout, neuron, stride), conv_bn(cout, cout))
+        self.shortcut = conv_bn(cin, cout, stride, kernel=1) if stride != 1 or cin != cout else nn.Identity()
         self.neuron = ISNM(**neuron)
 
     def forward(self, spikes: torch.Tensor) -> torch.Tensor:
@@ -64,14 +74,11 @@ def vgg_small(num_classes: int, in_channels: int, image_size: int, timesteps: in
     for i, item in enumerate(plan):
         if item == "M":
             continue
-        block = conv_bn(cin, item)
-        if i + 1 < len(plan) and plan[i + 1] == "M":
-            block.append(nn.MaxPool2d(2))
-            size //= 2
-        layers += [TimeFolded(*block), ISNM(**neuron)]
-        cin = item
+        pool = i + 1 < len(plan) and plan[i + 1] == "M"
+        layers += conv_bn_isnm(cin, item, neuron, pool=pool)
+        cin, size = item, size // 2 if pool else size
     head = TimeFolded(nn.Flatten(), nn.Linear(cin * size * size, num_classes))
-    return SpikingNet(nn.Sequential(*conv_bn(in_channels, 64)), nn.Sequential(*layers), head, timesteps)
+    return SpikingNet(image_encoder(in_channels, 64), nn.Sequential(*layers), head, timesteps)
 
 
 def resnet18(num_classes: int, in_channels: int, image_size: int, timesteps: int, neuron: dict) -> SpikingNet:
@@ -82,14 +89,14 @@ def resnet18(num_classes: int, in_channels: int, image_size: int, timesteps: int
         layers += [SpikingBasicBlock(cin, cout, stride, neuron), SpikingBasicBlock(cout, cout, 1, neuron)]
         cin = cout
     head = TimeFolded(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
-    return SpikingNet(nn.Sequential(*conv_bn(in_channels, 64)), nn.Sequential(*layers), head, timesteps)
+    return SpikingNet(image_encoder(in_channels, 64), nn.Sequential(*layers), head, timesteps)
 
 
 def tiny(num_classes: int, in_channels: int, image_size: int, timesteps: int, neuron: dict) -> SpikingNet:
     # two conv layers, for 8x8 digits and for tests
-    body = nn.Sequential(ISNM(**neuron), TimeFolded(*conv_bn(32, 64), nn.MaxPool2d(2)), ISNM(**neuron))
+    body = nn.Sequential(ISNM(**neuron), *conv_bn_isnm(32, 64, neuron, pool=True))
     head = TimeFolded(nn.Flatten(), nn.Linear(64 * (image_size // 2) ** 2, num_classes))
-    return SpikingNet(nn.Sequential(*conv_bn(in_channels, 32)), body, head, timesteps)
+    return SpikingNet(image_encoder(in_channels, 32), body, head, timesteps)
 
 
 def build_model(arch: str, num_classes: int, in_channels: int = 3, timesteps: int = 5, tau: float = 2.0,

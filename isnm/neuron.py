@@ -31,8 +31,11 @@ def isnm_spikes_reference(current: torch.Tensor, tau: float, threshold: float, r
 
 
 def forward_loop(current: torch.Tensor, decay: float, threshold: float, soft: bool
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(spikes, potentials) [T, B, ...], in the reference's order of operations (same rounding)."""
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(spikes, potentials), one tensor per step, in the reference's order of operations (same rounding).
+
+    Lists, not stacked tensors: compiled, a step's potential then lives in registers, never in memory.
+    """
     u = current[0]  # u[0] = 0: 0/tau and resets add nothing
     s = (u >= threshold).to(current.dtype)  # u - theta >= 0 exactly when u >= theta (no flush to zero)
     spikes, potentials = [s], [u]
@@ -41,80 +44,100 @@ def forward_loop(current: torch.Tensor, decay: float, threshold: float, soft: bo
         s = (u >= threshold).to(current.dtype)
         spikes.append(s)
         potentials.append(u)
-    return torch.stack(spikes), torch.stack(potentials)
+    return spikes, potentials
 
 
-def backward_loop(grad_spikes: torch.Tensor, potentials: torch.Tensor, decay: float, threshold: float,
+def backward_loop(grad_spikes: torch.Tensor, potentials: list[torch.Tensor], decay: float, threshold: float,
                   soft: bool, alpha_beta: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """dL/dcurrent by backpropagation through time; alpha_beta and beta are 0-dim tensors, so a
+    """dL/dcurrent [T, B, ...] by backpropagation through time; alpha_beta and beta are 0-dim tensors, so a
     compiled loop is not recompiled when the schedule changes them."""
-    v = potentials - threshold
-    slope = alpha_beta * (1.0 - torch.tanh(beta * v) ** 2)  # eq. 9 at every step at once
-    steps = potentials.shape[0]
-    grad_u = grad_spikes[steps - 1] * slope[steps - 1]
+    def slope(t: int) -> torch.Tensor:  # eq. 9
+        return alpha_beta * (1.0 - torch.tanh(beta * (potentials[t] - threshold)) ** 2)
+
+    steps = len(potentials)
+    grad_u = grad_spikes[steps - 1] * slope(steps - 1)
     grads = [grad_u]
     for t in range(steps - 2, -1, -1):  # s[t] and u[t] both shape u[t+1]
         if soft:
             grad_s = grad_spikes[t] - grad_u * threshold
-            grad_u = grad_s * slope[t] + grad_u * decay
+            grad_u = grad_s * slope(t) + grad_u * decay
         else:
             grad_s = grad_spikes[t] - grad_u * (decay * potentials[t])
-            grad_u = grad_s * slope[t] + grad_u * (1.0 - (v[t] >= 0).to(v.dtype)) * decay
+            grad_u = grad_s * slope(t) + grad_u * (1.0 - (potentials[t] >= threshold).to(grad_u.dtype)) * decay
         grads.append(grad_u)
     return torch.stack(grads[::-1])
 
 
 KERNELS = ("eager", "compiled")
-_compiled: dict[str, object] = {}
+_compiled: dict[object, object] = {}
 
 
-def loops(kernel: str):
-    """The (forward, backward) loops to run: compiled once per process on first use, or eager.
+def kernel_fn(fn, kernel: str):
+    """`fn` itself for the "eager" kernel; for "compiled", `fn` under torch.compile, compiled once per process.
 
-    Where torch.compile cannot run (no C++ compiler, an unsupported platform) the eager loops are
-    used, with one warning.
+    Where torch.compile cannot run (no C++ compiler, an unsupported platform) `fn` itself is used,
+    with one warning (see `run_kernel`).
     """
     if kernel == "eager" or _compiled.get("failed"):
-        return forward_loop, backward_loop
-    if "loops" not in _compiled:
-        _compiled["loops"] = (torch.compile(forward_loop, dynamic=True), torch.compile(backward_loop, dynamic=True))
-    return _compiled["loops"]
+        return fn
+    if fn not in _compiled:
+        _compiled[fn] = torch.compile(fn, dynamic=True, options={"cpp.dynamic_threads": True})
+    return _compiled[fn]
 
 
-def compile_failed(exc: Exception) -> None:
-    import warnings
-    warnings.warn(f"torch.compile of the ISNM loops failed ({type(exc).__name__}: {exc}); using the eager loops")
-    _compiled["failed"] = True
+def run_kernel(fn, kernel: str, *args):
+    """fn(*args) through `kernel_fn`; a compilation error switches this process to the eager loops."""
+    try:
+        return kernel_fn(fn, kernel)(*args)
+    except Exception as exc:  # compilation errors come in many types; the eager function always works
+        if kernel == "eager" or _compiled.get("failed"):
+            raise
+        import warnings
+        warnings.warn(f"torch.compile of the ISNM loops failed ({type(exc).__name__}: {exc}); using the eager loops")
+        _compiled["failed"] = True
+        return fn(*args)
+
+
+def surrogate_scalars(alpha_beta: float, beta: float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """alpha*beta and beta as 0-dim tensors, so a compiled loop is not recompiled when the schedule moves."""
+    return (torch.tensor(alpha_beta, dtype=like.dtype, device=like.device),
+            torch.tensor(beta, dtype=like.dtype, device=like.device))
+
+
+def spike_train(current: torch.Tensor, decay: float, threshold: float, soft: bool) -> torch.Tensor:
+    """Spikes [T, B, ...] alone: compiled, the potentials are never written to memory."""
+    return torch.stack(forward_loop(current, decay, threshold, soft)[0])
+
+
+def current_grad(grad_spikes: torch.Tensor, current: torch.Tensor, decay: float, threshold: float, soft: bool,
+                 alpha_beta: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """dL/dcurrent: the potentials recomputed from the current, then backpropagation through time."""
+    _, potentials = forward_loop(current, decay, threshold, soft)
+    return backward_loop(grad_spikes, potentials, decay, threshold, soft, alpha_beta, beta)
 
 
 class ISNMFunction(torch.autograd.Function):
     """The whole time loop as one autograd node, with backpropagation through time written out.
 
-    Only the membrane potential u [T, B, ...] is kept for backward; spikes and surrogate slopes are
-    recomputed from it, where per-step autograd keeps several tensors a step.
+    Only the input current is kept for backward (often the very tensor an earlier layer keeps
+    anyway); potentials, spikes and surrogate slopes are recomputed from it, by the same functions
+    as forward, so to the same bits. Per-step autograd keeps several tensors a step. Compiled, the
+    recomputation is fused into the backward kernel: fewer bytes move than if u were stored.
     """
 
     @staticmethod
     def forward(ctx, current: torch.Tensor, decay: float, threshold: float, soft: bool, alpha: float,
                 beta: float, kernel: str) -> torch.Tensor:
-        try:
-            spikes, potentials = loops(kernel)[0](current, decay, threshold, soft)
-        except Exception as exc:  # compilation errors come in many types; the eager loop always works
-            if kernel == "eager":
-                raise
-            compile_failed(exc)
-            spikes, potentials = forward_loop(current, decay, threshold, soft)
-        ctx.save_for_backward(potentials)
-        ctx.decay, ctx.threshold, ctx.soft, ctx.kernel = decay, threshold, soft, kernel
-        ctx.alpha_beta, ctx.beta = alpha * beta, beta
-        return spikes
+        ctx.save_for_backward(current)
+        ctx.args = (decay, threshold, soft, alpha * beta, beta, kernel)
+        return run_kernel(spike_train, kernel, current, decay, threshold, soft)
 
     @staticmethod
     def backward(ctx, grad_spikes: torch.Tensor):
-        (potentials,) = ctx.saved_tensors
-        scalars = (torch.tensor(ctx.alpha_beta, dtype=potentials.dtype, device=potentials.device),
-                   torch.tensor(ctx.beta, dtype=potentials.dtype, device=potentials.device))
-        grad = loops(ctx.kernel)[1](grad_spikes.contiguous(), potentials, ctx.decay, ctx.threshold, ctx.soft, *scalars)
+        (current,) = ctx.saved_tensors
+        decay, threshold, soft, alpha_beta, beta, kernel = ctx.args
+        grad = run_kernel(current_grad, kernel, grad_spikes.contiguous(), current, decay, threshold, soft,
+                          *surrogate_scalars(alpha_beta, beta, current))
         return grad, None, None, None, None, None, None
 
 

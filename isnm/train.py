@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import ctypes
 import sys
 import time
 from typing import Any, Callable
@@ -53,6 +54,23 @@ def resolve_kernel(cfg: TrainConfig, device: torch.device) -> str:
     if cfg.kernel != "auto":
         return cfg.kernel
     return "compiled" if cfg.timesteps > 1 and (device.type == "cuda" or cfg.arch != "tiny") else "eager"
+
+
+def reuse_freed_memory() -> None:
+    """Make glibc's malloc keep freed blocks for reuse instead of handing them back to the OS.
+
+    glibc serves blocks over 32 MiB with mmap, so each such tensor (VGG's first layers at T*B = 160
+    are 42 MiB) is faulted in and zeroed page by page on every step: a fresh 42 MiB product took
+    16 ms instead of 3, and the CPU training step 1.4x longer (benchmarks/step.py). A no-op
+    without glibc. Process-wide, like torch's thread count: memory stays with the process.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 1 << 30)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -117,6 +135,8 @@ def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
     if cuda:  # layouts and algorithms that are faster on GPUs and change nothing on the CPU
         torch.backends.cudnn.benchmark = True
         model = model.to(memory_format=torch.channels_last)
+    else:
+        reuse_freed_memory()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.precision == "bf16")
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)

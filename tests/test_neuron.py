@@ -112,3 +112,12 @@ def test_kernel_choice():
     assert resolve_kernel(parse_config({"arch": "vgg_small", "timesteps": 1}), cpu) == "eager"
     assert resolve_kernel(parse_config({"arch": "tiny"}), torch.device("cuda")) == "compiled"
     assert resolve_kernel(parse_config({"arch": "resnet18", "kernel": "eager"}), cpu) == "eager"
+
+
+def test_only_the_current_is_kept_for_backward():
+    """The encoder's current, broadcast over T, is kept at its own size, not T times over as u would be."""
+    current = torch.rand(4, 3, requires_grad=True)
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        ISNM()(current.expand(5, 4, 3))
+    assert [t.untyped_storage().nbytes() for t in kept] == [current.untyped_storage().nbytes()]

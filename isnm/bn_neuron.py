@@ -1,0 +1,120 @@
+"""Batch norm -> (2x2 max pool) -> ISNM as one op in training, keeping only the conv output for backward.
+
+Run as separate layers, batch norm keeps its input, the pool its input and indices, and the neuron
+its membrane potential: three float tensors of T times the ANN's batch. Fused, only the batch
+norm's input x is kept; backward recomputes the current from x (elementwise, the same functions as
+forward, so the same bits) and the potentials from the current, then runs backpropagation through
+time, the pool's backward and batch norm's.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from isnm.neuron import ISNM, current_grad, run_kernel, spike_train, surrogate_scalars
+
+POOL = ([2, 2], [2, 2])  # kernel, stride
+
+
+def wide(x: torch.Tensor) -> torch.Tensor:
+    """x in at least float32: statistics and potentials of a bf16 conv output are computed in float32."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def normalized_current(x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, weight: torch.Tensor,
+                       bias: torch.Tensor) -> torch.Tensor:
+    """Batch norm's output for x [N, C, H, W] given the batch statistics."""
+    shape = (1, -1, 1, 1)
+    return (wide(x) - mean.view(shape)) * (invstd * weight).view(shape) + bias.view(shape)
+
+
+def fused_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, pool: bool, timesteps: int,
+                  decay: float, threshold: float, soft: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(spikes [T, B, C, H', W'], batch mean, variance, 1/sqrt(variance + eps) [C]) for the conv output x [T*B, C, H, W]."""
+    var, mean = torch.var_mean(wide(x), dim=(0, 2, 3), correction=0)
+    invstd = torch.rsqrt(var + eps)
+    current = normalized_current(x, mean, invstd, weight, bias)
+    if pool:
+        current = F.max_pool2d(current, *POOL)
+    spikes = spike_train(current.unflatten(0, (timesteps, -1)), decay, threshold, soft)
+    return spikes.to(x.dtype), mean, var, invstd
+
+
+def fused_backward(grad_spikes: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                   mean: torch.Tensor, invstd: torch.Tensor, pool: bool, decay: float, threshold: float, soft: bool,
+                   alpha_beta: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dL/dx, dL/dweight, dL/dbias): recompute the current and potentials, then BPTT, pool and BN backward."""
+    current = normalized_current(x, mean, invstd, weight, bias)
+    if pool:
+        pooled, indices = torch.ops.aten.max_pool2d_with_indices(current, *POOL)
+    else:
+        pooled = current
+    current_steps = pooled.unflatten(0, (grad_spikes.shape[0], -1))
+    grad = current_grad(wide(grad_spikes), current_steps, decay, threshold, soft, alpha_beta, beta).flatten(0, 1)
+    if pool:
+        grad = torch.ops.aten.max_pool2d_with_indices_backward(grad, current, *POOL, [0, 0], [1, 1], False, indices)
+    shape = (1, -1, 1, 1)
+    x_hat = (wide(x) - mean.view(shape)) * invstd.view(shape)
+    grad_bias = grad.sum((0, 2, 3))
+    grad_weight = (grad * x_hat).sum((0, 2, 3))
+    count = x.numel() // x.shape[1]
+    grad_x = (weight * invstd).view(shape) / count * (count * grad - grad_bias.view(shape) - x_hat * grad_weight.view(shape))
+    return grad_x.to(x.dtype), grad_weight, grad_bias
+
+
+class BNISNMFunction(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, pool: bool,
+                timesteps: int, neuron: ISNM) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(spikes, batch mean, batch variance); the statistics are for the running averages."""
+        decay, soft = 1.0 / neuron.tau, neuron.reset == "soft"
+        spikes, mean, var, invstd = run_kernel(fused_forward, neuron.kernel, x, weight, bias, eps, pool, timesteps,
+                                          decay, neuron.threshold, soft)
+        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        ctx.args = (pool, decay, neuron.threshold, soft, neuron.alpha * neuron.beta, neuron.beta, neuron.kernel)
+        ctx.mark_non_differentiable(mean, var)
+        return spikes, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_spikes: torch.Tensor, _grad_mean, _grad_var):
+        x, weight, bias, mean, invstd = ctx.saved_tensors
+        pool, decay, threshold, soft, alpha_beta, beta, kernel = ctx.args
+        grads = run_kernel(fused_backward, kernel, grad_spikes.contiguous(), x, weight, bias, mean, invstd, pool,
+                           decay, threshold, soft, *surrogate_scalars(alpha_beta, beta, mean))
+        return *grads, None, None, None, None
+
+
+class BNISNM(ISNM):
+    """`nn.BatchNorm2d` -> (`nn.MaxPool2d(2)` if pool) -> ISNM on a conv output [T, B, C, H, W].
+
+    In training the three run fused (`BNISNMFunction`); in evaluation as the plain layers, with the
+    running statistics. Buffers and parameters are those of `nn.BatchNorm2d`, under `bn.`.
+    """
+
+    def __init__(self, channels: int, pool: bool, tau: float = 2.0, threshold: float = 1.0, reset: str = "hard"):
+        super().__init__(tau, threshold, reset)
+        self.bn, self.pool = nn.BatchNorm2d(channels), pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5:
+            raise ValueError(f"BNISNM expects a conv output shaped [T, B, C, H, W], got shape {tuple(x.shape)}")
+        if not self.training:
+            current = self.bn(x.flatten(0, 1))
+            if self.pool:
+                current = F.max_pool2d(current, *POOL)
+            return super().forward(current.unflatten(0, x.shape[:2]))
+        bn = self.bn
+        spikes, mean, var = BNISNMFunction.apply(x.flatten(0, 1), bn.weight, bn.bias, bn.eps, self.pool,
+                                                    x.shape[0], self)
+        with torch.no_grad():  # running statistics as nn.BatchNorm2d keeps them (unbiased variance)
+            count = x.numel() // x.shape[2]
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), bn.momentum)
+            bn.running_var.lerp_((var * count / max(count - 1, 1)).to(bn.running_var.dtype), bn.momentum)
+            bn.num_batches_tracked += 1
+        return spikes
+
+    def extra_repr(self) -> str:
+        return f"pool={self.pool}, " + super().extra_repr()

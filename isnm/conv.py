@@ -1,0 +1,56 @@
+"""A convolution whose input is spikes: kept for backward as one byte per spike instead of four.
+
+A conv layer after an ISNM layer sees T times the ANN's batch and, through autograd, would keep
+that whole float input for its weight gradient. Spikes are exactly 0 or 1, so uint8 holds them
+without loss and the gradients are those of `nn.Conv2d`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+# On the CPU the backward runs this many samples at a time: oneDNN's conv backward slows down per
+# sample once T*B samples of activations no longer fit in cache (measured in benchmarks/step.py's
+# history: 7.2x the time of 32 samples for 160, 5.9x as five chunks of 32, 64x32x32 layer, 2 cores).
+CPU_BACKWARD_CHUNK = 32
+
+
+class SpikeConvFunction(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, spikes: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tuple) -> torch.Tensor:
+        ctx.save_for_backward(spikes.to(torch.uint8), weight)
+        ctx.conv = (stride, padding, spikes.dtype)
+        return F.conv2d(spikes, weight.to(spikes.dtype), None, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        packed, weight = ctx.saved_tensors
+        stride, padding, dtype = ctx.conv
+        spikes, kernel = packed.to(grad_out.dtype), weight.to(grad_out.dtype)
+        chunk = grad_out.shape[0] if grad_out.is_cuda else CPU_BACKWARD_CHUNK
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
+        grad_in = torch.empty_like(spikes) if mask[0] else None
+        grad_w = torch.zeros_like(kernel) if mask[1] else None
+        for start in range(0, grad_out.shape[0], chunk):
+            part = slice(start, start + chunk)
+            gi, gw, _ = torch.ops.aten.convolution_backward(
+                grad_out[part], spikes[part], kernel, None, stride, padding, (1, 1), False, (0, 0), 1, mask)
+            if mask[0]:
+                grad_in[part] = gi
+            if mask[1]:
+                grad_w += gw
+        return (grad_in.to(dtype) if mask[0] else None, grad_w.to(weight.dtype) if mask[1] else None, None, None)
+
+
+class SpikeConv2d(nn.Conv2d):
+    """`nn.Conv2d` (no bias, no dilation or groups) for inputs that are spikes, exactly 0 or 1."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0):
+        super().__init__(cin, cout, kernel, stride, padding, bias=False)
+
+    def forward(self, spikes: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return super().forward(spikes)
+        return SpikeConvFunction.apply(spikes, self.weight, self.stride, self.padding)

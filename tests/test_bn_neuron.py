@@ -1,0 +1,90 @@
+import copy
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from isnm.bn_neuron import BNISNM
+from isnm.neuron import ISNM
+
+T, B, C, H = 5, 4, 6, 8
+
+
+def pair(pool: bool, reset: str, dtype: torch.dtype) -> tuple[BNISNM, torch.nn.BatchNorm2d, ISNM]:
+    """A BNISNM and the same layers unfused (BN, max pool, ISNM) with equal parameters."""
+    fused = BNISNM(C, pool, 2.0, 1.0, reset).to(dtype)
+    with torch.no_grad():
+        fused.bn.weight.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(2))
+        fused.bn.bias.uniform_(-0.3, 0.3, generator=torch.Generator().manual_seed(3))
+    neuron = ISNM(2.0, 1.0, reset)
+    for m in (fused, neuron):
+        m.alpha, m.beta = 1.0, 3.0
+    return fused, copy.deepcopy(fused.bn), neuron
+
+
+def unfused(bn, neuron, pool: bool, x: torch.Tensor) -> torch.Tensor:
+    current = bn(x.flatten(0, 1))
+    if pool:
+        current = F.max_pool2d(current, 2)
+    return neuron(current.unflatten(0, x.shape[:2]))
+
+
+def run(fn, x: torch.Tensor, upstream: torch.Tensor, params) -> tuple[torch.Tensor, ...]:
+    x.grad = None
+    spikes = fn(x)
+    spikes.backward(upstream)
+    return (spikes.detach(), x.grad.clone(), *[p.grad.clone() for p in params])
+
+
+@pytest.mark.parametrize("pool", [False, True])
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_training_equals_the_unfused_layers(pool, reset):
+    fused, bn, neuron = pair(pool, reset, torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.randn(T, B, C, H, H, generator=gen, dtype=torch.float64) * 2 + 0.5).requires_grad_()
+    size = H // 2 if pool else H
+    upstream = torch.randn(T, B, C, size, size, generator=gen, dtype=torch.float64)
+    ours = run(fused, x, upstream, (fused.bn.weight, fused.bn.bias))
+    ref = run(lambda x: unfused(bn, neuron, pool, x), x, upstream, (bn.weight, bn.bias))
+    assert torch.equal(ours[0], ref[0]) and 0 < ours[0].mean() < 1
+    for a, b in zip(ours[1:], ref[1:]):  # dx, dgamma, dbeta: other summation orders, fp64
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fused.bn.running_mean, bn.running_mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fused.bn.running_var, bn.running_var, rtol=1e-12, atol=1e-12)
+    assert fused.bn.num_batches_tracked == bn.num_batches_tracked == 1
+
+
+def test_evaluation_uses_the_running_statistics():
+    fused, bn, neuron = pair(True, "hard", torch.float32)
+    x = torch.randn(T, B, C, H, H) * 2
+    fused(x), unfused(bn, neuron, True, x)  # one training step moves the running statistics
+    fused.eval(), bn.eval()
+    assert torch.equal(fused(x), unfused(bn, neuron, True, x))
+
+
+def test_only_the_conv_output_is_kept_for_backward():
+    fused, _, _ = pair(True, "hard", torch.float32)
+    x = torch.randn(T, B, C, H, H, requires_grad=True)
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        fused(x)
+    assert [t.shape for t in kept if t.numel() > C] == [(T * B, C, H, H)]
+
+
+def test_compiled_matches_eager():
+    results = []
+    for kernel in ("eager", "compiled"):
+        fused, _, _ = pair(True, "hard", torch.float32)
+        fused.kernel = kernel
+        gen = torch.Generator().manual_seed(4)
+        x = (torch.randn(T, B, C, H, H, generator=gen) * 2).requires_grad_()
+        results.append(run(fused, x, torch.randn(T, B, C, H // 2, H // 2, generator=gen),
+                           (fused.bn.weight, fused.bn.bias)))
+    assert torch.equal(results[0][0], results[1][0])
+    for a, b in zip(results[0][1:], results[1][1:]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_input_must_be_a_time_major_conv_output():
+    with pytest.raises(ValueError, match=r"\[T, B, C, H, W\]"):
+        BNISNM(3, False)(torch.rand(2, 3, 4, 4))
