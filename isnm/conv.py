@@ -31,17 +31,14 @@ class SpikeConvFunction(torch.autograd.Function):
         spikes, kernel = packed.to(grad_out.dtype), weight.to(grad_out.dtype)
         chunk = grad_out.shape[0] if grad_out.is_cuda else CPU_BACKWARD_CHUNK
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
-        grad_in = torch.empty_like(spikes) if mask[0] else None
-        grad_w = torch.zeros_like(kernel) if mask[1] else None
-        for start in range(0, grad_out.shape[0], chunk):
-            part = slice(start, start + chunk)
-            gi, gw, _ = torch.ops.aten.convolution_backward(
-                grad_out[part], spikes[part], kernel, None, stride, padding, (1, 1), False, (0, 0), 1, mask)
-            if mask[0]:
-                grad_in[part] = gi
-            if mask[1]:
-                grad_w += gw
-        return (grad_in.to(dtype) if mask[0] else None, grad_w.to(weight.dtype) if mask[1] else None, None, None)
+        grads_in, grad_w = [], None
+        for g, s in zip(grad_out.split(chunk), spikes.split(chunk)):
+            gi, gw, _ = torch.ops.aten.convolution_backward(g, s, kernel, None, stride, padding, (1, 1), False,
+                                                            (0, 0), 1, mask)
+            grads_in.append(gi)
+            grad_w = gw if grad_w is None else grad_w + gw
+        grad_in = (grads_in[0] if len(grads_in) == 1 else torch.cat(grads_in)).to(dtype) if mask[0] else None
+        return grad_in, grad_w.to(weight.dtype) if mask[1] else None, None, None
 
 
 class SpikeConv2d(nn.Conv2d):
