@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from isnm.neuron import ISNM, current_grad, run_kernel, spike_train, surrogate_scalars
+from isnm.neuron import ISNM, current_grad, forward_loop, run_kernel, surrogate_scalars
 
 POOL = ([2, 2], [2, 2])  # kernel, stride
 
@@ -22,44 +22,47 @@ def wide(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def normalized_current(x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, weight: torch.Tensor,
-                       bias: torch.Tensor) -> torch.Tensor:
-    """Batch norm's output for x [N, C, H, W] given the batch statistics."""
+def step_currents(x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, weight: torch.Tensor,
+                  bias: torch.Tensor) -> list[torch.Tensor]:
+    """Batch norm's output for each step of x [T, B, C, H, W] given the batch statistics.
+
+    One tensor per step, so that under torch.compile the normalization fuses into the time loop.
+    """
     shape = (1, -1, 1, 1)
-    return (wide(x) - mean.view(shape)) * (invstd * weight).view(shape) + bias.view(shape)
+    scale, shift = (invstd * weight).view(shape), bias.view(shape)
+    return [(wide(x[t]) - mean.view(shape)) * scale + shift for t in range(x.shape[0])]
 
 
-def fused_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, pool: bool, timesteps: int,
+def fused_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, pool: bool,
                   decay: float, threshold: float, soft: bool
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(spikes [T, B, C, H', W'], batch mean, variance, 1/sqrt(variance + eps) [C]) for the conv output x [T*B, C, H, W]."""
-    var, mean = torch.var_mean(wide(x), dim=(0, 2, 3), correction=0)
+    """(spikes [T, B, C, H', W'], batch mean, variance, 1/sqrt(variance + eps) [C]) for the conv output x [T, B, C, H, W]."""
+    var, mean = torch.var_mean(wide(x), dim=(0, 1, 3, 4), correction=0)
     invstd = torch.rsqrt(var + eps)
-    current = normalized_current(x, mean, invstd, weight, bias)
+    currents = step_currents(x, mean, invstd, weight, bias)
     if pool:
-        current = F.max_pool2d(current, *POOL)
-    spikes = spike_train(current.unflatten(0, (timesteps, -1)), decay, threshold, soft)
-    return spikes.to(x.dtype), mean, var, invstd
+        currents = [F.max_pool2d(c, *POOL) for c in currents]
+    spikes, _ = forward_loop(currents, decay, threshold, soft)
+    return torch.stack(spikes).to(x.dtype), mean, var, invstd
 
 
 def fused_backward(grad_spikes: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                    mean: torch.Tensor, invstd: torch.Tensor, pool: bool, decay: float, threshold: float, soft: bool,
                    alpha_beta: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dL/dx, dL/dweight, dL/dbias): recompute the current and potentials, then BPTT, pool and BN backward."""
-    current = normalized_current(x, mean, invstd, weight, bias)
+    """(dL/dx, dL/dweight, dL/dbias): recompute the currents and potentials, then BPTT, pool and BN backward."""
+    currents = step_currents(x, mean, invstd, weight, bias)
+    pooled = [torch.ops.aten.max_pool2d_with_indices(c, *POOL) for c in currents] if pool else None
+    grad = current_grad(wide(grad_spikes), [p for p, _ in pooled] if pool else currents, decay, threshold, soft,
+                        alpha_beta, beta)
     if pool:
-        pooled, indices = torch.ops.aten.max_pool2d_with_indices(current, *POOL)
-    else:
-        pooled = current
-    current_steps = pooled.unflatten(0, (grad_spikes.shape[0], -1))
-    grad = current_grad(wide(grad_spikes), current_steps, decay, threshold, soft, alpha_beta, beta).flatten(0, 1)
-    if pool:
-        grad = torch.ops.aten.max_pool2d_with_indices_backward(grad, current, *POOL, [0, 0], [1, 1], False, indices)
-    shape = (1, -1, 1, 1)
+        grad = torch.stack([torch.ops.aten.max_pool2d_with_indices_backward(g, c, *POOL, [0, 0], [1, 1], False, i)
+                            for g, c, (_, i) in zip(grad, currents, pooled)])
+    shape = (1, 1, -1, 1, 1)
     x_hat = (wide(x) - mean.view(shape)) * invstd.view(shape)
-    grad_bias = grad.sum((0, 2, 3))
-    grad_weight = (grad * x_hat).sum((0, 2, 3))
-    count = x.numel() // x.shape[1]
+    dims = (0, 1, 3, 4)
+    grad_bias = grad.sum(dims)
+    grad_weight = (grad * x_hat).sum(dims)
+    count = x.numel() // x.shape[2]
     grad_x = (weight * invstd).view(shape) / count * (count * grad - grad_bias.view(shape) - x_hat * grad_weight.view(shape))
     return grad_x.to(x.dtype), grad_weight, grad_bias
 
@@ -68,11 +71,11 @@ class BNISNMFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, pool: bool,
-                timesteps: int, neuron: ISNM) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                neuron: ISNM) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(spikes, batch mean, batch variance); the statistics are for the running averages."""
         decay, soft = 1.0 / neuron.tau, neuron.reset == "soft"
-        spikes, mean, var, invstd = run_kernel(fused_forward, neuron.kernel, x, weight, bias, eps, pool, timesteps,
-                                          decay, neuron.threshold, soft)
+        spikes, mean, var, invstd = run_kernel(fused_forward, neuron.kernel, x, weight, bias, eps, pool, decay,
+                                               neuron.threshold, soft)
         ctx.save_for_backward(x, weight, bias, mean, invstd)
         ctx.args = (pool, decay, neuron.threshold, soft, neuron.alpha * neuron.beta, neuron.beta, neuron.kernel)
         ctx.mark_non_differentiable(mean, var)
@@ -84,7 +87,7 @@ class BNISNMFunction(torch.autograd.Function):
         pool, decay, threshold, soft, alpha_beta, beta, kernel = ctx.args
         grads = run_kernel(fused_backward, kernel, grad_spikes.contiguous(), x, weight, bias, mean, invstd, pool,
                            decay, threshold, soft, *surrogate_scalars(alpha_beta, beta, mean))
-        return *grads, None, None, None, None
+        return *grads, None, None, None
 
 
 class BNISNM(ISNM):
@@ -107,8 +110,7 @@ class BNISNM(ISNM):
                 current = F.max_pool2d(current, *POOL)
             return super().forward(current.unflatten(0, x.shape[:2]))
         bn = self.bn
-        spikes, mean, var = BNISNMFunction.apply(x.flatten(0, 1), bn.weight, bn.bias, bn.eps, self.pool,
-                                                    x.shape[0], self)
+        spikes, mean, var = BNISNMFunction.apply(x, bn.weight, bn.bias, bn.eps, self.pool, self)
         with torch.no_grad():  # running statistics as nn.BatchNorm2d keeps them (unbiased variance)
             count = x.numel() // x.shape[2]
             bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), bn.momentum)

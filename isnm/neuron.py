@@ -1,6 +1,8 @@
 """The Internal Spiking Neuron Model (paper eq. 4-5): current in, spikes out, state inside."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -30,18 +32,19 @@ def isnm_spikes_reference(current: torch.Tensor, tau: float, threshold: float, r
     return torch.stack(out)
 
 
-def forward_loop(current: torch.Tensor, decay: float, threshold: float, soft: bool
+def forward_loop(current: Sequence[torch.Tensor], decay: float, threshold: float, soft: bool
                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(spikes, potentials), one tensor per step, in the reference's order of operations (same rounding).
 
-    Lists, not stacked tensors: compiled, a step's potential then lives in registers, never in memory.
+    `current` is a tensor [T, B, ...] or a list of T steps. Lists, not stacked tensors: compiled, a
+    step's current and potential then live in registers, never in memory.
     """
     u = current[0]  # u[0] = 0: 0/tau and resets add nothing
-    s = (u >= threshold).to(current.dtype)  # u - theta >= 0 exactly when u >= theta (no flush to zero)
+    s = (u >= threshold).to(u.dtype)  # u - theta >= 0 exactly when u >= theta (no flush to zero)
     spikes, potentials = [s], [u]
-    for t in range(1, current.shape[0]):
+    for t in range(1, len(current)):
         u = decay * u - threshold * s + current[t] if soft else decay * u * (1.0 - s) + current[t]
-        s = (u >= threshold).to(current.dtype)
+        s = (u >= threshold).to(u.dtype)
         spikes.append(s)
         potentials.append(u)
     return spikes, potentials
@@ -109,7 +112,7 @@ def spike_train(current: torch.Tensor, decay: float, threshold: float, soft: boo
     return torch.stack(forward_loop(current, decay, threshold, soft)[0])
 
 
-def current_grad(grad_spikes: torch.Tensor, current: torch.Tensor, decay: float, threshold: float, soft: bool,
+def current_grad(grad_spikes: torch.Tensor, current: Sequence[torch.Tensor], decay: float, threshold: float, soft: bool,
                  alpha_beta: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """dL/dcurrent: the potentials recomputed from the current, then backpropagation through time."""
     _, potentials = forward_loop(current, decay, threshold, soft)

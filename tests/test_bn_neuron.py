@@ -68,7 +68,7 @@ def test_only_the_conv_output_is_kept_for_backward():
     kept = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
         fused(x)
-    assert [t.shape for t in kept if t.numel() > C] == [(T * B, C, H, H)]
+    assert [t.shape for t in kept if t.numel() > C] == [(T, B, C, H, H)]
 
 
 def test_compiled_matches_eager():
