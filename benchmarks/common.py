@@ -10,6 +10,17 @@ from typing import Callable
 import torch
 
 
+def device() -> torch.device:
+    """Where the benchmarks run: the GPU when there is one, as isnm.train chooses (device: auto)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def synchronized() -> None:
+    """Wait for queued GPU work, so that a timer stops when the work is done, not when it is queued."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def alternating_medians(contenders: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
     """Median seconds of each contender, runs interleaved so that machine noise hits all alike."""
     for fn in contenders.values():
@@ -18,8 +29,10 @@ def alternating_medians(contenders: dict[str, Callable[[], object]], repeats: in
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():
+            synchronized()
             began = time.perf_counter()
             fn()
+            synchronized()
             times[name].append(time.perf_counter() - began)
     return {name: statistics.median(values) for name, values in times.items()}
 

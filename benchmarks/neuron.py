@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from benchmarks.common import alternating_medians, print_table
+from benchmarks.common import alternating_medians, device, print_table
 from isnm.neuron import isnm_spikes, isnm_spikes_reference
 from isnm.train import reuse_freed_memory
 
@@ -56,13 +56,15 @@ def main() -> None:
         "isnm per-step autograd": lambda x: isnm_spikes_reference(x, TAU, THRESHOLD, args.reset, 1.0, BETA),
         "spikingjelly LIFNode": jelly,
     }
-    warm = (torch.randn(TIMESTEPS, 2, 3, 4, 4) * 1.5).requires_grad_()
+    on = device()
+    lif.to(on)
+    warm = (torch.randn(TIMESTEPS, 2, 3, 4, 4, device=on) * 1.5).requires_grad_()
     began = time.perf_counter()
     forward_backward(contenders["isnm compiled"], warm, torch.ones_like(warm))
     compile_seconds = time.perf_counter() - began  # once per process (dynamic shapes); cached on disk after
     rows = []
     for channels, size in VGG_SMALL_LAYERS:
-        current = (torch.randn(TIMESTEPS, args.batch, channels, size, size) * 1.5).requires_grad_()
+        current = (torch.randn(TIMESTEPS, args.batch, channels, size, size, device=on) * 1.5).requires_grad_()
         grad = torch.randn_like(current)
         medians = alternating_medians({k: (lambda f=f: forward_backward(f, current, grad)) for k, f in contenders.items()},
                                       args.repeats)

@@ -12,7 +12,7 @@ import statistics
 import torch
 from torch import nn
 
-from benchmarks.common import alternating_medians, print_table
+from benchmarks.common import alternating_medians, device, print_table, synchronized
 from isnm.train import reuse_freed_memory
 from isnm.bn_neuron import BNISNM
 from isnm.conv import SpikeConv2d
@@ -71,10 +71,14 @@ CONV_OPS = {"aten::mkldnn_convolution", "aten::convolution_backward", "aten::cud
 
 
 def conv_seconds(step) -> float:
-    """Seconds one step spends in convolutions (forward and backward), from torch.profiler."""
-    with torch.profiler.profile() as prof:
+    """Seconds one step spends in convolutions (forward and backward; GPU time on a GPU), from torch.profiler."""
+    cuda = torch.cuda.is_initialized()
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as prof:
         step()
-    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in CONV_OPS) / 1e6
+        synchronized()
+    events = [e for e in prof.key_averages() if e.key in CONV_OPS]
+    return sum(e.device_time_total if cuda else e.self_cpu_time_total for e in events) / 1e6
 
 
 def main() -> None:
@@ -84,13 +88,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     torch.manual_seed(0)
-    images = torch.randn(args.batch, 3, 32, 32)
-    labels = torch.randint(0, 10, (args.batch,))
+    on = device()
+    layout = torch.channels_last if on.type == "cuda" else torch.contiguous_format  # as isnm.train
+    images = torch.randn(args.batch, 3, 32, 32, device=on).contiguous(memory_format=layout)
+    labels = torch.randint(0, 10, (args.batch,), device=on)
     rows = []
     for arch in ("vgg_small", "resnet18"):
-        snn = build_model(arch, 10, timesteps=TIMESTEPS)
+        snn = build_model(arch, 10, timesteps=TIMESTEPS).to(on, memory_format=layout)
         set_kernel(snn, "compiled")  # what isnm.train runs for these networks (kernel: auto)
-        ann = as_ann(build_model(arch, 10, timesteps=1))
+        ann = as_ann(build_model(arch, 10, timesteps=1)).to(on, memory_format=layout)
         for model in (snn, ann):
             for m in model.modules():
                 if isinstance(m, ISNM):

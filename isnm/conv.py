@@ -10,10 +10,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-# On the CPU the backward runs this many samples at a time: oneDNN's conv backward slows down per
-# sample once T*B samples of activations no longer fit in cache (measured in benchmarks/step.py's
-# history: 7.2x the time of 32 samples for 160, 5.9x as five chunks of 32, 64x32x32 layer, 2 cores).
-CPU_BACKWARD_CHUNK = 32
+# On the CPU the backward runs on chunks of samples whose spikes take at most this many bytes as
+# float32: oneDNN's conv backward slows down per sample once T*B samples no longer fit in cache
+# (VGG-small's 64x32x32 layer, 2 cores: 160 samples took 7.2x the time of 32, five chunks of 32
+# 5.9x), while small inputs in chunks only pay per-call overhead.
+CPU_BACKWARD_CHUNK_BYTES = 8 << 20
 
 
 class SpikeConvFunction(torch.autograd.Function):
@@ -29,7 +30,8 @@ class SpikeConvFunction(torch.autograd.Function):
         packed, weight = ctx.saved_tensors
         stride, padding, dtype = ctx.conv
         spikes, kernel = packed.to(grad_out.dtype), weight.to(grad_out.dtype)
-        chunk = grad_out.shape[0] if grad_out.is_cuda else CPU_BACKWARD_CHUNK
+        sample_bytes = spikes[0].numel() * 4
+        chunk = grad_out.shape[0] if grad_out.is_cuda else max(1, CPU_BACKWARD_CHUNK_BYTES // sample_bytes)
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
         grads_in, grad_w = [], None
         for g, s in zip(grad_out.split(chunk), spikes.split(chunk)):

@@ -4,15 +4,17 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from isnm.bn_neuron import BNISNM
+from isnm.bn_neuron import BNISNM, BNISNMFunction
 from isnm.neuron import ISNM
 
 T, B, C, H = 5, 4, 6, 8
 
 
-def pair(pool: bool, reset: str, dtype: torch.dtype) -> tuple[BNISNM, torch.nn.BatchNorm2d, ISNM]:
+def pair(pool: bool, reset: str, dtype: torch.dtype, kernel: str = "compiled"
+         ) -> tuple[BNISNM, torch.nn.BatchNorm2d, ISNM]:
     """A BNISNM and the same layers unfused (BN, max pool, ISNM) with equal parameters."""
     fused = BNISNM(C, pool, 2.0, 1.0, reset).to(dtype)
+    fused.kernel = kernel
     with torch.no_grad():
         fused.bn.weight.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(2))
         fused.bn.bias.uniform_(-0.3, 0.3, generator=torch.Generator().manual_seed(3))
@@ -36,19 +38,33 @@ def run(fn, x: torch.Tensor, upstream: torch.Tensor, params) -> tuple[torch.Tens
     return (spikes.detach(), x.grad.clone(), *[p.grad.clone() for p in params])
 
 
+def fused_op(module: BNISNM):
+    """The module's forward through BNISNMFunction whatever its kernel (eager: the fallback path)."""
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        spikes, _, _ = BNISNMFunction.apply(x, module.bn.weight, module.bn.bias, module.bn.eps, module.pool, module)
+        return spikes
+    return forward
+
+
 @pytest.mark.parametrize("pool", [False, True])
 @pytest.mark.parametrize("reset", ["hard", "soft"])
-def test_training_equals_the_unfused_layers(pool, reset):
-    fused, bn, neuron = pair(pool, reset, torch.float64)
+def test_fused_op_equals_the_unfused_layers(pool, reset):
+    fused, bn, neuron = pair(pool, reset, torch.float64, kernel="eager")
     gen = torch.Generator().manual_seed(1)
     x = (torch.randn(T, B, C, H, H, generator=gen, dtype=torch.float64) * 2 + 0.5).requires_grad_()
     size = H // 2 if pool else H
     upstream = torch.randn(T, B, C, size, size, generator=gen, dtype=torch.float64)
-    ours = run(fused, x, upstream, (fused.bn.weight, fused.bn.bias))
+    ours = run(fused_op(fused), x, upstream, (fused.bn.weight, fused.bn.bias))
     ref = run(lambda x: unfused(bn, neuron, pool, x), x, upstream, (bn.weight, bn.bias))
     assert torch.equal(ours[0], ref[0]) and 0 < ours[0].mean() < 1
     for a, b in zip(ours[1:], ref[1:]):  # dx, dgamma, dbeta: other summation orders, fp64
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_running_statistics_follow_nn_batchnorm():
+    fused, bn, neuron = pair(True, "hard", torch.float64)
+    x = torch.randn(T, B, C, H, H, dtype=torch.float64) * 2 + 0.5
+    fused(x), unfused(bn, neuron, True, x)
     torch.testing.assert_close(fused.bn.running_mean, bn.running_mean, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(fused.bn.running_var, bn.running_var, rtol=1e-12, atol=1e-12)
     assert fused.bn.num_batches_tracked == bn.num_batches_tracked == 1
@@ -74,11 +90,10 @@ def test_only_the_conv_output_is_kept_for_backward():
 def test_compiled_matches_eager():
     results = []
     for kernel in ("eager", "compiled"):
-        fused, _, _ = pair(True, "hard", torch.float32)
-        fused.kernel = kernel
+        fused, _, _ = pair(True, "hard", torch.float32, kernel)
         gen = torch.Generator().manual_seed(4)
         x = (torch.randn(T, B, C, H, H, generator=gen) * 2).requires_grad_()
-        results.append(run(fused, x, torch.randn(T, B, C, H // 2, H // 2, generator=gen),
+        results.append(run(fused_op(fused), x, torch.randn(T, B, C, H // 2, H // 2, generator=gen),
                            (fused.bn.weight, fused.bn.bias)))
     assert torch.equal(results[0][0], results[1][0])
     for a, b in zip(results[0][1:], results[1][1:]):

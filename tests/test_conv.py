@@ -16,7 +16,7 @@ def saved_tensors(fn) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("kernel, stride", [(3, 1), (3, 2), (1, 2)])
 def test_equals_nn_conv2d_on_spikes(kernel, stride, monkeypatch):
-    monkeypatch.setattr(isnm.conv, "CPU_BACKWARD_CHUNK", 3)  # 7 samples: chunks of 3, 3 and 1
+    monkeypatch.setattr(isnm.conv, "CPU_BACKWARD_CHUNK_BYTES", 3 * 4 * 9 * 9 * 4)  # 7 samples: chunks of 3, 3, 1
     gen = torch.Generator().manual_seed(0)
     spikes = (torch.rand(7, 4, 9, 9, generator=gen, dtype=torch.float64) < 0.3).to(torch.float64)
     ours = SpikeConv2d(4, 5, kernel, stride, kernel // 2).double()
