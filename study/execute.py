@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -116,14 +117,30 @@ def experiment_path(study: Study, trials: list[Trial], storage: str) -> Path:
     return Path(storage).resolve() / "-".join(part for part in (study.name, study.profile, digest) if part)
 
 
+def no_cluster(where: str, reason: str) -> StudyError:
+    return StudyError(f"--address {where}: no Ray cluster answers there ({reason}); "
+                      f"start one with `ray start --head`, or leave --address out for a local Ray")
+
+
+def check_head(address: Optional[str]) -> None:
+    """Refuse a host:port (from --address or RAY_ADDRESS) where nothing listens, in seconds rather than
+    after Ray's own connection timeout of minutes. "auto" and ray:// addresses are left to Ray."""
+    where = address or os.environ.get("RAY_ADDRESS")
+    host, sep, port = (where or "").rpartition(":")
+    if "://" in (where or "") or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise no_cluster(where, exc.strerror or str(exc)) from None
+
+
 def start_ray(address: Optional[str], resources) -> None:
     """Join `address` (or RAY_ADDRESS), else start Ray on this machine; fail early on resources it lacks."""
     try:
         ray.init(address=address, include_dashboard=False, logging_level="WARNING")
     except ConnectionError as exc:
-        where = address or os.environ.get("RAY_ADDRESS")
-        raise StudyError(f"--address {where}: no Ray cluster answers there ({str(exc).splitlines()[0]}); "
-                         f"start one with `ray start --head`, or leave --address out for a local Ray") from None
+        raise no_cluster(address or os.environ.get("RAY_ADDRESS"), str(exc).splitlines()[0]) from None
     total = ray.cluster_resources()
     if resources.gpu > total.get("GPU", 0):
         ray.shutdown()

@@ -47,7 +47,8 @@ def result_row(result, describe) -> tuple[str, str, str]:
 
 
 def check_before_start(study: Study, trials: list[Trial], address: Optional[str]) -> None:
-    """Mistakes found without starting anything: data that is missing, GPUs this machine lacks."""
+    """Mistakes found without starting anything: data that is missing, GPUs this machine lacks, a Ray
+    address where nothing listens."""
     from isnm.train import missing_data  # torch loads only here, after the file itself is known good
 
     configs = [t.config for t in trials] or [study.base]
@@ -55,6 +56,9 @@ def check_before_start(study: Study, trials: list[Trial], address: Optional[str]
         why = missing_data(config)
         if why:
             raise StudyError(f"{study.path}: {why}")
+    if address or os.environ.get("RAY_ADDRESS"):
+        from study.execute import check_head
+        check_head(address)
     if study.spec.resources.gpu > 0 and not (address or os.environ.get("RAY_ADDRESS")):
         import torch
         if torch.cuda.device_count() < study.spec.resources.gpu:

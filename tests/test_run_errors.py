@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from study.run import main
-from tests.studies import loopback_env
+from tests.studies import free_port, loopback_env
 from tests.test_config import BAD, GOOD
 
 CLI_ONLY = [
@@ -18,6 +18,8 @@ CLI_ONLY = [
      [], "cifar10: files data_batch_1, .* not found in .*cifar/cifar-10-batches-py; set download: true"),
     ("gpu on a machine without", {**GOOD, "resources": {"gpu": 1}}, [], "resources.gpu: 1 per trial, but this machine"),
     ("max concurrent", GOOD, ["--max-concurrent", "0"], "--max-concurrent: got 0"),
+    ("no ray cluster at the address", GOOD, ["--address", f"127.0.0.1:{free_port()}"],
+     r"--address 127\.0\.0\.1:\d+: no Ray cluster answers there \(Connection refused\)"),
 ]
 
 
