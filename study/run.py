@@ -67,13 +67,16 @@ def check_before_start(study: Study, trials: list[Trial], address: Optional[str]
                              f"demo does) or pass --address of a cluster with GPUs")
 
 
-def run(study: Study, trials: list[Trial], args: argparse.Namespace) -> int:
+def set_ray_environment(address: Optional[str]) -> None:
+    """Settings Ray reads once, on import: call before anything imports ray."""
     # Every epoch checkpoints by design (that is what resuming needs); Tune warns about it on short epochs.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if args.address or os.environ.get("RAY_ADDRESS"):
-        # `ray start` turns token authentication on, but a joining driver follows only when told, and
-        # Ray reads this once, on import
+    if address or os.environ.get("RAY_ADDRESS"):
+        # `ray start` turns token authentication on, but a joining driver follows only when told
         os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def run(study: Study, trials: list[Trial], args: argparse.Namespace) -> int:
     # Ray and MLflow load only once the study is known to be valid, so a bad file fails in a second.
     import ray
     from mlflow.tracking import MlflowClient
@@ -143,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{study.name}: search, {search.num_samples} samples ({search.algorithm}) over "
                       f"{', '.join(search.space)}; {search.metric} {search.mode}")
             return 0
+        set_ray_environment(args.address)
         check_before_start(study, trials, args.address)
         return run(study, trials, args)
     except Exception as exc:
