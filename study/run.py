@@ -71,6 +71,10 @@ def set_ray_environment(address: Optional[str]) -> None:
     """Settings Ray reads once, on import: call before anything imports ray."""
     # Every epoch checkpoints by design (that is what resuming needs); Tune warns about it on short epochs.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune saves its experiment state at least 10 s apart by default, and only the last two trial
+    # checkpoints are kept: with epochs of a second (digits) a killed driver's state could name a
+    # checkpoint already deleted, and that trial could not resume
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     if address or os.environ.get("RAY_ADDRESS"):
         # `ray start` turns token authentication on, but a joining driver follows only when told
         os.environ.setdefault("RAY_AUTH_MODE", "token")
