@@ -5,7 +5,9 @@ cifar10 and cifar100 are read from CIFAR's "python version" files under `data_di
 """
 from __future__ import annotations
 
+import fcntl
 import pickle
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -98,6 +100,19 @@ def cifar_absence(name: str, data_dir: str) -> str | None:
             f"set download: true, or unpack {spec['url']} into {root}")
 
 
+@contextmanager
+def download_lock(root: Path):
+    """One process at a time downloads into `root`: trials sharing a data folder would otherwise each
+    fetch the archive and unpack it over the others' half-written files."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".download.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def download_cifar(root: Path, name: str) -> None:
     import torchvision
 
@@ -109,20 +124,40 @@ def download_cifar(root: Path, name: str) -> None:
                         f"download it by hand and unpack it there") from exc
 
 
-def load_cifar(name: str, data_dir: str, download: bool, device: torch.device) -> Dataset:
-    spec = CIFAR[name]
+def cifar_folder(name: str, data_dir: str, download: bool) -> Path:
+    """The folder holding CIFAR's files, fetched first when they are missing and `download` is on."""
     root = Path(data_dir).expanduser().resolve()
     if cifar_missing(root, name) and download:
-        download_cifar(root, name)
+        with download_lock(root):
+            if cifar_missing(root, name):  # another process may have fetched it while this one waited
+                download_cifar(root, name)
     absence = cifar_absence(name, data_dir)
     if absence:
         raise DataError(absence)
-    folder = root / spec["folder"]
+    return root / CIFAR[name]["folder"]
+
+
+def read_cifar(name: str, folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train images, train labels, test images, test labels) as uint8/int64 arrays; DataError if unreadable."""
+    spec = CIFAR[name]
     try:
-        train_x, train_y = read_cifar_files(folder, spec["train"], spec["labels"])
-        test_x, test_y = read_cifar_files(folder, spec["test"], spec["labels"])
-    except (OSError, KeyError, ValueError, pickle.UnpicklingError) as exc:
-        raise DataError(f"{name}: cannot read {folder} ({exc}); delete it and download again") from exc
+        return (*read_cifar_files(folder, spec["train"], spec["labels"]),
+                *read_cifar_files(folder, spec["test"], spec["labels"]))
+    except (OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+        # a truncated file ends in EOFError or UnpicklingError, depending on where it was cut
+        raise DataError(f"{name}: cannot read {folder} ({type(exc).__name__}: {exc}); "
+                        f"delete it and download again") from exc
+
+
+def check_cifar(name: str, data_dir: str, download: bool) -> None:
+    """Fetch CIFAR if allowed and missing, then read every file once: raises DataError (one line) before
+    any trial would, so a study stops before it starts."""
+    read_cifar(name, cifar_folder(name, data_dir, download))
+
+
+def load_cifar(name: str, data_dir: str, download: bool, device: torch.device) -> Dataset:
+    spec = CIFAR[name]
+    train_x, train_y, test_x, test_y = read_cifar(name, cifar_folder(name, data_dir, download))
     mean, std = torch.tensor(spec["mean"]), torch.tensor(spec["std"])
 
     def prepared(x: np.ndarray) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from isnm.config import ConfigError, SurrogateConfig, TrainConfig, merged, nested, parse_config
-from isnm.data import CIFAR, DataError, Dataset, cifar_absence, load_dataset, test_batches, train_batches
+from isnm.data import CIFAR, DataError, Dataset, check_cifar, load_dataset, test_batches, train_batches
 from isnm.models import build_model
 from isnm.neuron import ISNM, set_kernel, set_surrogate
 from isnm.surrogate import alpha_for, beta_at
@@ -24,12 +24,14 @@ from isnm.surrogate import alpha_for, beta_at
 EVAL_BATCH_SIZE = 1000
 
 
-def missing_data(config: dict) -> str | None:
-    """Why this config's data set is not on disk while download is off, or None (checked before any run)."""
+def check_data(config: dict) -> None:
+    """Make sure this config's data set can be read, fetching it first where allowed; raises DataError.
+
+    Run before any trial starts, so a missing or damaged data set is one line rather than a failed
+    trial (and, with download on, so that one process fetches it, not every trial)."""
     cfg = parse_config(config)
-    if cfg.dataset in CIFAR and not cfg.download:
-        return cifar_absence(cfg.dataset, cfg.data_dir)
-    return None
+    if cfg.dataset in CIFAR:
+        check_cifar(cfg.dataset, cfg.data_dir, cfg.download)
 
 
 class TrainingDiverged(RuntimeError):

@@ -5,7 +5,7 @@ file, the key path, the bad value and what was expected.
 """
 from __future__ import annotations
 
-import sys
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -19,23 +19,15 @@ METRICS = ("test_acc", "train_acc", "train_loss", "spike_rate")  # what a trial 
 MAXIMIZED = ("test_acc", "train_acc")
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
 SCHEDULERS = ("asha",)
+# A study's name and profile name folders (ray_results/<name>-<profile>-<digest>, mlartifacts/<name>)
+# and go into MLflow filters: letters, digits and a few marks, no path separators, no quotes, short
+# enough that the folder name stays far below the 255 bytes a file system allows.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+SAFE_NAME_RULE = "1 to 100 letters, digits, '_', '.', '+' or '-', starting with a letter or digit"
 
 
 class StudyError(Exception):
     """A user's study file (or command line) is wrong; `str()` is the one line to print."""
-
-
-def user_error_exit(exc: Exception) -> int:
-    """For a command's main: a user's mistake (a StudyError, or an MLflow store that cannot be
-    reached, which is the user's setting) prints one line and gives exit code 2; anything else is a
-    bug and is raised again with its traceback."""
-    if isinstance(exc, StudyError):
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if type(exc).__module__.startswith("mlflow"):
-        print(f"error: MLflow store: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    raise exc
 
 
 @dataclass
@@ -131,7 +123,9 @@ class StudyFile:
     table: Optional[Table] = None
 
     def check(self, path: str) -> None:
-        check(self.name.strip() != "" and "/" not in self.name, "name", self.name, "a non-empty name without '/'")
+        check(SAFE_NAME.fullmatch(self.name) is not None, "name", self.name, SAFE_NAME_RULE)
+        for profile in self.profiles:
+            check_profile_name(profile)
         check(len(self.seeds) > 0, "seeds", self.seeds, "a non-empty list of integers")
         for i, seed in enumerate(self.seeds):
             check(self.seeds.index(seed) == i, f"seeds[{i}]", seed, "a seed not listed before")
@@ -199,9 +193,14 @@ def read_yaml(path: Path) -> dict:
 REPLACED_BY_PROFILE = ("variants", "grid", "seeds")
 
 
+def check_profile_name(profile: str) -> None:
+    check(SAFE_NAME.fullmatch(profile) is not None, "profiles", profile, f"a profile name of {SAFE_NAME_RULE}")
+
+
 def with_profile(data: dict, profile: Optional[str]) -> dict:
     if profile is None:
         return data
+    check_profile_name(profile)
     profiles = data.get("profiles") or {}
     if not isinstance(profiles, dict) or profile not in profiles:
         known = ", ".join(profiles) if isinstance(profiles, dict) and profiles else "none"

@@ -1,24 +1,26 @@
 """Trials on Ray Tune: one trainable that calls `isnm.train.train` and reports every epoch."""
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
+import pickle
 import socket
 import tempfile
-import time
 from pathlib import Path
 from typing import Optional
 
+import pyarrow.fs as pafs
 import ray
 import torch
 from ray import tune
 
 from isnm.train import TrainingDiverged, train
+from study.cli import first_line
 from study.config import Study, StudyError, with_overrides
 from study.plan import SEARCH_VARIANT, Trial, cell_label, config_hash, search_base
+from study.storage import Experiment
 from study.tracking import STATE_FILE
+
+TESTED_RAY = "2.60"  # the Ray whose private Tuner attribute build_tuner sets (see there)
 
 class TrialBook:
     """Maps a Tune trial's config (a planned trial's name, or a search sample) to the trial it is.
@@ -32,12 +34,43 @@ class TrialBook:
 
     def describe(self, tune_config: dict) -> dict:
         """name, variant, seed, overrides, config and config_hash of a trial."""
-        if "trial" in tune_config:
+        if tune_config.get("trial") in self.trials:
             return self.trials[tune_config["trial"]]
+        if "search" not in tune_config or not self.base:
+            raise StudyError(f"the Ray experiment holds a trial this study did not plan ({tune_config}), so its "
+                             f"saved state is damaged or from another plan; run again with --fresh")
         overrides = dict(tune_config["search"])
         config = with_overrides(self.base, overrides)
         return {"name": cell_label(overrides), "variant": SEARCH_VARIANT, "seed": config["seed"], "overrides": overrides,
                 "config": config, "config_hash": config_hash(config)}
+
+
+def checkpoint_states(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
+    """This trial's kept checkpoints, newest first, beginning with `checkpoint` (Tune's latest)."""
+    fs, folder = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    parent, name = folder.rsplit("/", 1)
+    older = [info.path for info in fs.get_file_info(pafs.FileSelector(parent))
+             if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_")
+             and info.base_name < name]
+    return [checkpoint] + [tune.Checkpoint(path, fs) for path in sorted(older, reverse=True)]
+
+
+def readable_state(checkpoint: tune.Checkpoint) -> tuple[Optional[dict], str]:
+    """(the newest checkpoint state that loads, a note naming each newer one that did not, or "").
+
+    A checkpoint cut short (a full disk, a node lost while writing) would otherwise fail every retry
+    and every rerun the same way; the older kept checkpoint costs an epoch. None when none loads:
+    the trial then starts over, which on the CPU reproduces the same epochs.
+    """
+    notes = []
+    for candidate in checkpoint_states(checkpoint):
+        try:
+            with candidate.as_directory() as folder:
+                return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True), "; ".join(notes)
+        except (OSError, EOFError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as exc:
+            notes.append(f"{candidate.path.rsplit('/', 1)[-1]} unreadable ({type(exc).__name__}: "
+                         f"{first_line(str(exc))[:200]})")
+    return None, "; ".join(notes) + "; starting the trial over"
 
 
 def trainable(tune_config: dict, book: TrialBook) -> None:
@@ -46,22 +79,25 @@ def trainable(tune_config: dict, book: TrialBook) -> None:
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))  # trials sharing a machine must not fight over cores
     config = book.describe(tune_config)["config"]
-    resume_state = None
+    where = {"node": f"{ray.get_runtime_context().get_node_id()[:12]} {ray.util.get_node_ip_address()}"}
+    resume_state, note = None, ""
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume_state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+        resume_state, note = readable_state(checkpoint)
+        if note:
+            print(f"warning: {note}")
+            where["checkpoint_note"] = note
 
     def report(metrics: dict, state: dict) -> None:
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, Path(folder) / STATE_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(folder))
 
     try:
         train(config, on_epoch=report, resume_state=resume_state)
     except TrainingDiverged as exc:
         # Divergence is a result, not a crash: retrying the same seed would diverge again.
-        tune.report({"epoch": exc.epoch, "diverged": 1, "diverged_step": exc.step})
+        tune.report({"epoch": exc.epoch, "diverged": 1, "diverged_step": exc.step, **where})
 
 
 # reuse_actors: a worker that finished a trial takes the next one, so Python, torch and the data set
@@ -90,6 +126,8 @@ def param_space(study: Study, trials: list[Trial]) -> dict:
 
 
 def tune_config(study: Study, max_concurrent: Optional[int]) -> tune.TuneConfig:
+    """Tune's settings; --max-concurrent, else the study file's max_concurrent, caps trials at once."""
+    max_concurrent = max_concurrent or study.spec.max_concurrent
     search = study.spec.search
     if search is None:
         return tune.TuneConfig(max_concurrent_trials=max_concurrent, trial_dirname_creator=trial_folder,
@@ -109,38 +147,43 @@ def tune_config(study: Study, max_concurrent: Optional[int]) -> tune.TuneConfig:
                            trial_dirname_creator=trial_folder, reuse_actors=True)
 
 
-def experiment_path(study: Study, trials: list[Trial], storage: str) -> Path:
-    """Ray's experiment folder: the same plan maps to the same folder, so a rerun can resume it."""
-    plan = [t.config_hash for t in trials] or [json.dumps(study.spec.search.__dict__, sort_keys=True, default=str),
-                                                 config_hash(search_base(study))]
-    digest = hashlib.sha256("\n".join(plan).encode()).hexdigest()[:8]
-    return Path(storage).resolve() / "-".join(part for part in (study.name, study.profile, digest) if part)
-
-
 def no_cluster(where: str, reason: str) -> StudyError:
     return StudyError(f"--address {where}: no Ray cluster answers there ({reason}); "
                       f"start one with `ray start --head`, or leave --address out for a local Ray")
 
 
-def check_head(address: Optional[str]) -> None:
-    """Refuse a host:port (from --address or RAY_ADDRESS) where nothing listens, in seconds rather than
-    after Ray's own connection timeout of minutes. "auto" and ray:// addresses are left to Ray."""
-    where = address or os.environ.get("RAY_ADDRESS")
-    host, sep, port = (where or "").rpartition(":")
-    if "://" in (where or "") or not sep or not port.isdigit():
+def check_address(address: Optional[str]) -> None:
+    """Refuse a Ray Client address, and a host:port where nothing listens, in seconds rather than after
+    Ray's own connection timeout of minutes. "auto" is left to Ray."""
+    if address is None:
+        return
+    if address.startswith("ray://"):
+        raise StudyError(f"--address {address}: Ray Client (ray://) is not supported, since Tune's driver must "
+                         f"run inside the cluster; run study.run on a node of it with --address HEAD_IP:6379")
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
         return
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as exc:
-        raise no_cluster(where, exc.strerror or str(exc)) from None
+        raise no_cluster(address, exc.strerror or str(exc)) from None
 
 
 def start_ray(address: Optional[str], resources) -> None:
-    """Join `address` (or RAY_ADDRESS), else start Ray on this machine; fail early on resources it lacks."""
+    """Join `address`, else start Ray on this machine; fail early on resources the cluster lacks.
+
+    A local Ray cannot be confined to 127.0.0.1: Ray 2.60 binds its servers to every interface and
+    resolves a loopback node address to the routable one. Token authentication (on by default) is
+    what keeps other hosts out; the dashboard stays off.
+    """
     try:
         ray.init(address=address, include_dashboard=False, logging_level="WARNING")
     except ConnectionError as exc:
-        raise no_cluster(address or os.environ.get("RAY_ADDRESS"), str(exc).splitlines()[0]) from None
+        raise no_cluster(address, first_line(str(exc))) from None
+    except ray.exceptions.AuthenticationError as exc:
+        raise StudyError(f"--address {address}: the Ray cluster refused this driver's token "
+                         f"({first_line(exc.message)}); copy the head node's ~/.ray/auth_token here "
+                         f"or set RAY_AUTH_TOKEN") from None
     total = ray.cluster_resources()
     if resources.gpu > total.get("GPU", 0):
         ray.shutdown()
@@ -152,25 +195,51 @@ def start_ray(address: Optional[str], resources) -> None:
                          f"{total.get('CPU', 0):g} CPUs; lower resources.cpu")
 
 
-def can_resume(path: Path) -> bool:
-    return tune.Tuner.can_restore(str(path))
+def resumable(experiment: Experiment, to_run: list[Trial], search: bool) -> tuple[bool, str]:
+    """(whether to restore the experiment, why not when it exists but cannot serve).
+
+    A grid experiment serves only when it was created for every trial now to run: when the tracking
+    store lost runs (a deleted mlflow.db, another --tracking-uri), more trials are to run than the
+    interrupted experiment holds, and restoring it would leave those out.
+    """
+    if not tune.Tuner.can_restore(experiment.uri):
+        return False, ""
+    if search:
+        return True, ""
+    planned = experiment.planned_trials()
+    left_out = [t.name for t in to_run if planned is None or t.name not in planned]
+    if left_out:
+        return False, (f"the Ray experiment {experiment.uri} was made for fewer trials than are to run now "
+                       f"({', '.join(left_out[:3])}{' ...' if len(left_out) > 3 else ''} not among them; "
+                       f"the tracking store has lost their runs); starting a new one")
+    return True, ""
 
 
-def build_tuner(study: Study, to_run: list[Trial], book: TrialBook, path: Path, callbacks: list,
+def build_tuner(study: Study, to_run: list[Trial], book: TrialBook, experiment: Experiment, callbacks: list,
                 max_concurrent: Optional[int], resume: bool) -> tune.Tuner:
     """The restored Tuner of this plan's interrupted experiment, or a new one over `to_run`."""
     resources = {"cpu": study.spec.resources.cpu, "gpu": study.spec.resources.gpu}
     fn = tune.with_resources(tune.with_parameters(trainable, book=book), resources)
     if resume:
-        tuner = tune.Tuner.restore(str(path), trainable=fn, resume_unfinished=True, resume_errored=True)
+        try:
+            tuner = tune.Tuner.restore(experiment.uri, trainable=fn, resume_unfinished=True, resume_errored=True)
+        except Exception as exc:  # a damaged experiment state fails in many ways; all end the same for the user
+            raise StudyError(f"cannot resume the Ray experiment {experiment.uri} ({type(exc).__name__}: "
+                             f"{first_line(str(exc))}); "
+                             f"run again with --fresh to start it over (the old folder is kept aside)") from None
         # Restore unpickles the callbacks of the interrupted driver; this invocation's tracker (its own
-        # parent run) replaces them. Ray offers no public setter for this.
-        tuner._local_tuner.get_run_config().callbacks = callbacks
+        # parent run) replaces them. Ray offers no public setter for this (ray-project/ray#41364).
+        local = getattr(tuner, "_local_tuner", None)
+        if local is None or not hasattr(local, "get_run_config"):
+            raise StudyError(f"this Ray ({ray.__version__}) lacks Tuner._local_tuner.get_run_config, which resuming "
+                             f"needs (tested with Ray {TESTED_RAY}); run with --fresh or install ray=={TESTED_RAY}.*")
+        local.get_run_config().callbacks = callbacks
         return tuner
-    if path.exists():  # an earlier, finished or abandoned, experiment of this plan: keep it aside
-        path.rename(path.with_name(f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}"))
+    if experiment.exists():  # an earlier, finished or abandoned, experiment of this plan: keep it aside
+        experiment.set_aside()
+    experiment.write_plan([t.name for t in to_run])
     run_config = tune.RunConfig(
-        name=path.name, storage_path=str(path.parent), callbacks=callbacks,
+        name=experiment.name, storage_path=experiment.storage, callbacks=callbacks,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=study.spec.retries))
     return tune.Tuner(fn, param_space=param_space(study, to_run), tune_config=tune_config(study, max_concurrent),

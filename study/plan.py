@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from study.config import Study, StudyError, flat, with_overrides
@@ -39,6 +40,12 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def with_absolute_data_dir(config: dict) -> dict:
+    """`data_dir` made absolute against the driver's working directory: Ray runs each trial in a folder
+    of its own, where a relative path would name another (empty) place."""
+    return {**config, "data_dir": str(Path(config["data_dir"]).expanduser().resolve())}
+
+
 def grid_cells(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     keys = list(grid)
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
@@ -57,7 +64,7 @@ def plan_trials(study: Study) -> list[Trial]:
         for cell in grid_cells(study.spec.grid):
             for seed in study.spec.seeds:
                 dotted = {**flat(overrides), **cell}
-                config = with_overrides(study.base, {**dotted, "seed": seed})
+                config = with_absolute_data_dir(with_overrides(study.base, {**dotted, "seed": seed}))
                 name = " ".join(part for part in (variant, cell_label(cell), f"seed={seed}") if part)
                 trials.append(Trial(name, variant, dotted, seed, config, config_hash(config)))
     seen: dict[str, str] = {}
@@ -71,7 +78,7 @@ def plan_trials(study: Study) -> list[Trial]:
 
 def search_base(study: Study) -> dict:
     """The config every search trial starts from; a search compares its samples on the first seed."""
-    return with_overrides(study.base, {"seed": study.spec.seeds[0]})
+    return with_absolute_data_dir(with_overrides(study.base, {"seed": study.spec.seeds[0]}))
 
 
 def trial_table(trials: list[Trial]) -> str:

@@ -16,7 +16,8 @@ from typing import Any, Optional
 import pandas as pd
 import yaml
 
-from study.config import MAXIMIZED, METRICS, Study, StudyError, Table, flat, load_study, nested, user_error_exit
+from study.cli import user_error_exit
+from study.config import MAXIMIZED, METRICS, Study, StudyError, Table, flat, load_study, nested
 from study.plan import SEARCH_VARIANT, Trial, plan_trials
 
 HEADERS = {"variant": "Method", "dataset": "Dataset", "arch": "Architecture", "timesteps": "TimeStep"}
@@ -68,11 +69,13 @@ class Counts:
     finished: int = 0
     failed: int = 0
     running: int = 0
+    interrupted: int = 0  # a KILLED run: its driver was interrupted; the same command resumes it
     missing: int = 0
 
     def line(self) -> str:
+        interrupted = f"{self.interrupted} interrupted, " if self.interrupted else ""
         return (f"{self.planned} trials planned: {self.finished} finished, {self.failed} failed, "
-                f"{self.running} running, {self.missing} not run.")
+                f"{self.running} running, {interrupted}{self.missing} not run.")
 
 
 def key_value(trial: Trial, key: str) -> Any:
@@ -90,10 +93,11 @@ def trial_status(runs: pd.DataFrame) -> tuple[str, Optional[pd.Series]]:
     """A trial's state from its runs (any invocation): the newest FINISHED run wins."""
     if runs.empty:
         return "missing", None
-    for status in ("FINISHED", "RUNNING", "SCHEDULED"):
+    states = {"FINISHED": "finished", "RUNNING": "running", "SCHEDULED": "running", "KILLED": "interrupted"}
+    for status, state in states.items():
         hits = runs[runs["status"] == status]
         if not hits.empty:
-            return ("finished" if status == "FINISHED" else "running"), hits.sort_values("start_time").iloc[-1]
+            return state, hits.sort_values("start_time").iloc[-1]
     return "failed", None
 
 

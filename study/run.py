@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
-
+from contextlib import contextmanager
 from typing import Optional
 
-from study.config import Study, StudyError, load_study, user_error_exit
+from study.cli import first_line, last_line, user_error_exit
+from study.config import Study, StudyError, load_study
 from study.plan import Trial, plan_trials, trial_table
+from study.storage import Experiment, experiment_for
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,31 +38,37 @@ def summary_lines(rows: list[tuple[str, str, str]]) -> list[str]:
 def result_row(result, describe) -> tuple[str, str, str]:
     metrics = result.metrics or {}
     if result.error:
-        status = "failed: " + str(result.error).strip().splitlines()[-1][:120]
+        status = "failed: " + last_line(str(result.error))[:120]
     elif metrics.get("diverged"):
         status = f"failed: training diverged at epoch {int(metrics['epoch'])}, step {int(metrics['diverged_step'])}"
     elif "test_acc" in metrics:
         status = f"test_acc {metrics['test_acc']:.4f}"
     else:
-        status = "no result"
+        status = "not started"
     seconds = metrics.get("time_total_s")
     return describe(result.config)["name"], status, f"{seconds:.0f}s" if seconds is not None else "-"
 
 
-def check_before_start(study: Study, trials: list[Trial], address: Optional[str]) -> None:
-    """Mistakes found without starting anything: data that is missing, GPUs this machine lacks, a Ray
-    address where nothing listens."""
-    from isnm.train import missing_data  # torch loads only here, after the file itself is known good
+def cluster_address(cli_value: Optional[str]) -> Optional[str]:
+    """--address, else RAY_ADDRESS, else None (a local Ray)."""
+    return cli_value or os.environ.get("RAY_ADDRESS") or None
 
+
+def check_before_start(study: Study, trials: list[Trial], address: Optional[str]) -> None:
+    """Mistakes found without starting anything: data that is missing or damaged, GPUs this machine
+    lacks, a Ray address where nothing listens. CIFAR is fetched here, once, when the study may."""
+    from isnm.data import DataError  # torch loads only here, after the file itself is known good
+    from isnm.train import check_data
+    from study.execute import check_address
+
+    check_address(address)
     configs = [t.config for t in trials] or [study.base]
-    for config in configs:
-        why = missing_data(config)
-        if why:
-            raise StudyError(f"{study.path}: {why}")
-    if address or os.environ.get("RAY_ADDRESS"):
-        from study.execute import check_head
-        check_head(address)
-    if study.spec.resources.gpu > 0 and not (address or os.environ.get("RAY_ADDRESS")):
+    for config in {(c["dataset"], c["data_dir"], c["download"]): c for c in configs}.values():
+        try:
+            check_data(config)
+        except DataError as exc:
+            raise StudyError(f"{study.path}: {exc}") from None
+    if study.spec.resources.gpu > 0 and address is None:
         import torch
         if torch.cuda.device_count() < study.spec.resources.gpu:
             raise StudyError(f"{study.path}: resources.gpu: {study.spec.resources.gpu:g} per trial, but this machine "
@@ -75,63 +84,169 @@ def set_ray_environment(address: Optional[str]) -> None:
     # checkpoints are kept: with epochs of a second (digits) a killed driver's state could name a
     # checkpoint already deleted, and that trial could not resume
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    if address or os.environ.get("RAY_ADDRESS"):
+    # Ctrl-C is handled by `Interrupts`, which knows it happened (Tune's own handler returns from fit
+    # as if the study were done)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    if address:
         # `ray start` turns token authentication on, but a joining driver follows only when told
         os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
-def run(study: Study, trials: list[Trial], args: argparse.Namespace) -> int:
+class Interrupts:
+    """Ctrl-C (SIGINT) and SIGTERM, as the driver handles them.
+
+    The first one while Tune runs trials asks Tune to stop after saving its experiment state (Tune
+    stops so on SIGUSR1), so that the unfinished trials can be told apart and resumed; `received`
+    then names the signal. Any other one raises KeyboardInterrupt at once.
+    """
+
+    def __init__(self):
+        self.received: Optional[str] = None
+        self.in_fit = False
+        self.deferring = False
+        self.previous: dict = {}
+
+    def handle(self, signum: int, frame) -> None:
+        first = self.received is None
+        self.received = signal.Signals(signum).name
+        if self.deferring:
+            return  # raised once the section that must not be cut is done
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if first and self.in_fit and callable(tune_stop):
+            print(f"\n{self.received}: stopping after the trials' last checkpoints; press Ctrl-C again to stop at "
+                  f"once", file=sys.stderr)
+            tune_stop(signal.SIGUSR1, frame)
+            return
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def deferred(self):
+        """A section an interrupt must not cut in two (MLflow creating its database tables: a store
+        interrupted there is left unusable); a signal in it takes effect when it ends."""
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+        self.raise_if_received()
+
+    def raise_if_received(self) -> None:
+        """Before the trials start: an interrupt whose KeyboardInterrupt a library swallowed still stops."""
+        if self.received:
+            raise KeyboardInterrupt
+
+    def after_ray_start(self) -> None:
+        """ray.init makes SIGTERM exit the driver at once; take it back, so it stops the study cleanly."""
+        signal.signal(signal.SIGTERM, self.handle)
+        self.raise_if_received()
+
+    def __enter__(self) -> "Interrupts":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def fit_failure(exc: BaseException, experiment: Experiment) -> Optional[StudyError]:
+    """Why a Tune run stopped, as one line, when the cause is the user's: a StudyError raised on the
+    driver (a damaged experiment), or an MLflow write that failed (the store). Tune passes these on,
+    at times wrapped in a TuneError. None for anything else, which is a bug."""
+    cause: Optional[BaseException] = exc
+    while cause is not None and not (isinstance(cause, StudyError) or type(cause).__module__.startswith("mlflow")):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None or isinstance(cause, StudyError):
+        return cause
+    return StudyError(f"the study stopped: writing to MLflow failed ({type(cause).__name__}: "
+                      f"{first_line(str(cause))}); the checkpoints are kept in {experiment.uri}: "
+                      f"once the store works, run the same command again to resume")
+
+
+def run(study: Study, trials: list[Trial], args: argparse.Namespace, address: Optional[str], experiment: Experiment,
+        interrupts: Interrupts) -> int:
+    """Open the store, start this invocation's parent run, run the trials; the parent run ends KILLED,
+    FAILED or FINISHED with them, whatever stops the invocation."""
     # Ray and MLflow load only once the study is known to be valid, so a bad file fails in a second.
+    from study import tracking
+
+    uri = tracking.tracking_uri(args.tracking_uri)
+    with interrupts.deferred():
+        client, exp_id = tracking.open_store(uri, study.name)
+    commit = tracking.git_commit()
+    closed = tracking.close_dangling_runs(client, exp_id, experiment.uri)
+    if closed:
+        print(f"closed {closed} run(s) left RUNNING by an interrupted driver")
+    parent = tracking.start_parent_run(client, exp_id, study, commit, experiment.uri)
+    try:
+        code = run_trials(study, trials, args, address, interrupts, client, exp_id, parent, commit, uri, experiment)
+    except BaseException as exc:
+        try:  # best effort: the store itself may be what failed
+            client.set_terminated(parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        except Exception:
+            pass
+        raise
+    client.set_terminated(parent, {0: "FINISHED", 130: "KILLED"}.get(code, "FAILED"))
+    return code
+
+
+def run_trials(study: Study, trials: list[Trial], args: argparse.Namespace, address: Optional[str],
+               interrupts: Interrupts, client, exp_id: str, parent: str, commit: str, uri: str,
+               experiment: Experiment) -> int:
+    """Cached trials copied, the rest run on Ray Tune; prints the summary; returns the exit code."""
     import ray
-    from mlflow.tracking import MlflowClient
 
     from study import execute, tracking
 
-    uri = tracking.tracking_uri(args.tracking_uri)
-    client = MlflowClient(uri)
-    exp_id = tracking.experiment_id(client, study.name, uri)
-    commit = tracking.git_commit()
-    path = execute.experiment_path(study, trials, args.storage)
-    closed = tracking.close_dangling_runs(client, exp_id, str(path))
-    if closed:
-        print(f"closed {closed} run(s) left RUNNING by an interrupted driver")
-    book = execute.TrialBook(study, trials)
-    parent = tracking.start_parent_run(client, exp_id, study, commit, str(path))
     cached = {} if args.rerun else tracking.finished_runs(client, {t.config_hash for t in trials})
     for trial in trials:
         source = cached.get(trial.config_hash)
         if source is not None and source.info.experiment_id != exp_id:
             tracking.copy_cached_run(client, source, exp_id, parent, study.name, trial.as_dict(), commit)
     to_run = [t for t in trials if t.config_hash not in cached]
-    resume = not (args.fresh or args.rerun) and execute.can_resume(path)
-    rows = {t.name: (t.name, "cached", "-") for t in trials if t.config_hash in cached}
-    failed = 0
+    rows = {t.name: (t.name, "cached" if t.config_hash in cached else "not started", "-") for t in trials}
     began = time.perf_counter()
     if to_run or study.spec.search is not None:
-        execute.start_ray(args.address, study.spec.resources)
-        tracker = tracking.MlflowTracker(uri, exp_id, parent, study, commit, book.describe, str(path))
+        book = execute.TrialBook(study, trials)
+        resume, why_not = (False, "") if args.fresh or args.rerun else execute.resumable(
+            experiment, to_run, study.spec.search is not None)
+        if why_not:
+            print(why_not)
+        tracker = tracking.MlflowTracker(uri, exp_id, parent, study, commit, book.describe, experiment.uri)
         try:
-            tuner = execute.build_tuner(study, to_run, book, path, [tracker], args.max_concurrent, resume)
-            results = tuner.fit()
-            tracker.reconcile(results)
-        except KeyboardInterrupt:
-            client.set_terminated(parent, "KILLED")
-            print(f"\ninterrupted; run the same command again to resume ({path})", file=sys.stderr)
-            return 130
-        except BaseException:
-            client.set_terminated(parent, "FAILED")
-            raise
+            execute.start_ray(address, study.spec.resources)
+            interrupts.after_ray_start()
+            tuner = execute.build_tuner(study, to_run, book, experiment, [tracker], args.max_concurrent, resume)
+            interrupts.raise_if_received()
+            interrupts.in_fit = True
+            try:
+                results = tuner.fit()
+            except Exception as exc:
+                stopped = fit_failure(exc, experiment)
+                if stopped is None:
+                    raise
+                raise stopped from None
+            finally:
+                interrupts.in_fit = False
+            unfinished = tracker.reconcile(results)
         finally:
             ray.shutdown()
         # a restored experiment also returns trials that finished before: their result replaces "cached"
         rows.update((row[0], row) for row in (result_row(r, book.describe) for r in results))
-        failed = sum(1 for _, status, _ in rows.values() if status.startswith("failed"))
-    client.set_terminated(parent, "FAILED" if failed else "FINISHED")
+        for name in unfinished:
+            rows[name] = (name, "unfinished", rows[name][2])
+    failed = sum(1 for _, status, _ in rows.values() if status.startswith("failed"))
     reused = sum(1 for _, status, _ in rows.values() if status == "cached")
+    incomplete = sum(1 for _, status, _ in rows.values() if status in ("unfinished", "not started"))
     print(f"\n{study.name}: {len(rows)} trials ({reused} cached) in {time.perf_counter() - began:.0f}s, "
-          f"{failed} failed")
+          f"{failed} failed{f', {incomplete} unfinished' if incomplete else ''}")
     print("\n".join(summary_lines(list(rows.values()))))
     print(f"\nruns: {tracking.ui_command(uri)}   (experiment {study.name!r})")
+    if incomplete:
+        print(f"\ninterrupted ({interrupts.received or 'trials left unfinished'}); run the same command again "
+              f"to resume ({experiment.uri})", file=sys.stderr)
+        return 130
     return 1 if failed else 0
 
 
@@ -150,9 +265,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{study.name}: search, {search.num_samples} samples ({search.algorithm}) over "
                       f"{', '.join(search.space)}; {search.metric} {search.mode}")
             return 0
-        set_ray_environment(args.address)
-        check_before_start(study, trials, args.address)
-        return run(study, trials, args)
+        address = cluster_address(args.address)
+        set_ray_environment(address)
+        with Interrupts() as interrupts:
+            check_before_start(study, trials, address)
+            experiment = experiment_for(study, trials, args.storage)
+            return run(study, trials, args, address, experiment, interrupts)
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     except Exception as exc:
         return user_error_exit(exc)
 

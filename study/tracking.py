@@ -5,6 +5,7 @@ that is restored after the driver died, keeps one MLflow run with each epoch log
 """
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import tempfile
@@ -17,7 +18,8 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback, Checkpoint
 
-from study.config import METRICS, Study, flat
+from study.cli import first_line, last_line, redacted
+from study.config import METRICS, Study, StudyError, flat
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT = "mlflow.parentRunId"
@@ -32,7 +34,27 @@ def tracking_uri(cli_value: Optional[str]) -> str:
 
 
 def ui_command(uri: str) -> str:
-    return f"mlflow ui --host 127.0.0.1 --backend-store-uri {uri}"
+    return f"mlflow ui --host 127.0.0.1 --backend-store-uri {redacted(uri)}"
+
+
+def quoted(value: str) -> str:
+    """`value` as a string in an MLflow search filter, which has no escapes: in the quotes it lacks."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise StudyError(f"{value!r}: MLflow search filters cannot hold a value with both kinds of quote; "
+                     f"rename the folder or path")
+
+
+def open_store(uri: str, study_name: str) -> tuple[MlflowClient, str]:
+    """(a client, the study's experiment id) for the store at `uri`; one line if it cannot be used."""
+    try:
+        client = MlflowClient(uri)
+        return client, experiment_id(client, study_name, uri)
+    except Exception as exc:  # a store fails in its own ways (sqlalchemy, http, permissions); each is the user's setting
+        raise StudyError(f"MLflow store {uri} cannot be used ({type(exc).__name__}: "
+                         f"{first_line(str(exc))}); check --tracking-uri or MLFLOW_TRACKING_URI") from None
 
 
 def git_commit() -> str:
@@ -63,12 +85,6 @@ def start_parent_run(client: MlflowClient, exp_id: str, study: Study, commit: st
     return run.info.run_id
 
 
-def error_line(text: str) -> str:
-    """The last line of a traceback: the exception and its message."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:500] if lines else "unknown error"
-
-
 def create_trial_run(client: MlflowClient, exp_id: str, parent_id: str, study_name: str, info: dict, commit: str,
                      extra_tags: dict | None = None) -> str:
     """A child run for one trial (`info` as from TrialBook.describe): readable name, tags, flat params."""
@@ -92,7 +108,7 @@ def close_dangling_runs(client: MlflowClient, exp_id: str, ray_path: str) -> int
 
     A restored trial reopens its own run; the count of closed runs is returned.
     """
-    runs = client.search_runs([exp_id], f"tags.ray_experiment = '{ray_path}' and attributes.status = 'RUNNING'")
+    runs = client.search_runs([exp_id], f"tags.ray_experiment = {quoted(ray_path)} and attributes.status = 'RUNNING'")
     for run in runs:
         client.set_terminated(run.info.run_id, "KILLED")
     return len(runs)
@@ -128,10 +144,18 @@ def copy_cached_run(client: MlflowClient, source, exp_id: str, parent_id: str, s
     return run_id
 
 
+def finite_metrics(row: dict) -> dict:
+    """A result with the columns a trial did not report (NaN in Ray's result table) left out."""
+    return {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
 class MlflowTracker(Callback):
     """Logs trials to MLflow as nested child runs of `parent_id`, each epoch exactly once.
 
-    `describe(tune_config)` gives a trial's name, variant, seed, config and config_hash.
+    `describe(tune_config)` gives a trial's name, variant, seed, config and config_hash. A run is
+    FINISHED only once every epoch it was to train is logged: all of them, or up to the epoch where
+    the scheduler (ASHA) stopped it, which the run's `stopped_early` tag then says. A trial cut off
+    by an interrupt keeps its epochs so far, ends KILLED, and continues in the same run on a rerun.
     """
 
     def __init__(self, uri: str, exp_id: str, parent_id: str, study: Study, commit: str,
@@ -140,9 +164,11 @@ class MlflowTracker(Callback):
         self.study, self.commit, self.describe, self.ray_path = study, commit, describe, ray_path
         self.client: Optional[MlflowClient] = None
         self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
-        self.logged_epoch: dict[str, int] = {}  # MLflow run id -> last epoch logged
+        self.logged: dict[str, set[int]] = {}  # MLflow run id -> epochs logged
+        self.nodes: dict[str, list[str]] = {}  # MLflow run id -> Ray nodes the trial ran on, in order
         self.checkpoints: dict[str, Checkpoint] = {}  # Ray trial id -> last checkpoint
         self.diverged: dict[str, str] = {}  # Ray trial id -> why
+        self.stopped_at: dict[str, int] = {}  # Ray trial id -> epoch at which the scheduler stopped it
         self.done: set[str] = set()  # Ray trial ids whose run was already FINISHED before this driver
 
     def setup(self, **info) -> None:
@@ -152,41 +178,72 @@ class MlflowTracker(Callback):
         if trial_id in self.runs:
             return self.runs[trial_id]
         existing = self.client.search_runs(
-            [self.exp_id], f"tags.ray_trial_id = '{trial_id}' and tags.ray_experiment = '{self.ray_path}'")
+            [self.exp_id], f"tags.ray_trial_id = {quoted(trial_id)} and tags.ray_experiment = {quoted(self.ray_path)}")
         if existing and existing[0].info.status == "FINISHED":
             # Ray's last snapshot predates the trial's end, so the restored trial replays its final
             # checkpoint (no epoch is trained again); its run is complete and stays untouched.
             run_id = existing[0].info.run_id
             self.done.add(trial_id)
-            self.logged_epoch[run_id] = 1 << 30
         elif existing:  # the experiment was restored after its driver stopped: continue that run
             run_id = existing[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, PARENT, self.parent_id)
-            history = self.client.get_metric_history(run_id, "test_acc")
-            self.logged_epoch[run_id] = max((m.step for m in history), default=0)
+            if "interrupted" in existing[0].data.tags:
+                self.client.delete_tag(run_id, "interrupted")
         else:
             extra = {"ray_trial_id": trial_id, "ray_experiment": self.ray_path, "profile": self.study.profile or ""}
             run_id = create_trial_run(self.client, self.exp_id, self.parent_id, self.study.name,
                                       self.describe(tune_config), self.commit, extra)
-            self.logged_epoch[run_id] = 0
+        self.logged[run_id] = {m.step for m in self.client.get_metric_history(run_id, "test_acc")} if existing else set()
+        self.nodes[run_id] = (existing[0].data.tags.get("ray_nodes", "").split(", ")
+                              if existing and existing[0].data.tags.get("ray_nodes") else [])
         self.runs[trial_id] = run_id
         return run_id
+
+    def planned_epochs(self, trial_id: str, tune_config: dict) -> int:
+        """The epochs the trial must log to be FINISHED: all, or those before the scheduler stopped it."""
+        return self.stopped_at.get(trial_id) or self.describe(tune_config)["config"]["epochs"]
+
+    def missing_epochs(self, trial_id: str, tune_config: dict) -> list[int]:
+        logged = self.logged[self.run_for(trial_id, tune_config)]
+        return [e for e in range(1, self.planned_epochs(trial_id, tune_config) + 1) if e not in logged]
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.run_for(trial.trial_id, trial.config)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        run_id = self.run_for(trial.trial_id, trial.config)
+        self.record(trial.trial_id, trial.config, result)
+
+    def record(self, trial_id: str, tune_config: dict, result: dict) -> None:
+        """One result of a trial: its epoch's metrics logged unless already there, where it ran, why it stopped."""
+        run_id = self.run_for(trial_id, tune_config)
+        if trial_id in self.done:
+            return
+        self.note_node(run_id, result)
+        if result.get("checkpoint_note"):
+            self.client.set_tag(run_id, "checkpoint_fallback", str(result["checkpoint_note"])[:5000])
         if result.get("diverged"):
-            self.diverged[trial.trial_id] = (f"training diverged: loss not finite at epoch {int(result['epoch'])}, "
-                                             f"step {int(result['diverged_step'])}")
+            self.diverged[trial_id] = (f"training diverged: loss not finite at epoch {int(result['epoch'])}, "
+                                       f"step {int(result['diverged_step'])}")
             return
         epoch = int(result.get("epoch", 0))
-        if epoch <= self.logged_epoch[run_id]:
+        if result.get("done") and epoch < self.describe(tune_config)["config"]["epochs"]:
+            # Tune marks a result done before the callbacks see it only when a scheduler stopped the trial
+            self.stopped_at[trial_id] = epoch
+        if epoch < 1 or epoch in self.logged[run_id]:
             return  # a retried or restored trial re-reporting an epoch already logged
         log_epoch(self.client, run_id, result)
-        self.logged_epoch[run_id] = epoch
+        self.logged[run_id].add(epoch)
+
+    def note_node(self, run_id: str, result: dict) -> None:
+        """Tag `ray_node` with where the trial reports from now, and `ray_nodes` with every node it used."""
+        node = result.get("node")
+        nodes = self.nodes[run_id]
+        if not node or (nodes and nodes[-1] == node):
+            return
+        nodes.append(node)
+        self.client.set_tag(run_id, "ray_node", node)
+        self.client.set_tag(run_id, "ray_nodes", ", ".join(nodes))
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
         self.checkpoints[trial.trial_id] = checkpoint
@@ -194,30 +251,51 @@ class MlflowTracker(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.finish(trial.trial_id, trial.config, self.checkpoints.get(trial.trial_id) or trial.checkpoint)
 
-    def finish(self, trial_id: str, tune_config: dict, checkpoint: Optional[Checkpoint]) -> None:
-        """End a trial's run: FAILED if it diverged, else FINISHED with its final weights."""
+    def finish(self, trial_id: str, tune_config: dict, checkpoint: Optional[Checkpoint]) -> bool:
+        """End a trial's run: FAILED if it diverged, FINISHED with its final weights if every epoch it was
+        to train is logged; else leave it open (for `reconcile`). Returns whether the run is FINISHED."""
         run_id = self.run_for(trial_id, tune_config)
         if trial_id in self.done:
-            return
+            return True
         if trial_id in self.diverged:
             self.client.set_tag(run_id, "error", self.diverged[trial_id])
             self.client.set_terminated(run_id, "FAILED")
-            return
+            return False
+        if self.missing_epochs(trial_id, tune_config):
+            return False
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
                 self.log_weights(run_id, Path(folder) / STATE_FILE)
+        if trial_id in self.stopped_at:
+            self.client.set_tag(run_id, "stopped_early", f"by the scheduler after epoch {self.stopped_at[trial_id]} "
+                                                         f"of {self.describe(tune_config)['config']['epochs']}")
         self.client.set_terminated(run_id, "FINISHED")
+        return True
 
-    def reconcile(self, results) -> None:
-        """After fit: a trial Ray holds as done keeps a FINISHED run, whatever the driver lived through."""
+    def reconcile(self, results) -> list[str]:
+        """After fit: every trial Ray returns ends FINISHED, FAILED or KILLED in MLflow, never half-logged
+        as FINISHED. Epochs MLflow lacks (a wiped or other store) are logged from Ray's own record of the
+        trial's results when it has them. Returns the names of trials left unfinished (interrupted)."""
+        unfinished = []
         for result in results:
             if result.error is not None or not result.metrics:
-                continue
+                continue  # failed (on_trial_error logged it), or never started
             trial_id = result.metrics["trial_id"]
             run_id = self.run_for(trial_id, result.config)
-            if self.client.get_run(run_id).info.status != "FINISHED" and trial_id not in self.diverged:
-                self.finish(trial_id, result.config, result.checkpoint)
-
+            if trial_id in self.done or self.client.get_run(run_id).info.status in ("FINISHED", "FAILED"):
+                continue
+            history = result.metrics_dataframe
+            rows = [] if history is None else history.sort_values("epoch").to_dict("records")
+            for row in rows + [result.metrics]:
+                self.record(trial_id, result.config, finite_metrics(row))
+            if self.finish(trial_id, result.config, result.checkpoint) or trial_id in self.diverged:
+                continue
+            missing = self.missing_epochs(trial_id, result.config)
+            self.client.set_tag(run_id, "interrupted", f"{self.planned_epochs(trial_id, result.config) - len(missing)} "
+                                                      f"of {self.planned_epochs(trial_id, result.config)} epochs logged")
+            self.client.set_terminated(run_id, "KILLED")
+            unfinished.append(self.describe(result.config)["name"])
+        return unfinished
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         run_id = self.run_for(trial.trial_id, trial.config)
         self.client.set_tag(run_id, "retries", str(trial.num_failures))
@@ -225,7 +303,7 @@ class MlflowTracker(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         run_id = self.run_for(trial.trial_id, trial.config)
         error = trial.get_error()
-        self.client.set_tag(run_id, "error", error_line(str(error)) if error else "unknown error")
+        self.client.set_tag(run_id, "error", last_line(str(error)) if error else "unknown error")
         self.client.set_terminated(run_id, "FAILED")
 
     def log_weights(self, run_id: str, state_file: Path) -> None:

@@ -3,9 +3,11 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
+from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,3 +44,48 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def trial_runs(db: Path, study: str) -> list:
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(study)
+    return [] if exp is None else client.search_runs([exp.experiment_id], "tags.kind = 'trial'")
+
+
+def steps(db: Path, run, key: str = "test_acc") -> list[int]:
+    return sorted(m.step for m in MlflowClient(f"sqlite:///{db}").get_metric_history(run.info.run_id, key))
+
+
+def checkpoints(cwd: Path) -> list[Path]:
+    return list(cwd.glob("ray_results/*/*/checkpoint_*"))
+
+
+def start_study(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """`python -m study.run` in the background, its output (stdout and stderr) into cwd/driver.log: a
+    file, not a pipe, so the driver never blocks on output nobody reads while the test waits."""
+    with open(cwd / "driver.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=cwd, env=env or loopback_env(),
+                                   stdout=log, stderr=subprocess.STDOUT, text=True)
+    process.log = cwd / "driver.log"
+    return process
+
+
+def finished_output(process: subprocess.Popen, timeout: float) -> str:
+    """The driver's whole output once it has exited (killed if it outlives `timeout`)."""
+    try:
+        process.wait(timeout=timeout)
+    finally:
+        process.kill()
+    return process.log.read_text()
+
+
+def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"study ended before {what}:\n{process.log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

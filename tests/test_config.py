@@ -96,6 +96,13 @@ BAD = [
      "search.space.lr.loguniform: got \\[0, 1\\], expected \\[low, high\\] with 0 < low"),
     ("same config twice", with_change(variants={"A": {}, "B": {"neuron.reset": "hard"}}),
      "trials 'A seed=0' and 'B seed=0' have the same config"),
+    # names become folders (ray_results/<name>-<profile>-..., mlartifacts/<name>) and MLflow filter values
+    ("name ..", with_change(name=".."), "name: got '..', expected 1 to 100 letters"),
+    ("name with a quote", with_change(name="it's"), "name: got \"it's\", expected 1 to 100 letters"),
+    ("name with a slash", with_change(name="a/b"), "name: got 'a/b'"),
+    ("name too long", with_change(name="n" * 241), "name: got 'nnn.*', expected 1 to 100 letters"),
+    ("profile escapes storage", with_change(profiles={"../up": {"seeds": [1]}}),
+     "profiles: got '../up', expected a profile name of 1 to 100 letters"),
 ]
 
 
@@ -108,6 +115,21 @@ def test_bad_study_is_one_clear_line(tmp_path, name, data, words):
         plan_trials(load_study(path, "fast" if data == "PROFILE" else None))
     message = str(info.value)
     assert message.startswith(f"{path}: ") and "\n" not in message
+
+
+def test_profile_argument_must_be_a_safe_name(tmp_path):
+    with pytest.raises(StudyError, match="profiles: got '../../etc', expected a profile name"):
+        load_study(write(tmp_path, GOOD), "../../etc")
+
+
+def test_relative_data_dir_is_made_absolute_on_the_driver_and_not_hashed(tmp_path, monkeypatch):
+    from study.plan import plan_trials
+
+    monkeypatch.chdir(tmp_path)
+    trials = plan_trials(load_study(write(tmp_path, with_change(base__data_dir="./cifar"))))
+    assert {t.config["data_dir"] for t in trials} == {str(tmp_path / "cifar")}
+    elsewhere = plan_trials(load_study(write(tmp_path, with_change(base__data_dir="/srv/data"))))
+    assert [t.config_hash for t in trials] == [t.config_hash for t in elsewhere]
 
 
 def test_missing_file(tmp_path):

@@ -38,6 +38,33 @@ def test_missing_cifar_says_where_and_how(tmp_path):
         load_dataset("cifar10", str(tmp_path), download=False)
 
 
+@pytest.mark.parametrize("keep", [0, 100, 5000])
+def test_truncated_cifar_file_is_one_clear_line(tmp_path, keep):
+    folder = write_fake_cifar(tmp_path, "cifar10", per_file=4)
+    data = (folder / "data_batch_3").read_bytes()
+    (folder / "data_batch_3").write_bytes(data[:keep])  # EOFError or UnpicklingError, by where it is cut
+    with pytest.raises(DataError, match=f"cifar10: cannot read {folder} .*delete it and download again") as info:
+        load_dataset("cifar10", str(tmp_path))
+    assert "\n" not in str(info.value)
+
+
+def test_a_download_waits_for_the_one_under_way_and_then_finds_the_files(tmp_path):
+    import threading
+
+    from isnm.data import cifar_folder, download_lock
+
+    found = {}
+    with download_lock(tmp_path):  # another trial is fetching CIFAR into the shared folder
+        waiter = threading.Thread(target=lambda: found.update(folder=cifar_folder("cifar10", str(tmp_path), True)))
+        waiter.start()
+        waiter.join(timeout=2)
+        assert waiter.is_alive(), "the second download did not wait for the first"
+        write_fake_cifar(tmp_path, "cifar10", per_file=2)
+    waiter.join(timeout=30)
+    # no download was tried (this machine has no internet: a try would have raised DataError)
+    assert found["folder"] == tmp_path / "cifar-10-batches-py"
+
+
 def test_augmentation_is_a_padded_crop_maybe_flipped():
     x = torch.randn(16, 3, 8, 8)
     out = augmented(x, torch.Generator().manual_seed(0), padding=2)

@@ -18,7 +18,8 @@ STUDY = {
     "table": {"rows": "variant", "metric": "test_acc", "paper": {"A": 90.0, "B": 95.0, "C": 80.0}},
 }
 # final test_acc per trial, or the run's fate
-OUTCOME = {"A seed=0": 0.90, "A seed=1": 0.92, "B seed=0": 0.95, "B seed=1": "FAILED", "C seed=0": "RUNNING"}
+OUTCOME = {"A seed=0": 0.90, "A seed=1": 0.92, "B seed=0": 0.95, "B seed=1": "FAILED", "C seed=0": "RUNNING",
+           "C seed=1": "KILLED"}
 
 
 @pytest.fixture()
@@ -40,7 +41,7 @@ def store(tmp_path, monkeypatch):
         for epoch, acc in ((1, final + 0.01), (2, final)):  # epoch 1 was the best
             log_epoch(client, run, {"epoch": epoch, "test_acc": acc, "beta": 5.0, "alpha": 1.0})
         if outcome != "RUNNING":
-            client.set_terminated(run, "FAILED" if outcome == "FAILED" else "FINISHED")
+            client.set_terminated(run, outcome if outcome in ("FAILED", "KILLED") else "FINISHED")
     client.set_terminated(parent, "FINISHED")
     return tmp_path, uri
 
@@ -57,7 +58,7 @@ def test_table_is_exact(store, capsys):
 | C | — | 80.00 | — |
 
 Final test_acc, mean ± sample std over seeds; n = finished seeds where fewer than planned; best in bold; \
-Δ = ours − paper. 6 trials planned: 3 finished, 1 failed, 1 running, 1 not run."""
+Δ = ours − paper. 6 trials planned: 3 finished, 1 failed, 1 running, 1 interrupted, 0 not run."""
     assert expected in text
     assert "| B | — | — | — |" in text  # one finished seed: no interval
     assert (folder / "reports/tiny_table-curves.png").stat().st_size > 0

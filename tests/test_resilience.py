@@ -2,49 +2,15 @@
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 
 from isnm.train import train
 from study.config import load_study
 from study.plan import plan_trials
-from tests.studies import loopback_env, run_study, small_study
-
-
-def trial_runs(db: Path, study: str) -> list:
-    client = MlflowClient(f"sqlite:///{db}")
-    exp = client.get_experiment_by_name(study)
-    return [] if exp is None else client.search_runs([exp.experiment_id], "tags.kind = 'trial'")
-
-
-def steps(db: Path, run, key: str = "test_acc") -> list[int]:
-    return sorted(m.step for m in MlflowClient(f"sqlite:///{db}").get_metric_history(run.info.run_id, key))
-
-
-def checkpoints(cwd: Path) -> list[Path]:
-    return list(cwd.glob("ray_results/*/*/checkpoint_*"))
-
-
-def start_study(cwd: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=cwd, env=loopback_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"study ended before {what}:\n{process.stdout.read()[-3000:]}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.studies import checkpoints, finished_output, run_study, small_study, start_study, steps, trial_runs, wait_for
 
 
 def parent_of(pid: int) -> int:
@@ -77,7 +43,7 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
         workers = wait_for(lambda: trial_workers(driver.pid), 30, "the trial's worker", driver)
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
-        output, _ = driver.communicate(timeout=300)
+        output = finished_output(driver, 300)
     finally:
         driver.kill()
     assert driver.returncode == 0, output[-3000:]

@@ -20,6 +20,10 @@ CLI_ONLY = [
     ("max concurrent", GOOD, ["--max-concurrent", "0"], "--max-concurrent: got 0"),
     ("no ray cluster at the address", GOOD, ["--address", f"127.0.0.1:{free_port()}"],
      r"--address 127\.0\.0\.1:\d+: no Ray cluster answers there \(Connection refused\)"),
+    ("ray client address", GOOD, ["--address", "ray://127.0.0.1:10001"],
+     r"--address ray://127\.0\.0\.1:10001: Ray Client \(ray://\) is not supported"),
+    ("storage uri pyarrow cannot open", GOOD, ["--storage", "nosuchscheme://bucket/x"],
+     r"--storage nosuchscheme://bucket/x: pyarrow cannot open it"),
 ]
 
 
@@ -63,3 +67,29 @@ def test_mistake_in_a_fresh_process_is_fast_and_starts_nothing(tmp_path):
                            "expected a number >= beta_min (9.0)\n")
     assert "Traceback" not in done.stderr and elapsed < 3.0, elapsed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_password_in_a_tracking_uri_never_reaches_the_terminal(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(GOOD))
+    uri = f"postgresql://lab:s3cret@127.0.0.1:{free_port()}/runs"
+    assert main([str(path), "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: MLflow store postgresql://lab:***@127.0.0.1:") and err.count("\n") == 1, err
+    assert "s3cret" not in err
+
+
+@pytest.mark.slow
+def test_parent_run_ends_failed_when_ray_cannot_serve_the_study(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**GOOD, "resources": {"cpu": 64}}))
+    done = subprocess.run([sys.executable, "-m", "study.run", str(path)], cwd=tmp_path, env=loopback_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "resources.cpu: 64.0 per trial, but the Ray cluster has" in done.stderr.strip().splitlines()[-1]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (parent,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    assert parent.info.status == "FAILED"

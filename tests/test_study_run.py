@@ -56,7 +56,18 @@ def test_runs_carry_tags_params_metrics_per_epoch_and_weights(finished_study):
     for key in EPOCH_METRICS:
         assert [m.step for m in client.get_metric_history(gsg.info.run_id, key)] == [1, 2]
     assert [a.path for a in client.list_artifacts(gsg.info.run_id)] == ["model.pt"]
+    node_id, ip = tags["ray_node"].split()  # where it ran: Ray's node id (12 hex digits) and the node's address
+    assert len(node_id) == 12 and ip.count(".") == 3 and tags["ray_nodes"] == tags["ray_node"]
     assert len({r.data.tags["config_hash"] for r in children}) == 4
+
+
+def test_the_study_files_max_concurrent_caps_tune(tmp_path):
+    from study.config import load_study
+    from study.execute import tune_config
+
+    study = load_study(small_study(tmp_path, max_concurrent=1))
+    assert tune_config(study, None).max_concurrent_trials == 1
+    assert tune_config(study, 3).max_concurrent_trials == 3  # --max-concurrent wins
 
 
 def test_summary_names_each_trial_and_where_the_runs_are(finished_study):
@@ -111,6 +122,12 @@ def test_study_joins_an_existing_ray_cluster(tmp_path):
         path = small_study(tmp_path, name="cluster", epochs=1,
                            variants={"ISNM": {}, "ISNM+Soft Reset": {"neuron.reset": "soft"}})
         path.write_text(path.read_text().replace("- 0\n- 1\n", "- 0\n"))
+        no_token = subprocess.run([sys.executable, "-m", "study.run", str(path), "--address", f"127.0.0.1:{port}",
+                                   "--tracking-uri", f"sqlite:///{tmp_path / 'refused.db'}"], cwd=tmp_path,
+                                  env={**loopback_env(), "HOME": str(tmp_path)}, capture_output=True, text=True,
+                                  timeout=300)  # HOME without ~/.ray/auth_token: the head's token is not known
+        assert no_token.returncode == 2 and "Traceback" not in no_token.stderr, no_token.stderr[-3000:]
+        assert "the Ray cluster refused this driver's token" in no_token.stderr.strip().splitlines()[-1]
         done = run_study(tmp_path, str(path), "--address", f"127.0.0.1:{port}",
                          "--tracking-uri", f"sqlite:///{tmp_path / 'cluster.db'}")
         assert "cluster: 2 trials" in done.stdout

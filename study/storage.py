@@ -1,0 +1,83 @@
+"""Where Ray Tune keeps a study's experiments and checkpoints: a local folder, or any URI pyarrow
+opens (`s3://`, `gs://`, `abfs://`, `hdfs://`, `file://`), as Ray itself does.
+
+Every node of a cluster must reach it (README, "Running on a cluster"); the driver reads and moves
+experiment folders through pyarrow, so the same code serves a folder and a bucket.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pyarrow.fs as pafs
+
+from study.cli import first_line
+from study.config import Study, StudyError
+from study.plan import Trial, config_hash, search_base
+
+PLAN_FILE = "study_plan.json"  # the trial names a Ray experiment was created with
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One Ray experiment folder, `<storage>/<name>`."""
+    storage: str  # what Ray's RunConfig.storage_path gets: an absolute local path or the URI as given
+    name: str
+    fs: pafs.FileSystem
+    fs_root: str  # the storage's path inside `fs`
+
+    @property
+    def uri(self) -> str:
+        """What Tuner.restore takes, and what runs are tagged with (`ray_experiment`)."""
+        return f"{self.storage}/{self.name}"
+
+    @property
+    def fs_path(self) -> str:
+        return f"{self.fs_root}/{self.name}"
+
+    def exists(self) -> bool:
+        return self.fs.get_file_info(self.fs_path).type != pafs.FileType.NotFound
+
+    def set_aside(self) -> str:
+        """Rename the folder with a time stamp (a finished or abandoned run of this plan); returns the new name."""
+        aside = f"{self.fs_path}.{time.strftime('%Y%m%d-%H%M%S')}"
+        self.fs.move(self.fs_path, aside)
+        return aside
+
+    def write_plan(self, trial_names: list[str]) -> None:
+        self.fs.create_dir(self.fs_path, recursive=True)
+        with self.fs.open_output_stream(f"{self.fs_path}/{PLAN_FILE}") as out:
+            out.write(json.dumps({"trials": trial_names}).encode())
+
+    def planned_trials(self) -> Optional[set[str]]:
+        """The trial names this experiment was created with; None when it holds no plan (or a search)."""
+        try:
+            with self.fs.open_input_stream(f"{self.fs_path}/{PLAN_FILE}") as stream:
+                return set(json.loads(stream.read().decode())["trials"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+
+def experiment_at(storage: str, name: str) -> Experiment:
+    """The experiment `name` under --storage `storage`: a local path (made absolute) or a URI."""
+    if "://" not in storage:
+        root = str(Path(storage).expanduser().resolve())
+        return Experiment(root, name, pafs.LocalFileSystem(), root)
+    try:
+        fs, root = pafs.FileSystem.from_uri(storage)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError or its own import errors per scheme
+        raise StudyError(f"--storage {storage}: pyarrow cannot open it ({type(exc).__name__}: "
+                         f"{first_line(str(exc))}); expected a folder or a URI such as s3://bucket/path") from None
+    return Experiment(storage.rstrip("/"), name, fs, root.rstrip("/"))
+
+
+def experiment_for(study: Study, trials: list[Trial], storage: str) -> Experiment:
+    """Ray's experiment folder: the same plan maps to the same folder, so a rerun can resume it."""
+    plan = [t.config_hash for t in trials] or [json.dumps(study.spec.search.__dict__, sort_keys=True, default=str),
+                                                 config_hash(search_base(study))]
+    digest = hashlib.sha256("\n".join(plan).encode()).hexdigest()[:8]
+    return experiment_at(storage, "-".join(part for part in (study.name, study.profile, digest) if part))

@@ -1,0 +1,174 @@
+"""A half-trained trial never counts as finished: Ctrl-C, a damaged checkpoint, a wiped tracking store,
+a store that fails mid-study, a relative data folder. Real processes, real signals, real Ray and MLflow."""
+import signal
+import sqlite3
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from isnm.train import train
+from study.config import load_study
+from study.plan import plan_trials
+from tests.cifar_files import write_fake_cifar
+from tests.studies import (finished_output, run_study, small_study, start_study, steps, trial_runs,
+                           wait_for)
+
+pytestmark = pytest.mark.slow
+
+
+def parent_runs(db: Path, study: str) -> list:
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(study)
+    return [] if exp is None else client.search_runs([exp.experiment_id], "tags.kind = 'study'")
+
+
+def parent_run_started(db: Path) -> bool:
+    """Read with sqlite3 itself: an MlflowClient would create MLflow's tables alongside the driver's."""
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as store:
+            return store.execute("select count(*) from tags where key = 'kind' and value = 'study'").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
+def one_line_error(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr and lines[-1].startswith("error: "), stderr[-3000:]
+    return lines[-1]
+
+
+def test_sigint_leaves_unfinished_trials_unfinished_and_the_rerun_completes_them(tmp_path):
+    epochs = 8
+    path = small_study(tmp_path, name="sigint", epochs=epochs, variants={"A": {}, "B": {"neuron.reset": "soft"}},
+                       seeds=[0], max_concurrent=1)
+    db = tmp_path / "mlflow.db"
+    driver = start_study(tmp_path, str(path))
+    try:
+        wait_for(lambda: [r for r in trial_runs(db, "sigint") if len(steps(db, r)) >= 2], 240,
+                 "two epochs of a trial", driver)
+        driver.send_signal(signal.SIGINT)
+        output = finished_output(driver, 120)
+    finally:
+        driver.kill()
+    assert driver.returncode == 130, output[-3000:]
+    assert "interrupted (SIGINT); run the same command again to resume" in output and "Traceback" not in output
+    runs = trial_runs(db, "sigint")
+    assert all(steps(db, r) == list(range(1, epochs + 1)) for r in runs if r.info.status == "FINISHED")
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert killed and all("of 8 epochs logged" in r.data.tags["interrupted"] for r in killed)
+    assert [p.info.status for p in parent_runs(db, "sigint")] == ["KILLED"]
+
+    # the checkpoint the interrupted trial resumes from (its last logged epoch's; Tune numbers them from 0)
+    # is cut short, as a full disk would leave it
+    interrupted = max(killed, key=lambda r: len(steps(db, r)))
+    trial_folder = next(tmp_path.glob(f"ray_results/*/{interrupted.data.tags['ray_trial_id']}"))
+    newest = trial_folder / f"checkpoint_{len(steps(db, interrupted)) - 1:06d}" / "state.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+
+    done = run_study(tmp_path, str(path))
+    runs = trial_runs(db, "sigint")
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:  # one run per trial, every epoch exactly once
+        assert steps(db, run) == list(range(1, epochs + 1))
+    resumed = next(r for r in runs if r.info.run_id == interrupted.info.run_id)
+    assert f"{newest.parent.name} unreadable" in resumed.data.tags["checkpoint_fallback"]
+    assert "unreadable" in done.stdout + done.stderr
+    trial = next(t for t in plan_trials(load_study(path)) if t.name == resumed.info.run_name)
+    torch.set_num_threads(1)  # the trial had one CPU
+    reference = train(trial.config)
+    assert resumed.data.metrics["test_acc"] == reference["test_acc"]
+    assert resumed.data.metrics["train_loss"] == pytest.approx(reference["train_loss"], rel=0, abs=1e-12)
+
+
+def test_sigint_before_any_trial_is_one_line_and_exit_130(tmp_path):
+    path = small_study(tmp_path, name="early", epochs=1, seeds=[0])
+    driver = start_study(tmp_path, str(path))
+    try:
+        wait_for(lambda: parent_run_started(tmp_path / "mlflow.db"), 120, "the study's parent run", driver)
+        driver.send_signal(signal.SIGINT)  # Ray is starting now, or the trials have just begun
+        output = finished_output(driver, 120)
+    finally:
+        driver.kill()
+    assert driver.returncode == 130 and "Traceback" not in output, output[-3000:]
+    assert "run the same command again to resume" in output.strip().splitlines()[-1]
+    assert all(r.info.status != "RUNNING" for r in parent_runs(tmp_path / "mlflow.db", "early")
+               + trial_runs(tmp_path / "mlflow.db", "early"))
+
+
+def test_sigterm_mid_study_stops_it_as_ctrl_c_does(tmp_path):
+    path = small_study(tmp_path, name="term", epochs=30, variants={"A": {}}, seeds=[0])
+    db = tmp_path / "mlflow.db"
+    driver = start_study(tmp_path, str(path))
+    try:
+        wait_for(lambda: [r for r in trial_runs(db, "term") if steps(db, r)], 240, "an epoch logged", driver)
+        driver.send_signal(signal.SIGTERM)  # a batch system's stop, after ray.init set a handler of its own
+        output = finished_output(driver, 120)
+    finally:
+        driver.kill()
+    assert driver.returncode == 130 and "interrupted (SIGTERM)" in output, output[-3000:]
+    (run,) = trial_runs(db, "term")
+    assert run.info.status == "KILLED" and 0 < len(steps(db, run)) < 30
+
+
+def test_wiped_store_beside_a_finished_experiment_on_a_file_uri(tmp_path):
+    path = small_study(tmp_path, name="wiped", epochs=2, variants={"A": {}}, seeds=[0, 1])
+    storage = f"file://{tmp_path / 'shared'}"
+    run_study(tmp_path, str(path), "--storage", storage)
+    assert list((tmp_path / "shared").glob("wiped-*/*/checkpoint_*")) and not (tmp_path / "file:").exists()
+    before = {r.info.run_name: r.data.metrics for r in trial_runs(tmp_path / "mlflow.db", "wiped")}
+
+    def in_new_store(name: str, *extra: str, check: bool = True):
+        """A store with none of the runs (mlflow.db deleted, or another --tracking-uri). A new file each
+        time: this process's MLflow keeps its connection to a deleted one."""
+        return tmp_path / name, run_study(tmp_path, str(path), "--storage", storage,
+                                          "--tracking-uri", f"sqlite:///{tmp_path / name}", *extra, check=check)
+
+    db, done = in_new_store("wiped.db")  # the finished Ray experiment is all that is left
+    assert "2 trials (0 cached)" in done.stdout
+    client = MlflowClient(f"sqlite:///{db}")
+    runs = trial_runs(db, "wiped")
+    assert {r.info.run_name: r.data.metrics for r in runs} == before  # logged again from Ray's own record
+    for run in runs:
+        assert run.info.status == "FINISHED" and steps(db, run) == [1, 2]
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["model.pt"]
+
+    (tuner,) = (tmp_path / "shared").glob("wiped-*/tuner.pkl")
+    tuner.write_bytes(tuner.read_bytes()[:100])
+    db, failed = in_new_store("damaged.db", check=False)
+    assert failed.returncode == 2
+    assert "cannot resume the Ray experiment" in one_line_error(failed.stderr) and "--fresh" in failed.stderr
+    assert [p.info.status for p in parent_runs(db, "wiped")] == ["FAILED"]
+    db, fresh = in_new_store("fresh.db", "--fresh")
+    assert "2 trials (0 cached)" in fresh.stdout and "0 failed" in fresh.stdout
+    assert {r.info.run_name: r.data.metrics["test_acc"] for r in trial_runs(db, "wiped")} == {
+        name: metrics["test_acc"] for name, metrics in before.items()}
+
+
+def test_store_failing_mid_study_stops_with_one_line(tmp_path):
+    path = small_study(tmp_path, name="broken", epochs=30, variants={"A": {}}, seeds=[0])
+    db = tmp_path / "mlflow.db"
+    driver = start_study(tmp_path, str(path))
+    try:
+        wait_for(lambda: [r for r in trial_runs(db, "broken") if steps(db, r)], 240, "an epoch logged", driver)
+        with open(db, "r+b") as store:  # the store breaks under the running study
+            store.write(b"\0" * 16384)
+        output = finished_output(driver, 120)
+    finally:
+        driver.kill()
+    assert driver.returncode == 2, output[-3000:]
+    line = one_line_error(output)
+    assert "the study stopped: writing to MLflow failed" in line and "run the same command again" in line
+
+
+def test_relative_data_dir_is_the_drivers(tmp_path):
+    write_fake_cifar(tmp_path / "cifar", "cifar10", per_file=20)
+    path = small_study(tmp_path, name="cifar", epochs=1, variants={"A": {}}, seeds=[0])
+    path.write_text(path.read_text().replace("dataset: digits", "dataset: cifar10\n  data_dir: cifar"))
+    done = run_study(tmp_path, str(path), "--storage", str(tmp_path / "it's here"))  # a quote in MLflow filters
+    assert "0 failed" in done.stdout and list((tmp_path / "it's here").glob("cifar-*/*/checkpoint_*"))
+    (run,) = trial_runs(tmp_path / "mlflow.db", "cifar")
+    assert run.info.status == "FINISHED" and run.data.params["data_dir"] == str(tmp_path / "cifar")
