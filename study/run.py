@@ -135,10 +135,9 @@ class Interrupts:
         if self.received:
             raise KeyboardInterrupt
 
-    def after_ray_start(self) -> None:
+    def take_back_sigterm(self) -> None:
         """ray.init makes SIGTERM exit the driver at once; take it back, so it stops the study cleanly."""
         signal.signal(signal.SIGTERM, self.handle)
-        self.raise_if_received()
 
     def __enter__(self) -> "Interrupts":
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -215,8 +214,9 @@ def run_trials(study: Study, trials: list[Trial], args: argparse.Namespace, addr
             print(why_not)
         tracker = tracking.MlflowTracker(uri, exp_id, parent, study, commit, book.describe, experiment.uri)
         try:
-            execute.start_ray(address, study.spec.resources)
-            interrupts.after_ray_start()
+            with interrupts.deferred():  # cut inside ray.init, Ray is left half started and the driver crashes at exit
+                execute.start_ray(address, study.spec.resources)
+                interrupts.take_back_sigterm()
             tuner = execute.build_tuner(study, to_run, book, experiment, [tracker], args.max_concurrent, resume)
             interrupts.raise_if_received()
             interrupts.in_fit = True
@@ -233,9 +233,10 @@ def run_trials(study: Study, trials: list[Trial], args: argparse.Namespace, addr
         finally:
             ray.shutdown()
         # a restored experiment also returns trials that finished before: their result replaces "cached"
-        rows.update((row[0], row) for row in (result_row(r, book.describe) for r in results))
+        # (a trial cut off before it reported anything comes back without its config: it stays "not started")
+        rows.update((row[0], row) for row in (result_row(r, book.describe) for r in results if r.config is not None))
         for name in unfinished:
-            rows[name] = (name, "unfinished", rows[name][2])
+            rows[name] = (name, "unfinished", rows.get(name, (name, "", "-"))[2])
     failed = sum(1 for _, status, _ in rows.values() if status.startswith("failed"))
     reused = sum(1 for _, status, _ in rows.values() if status == "cached")
     incomplete = sum(1 for _, status, _ in rows.values() if status in ("unfinished", "not started"))

@@ -170,6 +170,7 @@ class MlflowTracker(Callback):
         self.diverged: dict[str, str] = {}  # Ray trial id -> why
         self.stopped_at: dict[str, int] = {}  # Ray trial id -> epoch at which the scheduler stopped it
         self.done: set[str] = set()  # Ray trial ids whose run was already FINISHED before this driver
+        self.configs: dict[str, dict] = {}  # Ray trial id -> its Tune config
 
     def setup(self, **info) -> None:
         self.client = MlflowClient(self.uri)
@@ -198,6 +199,7 @@ class MlflowTracker(Callback):
         self.nodes[run_id] = (existing[0].data.tags.get("ray_nodes", "").split(", ")
                               if existing and existing[0].data.tags.get("ray_nodes") else [])
         self.runs[trial_id] = run_id
+        self.configs[trial_id] = tune_config
         return run_id
 
     def planned_epochs(self, trial_id: str, tune_config: dict) -> int:
@@ -273,13 +275,14 @@ class MlflowTracker(Callback):
         return True
 
     def reconcile(self, results) -> list[str]:
-        """After fit: every trial Ray returns ends FINISHED, FAILED or KILLED in MLflow, never half-logged
-        as FINISHED. Epochs MLflow lacks (a wiped or other store) are logged from Ray's own record of the
-        trial's results when it has them. Returns the names of trials left unfinished (interrupted)."""
-        unfinished = []
+        """After fit: every trial's run ends FINISHED, FAILED or KILLED, never half-logged as FINISHED.
+
+        Epochs MLflow lacks (a wiped or another store) are logged from Ray's own record of the trial's
+        results when it has them. Returns the names of the trials left unfinished (interrupted).
+        """
         for result in results:
-            if result.error is not None or not result.metrics:
-                continue  # failed (on_trial_error logged it), or never started
+            if result.error is not None or "epoch" not in (result.metrics or {}):
+                continue  # failed (on_trial_error logged it), or no epoch reported
             trial_id = result.metrics["trial_id"]
             run_id = self.run_for(trial_id, result.config)
             if trial_id in self.done or self.client.get_run(run_id).info.status in ("FINISHED", "FAILED"):
@@ -288,14 +291,19 @@ class MlflowTracker(Callback):
             rows = [] if history is None else history.sort_values("epoch").to_dict("records")
             for row in rows + [result.metrics]:
                 self.record(trial_id, result.config, finite_metrics(row))
-            if self.finish(trial_id, result.config, result.checkpoint) or trial_id in self.diverged:
+            self.finish(trial_id, result.config, result.checkpoint)
+        unfinished = []
+        for trial_id, run_id in self.runs.items():  # trials cut off, some before their first epoch
+            if trial_id in self.done or self.client.get_run(run_id).info.status != "RUNNING":
                 continue
-            missing = self.missing_epochs(trial_id, result.config)
-            self.client.set_tag(run_id, "interrupted", f"{self.planned_epochs(trial_id, result.config) - len(missing)} "
-                                                      f"of {self.planned_epochs(trial_id, result.config)} epochs logged")
+            config = self.configs[trial_id]
+            planned = self.planned_epochs(trial_id, config)
+            logged = planned - len(self.missing_epochs(trial_id, config))
+            self.client.set_tag(run_id, "interrupted", f"{logged} of {planned} epochs logged")
             self.client.set_terminated(run_id, "KILLED")
-            unfinished.append(self.describe(result.config)["name"])
+            unfinished.append(self.describe(config)["name"])
         return unfinished
+
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         run_id = self.run_for(trial.trial_id, trial.config)
         self.client.set_tag(run_id, "retries", str(trial.num_failures))
