@@ -12,14 +12,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from isnm.neuron import ISNM, current_grad, forward_loop, run_kernel, surrogate_scalars
+from isnm.neuron import (ISNM, current_grad, forward_loop, packed_bits, run_kernel, surrogate_scalars, unpacked_bits,
+                         wide)
 
 POOL = ([2, 2], [2, 2])  # kernel, stride
-
-
-def wide(x: torch.Tensor) -> torch.Tensor:
-    """x in at least float32: statistics and potentials of a bf16 conv output are computed in float32."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def step_currents(x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, weight: torch.Tensor,
@@ -43,26 +39,31 @@ def pooled_steps(currents: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
 
 def fused_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, pool: bool,
                   decay: float, threshold: float, soft: bool
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(spikes [T, B, C, H', W'], batch mean, variance, 1/sqrt(variance + eps) [C]) for the conv output x [T, B, C, H, W]."""
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(spikes [T, B, C, H', W'], the spikes as bits, batch mean, variance, 1/sqrt(variance + eps) [C]) for the
+    conv output x [T, B, C, H, W]."""
     # native batch norm's statistics: in eager mode 2x faster than var_mean even though it also
     # writes an output we do not use (compiled, that output is dropped)
     _, mean, invstd = torch.ops.aten.native_batch_norm(wide(x).flatten(0, 1), None, None, None, None, True, 0.0, eps)
     currents = step_currents(x, mean, invstd, weight, bias)
     if pool:
         currents = pooled_steps(currents)[0]
-    spikes, _ = forward_loop(currents, decay, threshold, soft)
-    return torch.stack(spikes).to(x.dtype), mean, invstd.pow(-2) - eps, invstd
+    spikes = torch.stack(forward_loop(currents, decay, threshold, soft)[0])
+    return spikes.to(x.dtype), packed_bits(spikes), mean, invstd.pow(-2) - eps, invstd
 
 
-def fused_backward(grad_spikes: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                   mean: torch.Tensor, invstd: torch.Tensor, pool: bool, decay: float, threshold: float, soft: bool,
-                   alpha_beta: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dL/dx, dL/dweight, dL/dbias): recompute the currents and potentials, then BPTT, pool and BN backward."""
+def fused_backward(grad_spikes: torch.Tensor, x: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor,
+                   bias: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, pool: bool, decay: float,
+                   threshold: float, soft: bool, alpha_beta: torch.Tensor, beta: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dL/dx, dL/dweight, dL/dbias): recompute the currents and potentials (resets as forward's spikes had
+    them), then BPTT, pool and BN backward."""
     currents = step_currents(x, mean, invstd, weight, bias)
     if pool:
         pooled, unpooled, indices = pooled_steps(currents)
-    grad = current_grad(wide(grad_spikes), pooled if pool else currents, decay, threshold, soft, alpha_beta, beta)
+    steps = pooled if pool else currents
+    spikes = unpacked_bits(packed, grad_spikes.shape, steps[0].dtype)
+    grad = current_grad(grad_spikes, steps, spikes, decay, threshold, soft, alpha_beta, beta)
     if pool:
         grad = torch.ops.aten.max_pool2d_with_indices_backward(grad.flatten(0, 1), unpooled, *POOL, [0, 0], [1, 1],
                                                                False, indices).unflatten(0, grad.shape[:2])
@@ -83,18 +84,18 @@ class BNISNMFunction(torch.autograd.Function):
                 neuron: ISNM) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(spikes, batch mean, batch variance); the statistics are for the running averages."""
         decay, soft = 1.0 / neuron.tau, neuron.reset == "soft"
-        spikes, mean, var, invstd = run_kernel(fused_forward, neuron.kernel, x, weight, bias, eps, pool, decay,
-                                               neuron.threshold, soft)
-        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        spikes, packed, mean, var, invstd = run_kernel(fused_forward, neuron.kernel, x, weight, bias, eps, pool, decay,
+                                                       neuron.threshold, soft)
+        ctx.save_for_backward(x, packed, weight, bias, mean, invstd)
         ctx.args = (pool, decay, neuron.threshold, soft, neuron.alpha * neuron.beta, neuron.beta, neuron.kernel)
         ctx.mark_non_differentiable(mean, var)
         return spikes, mean, var
 
     @staticmethod
     def backward(ctx, grad_spikes: torch.Tensor, _grad_mean, _grad_var):
-        x, weight, bias, mean, invstd = ctx.saved_tensors
+        x, packed, weight, bias, mean, invstd = ctx.saved_tensors
         pool, decay, threshold, soft, alpha_beta, beta, kernel = ctx.args
-        grads = run_kernel(fused_backward, kernel, grad_spikes.contiguous(), x, weight, bias, mean, invstd, pool,
+        grads = run_kernel(fused_backward, kernel, grad_spikes.contiguous(), x, packed, weight, bias, mean, invstd, pool,
                            decay, threshold, soft, *surrogate_scalars(alpha_beta, beta, mean))
         return *grads, None, None, None
 
@@ -117,7 +118,7 @@ class BNISNM(ISNM):
         if x.dim() != 5:
             raise ValueError(f"BNISNM expects a conv output shaped [T, B, C, H, W], got shape {tuple(x.shape)}")
         if not self.training or self.kernel == "eager":
-            current = self.bn(x.flatten(0, 1))
+            current = self.bn(wide(x).flatten(0, 1))  # float32 statistics and current, as the fused op has them
             if self.pool:
                 current = F.max_pool2d(current, *POOL)
             return super().forward(current.unflatten(0, x.shape[:2]))
@@ -125,9 +126,11 @@ class BNISNM(ISNM):
         spikes, mean, var = BNISNMFunction.apply(x, bn.weight, bn.bias, bn.eps, self.pool, self)
         with torch.no_grad():  # running statistics as nn.BatchNorm2d keeps them (unbiased variance)
             count = x.numel() // x.shape[2]
-            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), bn.momentum)
-            bn.running_var.lerp_((var * count / max(count - 1, 1)).to(bn.running_var.dtype), bn.momentum)
             bn.num_batches_tracked += 1
+            # momentum None is nn.BatchNorm2d's cumulative average: the n-th batch weighs 1/n
+            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+            bn.running_var.lerp_((var * count / max(count - 1, 1)).to(bn.running_var.dtype), momentum)
         return spikes
 
     def extra_repr(self) -> str:

@@ -211,11 +211,14 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 0
+    # fraction of the training set held out (the same images for every run) for val_acc, on which
+    # searches, ASHA and `study.report --stat best` choose; 0 trains on all of it, as the paper does
+    validation: float = 0.1
     device: str = "auto"  # auto = CUDA when present, else CPU
     kernel: Literal["auto", "eager", "compiled"] = "auto"  # the ISNM loops and fused BN-ISNM; auto =
     # compiled for CUDA or the CIFAR networks (about 2 min on a cold cache, 2 CPU cores, then cached on
     # disk; a CPU epoch of VGG-small on CIFAR is about 40 min), eager otherwise
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on CUDA; the CPU always computes in fp32
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast (on the CPU too); potentials stay float32
     neuron: NeuronConfig = field(default_factory=NeuronConfig)
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
 
@@ -224,6 +227,7 @@ class TrainConfig:
             check(getattr(self, key) >= 1, join(path, key), getattr(self, key), "an integer >= 1")
         check(self.lr > 0, join(path, "lr"), self.lr, "a number > 0")
         check(self.weight_decay >= 0, join(path, "weight_decay"), self.weight_decay, "a number >= 0")
+        check(0 <= self.validation < 1, join(path, "validation"), self.validation, "a fraction >= 0 and < 1")
         check(self.device in ("auto", "cpu") or self.device.startswith("cuda"), join(path, "device"),
               self.device, "'auto', 'cpu' or 'cuda[:N]'")
 

@@ -20,6 +20,7 @@ from isnm.config import DATASETS
 
 DIGITS_SPLIT_SEED = 0  # fixed, so every run of every study sees the same digits test set
 DIGITS_TEST_FRACTION = 0.25
+VALIDATION_SPLIT_SEED = 0  # fixed too: every run with the same `validation` fraction selects on the same images
 
 CIFAR = {
     "cifar10": {"folder": "cifar-10-batches-py", "train": [f"data_batch_{i}" for i in range(1, 6)],
@@ -41,6 +42,8 @@ class DataError(Exception):
 class Dataset:
     train_x: torch.Tensor  # [N, C, H, W] float, normalized, on the training device
     train_y: torch.Tensor  # [N] int64
+    val_x: torch.Tensor  # held out of the training set, for choosing epochs and configurations; may be empty
+    val_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
@@ -59,7 +62,15 @@ def normalized(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.
     return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 
-def load_digits(device: torch.device) -> Dataset:
+def validation_split(n: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training indices, validation indices) of a training set of n: `fraction` of it held out, at random
+    but the same for every run (VALIDATION_SPLIT_SEED)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(VALIDATION_SPLIT_SEED))
+    n_val = int(round(n * fraction))
+    return order[n_val:].sort().values, order[:n_val].sort().values
+
+
+def load_digits(device: torch.device, validation: float = 0.0) -> Dataset:
     from sklearn.datasets import load_digits as sk_digits
 
     bunch = sk_digits()
@@ -67,10 +78,15 @@ def load_digits(device: torch.device) -> Dataset:
     y = torch.tensor(bunch.target, dtype=torch.int64)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
     n_test = int(len(y) * DIGITS_TEST_FRACTION)
-    test, train = order[:n_test], order[n_test:]
-    mean, std = x[train].mean().reshape(1), x[train].std().reshape(1)
-    return Dataset(normalized(x[train], mean, std).to(device), y[train].to(device),
-                   normalized(x[test], mean, std).to(device), y[test].to(device), 10, augment=False)
+    test, rest = order[:n_test], order[n_test:]
+    keep, held = validation_split(len(rest), validation)
+    train, val = rest[keep], rest[held]
+    mean, std = x[train].mean().reshape(1), x[train].std().reshape(1)  # of the images trained on only
+
+    def prepared(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return normalized(x[idx], mean, std).to(device), y[idx].to(device)
+
+    return Dataset(*prepared(train), *prepared(val), *prepared(test), 10, augment=False)
 
 
 def read_cifar_files(folder: Path, names: list[str], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -155,25 +171,29 @@ def check_cifar(name: str, data_dir: str, download: bool) -> None:
     read_cifar(name, cifar_folder(name, data_dir, download))
 
 
-def load_cifar(name: str, data_dir: str, download: bool, device: torch.device) -> Dataset:
+def load_cifar(name: str, data_dir: str, download: bool, device: torch.device, validation: float = 0.0) -> Dataset:
     spec = CIFAR[name]
     train_x, train_y, test_x, test_y = read_cifar(name, cifar_folder(name, data_dir, download))
     mean, std = torch.tensor(spec["mean"]), torch.tensor(spec["std"])
+    keep, held = (idx.numpy() for idx in validation_split(len(train_y), validation))
 
-    def prepared(x: np.ndarray) -> torch.Tensor:
-        return normalized(torch.from_numpy(x).float() / 255.0, mean, std).to(device)
+    def prepared(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return normalized(torch.from_numpy(x).float() / 255.0, mean, std).to(device), torch.from_numpy(y).to(device)
 
-    return Dataset(prepared(train_x), torch.from_numpy(train_y).to(device),
-                   prepared(test_x), torch.from_numpy(test_y).to(device), spec["classes"], augment=True)
+    return Dataset(*prepared(train_x[keep], train_y[keep]), *prepared(train_x[held], train_y[held]),
+                   *prepared(test_x, test_y), spec["classes"], augment=True)
 
 
 def load_dataset(name: str, data_dir: str = "./data", download: bool = False,
-                 device: torch.device | str = "cpu") -> Dataset:
+                 device: torch.device | str = "cpu", validation: float = 0.0) -> Dataset:
+    """Data set `name` on `device`, with `validation` (a fraction) of its training set held out."""
     device = torch.device(device)
+    if not 0.0 <= validation < 1.0:
+        raise ValueError(f"validation must be a fraction in [0, 1), got {validation!r}")
     if name == "digits":
-        return load_digits(device)
+        return load_digits(device, validation)
     if name in CIFAR:
-        return load_cifar(name, data_dir, download, device)
+        return load_cifar(name, data_dir, download, device, validation)
     raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
 
 
@@ -202,6 +222,7 @@ def train_batches(data: Dataset, batch_size: int, generator: torch.Generator) ->
         yield (augmented(x, generator) if data.augment else x), data.train_y[idx]
 
 
-def test_batches(data: Dataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for start in range(0, len(data.test_y), batch_size):
-        yield data.test_x[start:start + batch_size], data.test_y[start:start + batch_size]
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) in order, `batch_size` at a time: for evaluation."""
+    for start in range(0, len(y), batch_size):
+        yield x[start:start + batch_size], y[start:start + batch_size]

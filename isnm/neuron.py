@@ -32,26 +32,55 @@ def isnm_spikes_reference(current: torch.Tensor, tau: float, threshold: float, r
     return torch.stack(out)
 
 
-def forward_loop(current: Sequence[torch.Tensor], decay: float, threshold: float, soft: bool
-                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def wide(x: torch.Tensor) -> torch.Tensor:
+    """x in at least float32: potentials, surrogate slopes and batch statistics are never computed in
+    bf16, whatever autocast hands a layer (bf16's 8-bit mantissa would move spikes across the threshold)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def packed_bits(spikes: torch.Tensor) -> torch.Tensor:
+    """Spikes (0 or 1) as bits, 8 to a byte: what backward needs of forward's firing, at N/8 bytes."""
+    flat = spikes.reshape(-1).to(torch.uint8)
+    flat = torch.nn.functional.pad(flat, (0, -flat.numel() % 8))
+    weights = torch.tensor(BIT_WEIGHTS, dtype=torch.uint8, device=spikes.device)
+    return (flat.view(-1, 8) * weights).sum(1, dtype=torch.uint8)
+
+
+def unpacked_bits(packed: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """The spikes `packed_bits` packed, shaped `shape`, as `dtype`."""
+    weights = torch.tensor(BIT_WEIGHTS, dtype=torch.uint8, device=packed.device)
+    bits = (packed.view(-1, 1) & weights) != 0
+    return bits.view(-1)[:shape.numel()].view(shape).to(dtype)
+
+
+def forward_loop(current: Sequence[torch.Tensor], decay: float, threshold: float, soft: bool,
+                 spikes: Sequence[torch.Tensor] | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(spikes, potentials), one tensor per step, in the reference's order of operations (same rounding).
 
     `current` is a tensor [T, B, ...] or a list of T steps. Lists, not stacked tensors: compiled, a
-    step's current and potential then live in registers, never in memory.
+    step's current and potential then live in registers, never in memory. Given `spikes` (forward's,
+    in backward), the resets follow them rather than a fresh comparison with the threshold: a
+    recomputed potential one ulp off (a fused multiply-add in another compiled graph) can then change
+    a surrogate slope by that ulp, but never which neurons fired, so the gradient is that of the
+    network that ran.
     """
     u = current[0]  # u[0] = 0: 0/tau and resets add nothing
-    s = (u >= threshold).to(u.dtype)  # u - theta >= 0 exactly when u >= theta (no flush to zero)
-    spikes, potentials = [s], [u]
+    s = (u >= threshold).to(u.dtype) if spikes is None else spikes[0]  # u - theta >= 0 exactly when u >= theta
+    fired, potentials = [s], [u]
     for t in range(1, len(current)):
         u = decay * u - threshold * s + current[t] if soft else decay * u * (1.0 - s) + current[t]
-        s = (u >= threshold).to(u.dtype)
-        spikes.append(s)
+        s = (u >= threshold).to(u.dtype) if spikes is None else spikes[t]
+        fired.append(s)
         potentials.append(u)
-    return spikes, potentials
+    return fired, potentials
 
 
-def backward_loop(grad_spikes: torch.Tensor, potentials: list[torch.Tensor], decay: float, threshold: float,
-                  soft: bool, alpha_beta: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+def backward_loop(grad_spikes: torch.Tensor, potentials: list[torch.Tensor], spikes: Sequence[torch.Tensor],
+                  decay: float, threshold: float, soft: bool, alpha_beta: torch.Tensor, beta: torch.Tensor
+                  ) -> torch.Tensor:
     """dL/dcurrent [T, B, ...] by backpropagation through time; alpha_beta and beta are 0-dim tensors, so a
     compiled loop is not recompiled when the schedule changes them."""
     def slope(t: int) -> torch.Tensor:  # eq. 9
@@ -66,7 +95,7 @@ def backward_loop(grad_spikes: torch.Tensor, potentials: list[torch.Tensor], dec
             grad_u = grad_s * slope(t) + grad_u * decay
         else:
             grad_s = grad_spikes[t] - grad_u * (decay * potentials[t])
-            grad_u = grad_s * slope(t) + grad_u * (1.0 - (potentials[t] >= threshold).to(grad_u.dtype)) * decay
+            grad_u = grad_s * slope(t) + grad_u * (1.0 - spikes[t]) * decay
         grads.append(grad_u)
     return torch.stack(grads[::-1])
 
@@ -81,67 +110,100 @@ def kernel_fn(fn, kernel: str):
     Where torch.compile cannot run (no C++ compiler, an unsupported platform) `fn` itself is used,
     with one warning (see `run_kernel`).
     """
-    if kernel == "eager" or _compiled.get("failed"):
+    if kernel == "eager" or kernel_fallback():
         return fn
     if fn not in _compiled:
         _compiled[fn] = torch.compile(fn, dynamic=True, options={"cpp.dynamic_threads": True})
     return _compiled[fn]
 
 
+def compile_failed(exc: Exception) -> bool:
+    """Whether `exc` says torch.compile could not build a kernel (and not that running one failed)."""
+    from torch._dynamo.exc import BackendCompilerFailed
+    from torch._inductor.exc import CppCompileError, InvalidCxxCompiler
+
+    if isinstance(exc, BackendCompilerFailed):  # out of memory while autotuning is not a compiler's fault
+        return not isinstance(getattr(exc, "inner_exception", None), torch.OutOfMemoryError)
+    return isinstance(exc, (CppCompileError, InvalidCxxCompiler))
+
+
+def kernel_fallback() -> str | None:
+    """Why this process runs the eager loops although the compiled ones were asked for, or None."""
+    return _compiled.get("failed")
+
+
 def run_kernel(fn, kernel: str, *args):
-    """fn(*args) through `kernel_fn`; a compilation error switches this process to the eager loops."""
+    """fn(*args) through `kernel_fn`. A compilation failure switches this process to the eager loops,
+    with a warning and `kernel_fallback()` saying why; any other error (out of memory, a bug) is raised."""
     try:
         return kernel_fn(fn, kernel)(*args)
-    except Exception as exc:  # compilation errors come in many types; the eager function always works
-        if kernel == "eager" or _compiled.get("failed"):
+    except Exception as exc:
+        if kernel == "eager" or kernel_fallback() or not compile_failed(exc):
             raise
         import warnings
-        warnings.warn(f"torch.compile of the ISNM loops failed ({type(exc).__name__}: {exc}); using the eager loops")
-        _compiled["failed"] = True
+        first = next((line for line in str(exc).splitlines() if line.strip()), "")
+        _compiled["failed"] = f"torch.compile failed ({type(exc).__name__}: {first[:300]})"
+        warnings.warn(f"{_compiled['failed']}; this process runs the eager ISNM loops from now on")
         return fn(*args)
 
 
 def surrogate_scalars(alpha_beta: float, beta: float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """alpha*beta and beta as 0-dim tensors, so a compiled loop is not recompiled when the schedule moves."""
-    return (torch.tensor(alpha_beta, dtype=like.dtype, device=like.device),
-            torch.tensor(beta, dtype=like.dtype, device=like.device))
+    """alpha*beta and beta as 0-dim tensors of `like`'s device, at least float32: a compiled loop is not
+    recompiled when the schedule moves them, and bf16 would round them."""
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    return (torch.tensor(alpha_beta, dtype=dtype, device=like.device),
+            torch.tensor(beta, dtype=dtype, device=like.device))
 
 
-def spike_train(current: torch.Tensor, decay: float, threshold: float, soft: bool) -> torch.Tensor:
-    """Spikes [T, B, ...] alone: compiled, the potentials are never written to memory."""
-    return torch.stack(forward_loop(current, decay, threshold, soft)[0])
+def spike_train(current: torch.Tensor, decay: float, threshold: float, soft: bool
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(spikes [T, B, ...], the same packed as bits): compiled, the potentials are never written to memory."""
+    spikes = torch.stack(forward_loop(wide(current), decay, threshold, soft)[0])
+    return spikes, packed_bits(spikes)
 
 
-def current_grad(grad_spikes: torch.Tensor, current: Sequence[torch.Tensor], decay: float, threshold: float, soft: bool,
-                 alpha_beta: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """dL/dcurrent: the potentials recomputed from the current, then backpropagation through time."""
-    _, potentials = forward_loop(current, decay, threshold, soft)
-    return backward_loop(grad_spikes, potentials, decay, threshold, soft, alpha_beta, beta)
+def current_grad(grad_spikes: torch.Tensor, current: Sequence[torch.Tensor], spikes: torch.Tensor, decay: float,
+                 threshold: float, soft: bool, alpha_beta: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """dL/dcurrent: the potentials recomputed from the current and forward's spikes, then backpropagation
+    through time; all in at least float32."""
+    _, potentials = forward_loop(current, decay, threshold, soft, spikes)
+    return backward_loop(wide(grad_spikes), potentials, spikes, decay, threshold, soft, alpha_beta, beta)
+
+
+def isnm_backward(grad_spikes: torch.Tensor, current: torch.Tensor, packed: torch.Tensor, decay: float,
+                  threshold: float, soft: bool, alpha_beta: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """`current_grad` for the whole [T, B, ...] current, its spikes given as bits."""
+    current = wide(current)
+    spikes = unpacked_bits(packed, current.shape, current.dtype)
+    return current_grad(grad_spikes, current, spikes, decay, threshold, soft, alpha_beta, beta)
 
 
 class ISNMFunction(torch.autograd.Function):
     """The whole time loop as one autograd node, with backpropagation through time written out.
 
-    Only the input current is kept for backward (often the very tensor an earlier layer keeps
-    anyway); potentials, spikes and surrogate slopes are recomputed from it, by the same functions
-    as forward, so to the same bits. Per-step autograd keeps several tensors a step. Compiled, the
-    recomputation is fused into the backward kernel: fewer bytes move than if u were stored.
+    Kept for backward: the input current (often the very tensor an earlier layer keeps anyway) and
+    forward's spikes as bits (1/32 of the current's bytes in float32). Potentials and surrogate slopes
+    are recomputed from the current with the same functions as forward, and the resets follow the
+    saved spikes, so backward sees the network that ran. Per-step autograd keeps several tensors a
+    step. Compiled, the recomputation is fused into the backward kernel: fewer bytes move than if u
+    were stored. Potentials are float32 whatever the current's dtype (bf16 under autocast).
     """
 
     @staticmethod
     def forward(ctx, current: torch.Tensor, decay: float, threshold: float, soft: bool, alpha: float,
                 beta: float, kernel: str) -> torch.Tensor:
-        ctx.save_for_backward(current)
+        spikes, packed = run_kernel(spike_train, kernel, current, decay, threshold, soft)
+        ctx.save_for_backward(current, packed)
         ctx.args = (decay, threshold, soft, alpha * beta, beta, kernel)
-        return run_kernel(spike_train, kernel, current, decay, threshold, soft)
+        return spikes.to(current.dtype)
 
     @staticmethod
     def backward(ctx, grad_spikes: torch.Tensor):
-        (current,) = ctx.saved_tensors
+        current, packed = ctx.saved_tensors
         decay, threshold, soft, alpha_beta, beta, kernel = ctx.args
-        grad = run_kernel(current_grad, kernel, grad_spikes.contiguous(), current, decay, threshold, soft,
+        grad = run_kernel(isnm_backward, kernel, grad_spikes.contiguous(), current, packed, decay, threshold, soft,
                           *surrogate_scalars(alpha_beta, beta, current))
-        return grad, None, None, None, None, None, None
+        return grad.to(current.dtype), None, None, None, None, None, None
 
 
 def isnm_spikes(current: torch.Tensor, tau: float, threshold: float, reset: str, alpha: float, beta: float,

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from isnm.config import ConfigError, SurrogateConfig, TrainConfig, merged, nested, parse_config
-from isnm.data import CIFAR, DataError, Dataset, check_cifar, load_dataset, test_batches, train_batches
+from isnm.data import CIFAR, DataError, batches, check_cifar, load_dataset, train_batches
 from isnm.models import build_model
-from isnm.neuron import ISNM, set_kernel, set_surrogate
+from isnm.neuron import ISNM, kernel_fallback, set_kernel, set_surrogate
 from isnm.surrogate import alpha_for, beta_at
 
 EVAL_BATCH_SIZE = 1000
@@ -82,10 +82,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset) -> tuple[float, float]:
-    """(test accuracy, mean firing rate over all ISNM neurons) on the test set."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision) -> tuple[float, float]:
+    """(accuracy, mean firing rate over all ISNM neurons) on images x with labels y, in the training's
+    precision (`precision` is its autocast context), so what is measured is the network that trained."""
     model.eval()
-    fired = torch.zeros((), dtype=torch.float64, device=data.test_x.device)
+    fired = torch.zeros((), dtype=torch.float64, device=x.device)
     count = 0
 
     def record(module, inputs, spikes):
@@ -94,14 +95,15 @@ def evaluate(model: nn.Module, data: Dataset) -> tuple[float, float]:
         count += spikes.numel()
 
     hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, ISNM)]
-    correct = torch.zeros((), dtype=torch.int64, device=data.test_x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
     try:
-        for x, y in test_batches(data, EVAL_BATCH_SIZE):
-            correct += (model(x).argmax(1) == y).sum()
+        for images, labels in batches(x, y, EVAL_BATCH_SIZE):
+            with precision:
+                correct += (model(images).argmax(1) == labels).sum()
     finally:
         for h in hooks:
             h.remove()
-    return correct.item() / len(data.test_y), (fired / max(count, 1)).item()
+    return correct.item() / max(len(y), 1), (fired / max(count, 1)).item()
 
 
 def rng_state(generator: torch.Generator) -> dict:
@@ -129,17 +131,20 @@ def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
     cfg = parse_config(config)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, device)
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, device, cfg.validation)
     model = build_model(cfg.arch, data.num_classes, data.in_channels, cfg.timesteps, cfg.neuron.tau,
                         cfg.neuron.threshold, cfg.neuron.reset, data.image_size).to(device)
-    set_kernel(model, resolve_kernel(cfg, device))
+    kernel = resolve_kernel(cfg, device)
+    set_kernel(model, kernel)
     cuda = device.type == "cuda"
     if cuda:  # layouts and algorithms that are faster on GPUs and change nothing on the CPU
         torch.backends.cudnn.benchmark = True
         model = model.to(memory_format=torch.channels_last)
     else:
         reuse_freed_memory()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.precision == "bf16")
+    # bf16 autocast on the device trained on, the CPU too (slow there, but the same code path as on a
+    # GPU); neurons keep their potentials in float32 either way (isnm.neuron.wide)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     start = 0
@@ -175,10 +180,13 @@ def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
         if first_bad.item():
             raise TrainingDiverged(epoch, first_bad.item(), bad_loss.item())
         n = len(data.train_y)
-        test_acc, spike_rate = evaluate(model, data)
-        metrics = {"epoch": epoch, "train_loss": loss_sum.item() / n, "train_acc": correct.item() / n,
+        test_acc, spike_rate = evaluate(model, data.test_x, data.test_y, autocast)
+        val = {"val_acc": evaluate(model, data.val_x, data.val_y, autocast)[0]} if len(data.val_y) else {}
+        # the loops that really ran: a compilation that failed falls back to eager, and says why
+        ran = {"kernel": "eager", "kernel_fallback": kernel_fallback()} if kernel_fallback() else {"kernel": kernel}
+        metrics = {"epoch": epoch, "train_loss": loss_sum.item() / n, "train_acc": correct.item() / n, **val,
                    "test_acc": test_acc, "beta": beta, "alpha": alpha,
-                   "epoch_seconds": time.perf_counter() - began, "spike_rate": spike_rate}
+                   "epoch_seconds": time.perf_counter() - began, "spike_rate": spike_rate, **ran}
         if on_epoch is not None:
             state = {"model": copy.deepcopy(model.state_dict()),
                      "optimizer": copy.deepcopy(optimizer.state_dict()),

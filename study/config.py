@@ -15,8 +15,9 @@ import yaml
 from isnm.config import (ConfigError, check, default_config, flat, join, merged, nested, parse_config,
                          parse_dataclass, to_dict, unknown_key_message)
 
-METRICS = ("test_acc", "train_acc", "train_loss", "spike_rate")  # what a trial reports per epoch
-MAXIMIZED = ("test_acc", "train_acc")
+METRICS = ("test_acc", "val_acc", "train_acc", "train_loss", "spike_rate")  # what a trial reports per epoch
+MAXIMIZED = ("test_acc", "val_acc", "train_acc")
+SELECTABLE = ("val_acc", "train_acc", "train_loss", "spike_rate")  # what a search may rank by: never test data
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
 SCHEDULERS = ("asha",)
 # A study's name and profile name folders (ray_results/<name>-<profile>-<digest>, mlartifacts/<name>)
@@ -45,7 +46,7 @@ class Search:
     space: dict[str, dict[str, Any]]  # dotted config key -> {loguniform|uniform|randint: [low, high]} or {choice: [...]}
     algorithm: Literal["optuna", "random"] = "optuna"
     num_samples: int = 16
-    metric: Literal[METRICS] = "test_acc"
+    metric: Literal[SELECTABLE] = "val_acc"  # test_acc is refused: a configuration chosen on it is tested on it
     mode: Literal["max", "min"] = "max"
     scheduler: Optional[dict[str, dict[str, Any]]] = None  # {asha: {grace_period: N}}
 
@@ -236,6 +237,9 @@ def load_study(path: str | Path, profile: Optional[str] = None) -> Study:
                     raise ConfigError(f"grid.{key}[{i}]", exc.message) from None
         if spec.search is not None:
             check_override_keys(spec.search.space, "search.space")
+            if spec.search.metric == "val_acc" and base["validation"] == 0:
+                raise ConfigError("search.metric", "val_acc needs a validation split, but base.validation is 0; "
+                                                   "set base.validation (0.1 is the default)")
         if spec.table is not None:
             for key in spec.table.keys:
                 if key != "variant" and key not in TRAIN_KEYS:

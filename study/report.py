@@ -21,9 +21,9 @@ from study.config import MAXIMIZED, METRICS, Study, StudyError, Table, flat, loa
 from study.plan import SEARCH_VARIANT, Trial, plan_trials
 
 HEADERS = {"variant": "Method", "dataset": "Dataset", "arch": "Architecture", "timesteps": "TimeStep"}
-METRIC_HEADERS = {"test_acc": "Accuracy (%)", "train_acc": "Train accuracy (%)", "spike_rate": "Spike rate (%)",
-                  "train_loss": "Train loss"}
-PERCENT = ("test_acc", "train_acc", "spike_rate")
+METRIC_HEADERS = {"test_acc": "Accuracy (%)", "val_acc": "Validation accuracy (%)", "train_acc": "Train accuracy (%)",
+                  "spike_rate": "Spike rate (%)", "train_loss": "Train loss"}
+PERCENT = ("test_acc", "val_acc", "train_acc", "spike_rate")
 DASH = "—"
 LEADERBOARD_SIZE = 10
 
@@ -83,10 +83,21 @@ def key_value(trial: Trial, key: str) -> Any:
 
 
 def metric_value(client, run: pd.Series, metric: str, stat: str, maximize: bool) -> float:
+    """A run's final value of `metric`, or its best epoch's. The best epoch of test_acc is the one with the
+    best val_acc (the earliest of ties): choosing it by test accuracy would report a number selected on
+    the very data that measures it."""
     if stat == "final":
         return float(run[f"metrics.{metric}"])
-    history = [m.value for m in client.get_metric_history(run["run_id"], metric)]
-    return max(history) if maximize else min(history)
+    if metric != "test_acc":
+        history = [m.value for m in client.get_metric_history(run["run_id"], metric)]
+        return max(history) if maximize else min(history)
+    val = sorted(client.get_metric_history(run["run_id"], "val_acc"), key=lambda m: m.step)
+    if not val:
+        raise StudyError(f"--stat best picks each run's epoch by val_acc, which run {run['run_id']} lacks (trained "
+                         f"with validation: 0); use --stat final")
+    chosen = max(val, key=lambda m: m.value).step  # max keeps the first of equal values
+    test = {m.step: m.value for m in client.get_metric_history(run["run_id"], "test_acc")}
+    return test[chosen]
 
 
 def trial_status(runs: pd.DataFrame) -> tuple[str, Optional[pd.Series]]:
@@ -139,13 +150,23 @@ def cell_text(cell: Cell, metric: str) -> str:
     return text if len(cell.values) == cell.planned else f"{text} (n={len(cell.values)})"
 
 
-def paper_figure(paper: dict, key: tuple) -> Optional[float]:
+def paper_figure(paper: dict, key: tuple) -> Optional[tuple[float, Optional[float]]]:
+    """The published (mean, std) of a cell: `paper` nests by the cell's key and ends in a number or a
+    [mean, std] pair (the paper prints 91.7 (± 0.31)); std is None where the paper gives none."""
     node: Any = {str(k): v for k, v in paper.items()}
     for part in key:
         if not isinstance(node, dict):
             return None
         node = {str(k): v for k, v in node.items()}.get(str(part))
-    return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+
+    def is_number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if is_number(node):
+        return float(node), None
+    if isinstance(node, list) and len(node) == 2 and all(map(is_number, node)):
+        return float(node[0]), float(node[1])
+    return None
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -183,8 +204,12 @@ def render_table(cells: list[Cell], table: Table, metric: str, split_value: tupl
         line = ([table.method] if table.method else []) + shown + [value]
         if has_paper:
             figure = paper_figure(table.paper, cell.key)
-            line.append(DASH if figure is None else f"{figure:.2f}")
-            line.append(DASH if figure is None or cell.key not in means else f"{means[cell.key] - figure:+.2f}")
+            if figure is None:
+                line += [DASH, DASH]
+            else:
+                mean, std = figure
+                line.append(f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}")
+                line.append(DASH if cell.key not in means else f"{means[cell.key] - mean:+.2f}")
         lines.append(line)
     return markdown_table(header, lines)
 
@@ -287,20 +312,22 @@ def short(param: str) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def leaderboard(client, children: pd.DataFrame, study: Study, metric: str) -> str:
-    """The top trials of a search with their sampled values, and the best as a `base:` overlay."""
+def leaderboard(client, children: pd.DataFrame, study: Study) -> str:
+    """The top trials of a search, ranked by the search's own metric (val_acc, never test data), with their
+    sampled values and final test accuracy, and the best as a `base:` overlay."""
     keys = list(study.spec.search.space)
+    metric = study.spec.search.metric
     done = children[(children["status"] == "FINISHED") & (children["tags.variant"] == SEARCH_VARIANT)
                     & (children["tags.profile"].fillna("") == (study.profile or ""))]
     if done.empty or f"metrics.{metric}" not in done:
         return "No finished search trials yet."
-    top = done.sort_values(f"metrics.{metric}", ascending=metric not in MAXIMIZED).head(LEADERBOARD_SIZE)
-    header = ["#"] + keys + [METRIC_HEADERS[metric], "epochs"]
+    top = done.sort_values(f"metrics.{metric}", ascending=study.spec.search.mode == "min").head(LEADERBOARD_SIZE)
+    header = ["#"] + keys + [METRIC_HEADERS[metric], METRIC_HEADERS["test_acc"], "epochs"]
     rows = []
     for i, (_, run) in enumerate(top.iterrows(), start=1):
         epochs = len(client.get_metric_history(run["run_id"], metric))  # fewer when the scheduler stopped it
         rows.append([str(i)] + [short(run[f"params.{k}"]) for k in keys]
-                    + [number(scaled(run[f"metrics.{metric}"], metric), metric), str(epochs)])
+                    + [number(scaled(run[f"metrics.{m}"], m), m) for m in (metric, "test_acc")] + [str(epochs)])
     best = top.iloc[0]
     overlay = {"base": nested({k: yaml.safe_load(str(best[f"params.{k}"])) for k in keys})}
     return (markdown_table(header, rows) + "\n\nBest configuration, ready to paste into a study file:\n\n"
@@ -355,7 +382,8 @@ def report_study(client, uri: str, name: str, out: Path, metric: Optional[str], 
     parts = [f"# {study.name}", study.spec.description, setting_line(study)]
     plots: list[Path] = []
     if study.spec.search is not None:
-        parts.append(f"## Leaderboard ({stat} {metric})\n\n" + leaderboard(client, children, study, metric))
+        parts.append(f"## Leaderboard (ranked by final {study.spec.search.metric}; test accuracy of the final "
+                     f"epoch beside it)\n\n" + leaderboard(client, children, study))
     else:
         cells, counts = table_cells(client, study, children, table, metric, stat)
         splits = list(dict.fromkeys(c.key[:1] for c in cells)) if table.split else [()]

@@ -171,6 +171,7 @@ class MlflowTracker(Callback):
         self.stopped_at: dict[str, int] = {}  # Ray trial id -> epoch at which the scheduler stopped it
         self.done: set[str] = set()  # Ray trial ids whose run was already FINISHED before this driver
         self.configs: dict[str, dict] = {}  # Ray trial id -> its Tune config
+        self.kernels: dict[str, dict] = {}  # MLflow run id -> its kernel tags as last set
 
     def setup(self, **info) -> None:
         self.client = MlflowClient(self.uri)
@@ -222,6 +223,7 @@ class MlflowTracker(Callback):
         if trial_id in self.done:
             return
         self.note_node(run_id, result)
+        self.note_kernel(run_id, result)
         if result.get("checkpoint_note"):
             self.client.set_tag(run_id, "checkpoint_fallback", str(result["checkpoint_note"])[:5000])
         if result.get("diverged"):
@@ -246,6 +248,19 @@ class MlflowTracker(Callback):
         nodes.append(node)
         self.client.set_tag(run_id, "ray_node", node)
         self.client.set_tag(run_id, "ray_nodes", ", ".join(nodes))
+
+    def note_kernel(self, run_id: str, result: dict) -> None:
+        """Tag `kernel` with the ISNM loops that ran, and `kernel_fallback` with why they are not the compiled
+        ones asked for (a worker reused between trials keeps a fallback for the trials after)."""
+        if not result.get("kernel"):
+            return
+        tags = {"kernel": str(result["kernel"])}
+        if result.get("kernel_fallback"):
+            tags["kernel_fallback"] = str(result["kernel_fallback"])[:5000]
+        if self.kernels.get(run_id) != tags:
+            self.kernels[run_id] = tags
+            for key, value in tags.items():
+                self.client.set_tag(run_id, key, value)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
         self.checkpoints[trial.trial_id] = checkpoint

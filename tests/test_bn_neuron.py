@@ -70,6 +70,18 @@ def test_running_statistics_follow_nn_batchnorm():
     assert fused.bn.num_batches_tracked == bn.num_batches_tracked == 1
 
 
+def test_momentum_none_is_the_cumulative_average_as_in_nn_batchnorm():
+    fused, bn, neuron = pair(True, "hard", torch.float64)
+    fused.bn.momentum = bn.momentum = None
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        x = torch.randn(T, B, C, H, H, dtype=torch.float64, generator=gen) * 2 + 0.5
+        fused(x), unfused(bn, neuron, True, x)
+    torch.testing.assert_close(fused.bn.running_mean, bn.running_mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fused.bn.running_var, bn.running_var, rtol=1e-12, atol=1e-12)
+    assert fused.bn.num_batches_tracked == bn.num_batches_tracked == 3
+
+
 def test_evaluation_uses_the_running_statistics():
     fused, bn, neuron = pair(True, "hard", torch.float32)
     x = torch.randn(T, B, C, H, H) * 2
@@ -78,13 +90,15 @@ def test_evaluation_uses_the_running_statistics():
     assert torch.equal(fused(x), unfused(bn, neuron, True, x))
 
 
-def test_only_the_conv_output_is_kept_for_backward():
+def test_only_the_conv_output_and_the_spikes_as_bits_are_kept_for_backward():
     fused, _, _ = pair(True, "hard", torch.float32)
     x = torch.randn(T, B, C, H, H, requires_grad=True)
     kept = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
         fused(x)
-    assert [t.shape for t in kept if t.numel() > C] == [(T, B, C, H, H)]
+    big = [t for t in kept if t.numel() > C]
+    assert [t.shape for t in big] == [(T, B, C, H, H), (-(-T * B * C * (H // 2) ** 2 // 8),)]
+    assert big[1].dtype == torch.uint8  # one bit a spike of the pooled output
 
 
 def test_compiled_matches_eager():

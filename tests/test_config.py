@@ -96,6 +96,13 @@ BAD = [
      "search.space.lr.loguniform: got \\[0, 1\\], expected \\[low, high\\] with 0 < low"),
     ("same config twice", with_change(variants={"A": {}, "B": {"neuron.reset": "hard"}}),
      "trials 'A seed=0' and 'B seed=0' have the same config"),
+    ("search ranked on the test set", {**GOOD, "variants": {}, "search": {"metric": "test_acc",
+                                                                         "space": {"lr": {"loguniform": [1e-4, 1e-2]}}}},
+     "search.metric: got 'test_acc', expected 'val_acc' or 'train_acc'"),
+    ("search on val_acc without validation", {**GOOD, "variants": {}, "base": {**GOOD["base"], "validation": 0},
+                                              "search": {"space": {"lr": {"loguniform": [1e-4, 1e-2]}}}},
+     "search.metric: val_acc needs a validation split, but base.validation is 0"),
+    ("validation 1", with_change(base__validation=1.0), "base.validation: got 1.0, expected a fraction >= 0 and < 1"),
     # names become folders (ray_results/<name>-<profile>-..., mlartifacts/<name>) and MLflow filter values
     ("name ..", with_change(name=".."), "name: got '..', expected 1 to 100 letters"),
     ("name with a quote", with_change(name="it's"), "name: got \"it's\", expected 1 to 100 letters"),
@@ -130,6 +137,15 @@ def test_relative_data_dir_is_made_absolute_on_the_driver_and_not_hashed(tmp_pat
     assert {t.config["data_dir"] for t in trials} == {str(tmp_path / "cifar")}
     elsewhere = plan_trials(load_study(write(tmp_path, with_change(base__data_dir="/srv/data"))))
     assert [t.config_hash for t in trials] == [t.config_hash for t in elsewhere]
+
+
+def test_the_beta_search_ranks_on_val_acc_and_asha_late_in_the_schedule():
+    from study.execute import tune_config
+
+    study = load_study(Path(__file__).resolve().parent.parent / "search_spaces/beta_search.yaml")
+    tune = tune_config(study, None)
+    assert tune.metric == tune.search_alg.metric == "val_acc"  # ASHA takes TuneConfig's metric
+    assert study.spec.search.scheduler["asha"]["grace_period"] >= 0.75 * study.base["epochs"]
 
 
 def test_missing_file(tmp_path):

@@ -38,6 +38,21 @@ def test_missing_cifar_says_where_and_how(tmp_path):
         load_dataset("cifar10", str(tmp_path), download=False)
 
 
+@pytest.mark.parametrize("name", ["digits", "cifar10"])
+def test_validation_split_is_disjoint_fixed_and_taken_from_the_training_set(tmp_path, name):
+    write_fake_cifar(tmp_path, "cifar10", per_file=40)
+    whole = load_dataset(name, str(tmp_path))
+    split = load_dataset(name, str(tmp_path), validation=0.1)
+    assert len(whole.val_y) == 0 and len(split.val_y) == round(0.1 * len(whole.train_y))
+    assert len(split.train_y) + len(split.val_y) == len(whole.train_y)
+    assert torch.equal(split.test_y, whole.test_y)  # the same test set (digits normalize by the images trained on)
+    rows = lambda x: {tuple(r) for r in x.flatten(1).tolist()}  # noqa: E731
+    train, val, test = rows(split.train_x), rows(split.val_x), rows(split.test_x)
+    assert not (val & train) and not (val & test) and not (train & test)
+    again = load_dataset(name, str(tmp_path), validation=0.1)
+    assert torch.equal(again.val_x, split.val_x)  # the same images in every run
+
+
 @pytest.mark.parametrize("keep", [0, 100, 5000])
 def test_truncated_cifar_file_is_one_clear_line(tmp_path, keep):
     folder = write_fake_cifar(tmp_path, "cifar10", per_file=4)

@@ -114,10 +114,80 @@ def test_kernel_choice():
     assert resolve_kernel(parse_config({"arch": "resnet18", "kernel": "eager"}), cpu) == "eager"
 
 
-def test_only_the_current_is_kept_for_backward():
-    """The encoder's current, broadcast over T, is kept at its own size, not T times over as u would be."""
+def test_only_the_current_and_the_spikes_as_bits_are_kept_for_backward():
+    """The encoder's current, broadcast over T, is kept at its own size, not T times over as u would be;
+    forward's spikes at one bit each (5 * 4 * 3 = 60 spikes in 8 bytes)."""
     current = torch.rand(4, 3, requires_grad=True)
     kept = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
         ISNM()(current.expand(5, 4, 3))
-    assert [t.untyped_storage().nbytes() for t in kept] == [current.untyped_storage().nbytes()]
+    assert [t.untyped_storage().nbytes() for t in kept] == [current.untyped_storage().nbytes(), 8]
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (8,), (3, 5, 11)])
+def test_spikes_round_trip_through_bits(shape):
+    from isnm.neuron import packed_bits, unpacked_bits
+
+    spikes = (torch.rand(shape, generator=torch.Generator().manual_seed(0)) < 0.4).float()
+    packed = packed_bits(spikes)
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-spikes.numel() // 8)
+    assert torch.equal(unpacked_bits(packed, spikes.shape, torch.float32), spikes)
+
+
+@pytest.mark.parametrize("kernel", ["eager", "compiled"])
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_backward_uses_the_spikes_forward_fired(kernel, reset):
+    """Potentials exactly at the threshold, and one float32 ulp to either side: the spikes backward resets
+    with (unpacked from what forward saved) are forward's, and the gradient matches the reference."""
+    from isnm.neuron import isnm_spikes, isnm_spikes_reference
+
+    theta = 1.0
+    edge = torch.tensor([theta, torch.nextafter(torch.tensor(theta), torch.tensor(0.0)).item(),
+                         torch.nextafter(torch.tensor(theta), torch.tensor(2.0)).item(), 0.5])
+    current = torch.stack([edge, edge * 0.5, edge]).view(3, 1, 4).repeat(1, 2, 1).requires_grad_()
+    upstream = torch.randn(current.shape, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for fn, kwargs in ((isnm_spikes, {"kernel": kernel}), (isnm_spikes_reference, {})):
+        current.grad = None
+        kept = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+            spikes = fn(current, 2.0, theta, reset, 1.0, 3.0, **kwargs)
+        spikes.backward(upstream)
+        grads.append((spikes.detach(), current.grad.clone(), kept))
+    (fused, g_fused, kept), (ref, g_ref, _) = grads
+    assert torch.equal(fused[0, 0], torch.tensor([1.0, 0.0, 1.0, 0.0]))  # H(0) = 1, one ulp below is silent
+    saved = next(t for t in kept if t.dtype == torch.uint8)
+    from isnm.neuron import unpacked_bits
+    assert torch.equal(unpacked_bits(saved, fused.shape, fused.dtype), fused) and torch.equal(fused, ref)
+    torch.testing.assert_close(g_fused, g_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_potentials_and_slopes_are_float32_under_bf16_autocast():
+    """A bf16 current whose float32 potential stays below the threshold, but whose bf16 potential would
+    round onto it: 0.5 * 0.99609375 + 0.5 = 0.998046875, a tie that bf16 rounds to 1.0."""
+    from isnm.neuron import isnm_spikes
+
+    current = torch.tensor([0.99609375, 0.5], dtype=torch.bfloat16).view(2, 1, 1).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        spikes = isnm_spikes(current, 2.0, 1.0, "hard", 1.0, 5.0)
+    assert spikes.flatten().tolist() == [0.0, 0.0]
+    # the surrogate at beta (u - theta) = -3 (u = 0.4): 5 * (1 - tanh(3)^2) in float32, not flushed in bf16
+    far = torch.tensor([0.4], dtype=torch.bfloat16).view(1, 1, 1).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        isnm_spikes(far, 2.0, 1.0, "hard", 1.0, 5.0).sum().backward()
+    expected = 5.0 * (1 - torch.tanh(torch.tensor(5.0 * (far.item() - 1.0))) ** 2)
+    assert far.grad.item() > 0
+    torch.testing.assert_close(far.grad.float().flatten(), expected.view(1), rtol=1e-2, atol=0)
+
+
+def test_out_of_memory_in_a_compiled_kernel_is_raised_not_swallowed():
+    """Only a compiler's failure falls back to eager; an OOM (or a bug) must reach the trial, which then
+    fails or is retried, rather than every later trial of the worker running eager without a word."""
+    from isnm import neuron
+
+    def out_of_memory(x):
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    with pytest.raises(torch.OutOfMemoryError, match="injected"):
+        neuron.run_kernel(out_of_memory, "compiled", torch.ones(2))
+    assert neuron.kernel_fallback() is None

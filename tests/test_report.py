@@ -15,7 +15,7 @@ STUDY = {
     "base": {"dataset": "digits", "arch": "tiny", "epochs": 2},
     "variants": {"A": {}, "B": {"neuron.reset": "soft"}, "C": {"surrogate.schedule": "fixed"}},
     "seeds": [0, 1],
-    "table": {"rows": "variant", "metric": "test_acc", "paper": {"A": 90.0, "B": 95.0, "C": 80.0}},
+    "table": {"rows": "variant", "metric": "test_acc", "paper": {"A": 90.0, "B": [95.0, 0.5], "C": 80.0}},
 }
 # final test_acc per trial, or the run's fate
 OUTCOME = {"A seed=0": 0.90, "A seed=1": 0.92, "B seed=0": 0.95, "B seed=1": "FAILED", "C seed=0": "RUNNING",
@@ -38,8 +38,9 @@ def store(tmp_path, monkeypatch):
             continue  # never started
         run = create_trial_run(client, exp, parent, study.name, trial.as_dict(), "0" * 40)
         final = outcome if isinstance(outcome, float) else 0.5
-        for epoch, acc in ((1, final + 0.01), (2, final)):  # epoch 1 was the best
-            log_epoch(client, run, {"epoch": epoch, "test_acc": acc, "beta": 5.0, "alpha": 1.0})
+        # epoch 1 has the best test_acc, epoch 2 the best val_acc
+        for epoch, acc, val in ((1, final + 0.01, final - 0.05), (2, final, final)):
+            log_epoch(client, run, {"epoch": epoch, "test_acc": acc, "val_acc": val, "beta": 5.0, "alpha": 1.0})
         if outcome != "RUNNING":
             client.set_terminated(run, outcome if outcome in ("FAILED", "KILLED") else "FINISHED")
     client.set_terminated(parent, "FINISHED")
@@ -54,7 +55,7 @@ def test_table_is_exact(store, capsys):
     expected = """| Method | Accuracy (%) | Paper (%) | Δ |
 |---|---|---|---|
 | A | 91.00 ± 1.41 | 90.00 | +1.00 |
-| B | **95.00 (n=1)** | 95.00 | +0.00 |
+| B | **95.00 (n=1)** | 95.00 ± 0.50 | +0.00 |
 | C | — | 80.00 | — |
 
 Final test_acc, mean ± sample std over seeds; n = finished seeds where fewer than planned; best in bold; \
@@ -65,11 +66,13 @@ Final test_acc, mean ± sample std over seeds; n = finished seeds where fewer th
     assert "![test_acc per epoch](tiny_table-curves.png)" in text
 
 
-def test_best_stat_takes_each_runs_best_epoch(store):
+def test_best_stat_chooses_each_runs_epoch_by_val_acc_not_test_acc(store):
     folder, uri = store
     assert main(["--tracking-uri", uri, "--out", str(folder / "r"), "--stat", "best", "--format", "csv"]) == 0
-    assert "| A | 92.00 ± 1.41 |" in (folder / "r/tiny_table.md").read_text()
-    assert (folder / "r/tiny_table.csv").read_text().count("\n") == 6  # header + 5 trial runs
+    assert "| A | 91.00 ± 1.41 |" in (folder / "r/tiny_table.md").read_text()  # epoch 2's test_acc, not 92.00
+    assert main(["--tracking-uri", uri, "--out", str(folder / "v"), "--stat", "best", "--metric", "val_acc"]) == 0
+    assert "| A | 91.00 ± 1.41 |" in (folder / "v/tiny_table.md").read_text()
+    assert (folder / "r/tiny_table.csv").read_text().count("\n") == 7  # header + 6 trial runs
 
 
 def test_plots_are_logged_to_the_parent_run(store):

@@ -56,6 +56,7 @@ def test_runs_carry_tags_params_metrics_per_epoch_and_weights(finished_study):
     for key in EPOCH_METRICS:
         assert [m.step for m in client.get_metric_history(gsg.info.run_id, key)] == [1, 2]
     assert [a.path for a in client.list_artifacts(gsg.info.run_id)] == ["model.pt"]
+    assert tags["kernel"] == "eager" and "kernel_fallback" not in tags
     node_id, ip = tags["ray_node"].split()  # where it ran: Ray's node id (12 hex digits) and the node's address
     assert len(node_id) == 12 and ip.count(".") == 3 and tags["ray_nodes"] == tags["ray_node"]
     assert len({r.data.tags["config_hash"] for r in children}) == 4
@@ -68,6 +69,16 @@ def test_the_study_files_max_concurrent_caps_tune(tmp_path):
     study = load_study(small_study(tmp_path, max_concurrent=1))
     assert tune_config(study, None).max_concurrent_trials == 1
     assert tune_config(study, 3).max_concurrent_trials == 3  # --max-concurrent wins
+
+
+def test_a_compiler_that_fails_is_tagged_on_the_run(tmp_path):
+    path = small_study(tmp_path, name="nocc", epochs=1, variants={"A": {"kernel": "compiled"}}, seeds=[0])
+    done = run_study(tmp_path, str(path), env={"CXX": "/nonexistent/g++",  # Inductor's compiler, for the workers
+                                               "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")})
+    assert "0 failed" in done.stdout and "torch.compile failed" in done.stdout + done.stderr
+    (run,) = child_runs(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "nocc")[0]
+    assert run.info.status == "FINISHED" and run.data.tags["kernel"] == "eager"
+    assert run.data.tags["kernel_fallback"].startswith("torch.compile failed (InductorError: InvalidCxxCompiler")
 
 
 def test_summary_names_each_trial_and_where_the_runs_are(finished_study):

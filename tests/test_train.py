@@ -47,8 +47,9 @@ def test_tiny_learns_digits_with_gsg():
     assert final["test_acc"] >= 0.97
     assert [m["epoch"] for m in history] == list(range(1, 11))
     assert 0 < final["spike_rate"] < 1 and history[0]["beta"] == pytest.approx(0.5)
-    assert set(final) == {"epoch", "train_loss", "train_acc", "test_acc", "beta", "alpha", "epoch_seconds",
-                          "spike_rate"}
+    assert set(final) == {"epoch", "train_loss", "train_acc", "val_acc", "test_acc", "beta", "alpha",
+                          "epoch_seconds", "spike_rate", "kernel"}
+    assert final["kernel"] == "eager" and 0.9 < final["val_acc"] <= 1
 
 
 def test_resumed_run_equals_uninterrupted_run():
