@@ -99,17 +99,25 @@ def test_sigint_before_any_trial_is_one_line_and_exit_130(tmp_path):
                + trial_runs(tmp_path / "mlflow.db", "early"))
 
 
-def test_sigterm_mid_study_stops_it_as_ctrl_c_does(tmp_path):
-    path = small_study(tmp_path, name="term", epochs=30, variants={"A": {}}, seeds=[0])
+def hit_after_the_first_epoch(tmp_path: Path, name: str, hit) -> tuple[int, str, Path]:
+    """A one-trial study of 30 epochs, `hit(driver, db)` once its first epoch is logged:
+    (the driver's exit code, its output, the store)."""
+    path = small_study(tmp_path, name=name, epochs=30, variants={"A": {}}, seeds=[0])
     db = tmp_path / "mlflow.db"
     driver = start_study(tmp_path, str(path))
     try:
-        wait_for(lambda: [r for r in trial_runs(db, "term") if steps(db, r)], 240, "an epoch logged", driver)
-        driver.send_signal(signal.SIGTERM)  # a batch system's stop, after ray.init set a handler of its own
+        wait_for(lambda: [r for r in trial_runs(db, name) if steps(db, r)], 240, "an epoch logged", driver)
+        hit(driver, db)
         output = finished_output(driver, 120)
     finally:
         driver.kill()
-    assert driver.returncode == 130 and "interrupted (SIGTERM)" in output, output[-3000:]
+    return driver.returncode, output, db
+
+
+def test_sigterm_mid_study_stops_it_as_ctrl_c_does(tmp_path):
+    # a batch system's stop, after ray.init set a SIGTERM handler of its own
+    code, output, db = hit_after_the_first_epoch(tmp_path, "term", lambda driver, _: driver.send_signal(signal.SIGTERM))
+    assert code == 130 and "interrupted (SIGTERM)" in output, output[-3000:]
     (run,) = trial_runs(db, "term")
     assert run.info.status == "KILLED" and 0 < len(steps(db, run)) < 30
 
@@ -149,17 +157,12 @@ def test_wiped_store_beside_a_finished_experiment_on_a_file_uri(tmp_path):
 
 
 def test_store_failing_mid_study_stops_with_one_line(tmp_path):
-    path = small_study(tmp_path, name="broken", epochs=30, variants={"A": {}}, seeds=[0])
-    db = tmp_path / "mlflow.db"
-    driver = start_study(tmp_path, str(path))
-    try:
-        wait_for(lambda: [r for r in trial_runs(db, "broken") if steps(db, r)], 240, "an epoch logged", driver)
-        with open(db, "r+b") as store:  # the store breaks under the running study
+    def break_the_store(driver, db: Path) -> None:
+        with open(db, "r+b") as store:
             store.write(b"\0" * 16384)
-        output = finished_output(driver, 120)
-    finally:
-        driver.kill()
-    assert driver.returncode == 2, output[-3000:]
+
+    code, output, _ = hit_after_the_first_epoch(tmp_path, "broken", break_the_store)
+    assert code == 2, output[-3000:]
     line = one_line_error(output)
     assert "the study stopped: writing to MLflow failed" in line and "run the same command again" in line
 

@@ -12,6 +12,8 @@ from study.config import load_study
 from study.plan import plan_trials
 from tests.studies import checkpoints, finished_output, run_study, small_study, start_study, steps, trial_runs, wait_for
 
+pytestmark = pytest.mark.slow  # real Ray, MLflow and processes
+
 
 def parent_of(pid: int) -> int:
     try:

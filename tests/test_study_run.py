@@ -14,6 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from tests.studies import free_port, loopback_env, run_study, small_study
 
+pytestmark = pytest.mark.slow  # real Ray, MLflow and processes
+
 EPOCH_METRICS = {"test_acc", "train_acc", "train_loss", "spike_rate", "beta", "alpha", "epoch_seconds"}
 
 
