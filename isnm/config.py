@@ -214,6 +214,12 @@ class TrainConfig:
     # fraction of the training set held out (the same images for every run) for val_acc, on which
     # searches, ASHA and `study.report --stat best` choose; 0 trains on all of it, as the paper does
     validation: float = 0.1
+    # training images (unaugmented, the first of the training set) run through the network in training mode
+    # before each evaluation, to set batch norm's running statistics to the current weights' (a cumulative
+    # average, "precise BN"). Running averages lag the weights; while they still move fast (few steps an
+    # epoch, as on digits), the lag costs a deep spiking network up to 90 points of test accuracy
+    # (README, "Batch-norm statistics"). 0 keeps nn.BatchNorm2d's running averages, as the paper does.
+    bn_recalibration: int = 2048
     device: str = "auto"  # auto = CUDA when present, else CPU
     kernel: Literal["auto", "eager", "compiled"] = "auto"  # the ISNM loops and fused BN-ISNM; auto =
     # compiled for CUDA or the CIFAR networks (about 2 min on a cold cache, 2 CPU cores, then cached on
@@ -228,6 +234,7 @@ class TrainConfig:
         check(self.lr > 0, join(path, "lr"), self.lr, "a number > 0")
         check(self.weight_decay >= 0, join(path, "weight_decay"), self.weight_decay, "a number >= 0")
         check(0 <= self.validation < 1, join(path, "validation"), self.validation, "a fraction >= 0 and < 1")
+        check(self.bn_recalibration >= 0, join(path, "bn_recalibration"), self.bn_recalibration, "an integer >= 0")
         check(self.device in ("auto", "cpu") or self.device.startswith("cuda"), join(path, "device"),
               self.device, "'auto', 'cpu' or 'cuda[:N]'")
 

@@ -82,6 +82,29 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, images: torch.Tensor, batch_size: int, precision) -> None:
+    """Set every batch norm's running statistics to their average over `images` under the current weights.
+
+    Training-mode forward passes with momentum None (nn.BatchNorm2d's cumulative average), in batches of
+    the training's size and precision, so the statistics are those the network normalizes with while it
+    trains. Uses no random numbers: a resumed run recalibrates to the same bits.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [bn.momentum for bn in norms]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    try:
+        for x in images.split(batch_size):
+            with precision:
+                model(x)
+    finally:
+        for bn, momentum in zip(norms, momenta):
+            bn.momentum = momentum
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision) -> tuple[float, float]:
     """(accuracy, mean firing rate over all ISNM neurons) on images x with labels y, in the training's
     precision (`precision` is its autocast context), so what is measured is the network that trained."""
@@ -180,6 +203,8 @@ def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
         if first_bad.item():
             raise TrainingDiverged(epoch, first_bad.item(), bad_loss.item())
         n = len(data.train_y)
+        if cfg.bn_recalibration:
+            recalibrate_batch_norm(model, data.train_x[:cfg.bn_recalibration], cfg.batch_size, autocast)
         test_acc, spike_rate = evaluate(model, data.test_x, data.test_y, autocast)
         val = {"val_acc": evaluate(model, data.val_x, data.val_y, autocast)[0]} if len(data.val_y) else {}
         # the loops that really ran: a compilation that failed falls back to eager, and says why

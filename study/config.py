@@ -94,9 +94,16 @@ class Table:
     columns: list[str] = field(default_factory=list)  # keys printed on every line after the rows
     split: Optional[str] = None  # one table per value of this key (paper Tables 2 and 3: dataset)
     method: Optional[str] = None  # a constant first "Method" column, e.g. "This work"
-    metric: Literal[METRICS] = "test_acc"
-    paper: dict[str, Any] = field(default_factory=dict)  # published figures, nested by split, rows, columns
+    metric: Union[Literal[METRICS], list[Literal[METRICS]]] = "test_acc"  # several: one table each
+    paper: dict[str, Any] = field(default_factory=dict)  # published figures of the (first) metric, nested by split, rows, columns
     labels: dict[str, str] = field(default_factory=dict)  # printed names of values, e.g. vgg_small: VGG
+
+    def check(self, path: str) -> None:
+        check(len(self.metrics) > 0, join(path, "metric"), self.metric, "a metric or a non-empty list of metrics")
+
+    @property
+    def metrics(self) -> list[str]:
+        return [self.metric] if isinstance(self.metric, str) else list(dict.fromkeys(self.metric))
 
     @property
     def row_keys(self) -> list[str]:

@@ -142,6 +142,10 @@ def number(value: float, metric: str) -> str:
     return f"{value:.2f}" if metric in PERCENT else f"{value:.4f}"
 
 
+def signed(value: float, metric: str) -> str:
+    return f"{value:+.2f}" if metric in PERCENT else f"{value:+.4f}"
+
+
 def cell_text(cell: Cell, metric: str) -> str:
     if not cell.values:
         return DASH
@@ -179,11 +183,11 @@ def label(table: Table, value: Any) -> str:
     return table.labels.get(str(value), str(value))
 
 
-def render_table(cells: list[Cell], table: Table, metric: str, split_value: tuple) -> str:
+def render_table(cells: list[Cell], table: Table, metric: str, split_value: tuple, paper: dict) -> str:
     """One Markdown table in the paper's shape: method?, rows (repeats blank), columns, value, paper, Δ."""
     offset = len(split_value)
     n_rows = len(table.row_keys)
-    has_paper = any(paper_figure(table.paper, c.key) is not None for c in cells)
+    has_paper = any(paper_figure(paper, c.key) is not None for c in cells)
     header = (["Method"] if table.method else []) + [HEADERS.get(k, k) for k in table.row_keys + table.columns]
     header += [METRIC_HEADERS[metric]] + (["Paper (%)", "Δ"] if has_paper else [])
     means = {c.key: mean_std([scaled(v, metric) for v in c.values])[0] for c in cells if c.values}
@@ -203,7 +207,7 @@ def render_table(cells: list[Cell], table: Table, metric: str, split_value: tupl
             value = f"**{value}**"
         line = ([table.method] if table.method else []) + shown + [value]
         if has_paper:
-            figure = paper_figure(table.paper, cell.key)
+            figure = paper_figure(paper, cell.key)
             if figure is None:
                 line += [DASH, DASH]
             else:
@@ -227,8 +231,10 @@ def render_welch(cells: list[Cell], metric: str) -> Optional[str]:
             rows.append([str(cell.key[-1]), DASH, DASH, DASH])
             continue
         diff, low, high, p = welch(reference, values)
-        rows.append([str(cell.key[-1]), f"{diff:+.2f}", f"[{low:+.2f}, {high:+.2f}]", f"{p:.3f}"])
-    header = ["Method", f"Δ vs {first.key[-1]} (pp)", "95% CI (pp)", "p (Welch)"]
+        rows.append([str(cell.key[-1]), signed(diff, metric), f"[{signed(low, metric)}, {signed(high, metric)}]",
+                     f"{p:.3f}"])
+    unit = " (pp)" if metric in PERCENT else ""
+    header = ["Method", f"Δ vs {first.key[-1]}{unit}", f"95% CI{unit}", "p (Welch)"]
     return markdown_table(header, rows)
 
 
@@ -246,31 +252,32 @@ def setting_line(study: Study) -> str:
 
 # ---------------------------------------------------------------- plots
 
-def plot_curves(client, cells: list[Cell], table: Table, metric: str, path: Path) -> None:
-    """Metric per epoch for every line of the table: mean over seeds, band of ± std."""
+def plot_curves(client, cells: list[Cell], table: Table, metrics: list[str], path: Path) -> None:
+    """Each metric per epoch (one panel each) for every line of the table: mean over seeds, band of ± std."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for cell in cells:
-        if not cell.run_ids:
-            continue
-        series = [[m.value for m in sorted(client.get_metric_history(r, metric), key=lambda m: m.step)]
-                  for r in cell.run_ids]
-        length = min(len(s) for s in series)
-        data = np.array([s[:length] for s in series]) * (100 if metric in PERCENT else 1)
-        epochs = np.arange(1, length + 1)
-        mean = data.mean(0)
-        line, = ax.plot(epochs, mean, label=" ".join(label(table, v) for v in cell.key))
-        if len(series) > 1:
-            std = data.std(0, ddof=1)
-            ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(METRIC_HEADERS[metric])
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(7 * len(metrics), 4.2), squeeze=False)
+    for metric, ax in zip(metrics, axes[0]):
+        for cell in cells:
+            if not cell.run_ids:
+                continue
+            series = [[m.value for m in sorted(client.get_metric_history(r, metric), key=lambda m: m.step)]
+                      for r in cell.run_ids]
+            length = min(len(s) for s in series)
+            data = np.array([s[:length] for s in series]) * (100 if metric in PERCENT else 1)
+            epochs = np.arange(1, length + 1)
+            mean = data.mean(0)
+            line, = ax.plot(epochs, mean, label=" ".join(label(table, v) for v in cell.key))
+            if len(series) > 1:
+                std = data.std(0, ddof=1)
+                ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(METRIC_HEADERS[metric])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -377,7 +384,7 @@ def report_study(client, uri: str, name: str, out: Path, metric: Optional[str], 
     runs = mlflow.search_runs([exp.experiment_id])
     children = runs[runs["tags.mlflow.parentRunId"].notna()] if "tags.mlflow.parentRunId" in runs else runs.iloc[0:0]
     table = study.spec.table or Table()
-    metric = metric or table.metric
+    metrics = [metric] if metric else table.metrics
     out.mkdir(parents=True, exist_ok=True)
     parts = [f"# {study.name}", study.spec.description, setting_line(study)]
     plots: list[Path] = []
@@ -385,24 +392,31 @@ def report_study(client, uri: str, name: str, out: Path, metric: Optional[str], 
         parts.append(f"## Leaderboard (ranked by final {study.spec.search.metric}; test accuracy of the final "
                      f"epoch beside it)\n\n" + leaderboard(client, children, study))
     else:
-        cells, counts = table_cells(client, study, children, table, metric, stat)
-        splits = list(dict.fromkeys(c.key[:1] for c in cells)) if table.split else [()]
-        for split_value in splits:
-            mine = [c for c in cells if c.key[:len(split_value)] == split_value]
-            title = f"## {label(table, split_value[0])}\n\n" if split_value else ""
-            parts.append(title + render_table(mine, table, metric, split_value))
-        parts.append(f"{stat.capitalize()} {metric}, mean ± sample std over seeds; n = finished seeds where "
-                     f"fewer than planned; best in bold; Δ = ours − paper. {counts.line()}")
-        if table.keys == ["variant"]:
-            stats = render_welch(cells, metric)
-            if stats:
-                parts.append("### Differences to the first row\n\n" + stats)
+        level = "###" if len(metrics) > 1 else "##"  # with several metrics, a section each above the splits
+        for metric in metrics:
+            cells, counts = table_cells(client, study, children, table, metric, stat)
+            if len(metrics) > 1:
+                parts.append(f"## {METRIC_HEADERS[metric]}")
+            # the published figures are of the table's own (first) metric, never of another one asked for
+            paper = table.paper if metric == table.metrics[0] else {}
+            splits = list(dict.fromkeys(c.key[:1] for c in cells)) if table.split else [()]
+            for split_value in splits:
+                mine = [c for c in cells if c.key[:len(split_value)] == split_value]
+                title = f"{level} {label(table, split_value[0])}\n\n" if split_value else ""
+                parts.append(title + render_table(mine, table, metric, split_value, paper))
+            parts.append(f"{stat.capitalize()} {metric}, mean ± sample std over seeds; n = finished seeds where "
+                         f"fewer than planned; best in bold" + ("; Δ = ours − paper." if paper else "."))
+            if table.keys == ["variant"]:
+                stats = render_welch(cells, metric)
+                if stats:
+                    parts.append("### Differences to the first row\n\n" + stats)
+        parts.append(counts.line())
         curves, schedule = out / f"{study.name}-curves.png", out / f"{study.name}-schedule.png"
         if any(c.run_ids for c in cells):
-            plot_curves(client, cells, table, metric, curves)
+            plot_curves(client, cells, table, metrics, curves)
             plot_schedule(client, cells, schedule)
             plots = [curves, schedule]
-            parts.append(f"![{metric} per epoch]({curves.name})\n\n![surrogate schedule]({schedule.name})")
+            parts.append(f"![{', '.join(metrics)} per epoch]({curves.name})\n\n![surrogate schedule]({schedule.name})")
     text = "\n\n".join(p for p in parts if p) + "\n"
     (out / f"{study.name}.md").write_text(text)
     if write_csv:

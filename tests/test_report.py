@@ -40,7 +40,8 @@ def store(tmp_path, monkeypatch):
         final = outcome if isinstance(outcome, float) else 0.5
         # epoch 1 has the best test_acc, epoch 2 the best val_acc
         for epoch, acc, val in ((1, final + 0.01, final - 0.05), (2, final, final)):
-            log_epoch(client, run, {"epoch": epoch, "test_acc": acc, "val_acc": val, "beta": 5.0, "alpha": 1.0})
+            log_epoch(client, run, {"epoch": epoch, "test_acc": acc, "val_acc": val, "train_loss": 1 - val,
+                                    "beta": 5.0, "alpha": 1.0})
         if outcome != "RUNNING":
             client.set_terminated(run, outcome if outcome in ("FAILED", "KILLED") else "FINISHED")
     client.set_terminated(parent, "FINISHED")
@@ -59,8 +60,9 @@ def test_table_is_exact(store, capsys):
 | C | — | 80.00 | — |
 
 Final test_acc, mean ± sample std over seeds; n = finished seeds where fewer than planned; best in bold; \
-Δ = ours − paper. 6 trials planned: 3 finished, 1 failed, 1 running, 1 interrupted, 0 not run."""
+Δ = ours − paper."""
     assert expected in text
+    assert "\n\n6 trials planned: 3 finished, 1 failed, 1 running, 1 interrupted, 0 not run.\n" in text
     assert "| B | — | — | — |" in text  # one finished seed: no interval
     assert (folder / "reports/tiny_table-curves.png").stat().st_size > 0
     assert "![test_acc per epoch](tiny_table-curves.png)" in text
@@ -108,3 +110,23 @@ def test_welch_agrees_with_scipy(a, b):
 def test_sample_std():
     assert mean_std([90.0, 92.0]) == pytest.approx((91.0, math.sqrt(2)))
     assert math.isnan(mean_std([5.0])[1])
+
+
+def test_several_metrics_are_a_table_each_with_their_differences(store):
+    folder, uri = store
+    path = folder / "tiny_table.yaml"
+    path.write_text(path.read_text().replace("metric: test_acc", "metric: [test_acc, train_loss]"))
+    client = MlflowClient(uri)
+    parent = client.search_runs([client.get_experiment_by_name("tiny_table").experiment_id], "tags.kind = 'study'")[0]
+    client.log_artifact(parent.info.run_id, str(path))  # the report reads the study file the parent run holds
+    assert main(["--tracking-uri", uri, "--out", str(folder / "m")]) == 0
+    text = (folder / "m/tiny_table.md").read_text()
+    accuracy, loss = text.split("## Accuracy (%)")[1].split("## Train loss")
+    assert "| A | 91.00 ± 1.41 | 90.00 | +1.00 |" in accuracy
+    # the paper's figures are accuracies: no Paper column beside the loss
+    assert "| Method | Train loss |\n" in loss and "| A | 0.0900 ± 0.0141 |" in loss
+    assert "| B | **0.0500 (n=1)** |" in loss and "Δ = ours − paper" not in loss
+    for section in (accuracy, loss):
+        assert section.count("### Differences to the first row") == 1
+    assert "| Method | Δ vs A | 95% CI | p (Welch) |" in loss
+    assert "![test_acc, train_loss per epoch](tiny_table-curves.png)" in text
