@@ -205,6 +205,7 @@ class TrainConfig:
     data_dir: str = "./data"
     download: bool = False
     arch: Literal[ARCHS] = "tiny"
+    width: float = 1.0  # every layer's channels times this (1 = the paper's networks; < 1 for a quick look on a CPU)
     timesteps: int = 5
     epochs: int = 10
     batch_size: int = 64
@@ -232,6 +233,7 @@ class TrainConfig:
         for key in ("timesteps", "epochs", "batch_size"):
             check(getattr(self, key) >= 1, join(path, key), getattr(self, key), "an integer >= 1")
         check(self.lr > 0, join(path, "lr"), self.lr, "a number > 0")
+        check(self.width > 0, join(path, "width"), self.width, "a number > 0")
         check(self.weight_decay >= 0, join(path, "weight_decay"), self.weight_decay, "a number >= 0")
         check(0 <= self.validation < 1, join(path, "validation"), self.validation, "a fraction >= 0 and < 1")
         check(self.bn_recalibration >= 0, join(path, "bn_recalibration"), self.bn_recalibration, "an integer >= 0")

@@ -66,11 +66,16 @@ class SpikingBasicBlock(nn.Module):
         return self.neuron(self.branch(spikes) + self.shortcut(spikes))
 
 
-def vgg_small(num_classes: int, in_channels: int, image_size: int, timesteps: int, neuron: dict) -> SpikingNet:
+def channels(base: int, width: float) -> int:
+    return max(1, round(base * width))
+
+
+def vgg_small(num_classes: int, in_channels: int, image_size: int, timesteps: int, neuron: dict,
+              width: float = 1.0) -> SpikingNet:
     # VGG-9 (64 64 M 128 128 M 256 256 256 M) after one conv coding layer, one FC layer (paper 3.1)
-    plan = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M"]
+    plan = [channels(c, width) if c != "M" else c for c in [64, 64, "M", 128, 128, "M", 256, 256, 256, "M"]]
     layers: list[nn.Module] = [ISNM(**neuron)]
-    cin, size = 64, image_size
+    cin, size = channels(64, width), image_size
     for i, item in enumerate(plan):
         if item == "M":
             continue
@@ -78,32 +83,36 @@ def vgg_small(num_classes: int, in_channels: int, image_size: int, timesteps: in
         layers += conv_bn_isnm(cin, item, neuron, pool=pool)
         cin, size = item, size // 2 if pool else size
     head = TimeFolded(nn.Flatten(), nn.Linear(cin * size * size, num_classes))
-    return SpikingNet(image_encoder(in_channels, 64), nn.Sequential(*layers), head, timesteps)
+    return SpikingNet(image_encoder(in_channels, channels(64, width)), nn.Sequential(*layers), head, timesteps)
 
 
-def resnet18(num_classes: int, in_channels: int, image_size: int, timesteps: int, neuron: dict) -> SpikingNet:
+def resnet18(num_classes: int, in_channels: int, image_size: int, timesteps: int, neuron: dict,
+             width: float = 1.0) -> SpikingNet:
     # CIFAR ResNet-18: 3x3 stem as the encoder, BasicBlocks [2, 2, 2, 2]
     layers: list[nn.Module] = [ISNM(**neuron)]
-    cin = 64
-    for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+    cin = channels(64, width)
+    for cout, stride in [(channels(c, width), s) for c, s in [(64, 1), (128, 2), (256, 2), (512, 2)]]:
         layers += [SpikingBasicBlock(cin, cout, stride, neuron), SpikingBasicBlock(cout, cout, 1, neuron)]
         cin = cout
     head = TimeFolded(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
-    return SpikingNet(image_encoder(in_channels, 64), nn.Sequential(*layers), head, timesteps)
+    return SpikingNet(image_encoder(in_channels, channels(64, width)), nn.Sequential(*layers), head, timesteps)
 
 
-def tiny(num_classes: int, in_channels: int, image_size: int, timesteps: int, neuron: dict) -> SpikingNet:
+def tiny(num_classes: int, in_channels: int, image_size: int, timesteps: int, neuron: dict,
+         width: float = 1.0) -> SpikingNet:
     # two conv layers, for 8x8 digits and for tests
-    body = nn.Sequential(ISNM(**neuron), *conv_bn_isnm(32, 64, neuron, pool=True))
-    head = TimeFolded(nn.Flatten(), nn.Linear(64 * (image_size // 2) ** 2, num_classes))
-    return SpikingNet(image_encoder(in_channels, 32), body, head, timesteps)
+    c1, c2 = channels(32, width), channels(64, width)
+    body = nn.Sequential(ISNM(**neuron), *conv_bn_isnm(c1, c2, neuron, pool=True))
+    head = TimeFolded(nn.Flatten(), nn.Linear(c2 * (image_size // 2) ** 2, num_classes))
+    return SpikingNet(image_encoder(in_channels, c1), body, head, timesteps)
 
 
 def build_model(arch: str, num_classes: int, in_channels: int = 3, timesteps: int = 5, tau: float = 2.0,
-                threshold: float = 1.0, reset: str = "hard", image_size: int = 32) -> SpikingNet:
-    """An ISNM network mapping images [B, C, H, W] (H = W = image_size) to logits [B, num_classes]."""
+                threshold: float = 1.0, reset: str = "hard", image_size: int = 32, width: float = 1.0) -> SpikingNet:
+    """An ISNM network mapping images [B, C, H, W] (H = W = image_size) to logits [B, num_classes]; `width`
+    scales every layer's channels (1 = the paper's networks)."""
     builders = {"tiny": tiny, "vgg_small": vgg_small, "resnet18": resnet18}
     if arch not in builders:
         raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
     neuron = {"tau": tau, "threshold": threshold, "reset": reset}
-    return builders[arch](num_classes, in_channels, image_size, timesteps, neuron)
+    return builders[arch](num_classes, in_channels, image_size, timesteps, neuron, width)

@@ -156,7 +156,7 @@ def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
     torch.manual_seed(cfg.seed)
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, device, cfg.validation)
     model = build_model(cfg.arch, data.num_classes, data.in_channels, cfg.timesteps, cfg.neuron.tau,
-                        cfg.neuron.threshold, cfg.neuron.reset, data.image_size).to(device)
+                        cfg.neuron.threshold, cfg.neuron.reset, data.image_size, cfg.width).to(device)
     kernel = resolve_kernel(cfg, device)
     set_kernel(model, kernel)
     cuda = device.type == "cuda"

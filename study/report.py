@@ -232,7 +232,7 @@ def render_welch(cells: list[Cell], metric: str) -> Optional[str]:
             continue
         diff, low, high, p = welch(reference, values)
         rows.append([str(cell.key[-1]), signed(diff, metric), f"[{signed(low, metric)}, {signed(high, metric)}]",
-                     f"{p:.3f}"])
+                     "< 0.001" if p < 0.001 else f"{p:.3f}"])
     unit = " (pp)" if metric in PERCENT else ""
     header = ["Method", f"Δ vs {first.key[-1]}{unit}", f"95% CI{unit}", "p (Welch)"]
     return markdown_table(header, rows)
@@ -245,8 +245,12 @@ def setting_line(study: Study) -> str:
     def values(key: str) -> str:
         return "/".join(str(v) for v in dict.fromkeys(c[key] for c in configs))
 
+    def networks() -> str:
+        return "/".join(dict.fromkeys(c["arch"] + (f" (width {c['width']:g})" if c["width"] != 1 else "")
+                                      for c in configs))
+
     profile = f" with profile `{study.profile}`" if study.profile else ""
-    return (f"Ours{profile}: {values('dataset')}, {values('arch')}, T={values('timesteps')}, "
+    return (f"Ours{profile}: {values('dataset')}, {networks()}, T={values('timesteps')}, "
             f"{values('epochs')} epochs, seeds {', '.join(map(str, study.spec.seeds))}.")
 
 
@@ -399,13 +403,14 @@ def report_study(client, uri: str, name: str, out: Path, metric: Optional[str], 
                 parts.append(f"## {METRIC_HEADERS[metric]}")
             # the published figures are of the table's own (first) metric, never of another one asked for
             paper = table.paper if metric == table.metrics[0] else {}
+            compared = any(paper_figure(paper, c.key) is not None for c in cells)
             splits = list(dict.fromkeys(c.key[:1] for c in cells)) if table.split else [()]
             for split_value in splits:
                 mine = [c for c in cells if c.key[:len(split_value)] == split_value]
                 title = f"{level} {label(table, split_value[0])}\n\n" if split_value else ""
                 parts.append(title + render_table(mine, table, metric, split_value, paper))
             parts.append(f"{stat.capitalize()} {metric}, mean ± sample std over seeds; n = finished seeds where "
-                         f"fewer than planned; best in bold" + ("; Δ = ours − paper." if paper else "."))
+                         f"fewer than planned; best in bold" + ("; Δ = ours − paper." if compared else "."))
             if table.keys == ["variant"]:
                 stats = render_welch(cells, metric)
                 if stats:

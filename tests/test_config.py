@@ -44,6 +44,15 @@ def test_shipped_study_validates(path, profile):
         assert study.base["dataset"].startswith("cifar")
 
 
+def test_the_demo_ablation_is_deep_enough_for_the_surrogate_to_matter():
+    from isnm.models import build_model
+    from isnm.neuron import ISNM
+
+    config = load_study(SHIPPED[[p.stem for p in SHIPPED].index("ablation")], "demo").base
+    model = build_model(config["arch"], 10, 1, image_size=8, width=config["width"])
+    assert sum(isinstance(m, ISNM) for m in model.modules()) >= 5
+
+
 def test_nested_and_dotted_overrides_plan_the_same_trial(tmp_path):
     from study.plan import plan_trials
 

@@ -13,6 +13,9 @@ def test_logits_shape_for_every_arch(arch, timesteps):
     logits = model(torch.randn(2, 3, size, size))
     assert logits.shape == (2, 7)
     logits.sum().backward()
+    for name, p in model.named_parameters():  # the surrogate carries a gradient to every layer
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert model.encoder[0].weight.grad.abs().sum() > 0
 
 
 def test_encoder_runs_once_per_image_not_per_step():
@@ -49,3 +52,18 @@ def test_neuron_settings_reach_every_neuron():
 def test_unknown_arch_lists_the_known_ones():
     with pytest.raises(ValueError, match="vgg_small"):
         build_model("vgg16", 10)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_width_scales_every_layer_and_keeps_the_depth(arch):
+    full, quarter = (build_model(arch, 10, width=w) for w in (1.0, 0.25))
+
+    def out_channels(model):
+        return [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+
+    def neurons(model):
+        return sum(isinstance(m, ISNM) for m in model.modules())
+
+    assert out_channels(quarter) == [c // 4 for c in out_channels(full)]
+    assert neurons(quarter) == neurons(full)
+    assert quarter(torch.randn(2, 3, 32, 32)).shape == (2, 10)
