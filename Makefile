@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The demo study: paper Table 1's four rows x 5 seeds on the digits set, VGG-small at a quarter of its
-# channels (about 3 minutes on 2 cores), then its table from MLflow into reports/ablation.md. Run again, every trial is cached (seconds).
+# channels (about 3 minutes on 2 cores), then its table from MLflow into reports/ablation.md. Run again,
+# every trial is cached (seconds).
 demo: venv
 	$(PY) -m study.run search_spaces/ablation.yaml --profile demo
 	$(PY) -m study.report ablation
