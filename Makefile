@@ -4,15 +4,23 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv
+.PHONY: demo test venv constraints
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the version the tests passed with; pyproject.toml keeps ranges.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# After an upgrade in .venv that passed `make test`: its versions become the tested ones.
+constraints:
+	{ echo '# Every package `make venv` installs, at the version `make test` passed with. Made by `make constraints`'; \
+	  echo '# (pip freeze --exclude-editable of .venv): rerun it after an upgrade in .venv that passed `make test`.'; \
+	  $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 # The demo study: paper Table 1's four rows x 5 seeds on the digits set, VGG-small at a quarter of its
 # channels (about 3 minutes on 2 cores), then its table from MLflow into reports/ablation.md. Run again,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import hashlib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -248,3 +250,14 @@ def parse_config(config: dict, path: str = "") -> TrainConfig:
 
 def default_config() -> dict:
     return to_dict(TrainConfig())
+
+
+# Where the data lives and whether it may be fetched do not change a result, so they are not hashed.
+UNHASHED_KEYS = ("data_dir", "download")
+
+
+def config_hash(config: dict) -> str:
+    """12 hex digits identifying what a training run computes, stable across files and machines."""
+    payload = {k: v for k, v in config.items() if k not in UNHASHED_KEYS}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

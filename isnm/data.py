@@ -6,11 +6,12 @@ cifar10 and cifar100 are read from CIFAR's "python version" files under `data_di
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import pickle
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 import torch
@@ -36,6 +37,28 @@ CIFAR = {
 
 class DataError(Exception):
     """A data set cannot be found or read; the message says where it was looked for and what to do."""
+
+
+# Every global CIFAR's batch files name: numpy's array reconstructor (under numpy 1's module name, as in
+# the official files, and numpy 2's, as in files written with numpy 2), ndarray and dtype. Their labels,
+# file names and keys are builtin lists, ints and bytes, which name no global.
+CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                 ("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Reads a CIFAR batch file, refusing any global beyond CIFAR_GLOBALS: a pickle names the callables
+    it runs while loading, so a file planted in data_dir could otherwise run any code."""
+
+    def __init__(self, file: BinaryIO, path: Path):
+        super().__init__(file, encoding="bytes")  # Python 2's str, which CIFAR's keys are, as bytes
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in CIFAR_GLOBALS:
+            raise DataError(f"{self.path}: refusing to load {module + '.' + name!r} from a CIFAR file: it may run "
+                            f"code; delete the file and download again")  # repr: a planted name may hold newlines
+        return super().find_class(module, name)
 
 
 @dataclass
@@ -93,7 +116,7 @@ def read_cifar_files(folder: Path, names: list[str], label_key: bytes) -> tuple[
     xs, ys = [], []
     for name in names:
         with open(folder / name, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")  # CIFAR's own format; files from the official archive
+            batch = CifarUnpickler(f, folder / name).load()
         xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         ys.append(np.asarray(batch[label_key], dtype=np.int64))
     return np.concatenate(xs), np.concatenate(ys)
@@ -226,3 +249,13 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[tuple
     """(x, y) in order, `batch_size` at a time: for evaluation."""
     for start in range(0, len(y), batch_size):
         yield x[start:start + batch_size], y[start:start + batch_size]
+
+
+def fingerprint(data: Dataset) -> str:
+    """16 hex digits of SHA-256 over every tensor of the data set as loaded (images after normalization, labels,
+    in split order): a changed CIFAR copy, digits split or normalization gives another fingerprint."""
+    digest = hashlib.sha256()
+    for tensor in (data.train_x, data.train_y, data.val_x, data.val_y, data.test_x, data.test_y):
+        digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -15,8 +15,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from isnm.config import ConfigError, SurrogateConfig, TrainConfig, merged, nested, parse_config
-from isnm.data import CIFAR, DataError, batches, check_cifar, load_dataset, train_batches
+from isnm.config import ConfigError, SurrogateConfig, TrainConfig, config_hash, merged, nested, parse_config, to_dict
+from isnm.data import CIFAR, DataError, batches, check_cifar, fingerprint, load_dataset, train_batches
 from isnm.models import build_model
 from isnm.neuron import ISNM, kernel_fallback, set_kernel, set_surrogate
 from isnm.surrogate import alpha_for, beta_at
@@ -144,17 +144,20 @@ def restore_rng(state: dict, generator: torch.Generator) -> None:
 
 
 def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
-          resume_state: dict | None = None) -> dict:
+          resume_state: dict | None = None, last_epoch: int | None = None) -> dict:
     """Train one ISNM network; returns the last epoch's metrics.
 
     `on_epoch(metrics, state)` runs after every epoch; `state` (model, optimizer, epoch, RNG states)
     is a copy that `resume_state` accepts, and resuming from it reproduces the uninterrupted run.
+    `last_epoch` stops after that epoch, on the schedule of the config's `epochs` (a reproduction of a
+    run's first epochs). Metrics include `data_fingerprint` (isnm.data.fingerprint).
     Raises ConfigError (bad config), DataError (data set missing) or TrainingDiverged.
     """
     cfg = parse_config(config)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, device, cfg.validation)
+    data_fingerprint = fingerprint(data)
     model = build_model(cfg.arch, data.num_classes, data.in_channels, cfg.timesteps, cfg.neuron.tau,
                         cfg.neuron.threshold, cfg.neuron.reset, data.image_size, cfg.width).to(device)
     kernel = resolve_kernel(cfg, device)
@@ -178,7 +181,7 @@ def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
         start = resume_state["epoch"]
     loss_fn = nn.CrossEntropyLoss()
     metrics: dict = {}
-    for epoch in range(start + 1, cfg.epochs + 1):
+    for epoch in range(start + 1, min(cfg.epochs, last_epoch or cfg.epochs) + 1):
         began = time.perf_counter()
         alpha, beta = surrogate_at(cfg.surrogate, epoch - 1, cfg.epochs)
         set_surrogate(model, alpha, beta)
@@ -211,7 +214,8 @@ def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
         ran = {"kernel": "eager", "kernel_fallback": kernel_fallback()} if kernel_fallback() else {"kernel": kernel}
         metrics = {"epoch": epoch, "train_loss": loss_sum.item() / n, "train_acc": correct.item() / n, **val,
                    "test_acc": test_acc, "beta": beta, "alpha": alpha,
-                   "epoch_seconds": time.perf_counter() - began, "spike_rate": spike_rate, **ran}
+                   "epoch_seconds": time.perf_counter() - began, "spike_rate": spike_rate, **ran,
+                   "data_fingerprint": data_fingerprint}
         if on_epoch is not None:
             state = {"model": copy.deepcopy(model.state_dict()),
                      "optimizer": copy.deepcopy(optimizer.state_dict()),
@@ -230,12 +234,36 @@ def value_of(text: str) -> Any:
         return text
 
 
+def config_file(path: str) -> dict:
+    """A training config from a YAML file (a study run's config.yaml artifact is one); raises ConfigError."""
+    import yaml  # only this command reads YAML; the library takes plain dicts
+
+    try:
+        with open(path) as file:
+            data = yaml.safe_load(file)
+    except OSError as exc:
+        raise ConfigError("", f"cannot read it: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError("", f"not YAML{where}: {getattr(exc, 'problem', None) or type(exc).__name__}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("", f"holds {type(data).__name__}, expected a mapping of config keys")
+    parse_config(data)
+    return data
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m isnm.train", description="Train one ISNM network.")
+    parser.add_argument("--config", metavar="FILE.yaml", help="start from this config (e.g. a run's config.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, dotted keys, e.g. --set surrogate.schedule=fixed")
+                        help="config override on top of --config, dotted keys, e.g. --set surrogate.schedule=fixed")
     args = parser.parse_args(argv)
-    config: dict = {}
+    try:
+        config = config_file(args.config) if args.config else {}
+    except ConfigError as exc:
+        print(f"error: {args.config}: {exc}", file=sys.stderr)
+        return 2
     try:
         for item in args.set:
             key, sep, text = item.partition("=")
@@ -247,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --set {exc}", file=sys.stderr)
         return 2
     print(f"training {cfg.arch} on {cfg.dataset}, T={cfg.timesteps}, {cfg.epochs} epochs, "
-          f"surrogate {cfg.surrogate.schedule}, reset {cfg.neuron.reset}")
+          f"surrogate {cfg.surrogate.schedule}, reset {cfg.neuron.reset}; config_hash {config_hash(to_dict(cfg))}")
 
     def progress(metrics: dict, state: dict) -> None:
         done = metrics["epoch"]

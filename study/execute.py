@@ -1,6 +1,7 @@
 """Trials on Ray Tune: one trainable that calls `isnm.train.train` and reports every epoch."""
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import socket
@@ -13,14 +14,17 @@ import ray
 import torch
 from ray import tune
 
-from isnm.train import TrainingDiverged, train
+from isnm.config import parse_config
+from isnm.train import TrainingDiverged, resolve_device, train
 from study.cli import first_line
 from study.config import Study, StudyError, with_overrides
 from study.plan import SEARCH_VARIANT, Trial, cell_label, config_hash, search_base
+from study.provenance import environment
 from study.storage import Experiment
 from study.tracking import STATE_FILE
 
-TESTED_RAY = "2.60"  # the Ray whose private Tuner attribute build_tuner sets (see there)
+TESTED_RAY = "2.60"  # the Ray whose private Tuner attribute replace_callbacks sets (see there)
+
 
 class TrialBook:
     """Maps a Tune trial's config (a planned trial's name, or a search sample) to the trial it is.
@@ -89,6 +93,8 @@ def trainable(tune_config: dict, book: TrialBook) -> None:
             where["checkpoint_note"] = note
 
     def report(metrics: dict, state: dict) -> None:
+        if "environment" not in where:  # read once training has set its threads and backends up
+            where["environment"] = json.dumps(environment(str(resolve_device(parse_config(config).device))))
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, Path(folder) / STATE_FILE)
             tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(folder))
@@ -215,6 +221,22 @@ def resumable(experiment: Experiment, to_run: list[Trial], search: bool) -> tupl
     return True, ""
 
 
+def replace_callbacks(tuner: tune.Tuner, callbacks: list) -> None:
+    """Restore unpickles the callbacks of the interrupted driver; this invocation's tracker (its own parent
+    run) replaces them. Ray offers no public setter for this (ray-project/ray#41364), so this is the one place
+    that reaches into the Tuner's private parts, and a Ray that changed them ends in one line saying so."""
+    try:
+        local = tuner._local_tuner
+        local.get_run_config().callbacks = callbacks
+        took = local.get_run_config().callbacks is callbacks  # a Ray that hands out a copy would drop them silently
+    except AttributeError:
+        took = False
+    if not took:
+        raise StudyError(f"this Ray ({ray.__version__}) no longer lets a restored Tuner's callbacks be replaced "
+                         f"through Tuner._local_tuner.get_run_config(), which resuming needs (tested with Ray "
+                         f"{TESTED_RAY}); run with --fresh, or install the tested versions with `make venv`")
+
+
 def build_tuner(study: Study, to_run: list[Trial], book: TrialBook, experiment: Experiment, callbacks: list,
                 max_concurrent: Optional[int], resume: bool) -> tune.Tuner:
     """The restored Tuner of this plan's interrupted experiment, or a new one over `to_run`."""
@@ -227,13 +249,7 @@ def build_tuner(study: Study, to_run: list[Trial], book: TrialBook, experiment: 
             raise StudyError(f"cannot resume the Ray experiment {experiment.uri} ({type(exc).__name__}: "
                              f"{first_line(str(exc))}); "
                              f"run again with --fresh to start it over (the old folder is kept aside)") from None
-        # Restore unpickles the callbacks of the interrupted driver; this invocation's tracker (its own
-        # parent run) replaces them. Ray offers no public setter for this (ray-project/ray#41364).
-        local = getattr(tuner, "_local_tuner", None)
-        if local is None or not hasattr(local, "get_run_config"):
-            raise StudyError(f"this Ray ({ray.__version__}) lacks Tuner._local_tuner.get_run_config, which resuming "
-                             f"needs (tested with Ray {TESTED_RAY}); run with --fresh or install ray=={TESTED_RAY}.*")
-        local.get_run_config().callbacks = callbacks
+        replace_callbacks(tuner, callbacks)
         return tuner
     if experiment.exists():  # an earlier, finished or abandoned, experiment of this plan: keep it aside
         experiment.set_aside()

@@ -4,19 +4,15 @@ Pure: no Ray, no MLflow, so `--dry-run` and the tests see exactly what would run
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from isnm.config import config_hash
 from study.config import Study, StudyError, flat, with_overrides
 
 SEARCH_VARIANT = "search"  # the variant tag of every trial a search samples
-
-# Where the data lives and whether it may be fetched do not change a result, so they are not hashed.
-UNHASHED_KEYS = ("data_dir", "download")
 
 
 @dataclass(frozen=True)
@@ -31,13 +27,6 @@ class Trial:
     def as_dict(self) -> dict:
         return {"name": self.name, "variant": self.variant, "overrides": self.overrides, "seed": self.seed,
                 "config": self.config, "config_hash": self.config_hash}
-
-
-def config_hash(config: dict) -> str:
-    """12 hex digits identifying what a training run computes, stable across files and machines."""
-    payload = {k: v for k, v in config.items() if k not in UNHASHED_KEYS}
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def with_absolute_data_dir(config: dict) -> dict:

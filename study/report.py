@@ -6,6 +6,7 @@ from `mlflow.search_runs`. Each cell is the mean ± sample std over seeds of one
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import sys
 import tempfile
@@ -54,13 +55,32 @@ def welch(a: list[float], b: list[float]) -> tuple[float, float, float, float]:
 
 # ---------------------------------------------------------------- runs
 
+@dataclass(frozen=True)
+class Source:
+    """One run a cell's number comes from, and what it was made with."""
+    run_id: str
+    variant: str
+    seed: int
+    config_hash: str
+    git_commit: str  # 7 hex digits, "+dirty" when trained from uncommitted changes
+    torch: str
+    device: str
+    value: float
+
+
 @dataclass
 class Cell:
     key: tuple  # values of the table's keys (split, rows, columns)
     planned: int = 0
-    values: list[float] = field(default_factory=list)  # one per finished seed
-    run_ids: list[str] = field(default_factory=list)
-    variants: set = field(default_factory=set)
+    sources: list[Source] = field(default_factory=list)  # one per finished seed
+
+    @property
+    def values(self) -> list[float]:
+        return [s.value for s in self.sources]
+
+    @property
+    def run_ids(self) -> list[str]:
+        return [s.run_id for s in self.sources]
 
 
 @dataclass
@@ -100,6 +120,17 @@ def metric_value(client, run: pd.Series, metric: str, stat: str, maximize: bool)
     return test[chosen]
 
 
+def tag(run: pd.Series, key: str) -> str:
+    value = run.get(f"tags.{key}")
+    return "unknown" if value is None or pd.isna(value) else str(value)
+
+
+def source_of(run: pd.Series, trial: Trial, value: float) -> Source:
+    commit = tag(run, "git_commit")[:7] + ("+dirty" if tag(run, "git_dirty") == "true" else "")
+    return Source(run["run_id"], trial.variant, trial.seed, trial.config_hash, commit, tag(run, "env.torch"),
+                  tag(run, "env.device"), value)
+
+
 def trial_status(runs: pd.DataFrame) -> tuple[str, Optional[pd.Series]]:
     """A trial's state from its runs (any invocation): the newest FINISHED run wins."""
     if runs.empty:
@@ -121,14 +152,12 @@ def table_cells(client, study: Study, children: pd.DataFrame, table: Table, metr
         key = tuple(key_value(trial, k) for k in table.keys)
         cell = cells.setdefault(key, Cell(key))
         cell.planned += 1
-        cell.variants.add(trial.variant)
         counts.planned += 1
         runs = children[children["tags.config_hash"] == trial.config_hash] if not children.empty else children
         status, run = trial_status(runs)
         setattr(counts, status, getattr(counts, status) + 1)
         if run is not None and status == "finished" and not pd.isna(run.get(f"metrics.{metric}")):
-            cell.values.append(metric_value(client, run, metric, stat, maximize))
-            cell.run_ids.append(run["run_id"])
+            cell.sources.append(source_of(run, trial, metric_value(client, run, metric, stat, maximize)))
     return list(cells.values()), counts
 
 
@@ -254,6 +283,46 @@ def setting_line(study: Study) -> str:
             f"{values('epochs')} epochs, seeds {', '.join(map(str, study.spec.seeds))}.")
 
 
+# ---------------------------------------------------------------- provenance
+
+def counted(values: list[str]) -> str:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return ", ".join(f"{value} ({n} runs)" if len(counts) > 1 else value for value, n in counts.items())
+
+
+def provenance_line(cells: list[Cell], sidecar: str) -> str:
+    """Where the numbers come from: commits, torch versions and devices of the runs used, flagged when mixed."""
+    sources = [s for c in cells for s in c.sources]
+    if not sources:
+        return ""
+    commits = {s.git_commit for s in sources}
+    mixed = f"**cells come from {len(commits)} commits**: " if len(commits) > 1 else "commit "
+    return (f"Provenance: {len(sources)} runs; {mixed}{counted([s.git_commit for s in sources])}; torch "
+            f"{counted([s.torch for s in sources])}; {counted([s.device for s in sources])}. Each run, its id and "
+            f"config hash: `{sidecar}` (re-train one with `python -m study.reproduce RUN_ID`).")
+
+
+def write_sources(path: Path, table: Table, by_metric: dict[str, list[Cell]]) -> None:
+    """`<study>.runs.csv`: one line per run the report used (cell, variant, seed, run id, config hash, commit,
+    torch, device) and its value of each reported metric."""
+    rows: dict[str, dict] = {}
+    for metric, cells in by_metric.items():
+        for cell in cells:
+            for source in cell.sources:
+                row = rows.setdefault(source.run_id, {
+                    "cell": " / ".join(label(table, v) for v in cell.key), "variant": source.variant,
+                    "seed": source.seed, "run_id": source.run_id, "config_hash": source.config_hash,
+                    "git_commit": source.git_commit, "torch": source.torch, "device": source.device})
+                row[metric] = source.value
+    columns = ["cell", "variant", "seed", "run_id", "config_hash", "git_commit", "torch", "device", *by_metric]
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, columns)
+        writer.writeheader()
+        writer.writerows(rows.values())
+
+
 # ---------------------------------------------------------------- plots
 
 def plot_curves(client, cells: list[Cell], table: Table, metrics: list[str], path: Path) -> None:
@@ -296,13 +365,13 @@ def plot_schedule(client, cells: list[Cell], path: Path) -> None:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
     seen = set()
     for cell in cells:
-        for variant, run_id in zip(sorted(cell.variants), cell.run_ids):
-            if variant in seen:
+        for source in cell.sources:
+            if source.variant in seen:
                 continue
-            seen.add(variant)
+            seen.add(source.variant)
             for ax, key in ((top, "beta"), (bottom, "alpha")):
-                history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
-                ax.plot([m.step for m in history], [m.value for m in history], marker=".", label=variant)
+                history = sorted(client.get_metric_history(source.run_id, key), key=lambda m: m.step)
+                ax.plot([m.step for m in history], [m.value for m in history], marker=".", label=source.variant)
     top.set_ylabel("beta (eq. 7)")
     top.set_yscale("log")
     bottom.set_ylabel("alpha (eq. 8)")
@@ -346,10 +415,6 @@ def leaderboard(client, children: pd.DataFrame, study: Study) -> str:
 
 
 # ---------------------------------------------------------------- the command
-
-def sqlite_path(uri: str) -> Optional[Path]:
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-
 
 def study_names(client) -> list[str]:
     """Studies in the store: experiments with at least one parent run of study.run."""
@@ -397,8 +462,10 @@ def report_study(client, uri: str, name: str, out: Path, metric: Optional[str], 
                      f"epoch beside it)\n\n" + leaderboard(client, children, study))
     else:
         level = "###" if len(metrics) > 1 else "##"  # with several metrics, a section each above the splits
+        by_metric: dict[str, list[Cell]] = {}
         for metric in metrics:
             cells, counts = table_cells(client, study, children, table, metric, stat)
+            by_metric[metric] = cells
             if len(metrics) > 1:
                 parts.append(f"## {METRIC_HEADERS[metric]}")
             # the published figures are of the table's own (first) metric, never of another one asked for
@@ -416,6 +483,9 @@ def report_study(client, uri: str, name: str, out: Path, metric: Optional[str], 
                 if stats:
                     parts.append("### Differences to the first row\n\n" + stats)
         parts.append(counts.line())
+        sidecar = out / f"{study.name}.runs.csv"
+        write_sources(sidecar, table, by_metric)
+        parts.append(provenance_line(cells, sidecar.name))
         curves, schedule = out / f"{study.name}-curves.png", out / f"{study.name}-schedule.png"
         if any(c.run_ids for c in cells):
             plot_curves(client, cells, table, metrics, curves)
@@ -444,17 +514,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import os
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from mlflow.tracking import MlflowClient
-
-    from study.tracking import tracking_uri
+    from study.tracking import read_client, tracking_uri
 
     uri = tracking_uri(args.tracking_uri)
     try:
-        db = sqlite_path(uri)
-        if db is not None and not db.is_file():
-            raise StudyError(f"no MLflow store at {db.resolve()}; run `python -m study.run FILE` first, "
-                             f"or pass --tracking-uri")
-        client = MlflowClient(uri)
+        client = read_client(uri)
         names = args.studies or study_names(client)
         if not names:
             raise StudyError(f"no studies in {uri}; run `python -m study.run FILE` first")

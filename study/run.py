@@ -12,6 +12,7 @@ from typing import Optional
 from study.cli import first_line, last_line, user_error_exit
 from study.config import Study, StudyError, load_study
 from study.plan import Trial, plan_trials, trial_table
+from study.provenance import CodeState, code_state
 from study.storage import Experiment, experiment_for
 
 
@@ -163,6 +164,27 @@ def fit_failure(exc: BaseException, experiment: Experiment) -> Optional[StudyErr
                       f"once the store works, run the same command again to resume")
 
 
+def warn_if_dirty(code: CodeState) -> None:
+    if code.dirty:
+        print(f"warning: the working tree has uncommitted changes (on {code.commit[:7]}); each run records them "
+              f"(tag git_dirty, artifact code.diff), but a number from them is hard to trace: commit first",
+              file=sys.stderr)
+
+
+def warn_if_cached_elsewhere(code: CodeState, sources: list) -> None:
+    """Cached results trained by other code than this tree's: say so, since the table will mix them."""
+    others: dict[str, int] = {}
+    for run in sources:
+        commit, dirty = run.data.tags.get("git_commit", "unknown"), run.data.tags.get("git_dirty") == "true"
+        if commit != code.commit or dirty or code.dirty:
+            label = commit[:7] + ("+dirty" if dirty else "")
+            others[label] = others.get(label, 0) + 1
+    if others:
+        where = ", ".join(f"{label}: {n}" for label, n in others.items())
+        print(f"warning: {sum(others.values())} cached trial(s) were trained by other code than this tree "
+              f"({code.short}): {where}; --rerun trains them again with it", file=sys.stderr)
+
+
 def run(study: Study, trials: list[Trial], args: argparse.Namespace, address: Optional[str], experiment: Experiment,
         interrupts: Interrupts) -> int:
     """Open the store, start this invocation's parent run, run the trials; the parent run ends KILLED,
@@ -173,25 +195,26 @@ def run(study: Study, trials: list[Trial], args: argparse.Namespace, address: Op
     uri = tracking.tracking_uri(args.tracking_uri)
     with interrupts.deferred():
         client, exp_id = tracking.open_store(uri, study.name)
-    commit = tracking.git_commit()
+    code = code_state()
+    warn_if_dirty(code)
     closed = tracking.close_dangling_runs(client, exp_id, experiment.uri)
     if closed:
         print(f"closed {closed} run(s) left RUNNING by an interrupted driver")
-    parent = tracking.start_parent_run(client, exp_id, study, commit, experiment.uri)
+    parent = tracking.start_parent_run(client, exp_id, study, code, experiment.uri)
     try:
-        code = run_trials(study, trials, args, address, interrupts, client, exp_id, parent, commit, uri, experiment)
+        status = run_trials(study, trials, args, address, interrupts, client, exp_id, parent, code, uri, experiment)
     except BaseException as exc:
         try:  # best effort: the store itself may be what failed
             client.set_terminated(parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         except Exception:
             pass
         raise
-    client.set_terminated(parent, {0: "FINISHED", 130: "KILLED"}.get(code, "FAILED"))
-    return code
+    client.set_terminated(parent, {0: "FINISHED", 130: "KILLED"}.get(status, "FAILED"))
+    return status
 
 
 def run_trials(study: Study, trials: list[Trial], args: argparse.Namespace, address: Optional[str],
-               interrupts: Interrupts, client, exp_id: str, parent: str, commit: str, uri: str,
+               interrupts: Interrupts, client, exp_id: str, parent: str, code: CodeState, uri: str,
                experiment: Experiment) -> int:
     """Cached trials copied, the rest run on Ray Tune; prints the summary; returns the exit code."""
     import ray
@@ -199,10 +222,11 @@ def run_trials(study: Study, trials: list[Trial], args: argparse.Namespace, addr
     from study import execute, tracking
 
     cached = {} if args.rerun else tracking.finished_runs(client, {t.config_hash for t in trials})
+    warn_if_cached_elsewhere(code, [cached[t.config_hash] for t in trials if t.config_hash in cached])
     for trial in trials:
         source = cached.get(trial.config_hash)
         if source is not None and source.info.experiment_id != exp_id:
-            tracking.copy_cached_run(client, source, exp_id, parent, study.name, trial.as_dict(), commit)
+            tracking.copy_cached_run(client, source, exp_id, parent, study.name, trial.as_dict())
     to_run = [t for t in trials if t.config_hash not in cached]
     rows = {t.name: (t.name, "cached" if t.config_hash in cached else "not started", "-") for t in trials}
     began = time.perf_counter()
@@ -212,7 +236,7 @@ def run_trials(study: Study, trials: list[Trial], args: argparse.Namespace, addr
             experiment, to_run, study.spec.search is not None)
         if why_not:
             print(why_not)
-        tracker = tracking.MlflowTracker(uri, exp_id, parent, study, commit, book.describe, experiment.uri)
+        tracker = tracking.MlflowTracker(uri, exp_id, parent, study, code, book.describe, experiment.uri)
         try:
             with interrupts.deferred():  # cut inside ray.init, Ray is left half started and the driver crashes at exit
                 execute.start_ray(address, study.spec.resources)
@@ -259,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_concurrent is not None and args.max_concurrent < 1:
             raise StudyError(f"--max-concurrent: got {args.max_concurrent}, expected an integer >= 1")
         if args.dry_run:
+            warn_if_dirty(code_state())
             if trials:
                 print(f"{study.name}: {len(trials)} trials\n{trial_table(trials)}")
             else:

@@ -5,21 +5,23 @@ that is restored after the driver died, keeps one MLflow run with each epoch log
 """
 from __future__ import annotations
 
+import json
 import math
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+import yaml
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback, Checkpoint
 
 from study.cli import first_line, last_line, redacted
 from study.config import METRICS, Study, StudyError, flat
+from study.provenance import CONFIG_ARTIFACT, DIFF_ARTIFACT, ENVIRONMENT_PREFIX, CodeState, environment_tags
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT = "mlflow.parentRunId"
@@ -31,6 +33,20 @@ STATE_FILE = "state.pt"  # the trial checkpoint: model, optimizer, epoch and RNG
 def tracking_uri(cli_value: Optional[str]) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory."""
     return cli_value or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def sqlite_path(uri: str) -> Optional[Path]:
+    """The database file of a `sqlite:///` store, None for any other kind."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def read_client(uri: str) -> MlflowClient:
+    """A client for reading a store that must already hold runs; a sqlite file that is not there is one line
+    (MLflow would create an empty one)."""
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise StudyError(f"no MLflow store at {db.resolve()}; run `python -m study.run FILE` first, or pass --tracking-uri")
+    return MlflowClient(uri)
 
 
 def ui_command(uri: str) -> str:
@@ -57,42 +73,49 @@ def open_store(uri: str, study_name: str) -> tuple[MlflowClient, str]:
                          f"{first_line(str(exc))}); check --tracking-uri or MLFLOW_TRACKING_URI") from None
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
-
-
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     """The study's MLflow experiment, made on first use; artifacts sit beside a sqlite store."""
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = None
-    if uri.startswith("sqlite:///"):
-        location = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts" / name).as_uri()
+    db = sqlite_path(uri)
+    location = (db.resolve().parent / "mlartifacts" / name).as_uri() if db is not None else None
     return client.create_experiment(name, artifact_location=location)
 
 
-def start_parent_run(client: MlflowClient, exp_id: str, study: Study, commit: str, ray_path: str) -> str:
-    tags = {"kind": "study", "study": study.name, "profile": study.profile or "", "git_commit": commit,
+def code_tags(code: CodeState) -> dict[str, str]:
+    return {"git_commit": code.commit, "git_dirty": str(code.dirty).lower()}
+
+
+def log_text(client: MlflowClient, run_id: str, name: str, text: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(text)
+        client.log_artifact(run_id, str(path))
+
+
+def start_parent_run(client: MlflowClient, exp_id: str, study: Study, code: CodeState, ray_path: str) -> str:
+    tags = {"kind": "study", "study": study.name, "profile": study.profile or "", **code_tags(code),
             "ray_experiment": ray_path, "mlflow.note.content": study.spec.description}
     run = client.create_run(exp_id, run_name=f"{study.name} {time.strftime('%Y-%m-%d %H:%M:%S')}", tags=tags)
     client.log_artifact(run.info.run_id, study.path)
+    if code.dirty:
+        log_text(client, run.info.run_id, DIFF_ARTIFACT, code.diff)
     return run.info.run_id
 
 
-def create_trial_run(client: MlflowClient, exp_id: str, parent_id: str, study_name: str, info: dict, commit: str,
+def create_trial_run(client: MlflowClient, exp_id: str, parent_id: str, study_name: str, info: dict, code: CodeState,
                      extra_tags: dict | None = None) -> str:
-    """A child run for one trial (`info` as from TrialBook.describe): readable name, tags, flat params."""
+    """A child run for one trial (`info` as from TrialBook.describe): readable name, tags, flat params, the
+    config as `config.yaml` (what `python -m isnm.train --config` takes) and, from a dirty tree, its diff."""
     tags = {PARENT: parent_id, "kind": "trial", "study": study_name, "variant": info["variant"], "seed": str(info["seed"]),
-            "config_hash": info["config_hash"], "git_commit": commit, **(extra_tags or {})}
+            "config_hash": info["config_hash"], **code_tags(code), **(extra_tags or {})}
     run_id = client.create_run(exp_id, run_name=info["name"], tags=tags).info.run_id
     params = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flat(info["config"]).items()]
     client.log_batch(run_id, params=params)
+    log_text(client, run_id, CONFIG_ARTIFACT, yaml.safe_dump(info["config"], sort_keys=False))
+    if code.dirty:
+        log_text(client, run_id, DIFF_ARTIFACT, code.diff)
     return run_id
 
 
@@ -132,11 +155,23 @@ def finished_runs(client: MlflowClient, hashes: set[str]) -> dict[str, object]:
     return found
 
 
-def copy_cached_run(client: MlflowClient, source, exp_id: str, parent_id: str, study_name: str, info: dict,
-                    commit: str) -> str:
-    """A FINISHED child run in this study holding another study's result for the same config hash."""
-    run_id = create_trial_run(client, exp_id, parent_id, study_name, info, commit,
-                              {"cached_from": source.info.run_id})
+def source_code(client: MlflowClient, run) -> CodeState:
+    """The code a finished run was trained with, as its tags and diff artifact record it."""
+    dirty = run.data.tags.get("git_dirty") == "true"
+    diff = ""
+    if dirty:
+        with tempfile.TemporaryDirectory() as tmp:
+            diff = Path(client.download_artifacts(run.info.run_id, DIFF_ARTIFACT, tmp)).read_text()
+    return CodeState(run.data.tags.get("git_commit", "unknown"), dirty, diff)
+
+
+def copy_cached_run(client: MlflowClient, source, exp_id: str, parent_id: str, study_name: str, info: dict) -> str:
+    """A FINISHED child run in this study holding another study's result for the same config hash, with the
+    source's provenance (code, environment, data, kernel): its numbers come from there, not from this tree."""
+    kept = {k: v for k, v in source.data.tags.items()
+            if k.startswith(ENVIRONMENT_PREFIX) or k in ("data_fingerprint", "kernel", "kernel_fallback", "ray_node")}
+    run_id = create_trial_run(client, exp_id, parent_id, study_name, info, source_code(client, source),
+                              {"cached_from": source.info.run_id, **kept})
     metrics = [m for key in source.data.metrics for m in client.get_metric_history(source.info.run_id, key)]
     for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics a batch
         client.log_batch(run_id, metrics=metrics[start:start + 1000])
@@ -158,10 +193,10 @@ class MlflowTracker(Callback):
     by an interrupt keeps its epochs so far, ends KILLED, and continues in the same run on a rerun.
     """
 
-    def __init__(self, uri: str, exp_id: str, parent_id: str, study: Study, commit: str,
+    def __init__(self, uri: str, exp_id: str, parent_id: str, study: Study, code: CodeState,
                  describe: Callable[[dict], dict], ray_path: str):
         self.uri, self.exp_id, self.parent_id = uri, exp_id, parent_id
-        self.study, self.commit, self.describe, self.ray_path = study, commit, describe, ray_path
+        self.study, self.code, self.describe, self.ray_path = study, code, describe, ray_path
         self.client: Optional[MlflowClient] = None
         self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
         self.logged: dict[str, set[int]] = {}  # MLflow run id -> epochs logged
@@ -172,6 +207,7 @@ class MlflowTracker(Callback):
         self.done: set[str] = set()  # Ray trial ids whose run was already FINISHED before this driver
         self.configs: dict[str, dict] = {}  # Ray trial id -> its Tune config
         self.kernels: dict[str, dict] = {}  # MLflow run id -> its kernel tags as last set
+        self.environments: dict[str, str] = {}  # MLflow run id -> the environment (JSON) its tags hold
 
     def setup(self, **info) -> None:
         self.client = MlflowClient(self.uri)
@@ -195,7 +231,7 @@ class MlflowTracker(Callback):
         else:
             extra = {"ray_trial_id": trial_id, "ray_experiment": self.ray_path, "profile": self.study.profile or ""}
             run_id = create_trial_run(self.client, self.exp_id, self.parent_id, self.study.name,
-                                      self.describe(tune_config), self.commit, extra)
+                                      self.describe(tune_config), self.code, extra)
         self.logged[run_id] = {m.step for m in self.client.get_metric_history(run_id, "test_acc")} if existing else set()
         self.nodes[run_id] = (existing[0].data.tags.get("ray_nodes", "").split(", ")
                               if existing and existing[0].data.tags.get("ray_nodes") else [])
@@ -224,6 +260,7 @@ class MlflowTracker(Callback):
             return
         self.note_node(run_id, result)
         self.note_kernel(run_id, result)
+        self.note_environment(run_id, result)
         if result.get("checkpoint_note"):
             self.client.set_tag(run_id, "checkpoint_fallback", str(result["checkpoint_note"])[:5000])
         if result.get("diverged"):
@@ -259,6 +296,18 @@ class MlflowTracker(Callback):
             tags["kernel_fallback"] = str(result["kernel_fallback"])[:5000]
         if self.kernels.get(run_id) != tags:
             self.kernels[run_id] = tags
+            for key, value in tags.items():
+                self.client.set_tag(run_id, key, value)
+
+    def note_environment(self, run_id: str, result: dict) -> None:
+        """Tag the environment the trial reports (versions, device, threads, determinism; `env.*`) and the data
+        set's fingerprint; a trial that moves to another node reports, and is tagged with, that node's."""
+        text = result.get("environment")
+        if text and self.environments.get(run_id) != text:
+            self.environments[run_id] = text
+            tags = environment_tags(json.loads(text))
+            if result.get("data_fingerprint"):
+                tags["data_fingerprint"] = str(result["data_fingerprint"])
             for key, value in tags.items():
                 self.client.set_tag(run_id, key, value)
 

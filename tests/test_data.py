@@ -1,3 +1,10 @@
+import os
+import pickle
+import shlex
+import struct
+import subprocess
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -61,6 +68,55 @@ def test_truncated_cifar_file_is_one_clear_line(tmp_path, keep):
     with pytest.raises(DataError, match=f"cifar10: cannot read {folder} .*delete it and download again") as info:
         load_dataset("cifar10", str(tmp_path))
     assert "\n" not in str(info.value)
+
+
+def python2_cifar_batch(pixels: np.ndarray, labels: list[int]) -> bytes:
+    """A batch as CIFAR's archive holds it: Python 2's cPickle (protocol 2, str keys) of a numpy 1 array, which
+    names numpy.core.multiarray._reconstruct, numpy.ndarray and numpy.dtype."""
+    raw = pixels.astype(np.uint8).tobytes()
+    array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"  # an empty array,
+             b"(K\x01M" + struct.pack("<H", len(pixels)) + b"M\x00\x0c\x86"  # then its state: shape (n, 3072),
+             b"cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"  # uint8,
+             b"\x89T" + struct.pack("<I", len(raw)) + raw + b"tb")  # C order, the pixels
+    label_list = b"](" + b"".join(b"K" + bytes([y]) for y in labels) + b"e"
+    return b"\x80\x02}(U\x04data" + array + b"U\x06labels" + label_list + b"u."
+
+
+def test_cifar_files_as_the_official_archive_holds_them_are_read(tmp_path):
+    folder = write_fake_cifar(tmp_path, "cifar10", per_file=3)
+    pixels = np.random.default_rng(1).integers(0, 256, (3, 3072), dtype=np.uint8)
+    (folder / "test_batch").write_bytes(python2_cifar_batch(pixels, [7, 0, 9]))
+    data = load_dataset("cifar10", str(tmp_path))
+    assert data.test_y.tolist() == [7, 0, 9]
+    red = data.test_x[:, 0] * 0.2470 + 0.4914
+    torch.testing.assert_close(red, torch.tensor(pixels[:, :1024], dtype=torch.float32).view(3, 32, 32) / 255,
+                               atol=1e-5, rtol=0)
+
+
+class Runs:
+    """Pickles as a call of `call(*args)`, made when it is loaded: what a planted file would do."""
+
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+@pytest.mark.parametrize("call", [os.system, subprocess.call])
+def test_a_cifar_file_naming_another_global_is_refused_and_nothing_runs(tmp_path, call):
+    folder = write_fake_cifar(tmp_path, "cifar10", per_file=2)
+    marker = tmp_path / "MARKER"
+    command = f"touch {shlex.quote(str(marker))}" if call is os.system else ["touch", str(marker)]
+    planted = pickle.dumps({b"data": Runs(call, command), b"labels": [0, 1]})
+    (folder / "data_batch_1").write_bytes(planted)
+    with pytest.raises(DataError) as info:
+        load_dataset("cifar10", str(tmp_path))
+    message = str(info.value)
+    assert message.startswith(f"{folder / 'data_batch_1'}: refusing to load '{call.__module__}.{call.__name__}'")
+    assert "\n" not in message and not marker.exists()
+    pickle.loads(planted)  # the same file, unrestricted, does run its command
+    assert marker.exists()
 
 
 def test_a_download_waits_for_the_one_under_way_and_then_finds_the_files(tmp_path):

@@ -8,7 +8,10 @@ from mlflow.tracking import MlflowClient
 from study.config import load_study
 from study.plan import plan_trials
 from study.report import main, mean_std, welch
+from study.provenance import CodeState
 from study.tracking import create_trial_run, experiment_id, log_epoch, start_parent_run
+
+CODE = CodeState("0" * 40, False, "")
 
 STUDY = {
     "name": "tiny_table", "description": "A 3-row study with known values",
@@ -31,12 +34,12 @@ def store(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = experiment_id(client, study.name, uri)
-    parent = start_parent_run(client, exp, study, "0" * 40, "ray-exp")
+    parent = start_parent_run(client, exp, study, CODE, "ray-exp")
     for trial in plan_trials(study):
         outcome = OUTCOME.get(trial.name)
         if outcome is None:
             continue  # never started
-        run = create_trial_run(client, exp, parent, study.name, trial.as_dict(), "0" * 40)
+        run = create_trial_run(client, exp, parent, study.name, trial.as_dict(), CODE)
         final = outcome if isinstance(outcome, float) else 0.5
         # epoch 1 has the best test_acc, epoch 2 the best val_acc
         for epoch, acc, val in ((1, final + 0.01, final - 0.05), (2, final, final)):
@@ -130,3 +133,33 @@ def test_several_metrics_are_a_table_each_with_their_differences(store):
         assert section.count("### Differences to the first row") == 1
     assert "| Method | Δ vs A | 95% CI | p (Welch) |" in loss
     assert "![test_acc, train_loss per epoch](tiny_table-curves.png)" in text
+
+
+def test_the_runs_sidecar_lists_every_run_used_as_mlflow_holds_it(store):
+    import csv
+
+    folder, uri = store
+    assert main(["--tracking-uri", uri, "--out", str(folder / "p")]) == 0
+    client = MlflowClient(uri)
+    with (folder / "p/tiny_table.runs.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 3  # the finished runs: A seeds 0 and 1, B seed 0
+    for row in rows:
+        run = client.get_run(row["run_id"])
+        assert run.info.status == "FINISHED" and run.info.run_name == f"{row['variant']} seed={row['seed']}"
+        assert row["config_hash"] == run.data.tags["config_hash"] and row["git_commit"] == "0000000"
+        assert float(row["test_acc"]) == run.data.metrics["test_acc"] and row["cell"] == row["variant"]
+    text = (folder / "p/tiny_table.md").read_text()
+    assert "Provenance: 3 runs; commit 0000000; torch unknown;" in text and "`tiny_table.runs.csv`" in text
+
+
+def test_cells_from_several_commits_are_flagged(store):
+    folder, uri = store
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tiny_table").experiment_id
+    run = client.search_runs([exp], "attributes.run_name = 'A seed=1'")[0]
+    client.set_tag(run.info.run_id, "git_commit", "1" * 40)
+    client.set_tag(run.info.run_id, "git_dirty", "true")
+    assert main(["--tracking-uri", uri, "--out", str(folder / "c")]) == 0
+    text = (folder / "c/tiny_table.md").read_text()
+    assert "**cells come from 2 commits**: 0000000 (2 runs), 1111111+dirty (1 runs)" in text

@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from tests.studies import free_port, loopback_env, run_study, small_study
@@ -57,7 +58,12 @@ def test_runs_carry_tags_params_metrics_per_epoch_and_weights(finished_study):
     assert EPOCH_METRICS <= set(gsg.data.metrics)
     for key in EPOCH_METRICS:
         assert [m.step for m in client.get_metric_history(gsg.info.run_id, key)] == [1, 2]
-    assert [a.path for a in client.list_artifacts(gsg.info.run_id)] == ["model.pt"]
+    artifacts = {a.path for a in client.list_artifacts(gsg.info.run_id)}
+    assert artifacts == {"model.pt", "config.yaml"} | ({"code.diff"} if tags["git_dirty"] == "true" else set())
+    # provenance, read in the trial's own process: versions, device, threads, determinism, the data
+    assert tags["env.torch"] == torch.__version__ and tags["env.threads"] == "1"
+    assert tags["env.device"].startswith("CPU ") and "deterministic_algorithms=" in tags["env.determinism"]
+    assert len(tags["data_fingerprint"]) == 16 and len({r.data.tags["data_fingerprint"] for r in children}) == 1
     assert tags["kernel"] == "eager" and "kernel_fallback" not in tags
     node_id, ip = tags["ray_node"].split()  # where it ran: Ray's node id (12 hex digits) and the node's address
     assert len(node_id) == 12 and ip.count(".") == 3 and tags["ray_nodes"] == tags["ray_node"]
@@ -149,3 +155,15 @@ def test_study_joins_an_existing_ray_cluster(tmp_path):
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
+
+
+def test_a_trial_reproduces_bit_for_bit_from_its_run(finished_study):
+    cwd, _ = finished_study
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+    run = next(r for r in child_runs(client, "itest")[0] if r.info.run_name == "ISNM+GSG seed=0")
+    done = subprocess.run([sys.executable, "-m", "study.reproduce", run.info.run_id], cwd=cwd, env=loopback_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "verdict: bit-identical" in done.stdout
+    again = client.search_runs([run.info.experiment_id], f"tags.reproduces = '{run.info.run_id}'")
+    assert len(again) == 1 and again[0].data.tags["kind"] == "reproduction"

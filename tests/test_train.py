@@ -51,7 +51,7 @@ def test_tiny_learns_digits_with_gsg():
     assert [m["epoch"] for m in history] == list(range(1, 11))
     assert 0 < final["spike_rate"] < 1 and history[0]["beta"] == pytest.approx(0.5)
     assert set(final) == {"epoch", "train_loss", "train_acc", "val_acc", "test_acc", "beta", "alpha",
-                          "epoch_seconds", "spike_rate", "kernel"}
+                          "epoch_seconds", "spike_rate", "kernel", "data_fingerprint"}
     assert final["kernel"] == "eager" and 0.9 < final["val_acc"] <= 1
 
 

@@ -1,0 +1,222 @@
+"""`python -m study.reproduce RUN_ID`: train a recorded trial again here and compare, epoch by epoch.
+
+It fetches the run's config (its `config.yaml`), says how this code and environment differ from the
+recorded ones, trains the same config (all epochs, or the first `--epochs N`), compares every logged
+metric, prints both side by side with a verdict, and logs the reproduction as a run tagged
+`reproduces=RUN_ID`. With the same code and environment the verdict is bit identity; with another
+commit, uncommitted diff, numeric package, device, thread count or data it is closeness within
+`--tolerance`, and it says so. Exit 0 when they agree, 1 when they differ, 2 on bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import yaml
+from mlflow.exceptions import MlflowException
+
+from study.cli import user_error_exit
+from study.config import StudyError, nested
+from study.provenance import CONFIG_ARTIFACT, DIFF_ARTIFACT, CodeState, code_state, differences, environment, \
+    environment_tags, recorded_environment
+
+COMPARED = ("train_loss", "train_acc", "val_acc", "test_acc", "spike_rate", "beta", "alpha")  # not epoch_seconds
+SHOWN = ("train_loss", "test_acc")  # the side-by-side columns; the verdict covers every compared metric
+NOT_NUMERIC = ("ray", "mlflow", "optuna")  # versions that cannot change a trained number
+DEFAULT_TOLERANCE = 0.02  # absolute, on accuracies (fractions), losses and rates alike
+
+
+@dataclass
+class Mismatch:
+    epoch: int
+    metric: str
+    recorded: float
+    here: float
+
+
+def fetch_config(client, run) -> dict:
+    """The run's config: its config.yaml artifact, or, for runs logged before there was one, its params."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run.info.run_id, CONFIG_ARTIFACT, tmp)
+            return yaml.safe_load(Path(path).read_text())
+        except (OSError, MlflowException):  # an older run without the artifact: its params hold the config, flattened
+            if not run.data.params:
+                raise StudyError(f"run {run.info.run_id} holds neither {CONFIG_ARTIFACT} nor params; was it made by "
+                                 f"study.run?") from None
+            return nested({k: yaml.safe_load(v) for k, v in run.data.params.items()})
+
+
+def code_differences(recorded: CodeState, here: CodeState) -> list[tuple[str, str, str]]:
+    rows = []
+    if recorded.commit != here.commit:
+        rows.append(("commit", recorded.commit[:12], here.commit[:12]))
+    if recorded.diff != here.diff:
+        rows.append(("uncommitted diff", f"{len(recorded.diff.splitlines())} lines" if recorded.dirty else "none",
+                     f"{len(here.diff.splitlines())} lines" if here.dirty else "none"))
+    return rows
+
+
+def histories(client, run_id: str, epochs: int) -> dict[str, dict[int, float]]:
+    """metric -> {epoch: value} as logged, for the compared metrics the run has."""
+    out = {}
+    for key in COMPARED:
+        values = {m.step: m.value for m in client.get_metric_history(run_id, key) if 1 <= m.step <= epochs}
+        if values:
+            out[key] = values
+    return out
+
+
+def first_mismatch(recorded: dict[str, dict[int, float]], here: list[dict], tolerance: Optional[float]
+                   ) -> Optional[Mismatch]:
+    """The first epoch (then metric) where the reproduction differs: at all (tolerance None) or by more."""
+    for metrics in here:
+        epoch = metrics["epoch"]
+        for key, values in recorded.items():
+            if epoch not in values:
+                continue
+            a, b = values[epoch], float(metrics[key])
+            if (a != b) if tolerance is None else abs(a - b) > tolerance:
+                return Mismatch(epoch, key, a, b)
+    return None
+
+
+def side_by_side(recorded: dict[str, dict[int, float]], here: list[dict]) -> str:
+    shown = [k for k in SHOWN if k in recorded]
+    header = ["epoch"] + [f"{k} {side}" for k in shown for side in ("recorded", "here")] + ["max |Δ| (all metrics)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for metrics in here:
+        epoch = metrics["epoch"]
+        cells = [str(epoch)]
+        for key in shown:
+            cells += [f"{recorded[key].get(epoch, float('nan')):.6f}", f"{float(metrics[key]):.6f}"]
+        gaps = [abs(v[epoch] - float(metrics[k])) for k, v in recorded.items() if epoch in v]
+        cells.append(f"{max(gaps):.2e}" if gaps else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def log_reproduction(client, run, config: dict, here: list[dict], code: CodeState, env: dict, verdict: str) -> str:
+    from study.tracking import code_tags, log_epoch, log_text
+
+    tags = {"kind": "reproduction", "reproduces": run.info.run_id, "verdict": verdict, **code_tags(code),
+            **environment_tags(env), "config_hash": run.data.tags.get("config_hash", "")}
+    if here:
+        tags["data_fingerprint"] = str(here[-1]["data_fingerprint"])
+    new = client.create_run(run.info.experiment_id, run_name=f"reproduce {run.info.run_name}", tags=tags)
+    run_id = new.info.run_id
+    for metrics in here:
+        log_epoch(client, run_id, metrics)
+    log_text(client, run_id, CONFIG_ARTIFACT, yaml.safe_dump(config, sort_keys=False))
+    if code.dirty:
+        log_text(client, run_id, DIFF_ARTIFACT, code.diff)
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def reproduce(client, run_id: str, epochs: Optional[int], tolerance: float) -> int:
+    import torch
+
+    from isnm.config import ConfigError, config_hash, parse_config, to_dict
+    from isnm.data import DataError
+    from isnm.train import resolve_device, train
+    from study.tracking import source_code
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise StudyError(f"no run {run_id!r} in this store ({exc.error_code})") from None
+    config = fetch_config(client, run)
+    try:
+        cfg = parse_config(config)
+    except ConfigError as exc:
+        raise StudyError(f"run {run_id}: its config is not one this code accepts: {exc}") from None
+    recorded_hash, hash_here = run.data.tags.get("config_hash"), config_hash(to_dict(cfg))
+    logged = max((m.step for m in client.get_metric_history(run_id, "test_acc")), default=0)
+    if logged == 0:
+        raise StudyError(f"run {run_id} logged no epoch; nothing to compare")
+    last = min(epochs or logged, logged)
+    recorded_env = recorded_environment(run.data.tags)
+    if recorded_env.get("threads", "").isdigit():
+        torch.set_num_threads(int(recorded_env["threads"]))  # reductions on the CPU depend on the thread count
+    print(f"reproducing run {run_id} ({run.info.run_name}), config_hash {recorded_hash}: {cfg.arch} on {cfg.dataset}, "
+          f"epochs 1-{last} of {cfg.epochs}")
+    if recorded_hash and recorded_hash != hash_here:
+        print(f"note: this code hashes the config as {hash_here}, the run recorded {recorded_hash}")
+
+    code, recorded_code = code_state(), source_code(client, run)
+    here: list[dict] = []
+    began = time.perf_counter()
+
+    def collect(metrics: dict, state: dict) -> None:
+        here.append(metrics)
+        print(f"  epoch {metrics['epoch']}/{last}  train_loss {metrics['train_loss']:.6f}  "
+              f"test_acc {metrics['test_acc']:.6f}  {metrics['epoch_seconds']:.1f}s", flush=True)
+
+    try:
+        train(config, on_epoch=collect, last_epoch=last)
+    except DataError as exc:
+        raise StudyError(str(exc)) from None
+    env = environment(str(resolve_device(cfg.device)))
+    recorded_env = {**recorded_env, "data": run.data.tags.get("data_fingerprint", "-")}
+    env_here = {**env, "data": str(here[-1]["data_fingerprint"])}
+    changes = code_differences(recorded_code, code) + differences(recorded_env, env_here)
+    print(f"trained {len(here)} epoch(s) in {time.perf_counter() - began:.0f}s\n")
+    if changes:
+        print("differences from the recorded run:")
+        width = max(len(k) for k, _, _ in changes)
+        for key, before, after in changes:
+            print(f"  {key.ljust(width)}  recorded {before}  |  here {after}")
+    else:
+        print("same code, versions, device, threads and data as the recorded run")
+    numeric = [k for k, _, _ in changes if k not in NOT_NUMERIC]
+    exact = not numeric
+    recorded = histories(client, run_id, last)
+    print("\n" + side_by_side(recorded, here) + "\n")
+    mismatch = first_mismatch(recorded, here, None if exact else tolerance)
+    compared = sum(1 for m in here for values in recorded.values() if m["epoch"] in values)
+    if exact:
+        verdict = (f"bit-identical: {compared} values over {len(here)} epoch(s) equal the recorded ones to the last bit"
+                   if mismatch is None else
+                   f"different: epoch {mismatch.epoch}, {mismatch.metric}: recorded {mismatch.recorded!r}, here "
+                   f"{mismatch.here!r} (Δ = {mismatch.here - mismatch.recorded:+.3g}), with the same code and environment")
+    else:
+        print(f"not the same code or environment ({', '.join(numeric)}), so bit identity is not expected; "
+              f"checking closeness within an absolute tolerance of {tolerance:g}")
+        verdict = (f"close: {compared} values over {len(here)} epoch(s) within {tolerance:g} of the recorded ones"
+                   if mismatch is None else
+                   f"different: epoch {mismatch.epoch}, {mismatch.metric}: recorded {mismatch.recorded:.6g}, here "
+                   f"{mismatch.here:.6g} (Δ = {mismatch.here - mismatch.recorded:+.3g}, tolerance {tolerance:g})")
+    new = log_reproduction(client, run, config, here, code, env, verdict)
+    print(f"verdict: {verdict}\nlogged as run {new} (tag reproduces={run_id})")
+    return 0 if mismatch is None else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m study.reproduce", description=__doc__.splitlines()[0])
+    parser.add_argument("run_id", metavar="RUN_ID", help="the MLflow run of a trial (its id, in the UI or a report's "
+                                                         "<study>.runs.csv)")
+    parser.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    parser.add_argument("--epochs", type=int, help="train and compare only the first N epochs (default: all)")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help=f"absolute tolerance when code or environment differ (default {DEFAULT_TOLERANCE})")
+    args = parser.parse_args(argv)
+    import os
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from study.tracking import read_client, tracking_uri
+
+    try:
+        if args.epochs is not None and args.epochs < 1:
+            raise StudyError(f"--epochs: got {args.epochs}, expected an integer >= 1")
+        return reproduce(read_client(tracking_uri(args.tracking_uri)), args.run_id, args.epochs, args.tolerance)
+    except Exception as exc:
+        return user_error_exit(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
