@@ -15,14 +15,17 @@ from pathlib import Path
 PACKAGES = ("torch", "torchvision", "ray", "mlflow", "optuna", "numpy")
 ENVIRONMENT_PREFIX = "env."  # the tags of a run's environment: env.torch, env.device, ...
 DIFF_ARTIFACT = "code.diff"
+# What cannot change a trained number: generated reports (make demo rewrites them) and Markdown prose.
+# Left out of the diff, so a tree is dirty only when its code, study files or settings differ.
+NOT_CODE = (":(top,exclude)reports", ":(top,exclude,glob)**/*.md")
 CONFIG_ARTIFACT = "config.yaml"
 
 
 @dataclass(frozen=True)
 class CodeState:
     commit: str  # 40 hex digits, or "unknown" outside a git checkout
-    dirty: bool  # tracked files differ from the commit
-    diff: str  # `git diff HEAD`: with the commit, the exact code
+    dirty: bool  # tracked files other than reports and Markdown differ from the commit
+    diff: str  # `git diff HEAD` of those files: with the commit, the exact code
 
     @property
     def short(self) -> str:
@@ -43,7 +46,7 @@ def code_state(root: Path | None = None) -> CodeState:
     commit = (git("rev-parse", "HEAD", cwd=cwd) or "").strip()
     if not commit:
         return CodeState("unknown", False, "")
-    diff = git("diff", "HEAD", "--binary", cwd=cwd) or ""
+    diff = git("diff", "HEAD", "--binary", "--", ":(top)", *NOT_CODE, cwd=cwd) or ""
     return CodeState(commit, bool(diff), diff)
 
 

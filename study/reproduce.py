@@ -178,16 +178,18 @@ def reproduce(client, run_id: str, epochs: Optional[int], tolerance: float) -> i
     exact = not numeric
     recorded = histories(client, run_id, last)
     print("\n" + side_by_side(recorded, here) + "\n")
-    mismatch = first_mismatch(recorded, here, None if exact else tolerance)
     compared = sum(1 for m in here for values in recorded.values() if m["epoch"] in values)
-    if exact:
-        verdict = (f"bit-identical: {compared} values over {len(here)} epoch(s) equal the recorded ones to the last bit"
-                   if mismatch is None else
-                   f"different: epoch {mismatch.epoch}, {mismatch.metric}: recorded {mismatch.recorded!r}, here "
+    mismatch = first_mismatch(recorded, here, None)
+    if mismatch is None:
+        despite = "" if exact else f", although these differ: {', '.join(numeric)}"
+        verdict = f"bit-identical: {compared} values over {len(here)} epoch(s) equal the recorded ones to the last bit{despite}"
+    elif exact:
+        verdict = (f"different: epoch {mismatch.epoch}, {mismatch.metric}: recorded {mismatch.recorded!r}, here "
                    f"{mismatch.here!r} (Δ = {mismatch.here - mismatch.recorded:+.3g}), with the same code and environment")
     else:
         print(f"not the same code or environment ({', '.join(numeric)}), so bit identity is not expected; "
               f"checking closeness within an absolute tolerance of {tolerance:g}")
+        mismatch = first_mismatch(recorded, here, tolerance)
         verdict = (f"close: {compared} values over {len(here)} epoch(s) within {tolerance:g} of the recorded ones"
                    if mismatch is None else
                    f"different: epoch {mismatch.epoch}, {mismatch.metric}: recorded {mismatch.recorded:.6g}, here "

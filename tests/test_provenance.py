@@ -38,6 +38,17 @@ def test_an_edited_file_makes_the_tree_dirty_and_its_diff_rebuilds_the_code(repo
     assert (repo / "code.py").read_text() == "x = 2\n"
 
 
+def test_reports_and_prose_cannot_change_a_number_so_they_leave_the_tree_clean(repo):
+    (repo / "reports").mkdir()
+    for name in ("reports/table.md", "reports/runs.csv", "README.md"):
+        (repo / name).write_text("one\n")
+    git("add", ".", cwd=repo)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "two", cwd=repo)
+    for name in ("reports/table.md", "reports/runs.csv", "README.md"):
+        (repo / name).write_text("two\n")  # what make demo and an edit of the docs do
+    assert not code_state(repo).dirty
+
+
 def test_outside_a_repository_the_commit_is_unknown(tmp_path):
     assert code_state(tmp_path).commit == "unknown"
 

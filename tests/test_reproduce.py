@@ -79,11 +79,19 @@ def test_a_different_seed_recorded_in_a_copied_run_is_found(store, trained, caps
 def test_another_commit_is_said_plainly_and_checked_for_closeness(store, trained, capsys):
     client, exp, uri = store
     run_id = record(client, exp, CONFIG, trained, CodeState("f" * 40, False, ""))
-    assert main([run_id, "--tracking-uri", uri, "--epochs", "1", "--tolerance", "0.001"]) == 0
+    assert main([run_id, "--tracking-uri", uri, "--epochs", "1"]) == 0
     out = capsys.readouterr().out
     assert "commit" in out.split("differences from the recorded run:")[1].splitlines()[1]
+    assert "verdict: bit-identical: 7 values over 1 epoch(s) equal the recorded ones to the last bit, although " \
+           "these differ: commit" in out
+    with sqlite3.connect(uri[len("sqlite:///"):]) as db:  # what another commit might change a little
+        db.execute("UPDATE metrics SET value = value + 1e-4 WHERE run_uuid = ? AND key = 'test_acc'", (run_id,))
+    assert main([run_id, "--tracking-uri", uri, "--epochs", "1", "--tolerance", "0.001"]) == 0
+    out = capsys.readouterr().out
     assert "checking closeness within an absolute tolerance of 0.001" in out
     assert "verdict: close: 7 values over 1 epoch(s) within 0.001" in out
+    assert main([run_id, "--tracking-uri", uri, "--epochs", "1", "--tolerance", "1e-5"]) == 1
+    assert "verdict: different: epoch 1, test_acc" in capsys.readouterr().out
 
 
 def test_unknown_run_and_missing_store_are_one_line_exit_2(store, tmp_path, capsys):
