@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv constraints
+.PHONY: demo test test-fast venv constraints
 
 venv: $(STAMP)
 
@@ -31,3 +31,7 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+# Everything but the tests marked slow (real Ray, MLflow, processes, training runs): under a minute.
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"

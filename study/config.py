@@ -19,7 +19,6 @@ METRICS = ("test_acc", "val_acc", "train_acc", "train_loss", "spike_rate")  # wh
 MAXIMIZED = ("test_acc", "val_acc", "train_acc")
 SELECTABLE = ("val_acc", "train_acc", "train_loss", "spike_rate")  # what a search may rank by: never test data
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
-SCHEDULERS = ("asha",)
 # A study's name and profile name folders (ray_results/<name>-<profile>-<digest>, mlartifacts/<name>)
 # and go into MLflow filters: letters, digits and a few marks, no path separators, no quotes, short
 # enough that the folder name stays far below the 255 bytes a file system allows.
@@ -42,26 +41,6 @@ class Resources:
 
 
 @dataclass
-class Search:
-    space: dict[str, dict[str, Any]]  # dotted config key -> {loguniform|uniform|randint: [low, high]} or {choice: [...]}
-    algorithm: Literal["optuna", "random"] = "optuna"
-    num_samples: int = 16
-    metric: Literal[SELECTABLE] = "val_acc"  # test_acc is refused: a configuration chosen on it is tested on it
-    mode: Literal["max", "min"] = "max"
-    scheduler: Optional[dict[str, dict[str, Any]]] = None  # {asha: {grace_period: N}}
-
-    def check(self, path: str) -> None:
-        check(self.num_samples >= 1, join(path, "num_samples"), self.num_samples, "an integer >= 1")
-        check(len(self.space) > 0, join(path, "space"), self.space, "at least one dotted key to search")
-        for key, spec in self.space.items():
-            check_distribution(spec, join(join(path, "space"), key))
-        if self.scheduler is not None:
-            for name, options in self.scheduler.items():
-                check(name in SCHEDULERS, join(path, "scheduler"), name, " or ".join(map(repr, SCHEDULERS)))
-                parse_dataclass(AshaOptions, options, join(join(path, "scheduler"), name))
-
-
-@dataclass
 class AshaOptions:
     grace_period: int = 1  # epochs every trial runs before it may be stopped
     reduction_factor: float = 3.0
@@ -69,6 +48,28 @@ class AshaOptions:
     def check(self, path: str) -> None:
         check(self.grace_period >= 1, join(path, "grace_period"), self.grace_period, "an integer >= 1")
         check(self.reduction_factor > 1, join(path, "reduction_factor"), self.reduction_factor, "a number > 1")
+
+
+@dataclass
+class Schedulers:
+    """The trial schedulers a search may use; one for now."""
+    asha: Optional[AshaOptions] = None
+
+
+@dataclass
+class Search:
+    space: dict[str, dict[str, Any]]  # dotted config key -> {loguniform|uniform|randint: [low, high]} or {choice: [...]}
+    algorithm: Literal["optuna", "random"] = "optuna"
+    num_samples: int = 16
+    metric: Literal[SELECTABLE] = "val_acc"  # test_acc is refused: a configuration chosen on it is tested on it
+    mode: Literal["max", "min"] = "max"
+    scheduler: Optional[Schedulers] = None  # {asha: {grace_period: N}}
+
+    def check(self, path: str) -> None:
+        check(self.num_samples >= 1, join(path, "num_samples"), self.num_samples, "an integer >= 1")
+        check(len(self.space) > 0, join(path, "space"), self.space, "at least one dotted key to search")
+        for key, spec in self.space.items():
+            check_distribution(spec, join(join(path, "space"), key))
 
 
 def check_distribution(spec: dict, path: str) -> None:

@@ -34,10 +34,10 @@ class TrialBook:
 
     def __init__(self, study: Study, trials: list[Trial]):
         self.base = search_base(study) if study.spec.search is not None else {}
-        self.trials = {t.name: t.as_dict() for t in trials}
+        self.trials = {t.name: t for t in trials}
 
-    def describe(self, tune_config: dict) -> dict:
-        """name, variant, seed, overrides, config and config_hash of a trial."""
+    def describe(self, tune_config: dict) -> Trial:
+        """The trial a Tune config stands for: a planned one, or a search sample made a Trial."""
         if tune_config.get("trial") in self.trials:
             return self.trials[tune_config["trial"]]
         if "search" not in tune_config or not self.base:
@@ -45,8 +45,7 @@ class TrialBook:
                              f"saved state is damaged or from another plan; run again with --fresh")
         overrides = dict(tune_config["search"])
         config = with_overrides(self.base, overrides)
-        return {"name": cell_label(overrides), "variant": SEARCH_VARIANT, "seed": config["seed"], "overrides": overrides,
-                "config": config, "config_hash": config_hash(config)}
+        return Trial(cell_label(overrides), SEARCH_VARIANT, overrides, config["seed"], config, config_hash(config))
 
 
 def checkpoint_states(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
@@ -82,7 +81,7 @@ def trainable(tune_config: dict, book: TrialBook) -> None:
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch is noise
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))  # trials sharing a machine must not fight over cores
-    config = book.describe(tune_config)["config"]
+    config = book.describe(tune_config).config
     where = {"node": f"{ray.get_runtime_context().get_node_id()[:12]} {ray.util.get_node_ip_address()}"}
     resume_state, note = None, ""
     checkpoint = tune.get_checkpoint()
@@ -103,7 +102,7 @@ def trainable(tune_config: dict, book: TrialBook) -> None:
         train(config, on_epoch=report, resume_state=resume_state)
     except TrainingDiverged as exc:
         # Divergence is a result, not a crash: retrying the same seed would diverge again.
-        tune.report({"epoch": exc.epoch, "diverged": 1, "diverged_step": exc.step, **where})
+        tune.report({"epoch": exc.epoch, "diverged": str(exc), **where})  # the one wording, isnm.train's
 
 
 # reuse_actors: a worker that finished a trial takes the next one, so Python, torch and the data set
@@ -143,11 +142,11 @@ def tune_config(study: Study, max_concurrent: Optional[int]) -> tune.TuneConfig:
         from ray.tune.search.optuna import OptunaSearch
         algorithm = OptunaSearch(metric=search.metric, mode=search.mode, seed=study.spec.seeds[0])
     scheduler = None
-    if search.scheduler and "asha" in search.scheduler:
-        options = search.scheduler["asha"]
+    if search.scheduler is not None and search.scheduler.asha is not None:
+        options = search.scheduler.asha
         scheduler = tune.schedulers.ASHAScheduler(
-            time_attr="epoch", max_t=study.base["epochs"], grace_period=options.get("grace_period", 1),
-            reduction_factor=options.get("reduction_factor", 3))
+            time_attr="epoch", max_t=study.base["epochs"], grace_period=options.grace_period,
+            reduction_factor=options.reduction_factor)
     return tune.TuneConfig(metric=search.metric, mode=search.mode, num_samples=search.num_samples,
                            search_alg=algorithm, scheduler=scheduler, max_concurrent_trials=max_concurrent,
                            trial_dirname_creator=trial_folder, reuse_actors=True)

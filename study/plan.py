@@ -24,10 +24,6 @@ class Trial:
     config: dict  # the complete isnm.train config
     config_hash: str
 
-    def as_dict(self) -> dict:
-        return {"name": self.name, "variant": self.variant, "overrides": self.overrides, "seed": self.seed,
-                "config": self.config, "config_hash": self.config_hash}
-
 
 def with_absolute_data_dir(config: dict) -> dict:
     """`data_dir` made absolute against the driver's working directory: Ray runs each trial in a folder

@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from study.cli import user_error_exit
 from study.config import StudyError, nested
+from study.markdown import markdown_table
 from study.provenance import CONFIG_ARTIFACT, DIFF_ARTIFACT, CodeState, code_state, differences, environment, \
     environment_tags, recorded_environment
 
@@ -88,8 +89,8 @@ def first_mismatch(recorded: dict[str, dict[int, float]], here: list[dict], tole
 
 def side_by_side(recorded: dict[str, dict[int, float]], here: list[dict]) -> str:
     shown = [k for k in SHOWN if k in recorded]
-    header = ["epoch"] + [f"{k} {side}" for k in shown for side in ("recorded", "here")] + ["max |Δ| (all metrics)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    header = ["epoch"] + [f"{k} {side}" for k in shown for side in ("recorded", "here")] + ["largest Δ of all metrics"]
+    rows = []
     for metrics in here:
         epoch = metrics["epoch"]
         cells = [str(epoch)]
@@ -97,8 +98,8 @@ def side_by_side(recorded: dict[str, dict[int, float]], here: list[dict]) -> str
             cells += [f"{recorded[key].get(epoch, float('nan')):.6f}", f"{float(metrics[key]):.6f}"]
         gaps = [abs(v[epoch] - float(metrics[k])) for k, v in recorded.items() if epoch in v]
         cells.append(f"{max(gaps):.2e}" if gaps else "-")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(header, rows)
 
 
 def log_reproduction(client, run, config: dict, here: list[dict], code: CodeState, env: dict, verdict: str) -> str:

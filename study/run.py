@@ -41,13 +41,13 @@ def result_row(result, describe) -> tuple[str, str, str]:
     if result.error:
         status = "failed: " + last_line(str(result.error))[:120]
     elif metrics.get("diverged"):
-        status = f"failed: training diverged at epoch {int(metrics['epoch'])}, step {int(metrics['diverged_step'])}"
+        status = f"failed: {metrics['diverged']}"
     elif "test_acc" in metrics:
         status = f"test_acc {metrics['test_acc']:.4f}"
     else:
         status = "not started"
     seconds = metrics.get("time_total_s")
-    return describe(result.config)["name"], status, f"{seconds:.0f}s" if seconds is not None else "-"
+    return describe(result.config).name, status, f"{seconds:.0f}s" if seconds is not None else "-"
 
 
 def cluster_address(cli_value: Optional[str]) -> Optional[str]:
@@ -226,7 +226,7 @@ def run_trials(study: Study, trials: list[Trial], args: argparse.Namespace, addr
     for trial in trials:
         source = cached.get(trial.config_hash)
         if source is not None and source.info.experiment_id != exp_id:
-            tracking.copy_cached_run(client, source, exp_id, parent, study.name, trial.as_dict())
+            tracking.copy_cached_run(client, source, exp_id, parent, study.name, trial)
     to_run = [t for t in trials if t.config_hash not in cached]
     rows = {t.name: (t.name, "cached" if t.config_hash in cached else "not started", "-") for t in trials}
     began = time.perf_counter()
@@ -261,13 +261,15 @@ def run_trials(study: Study, trials: list[Trial], args: argparse.Namespace, addr
         rows.update((row[0], row) for row in (result_row(r, book.describe) for r in results if r.config is not None))
         for name in unfinished:
             rows[name] = (name, "unfinished", rows.get(name, (name, "", "-"))[2])
+    tracking.log_summary(client, exp_id, parent, {t.config_hash for t in trials})  # also when every trial was cached
     failed = sum(1 for _, status, _ in rows.values() if status.startswith("failed"))
     reused = sum(1 for _, status, _ in rows.values() if status == "cached")
     incomplete = sum(1 for _, status, _ in rows.values() if status in ("unfinished", "not started"))
     print(f"\n{study.name}: {len(rows)} trials ({reused} cached) in {time.perf_counter() - began:.0f}s, "
           f"{failed} failed{f', {incomplete} unfinished' if incomplete else ''}")
     print("\n".join(summary_lines(list(rows.values()))))
-    print(f"\nruns: {tracking.ui_command(uri)}   (experiment {study.name!r})")
+    print(f"\nruns: {tracking.ui_command(uri)}   (experiment {study.name!r})\n"
+          f"then open {tracking.ui_url(exp_id)}   (the trials' charts, grouped by variant)")
     if incomplete:
         print(f"\ninterrupted ({interrupts.received or 'trials left unfinished'}); run the same command again "
               f"to resume ({experiment.uri})", file=sys.stderr)

@@ -20,7 +20,9 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback, Checkpoint
 
 from study.cli import first_line, last_line, redacted
+from study.cells import every_run
 from study.config import METRICS, Study, StudyError, flat
+from study.plan import Trial
 from study.provenance import CONFIG_ARTIFACT, DIFF_ARTIFACT, ENVIRONMENT_PREFIX, CodeState, environment_tags
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -53,6 +55,15 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --host 127.0.0.1 --backend-store-uri {redacted(uri)}"
 
 
+def ui_url(exp_id: str, base: str = "http://127.0.0.1:5000") -> str:
+    """The page of `mlflow ui` (at `base`) that shows a study at first glance: the chart view of its experiment's
+    runs, the trial runs grouped by their `variant` tag (a mean curve with a min-max band per variant, the runs
+    listed under their group) and the accuracy charts; the saved view that `experiment_id` stores on the
+    experiment, in the UI's model-training layout."""
+    return (f"{base}/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}&compareRunsMode=CHART"
+            f"&workflowType=machine_learning")
+
+
 def quoted(value: str) -> str:
     """`value` as a string in an MLflow search filter, which has no escapes: in the quotes it lacks."""
     if "'" not in value:
@@ -73,14 +84,36 @@ def open_store(uri: str, study_name: str) -> tuple[MlflowClient, str]:
                          f"{first_line(str(exc))}); check --tracking-uri or MLFLOW_TRACKING_URI") from None
 
 
+EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI opens an experiment without it in its GenAI layout
+MODEL_TRAINING = "custom_model_development"
+VIEW_KEY = "by-variant"  # the saved view `ui_url` opens: tag mlflow.sharedViewState.<key> on the experiment
+VIEW_TAG = "mlflow.sharedViewState."
+
+
+def variant_view() -> str:
+    """The UI's saved-view envelope for a view grouping the runs by their `variant` tag (MLflow 3.17's
+    `{name, createdAt, updatedAt, state}`, the state being its search facets and UI state as JSON)."""
+    state = {"groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "variant"}]},
+             "useGroupedValuesInCharts": True, "runsHiddenMode": "SHOW_ALL",
+             "chartsSearchFilter": "acc"}  # the accuracy charts first; the rest: the UI's defaults
+    now = int(time.time() * 1000)
+    return json.dumps({"name": "Trials by variant", "createdAt": now, "updatedAt": now, "state": json.dumps(state)})
+
+
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
-    """The study's MLflow experiment, made on first use; artifacts sit beside a sqlite store."""
+    """The study's MLflow experiment, made on first use; artifacts sit beside a sqlite store. It is tagged as
+    model training (MLflow's UI then shows runs and charts, not traces and prompts), and holds the saved view
+    `ui_url` opens; an experiment made before either is given what it lacks, never overwritten."""
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    db = sqlite_path(uri)
-    location = (db.resolve().parent / "mlartifacts" / name).as_uri() if db is not None else None
-    return client.create_experiment(name, artifact_location=location)
+    tags = {EXPERIMENT_KIND: MODEL_TRAINING, VIEW_TAG + VIEW_KEY: variant_view()}
+    if found is None:
+        db = sqlite_path(uri)
+        location = (db.resolve().parent / "mlartifacts" / name).as_uri() if db is not None else None
+        return client.create_experiment(name, artifact_location=location, tags=tags)
+    for key, value in tags.items():
+        if key not in found.tags:
+            client.set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
 
 
 def code_tags(code: CodeState) -> dict[str, str]:
@@ -104,16 +137,16 @@ def start_parent_run(client: MlflowClient, exp_id: str, study: Study, code: Code
     return run.info.run_id
 
 
-def create_trial_run(client: MlflowClient, exp_id: str, parent_id: str, study_name: str, info: dict, code: CodeState,
+def create_trial_run(client: MlflowClient, exp_id: str, parent_id: str, study_name: str, trial: Trial, code: CodeState,
                      extra_tags: dict | None = None) -> str:
-    """A child run for one trial (`info` as from TrialBook.describe): readable name, tags, flat params, the
+    """A child run for one trial: its readable name, tags, the flat config as params, the
     config as `config.yaml` (what `python -m isnm.train --config` takes) and, from a dirty tree, its diff."""
-    tags = {PARENT: parent_id, "kind": "trial", "study": study_name, "variant": info["variant"], "seed": str(info["seed"]),
-            "config_hash": info["config_hash"], **code_tags(code), **(extra_tags or {})}
-    run_id = client.create_run(exp_id, run_name=info["name"], tags=tags).info.run_id
-    params = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flat(info["config"]).items()]
+    tags = {PARENT: parent_id, "kind": "trial", "study": study_name, "variant": trial.variant, "seed": str(trial.seed),
+            "config_hash": trial.config_hash, **code_tags(code), **(extra_tags or {})}
+    run_id = client.create_run(exp_id, run_name=trial.name, tags=tags).info.run_id
+    params = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flat(trial.config).items()]
     client.log_batch(run_id, params=params)
-    log_text(client, run_id, CONFIG_ARTIFACT, yaml.safe_dump(info["config"], sort_keys=False))
+    log_text(client, run_id, CONFIG_ARTIFACT, yaml.safe_dump(trial.config, sort_keys=False))
     if code.dirty:
         log_text(client, run_id, DIFF_ARTIFACT, code.diff)
     return run_id
@@ -141,17 +174,11 @@ def finished_runs(client: MlflowClient, hashes: set[str]) -> dict[str, object]:
     """config hash -> the newest FINISHED trial run with that hash, in any experiment of the store."""
     found: dict[str, object] = {}
     experiments = [e.experiment_id for e in client.search_experiments()]
-    token = None
-    while experiments:
-        page = client.search_runs(experiments, "tags.kind = 'trial' and attributes.status = 'FINISHED'",
-                                  order_by=["attributes.start_time DESC"], max_results=1000, page_token=token)
-        for run in page:
-            key = run.data.tags.get("config_hash")
-            if key in hashes and key not in found:
-                found[key] = run
-        token = page.token
-        if not token:
-            break
+    for run in every_run(client, experiments, "tags.kind = 'trial' and attributes.status = 'FINISHED'",
+                         ["attributes.start_time DESC"]):
+        key = run.data.tags.get("config_hash")
+        if key in hashes and key not in found:
+            found[key] = run
     return found
 
 
@@ -165,18 +192,53 @@ def source_code(client: MlflowClient, run) -> CodeState:
     return CodeState(run.data.tags.get("git_commit", "unknown"), dirty, diff)
 
 
-def copy_cached_run(client: MlflowClient, source, exp_id: str, parent_id: str, study_name: str, info: dict) -> str:
+def copy_cached_run(client: MlflowClient, source, exp_id: str, parent_id: str, study_name: str, trial: Trial) -> str:
     """A FINISHED child run in this study holding another study's result for the same config hash, with the
     source's provenance (code, environment, data, kernel): its numbers come from there, not from this tree."""
     kept = {k: v for k, v in source.data.tags.items()
             if k.startswith(ENVIRONMENT_PREFIX) or k in ("data_fingerprint", "kernel", "kernel_fallback", "ray_node")}
-    run_id = create_trial_run(client, exp_id, parent_id, study_name, info, source_code(client, source),
+    run_id = create_trial_run(client, exp_id, parent_id, study_name, trial, source_code(client, source),
                               {"cached_from": source.info.run_id, **kept})
     metrics = [m for key in source.data.metrics for m in client.get_metric_history(source.info.run_id, key)]
     for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics a batch
         client.log_batch(run_id, metrics=metrics[start:start + 1000])
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def metric_name(text: str) -> str:
+    """`text` as (part of) an MLflow metric name, which takes letters, digits and `_ - . / space` only (a colon
+    too, but not on Windows): anything else, `+` in "ISNM+GSG" say, becomes `_`, and `/` too (a path)."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "_-. ") else "_" for c in text)
+
+
+def log_summary(client: MlflowClient, exp_id: str, parent_id: str, hashes: set[str]) -> dict[str, float]:
+    """Each variant's mean final test_acc, as `test_acc.mean.<variant>` on the parent run, so that it has numbers
+    to chart (named so that the UI, which orders charts by name, draws the trials' `test_acc` before them). Over
+    the newest FINISHED trial run of each config hash that is a child of this parent (run now, or a cached copy)
+    or a planned trial's (a trial cached in this same experiment is not copied). Returns them by name."""
+    newest: dict[str, object] = {}
+    for run in every_run(client, [exp_id], "tags.kind = 'trial' and attributes.status = 'FINISHED'",
+                         ["attributes.start_time DESC"]):
+        key = run.data.tags.get("config_hash")
+        if (run.data.tags.get(PARENT) == parent_id or key in hashes) and key not in newest:
+            newest[key] = run
+    finals: dict[str, list[float]] = {}
+    for run in newest.values():
+        if "test_acc" in run.data.metrics:
+            finals.setdefault(run.data.tags.get("variant", ""), []).append(run.data.metrics["test_acc"])
+    summary: dict[str, float] = {}
+    for variant in sorted(finals):
+        name = base = f"test_acc.mean.{metric_name(variant)}"
+        for n in range(2, len(finals) + 2):  # variants that differ only in what `metric_name` replaced
+            if name not in summary:
+                break
+            name = f"{base}_{n}"
+        summary[name] = sum(finals[variant]) / len(finals[variant])
+    now = int(time.time() * 1000)
+    if summary:
+        client.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in summary.items()])
+    return summary
 
 
 def finite_metrics(row: dict) -> dict:
@@ -187,7 +249,7 @@ def finite_metrics(row: dict) -> dict:
 class MlflowTracker(Callback):
     """Logs trials to MLflow as nested child runs of `parent_id`, each epoch exactly once.
 
-    `describe(tune_config)` gives a trial's name, variant, seed, config and config_hash. A run is
+    `describe(tune_config)` gives the `Trial` a Tune config stands for. A run is
     FINISHED only once every epoch it was to train is logged: all of them, or up to the epoch where
     the scheduler (ASHA) stopped it, which the run's `stopped_early` tag then says. A trial cut off
     by an interrupt keeps its epochs so far, ends KILLED, and continues in the same run on a rerun.
@@ -241,7 +303,7 @@ class MlflowTracker(Callback):
 
     def planned_epochs(self, trial_id: str, tune_config: dict) -> int:
         """The epochs the trial must log to be FINISHED: all, or those before the scheduler stopped it."""
-        return self.stopped_at.get(trial_id) or self.describe(tune_config)["config"]["epochs"]
+        return self.stopped_at.get(trial_id) or self.describe(tune_config).config["epochs"]
 
     def missing_epochs(self, trial_id: str, tune_config: dict) -> list[int]:
         logged = self.logged[self.run_for(trial_id, tune_config)]
@@ -264,11 +326,10 @@ class MlflowTracker(Callback):
         if result.get("checkpoint_note"):
             self.client.set_tag(run_id, "checkpoint_fallback", str(result["checkpoint_note"])[:5000])
         if result.get("diverged"):
-            self.diverged[trial_id] = (f"training diverged: loss not finite at epoch {int(result['epoch'])}, "
-                                       f"step {int(result['diverged_step'])}")
+            self.diverged[trial_id] = str(result["diverged"])
             return
         epoch = int(result.get("epoch", 0))
-        if result.get("done") and epoch < self.describe(tune_config)["config"]["epochs"]:
+        if result.get("done") and epoch < self.describe(tune_config).config["epochs"]:
             # Tune marks a result done before the callbacks see it only when a scheduler stopped the trial
             self.stopped_at[trial_id] = epoch
         if epoch < 1 or epoch in self.logged[run_id]:
@@ -334,7 +395,7 @@ class MlflowTracker(Callback):
                 self.log_weights(run_id, Path(folder) / STATE_FILE)
         if trial_id in self.stopped_at:
             self.client.set_tag(run_id, "stopped_early", f"by the scheduler after epoch {self.stopped_at[trial_id]} "
-                                                         f"of {self.describe(tune_config)['config']['epochs']}")
+                                                         f"of {self.describe(tune_config).config['epochs']}")
         self.client.set_terminated(run_id, "FINISHED")
         return True
 
@@ -365,7 +426,7 @@ class MlflowTracker(Callback):
             logged = planned - len(self.missing_epochs(trial_id, config))
             self.client.set_tag(run_id, "interrupted", f"{logged} of {planned} epochs logged")
             self.client.set_terminated(run_id, "KILLED")
-            unfinished.append(self.describe(config)["name"])
+            unfinished.append(self.describe(config).name)
         return unfinished
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:

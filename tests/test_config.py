@@ -154,7 +154,7 @@ def test_the_beta_search_ranks_on_val_acc_and_asha_late_in_the_schedule():
     study = load_study(Path(__file__).resolve().parent.parent / "search_spaces/beta_search.yaml")
     tune = tune_config(study, None)
     assert tune.metric == tune.search_alg.metric == "val_acc"  # ASHA takes TuneConfig's metric
-    assert study.spec.search.scheduler["asha"]["grace_period"] >= 0.75 * study.base["epochs"]
+    assert study.spec.search.scheduler.asha.grace_period >= 0.75 * study.base["epochs"]
 
 
 def test_missing_file(tmp_path):

@@ -1,5 +1,7 @@
 from pathlib import Path
 
+import yaml
+
 from study.config import load_study
 from study.plan import config_hash, plan_trials, search_base, trial_table
 from study.run import main
@@ -30,9 +32,11 @@ def test_hash_ignores_where_data_lives_but_not_what_is_trained():
     assert config_hash({**config, "epochs": 199}) != config_hash(config)
 
 
-def test_search_trials_start_from_the_first_seed():
-    study = load_study(ROOT / "search_spaces/beta_search.yaml")
-    assert search_base(study)["seed"] == study.spec.seeds[0]
+def test_search_trials_start_from_the_first_seed(tmp_path):
+    data = yaml.safe_load((ROOT / "search_spaces/beta_search.yaml").read_text())
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump({**data, "seeds": [7, 3]}))  # not the default seed 0
+    assert search_base(load_study(path))["seed"] == 7
 
 
 def test_dry_run_prints_the_trial_table(capsys):

@@ -1,14 +1,20 @@
 """study.report on real MLflow runs written by the tracking code into a temp sqlite store."""
 import math
+from collections import Counter
+from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from study.cells import Status, runs_frame
 from study.config import load_study
 from study.plan import plan_trials
-from study.report import main, mean_std, welch
 from study.provenance import CodeState
+from study.report import main
+from study.stats import mean_std, welch
+from study.tables import counts_line
 from study.tracking import create_trial_run, experiment_id, log_epoch, start_parent_run
 
 CODE = CodeState("0" * 40, False, "")
@@ -25,35 +31,44 @@ OUTCOME = {"A seed=0": 0.90, "A seed=1": 0.92, "B seed=0": 0.95, "B seed=1": "FA
            "C seed=1": "KILLED"}
 
 
-@pytest.fixture()
-def store(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / "tiny_table.yaml"
-    path.write_text(yaml.safe_dump(STUDY, sort_keys=False))
+def write_store(folder: Path, spec: dict, outcome: dict[str, float | str]) -> str:
+    """A sqlite store in `folder` holding one invocation of the study `spec`, as study.run records it: a run
+    per trial named in `outcome`, FINISHED with that final test_acc, or ended FAILED or KILLED, or left
+    RUNNING (0.5); trials not named never started. Returns the store's URI."""
+    path = folder / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
     study = load_study(path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = experiment_id(client, study.name, uri)
     parent = start_parent_run(client, exp, study, CODE, "ray-exp")
     for trial in plan_trials(study):
-        outcome = OUTCOME.get(trial.name)
-        if outcome is None:
-            continue  # never started
-        run = create_trial_run(client, exp, parent, study.name, trial.as_dict(), CODE)
-        final = outcome if isinstance(outcome, float) else 0.5
+        fate = outcome.get(trial.name)
+        if fate is None:
+            continue
+        run = create_trial_run(client, exp, parent, study.name, trial, CODE)
+        final = fate if isinstance(fate, float) else 0.5
         # epoch 1 has the best test_acc, epoch 2 the best val_acc
         for epoch, acc, val in ((1, final + 0.01, final - 0.05), (2, final, final)):
             log_epoch(client, run, {"epoch": epoch, "test_acc": acc, "val_acc": val, "train_loss": 1 - val,
                                     "beta": 5.0, "alpha": 1.0})
-        if outcome != "RUNNING":
-            client.set_terminated(run, outcome if outcome in ("FAILED", "KILLED") else "FINISHED")
+        if fate != "RUNNING":
+            client.set_terminated(run, fate if fate in ("FAILED", "KILLED") else "FINISHED")
     client.set_terminated(parent, "FINISHED")
-    return tmp_path, uri
+    return uri
+
+
+@pytest.fixture()
+def store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path, write_store(tmp_path, STUDY, OUTCOME)
 
 
 def test_table_is_exact(store, capsys):
     folder, uri = store
+    global_uri = mlflow.get_tracking_uri()
     assert main(["--tracking-uri", uri, "--out", str(folder / "reports")]) == 0
+    assert mlflow.get_tracking_uri() == global_uri  # the report reads through its own client only
     text = (folder / "reports/tiny_table.md").read_text()
     assert text == capsys.readouterr().out.split("(written to")[0].rstrip("\n") + "\n"
     expected = """| Method | Accuracy (%) | Paper (%) | Δ |
@@ -163,3 +178,128 @@ def test_cells_from_several_commits_are_flagged(store):
     assert main(["--tracking-uri", uri, "--out", str(folder / "c")]) == 0
     text = (folder / "c/tiny_table.md").read_text()
     assert "**cells come from 2 commits**: 0000000 (2 runs), 1111111+dirty (1 runs)" in text
+
+
+def test_runs_frame_is_what_mlflow_search_runs_gives(store, monkeypatch):
+    folder, uri = store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # mlflow.search_runs takes no store: it reads this
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tiny_table").experiment_id
+    ours, theirs = runs_frame(client, exp), mlflow.search_runs([exp])
+    assert sorted(ours.columns) == sorted(theirs.columns) and len(ours) == 7  # 6 trial runs and the parent
+    assert ours.equals(theirs[ours.columns])
+
+
+def test_counts_line_names_interrupted_trials_only_when_there_are_some():
+    counts = {Status.FINISHED: 3, Status.FAILED: 1, Status.RUNNING: 1, Status.MISSING: 0}
+    assert counts_line(Counter(counts)) == "5 trials planned: 3 finished, 1 failed, 1 running, 0 not run."
+    assert counts_line(Counter({**counts, Status.INTERRUPTED: 2})) == (
+        "7 trials planned: 3 finished, 1 failed, 1 running, 2 interrupted, 0 not run.")
+
+
+# Paper Tables 2 and 3 (search_spaces/comparison.yaml): a table per data set, a constant Method column,
+# the published mean ± std beside ours. The report only reads: cifar10 needs no files here.
+COMPARISON = {
+    "name": "comparison_shape", "base": {"dataset": "digits", "arch": "tiny", "epochs": 2, "timesteps": 5},
+    "variants": {"digits": {"dataset": "digits"}, "CIFAR-10": {"dataset": "cifar10"}},
+    "grid": {"arch": ["tiny", "vgg_small"]},
+    "seeds": [0, 1],
+    "table": {"split": "dataset", "method": "This work", "rows": ["arch"], "columns": ["timesteps"],
+              "labels": {"digits": "Digits", "cifar10": "CIFAR-10", "tiny": "Tiny", "vgg_small": "VGG-small"},
+              "paper": {"digits": {"tiny": {5: [91.7, 0.31]}, "vgg_small": {5: 93.0}},
+                        "cifar10": {"vgg_small": {5: [90.83, 0.26]}}}},
+}
+COMPARISON_OUTCOME = {
+    "digits arch=tiny seed=0": 0.90, "digits arch=tiny seed=1": 0.92,
+    "digits arch=vgg_small seed=0": 0.95, "digits arch=vgg_small seed=1": 0.96,
+    "CIFAR-10 arch=tiny seed=0": 0.60, "CIFAR-10 arch=tiny seed=1": "FAILED",
+    "CIFAR-10 arch=vgg_small seed=0": 0.70, "CIFAR-10 arch=vgg_small seed=1": 0.74,
+}
+
+
+def test_a_split_table_is_one_table_per_value_with_method_labels_and_paper(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = write_store(tmp_path, COMPARISON, COMPARISON_OUTCOME)
+    assert main(["--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r/comparison_shape.md").read_text() == """\
+# comparison_shape
+
+Ours: digits/cifar10, tiny/vgg_small, T=5, 2 epochs, seeds 0, 1.
+
+## Digits
+
+| Method | Architecture | TimeStep | Accuracy (%) | Paper (%) | Δ |
+|---|---|---|---|---|---|
+| This work | Tiny | 5 | 91.00 ± 1.41 | 91.70 ± 0.31 | -0.70 |
+| This work | VGG-small | 5 | **95.50 ± 0.71** | 93.00 | +2.50 |
+
+## CIFAR-10
+
+| Method | Architecture | TimeStep | Accuracy (%) | Paper (%) | Δ |
+|---|---|---|---|---|---|
+| This work | Tiny | 5 | 60.00 (n=1) | — | — |
+| This work | VGG-small | 5 | **72.00 ± 2.83** | 90.83 ± 0.26 | -18.83 |
+
+Final test_acc, mean ± sample std over seeds; n = finished seeds where fewer than planned; best in bold; \
+Δ = ours − paper.
+
+8 trials planned: 7 finished, 1 failed, 0 running, 0 not run.
+
+Provenance: 7 runs; commit 0000000; torch unknown; unknown. Each run, its id and config hash: \
+`comparison_shape.runs.csv` (re-train one with `python -m study.reproduce RUN_ID`).
+
+![test_acc per epoch](comparison_shape-curves.png)
+
+![surrogate schedule](comparison_shape-schedule.png)
+"""
+
+
+# Paper Table 4 (search_spaces/timesteps.yaml): rows data set then network, a column of time steps; a row
+# value repeated from the line above is left blank, as the paper prints it.
+TIMESTEPS = {
+    "name": "timesteps_shape", "base": {"dataset": "digits", "arch": "tiny", "epochs": 2},
+    "variants": {"digits": {"dataset": "digits"}, "CIFAR-10": {"dataset": "cifar10"}},
+    "grid": {"arch": ["tiny", "vgg_small"], "timesteps": [1, 5]},
+    "seeds": [0],
+    "table": {"rows": ["dataset", "arch"], "columns": ["timesteps"],
+              "labels": {"digits": "Digits", "cifar10": "CIFAR-10", "tiny": "Tiny", "vgg_small": "VGG"},
+              "paper": {"cifar10": {"vgg_small": {1: 91.25, 5: 91.7}}}},
+}
+TIMESTEPS_OUTCOME = {
+    "digits arch=tiny timesteps=1 seed=0": 0.80, "digits arch=tiny timesteps=5 seed=0": 0.85,
+    "digits arch=vgg_small timesteps=1 seed=0": 0.82, "digits arch=vgg_small timesteps=5 seed=0": 0.88,
+    "CIFAR-10 arch=tiny timesteps=5 seed=0": 0.50, "CIFAR-10 arch=vgg_small timesteps=1 seed=0": 0.60,
+    "CIFAR-10 arch=vgg_small timesteps=5 seed=0": "RUNNING",  # and CIFAR-10 tiny T=1 never started
+}
+
+
+def test_repeated_row_values_are_blank_and_labelled(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = write_store(tmp_path, TIMESTEPS, TIMESTEPS_OUTCOME)
+    assert main(["--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r/timesteps_shape.md").read_text()
+    assert text.startswith("""\
+# timesteps_shape
+
+Ours: digits/cifar10, tiny/vgg_small, T=1/5, 2 epochs, seeds 0.
+
+| Dataset | Architecture | TimeStep | Accuracy (%) | Paper (%) | Δ |
+|---|---|---|---|---|---|
+| Digits | Tiny | 1 | 80.00 | — | — |
+|  |  | 5 | 85.00 | — | — |
+|  | VGG | 1 | 82.00 | — | — |
+|  |  | 5 | **88.00** | — | — |
+| CIFAR-10 | Tiny | 1 | — | — | — |
+|  |  | 5 | 50.00 | — | — |
+|  | VGG | 1 | 60.00 | 91.25 | -31.25 |
+|  |  | 5 | — | 91.70 | — |
+
+Final test_acc, mean ± sample std over seeds; n = finished seeds where fewer than planned; best in bold; \
+Δ = ours − paper.
+
+8 trials planned: 6 finished, 0 failed, 1 running, 1 not run.
+""")
+    with (tmp_path / "r/timesteps_shape.runs.csv").open() as file:
+        assert [line.split(",")[0] for line in file][1:] == [
+            "Digits / Tiny / 1", "Digits / Tiny / 5", "Digits / VGG / 1", "Digits / VGG / 5", "CIFAR-10 / Tiny / 5",
+            "CIFAR-10 / VGG / 1"]  # the sidecar names every cell in full

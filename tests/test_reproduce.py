@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 from isnm.config import config_hash, default_config, merged, to_dict, parse_config
 from isnm.train import main as train_main
 from isnm.train import train
+from study.plan import Trial
 from study.provenance import CodeState, code_state, environment, environment_tags
 from study.reproduce import main
 from study.tracking import create_trial_run, experiment_id, log_epoch
@@ -19,8 +20,8 @@ CONFIG = merged(default_config(), {"arch": "tiny", "epochs": 2, "timesteps": 2, 
 
 def record(client: MlflowClient, exp: str, config: dict, trained: dict, code: CodeState, name: str = "A seed=0") -> str:
     """A FINISHED trial run holding `trained`'s epochs (a config trained elsewhere) under `config`."""
-    info = {"name": name, "variant": "A", "seed": config["seed"], "config": config, "config_hash": config_hash(config)}
-    run_id = create_trial_run(client, exp, "parent", "repro", info, code)
+    trial = Trial(name, "A", {}, config["seed"], config, config_hash(config))
+    run_id = create_trial_run(client, exp, "parent", "repro", trial, code)
     for metrics in trained["epochs"]:
         log_epoch(client, run_id, metrics)
     tags = {**environment_tags(trained["env"]), "data_fingerprint": trained["epochs"][-1]["data_fingerprint"]}

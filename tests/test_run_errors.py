@@ -1,7 +1,6 @@
 """Every user mistake at the command line: one line, exit code 2, nothing started or written."""
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -57,15 +56,14 @@ def test_mistake_in_a_fresh_process_is_fast_and_starts_nothing(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**GOOD, "variants": {"ISNM+GSG": {"surrogate.beta_min": 9.0}}}))
     probe = ("import sys; from study.run import main; rc = main(sys.argv[1:]); "
-             "print(rc, 'ray' in sys.modules, 'mlflow' in sys.modules)")
-    began = time.monotonic()
+             "print(rc, *(m in sys.modules for m in ('ray', 'mlflow', 'torch')))")
     done = subprocess.run([sys.executable, "-c", probe, str(bad)], cwd=tmp_path, env=loopback_env(),
                           capture_output=True, text=True, timeout=60)
-    elapsed = time.monotonic() - began
-    assert done.stdout.split() == ["2", "False", "False"]  # neither Ray nor MLflow was even imported
+    # fast because nothing heavy loads: neither Ray, MLflow nor torch is even imported
+    assert done.stdout.split() == ["2", "False", "False", "False"]
     assert done.stderr == (f"error: {bad}: variants.ISNM+GSG.surrogate.beta_max: got 5.0, "
                            "expected a number >= beta_min (9.0)\n")
-    assert "Traceback" not in done.stderr and elapsed < 3.0, elapsed
+    assert "Traceback" not in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
 
 

@@ -44,6 +44,7 @@ def test_gradual_schedule_spans_beta_min_to_beta_max():
     assert surrogate_at(fixed, 0, 5) == surrogate_at(fixed, 4, 5) == (1.0, 3.0)
 
 
+@pytest.mark.slow  # training runs of several epochs: make test, not make test-fast
 def test_tiny_learns_digits_with_gsg():
     history = []
     final = train({"epochs": 10, "seed": 0}, on_epoch=lambda m, s: history.append(m))
@@ -55,6 +56,7 @@ def test_tiny_learns_digits_with_gsg():
     assert final["kernel"] == "eager" and 0.9 < final["val_acc"] <= 1
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run():
     config = {"epochs": 3, "seed": 1, "batch_size": 128}
     states = {}
@@ -115,6 +117,7 @@ def test_recalibration_sets_running_statistics_to_the_current_weights():
     assert body.num_batches_tracked == 3
 
 
+@pytest.mark.slow
 def test_evaluation_measures_the_network_that_trained():
     # VGG-small on digits after one epoch (21 steps): batch norm's running averages lag weights that still
     # move fast, and the deep spiking network evaluated with them scored 22% on the test set, against 95%

@@ -1,0 +1,157 @@
+"""A study's table cells from its runs in MLflow: each planned trial's state, and the value of each finished one.
+
+A cell is one line of a table (the values of its split, row and column keys); it holds the runs its
+number comes from. Reads only through the MLflow client it is given.
+"""
+from __future__ import annotations
+
+import enum
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Optional
+
+import pandas as pd
+
+from study.config import MAXIMIZED, Study, StudyError, Table, flat
+from study.plan import Trial, plan_trials
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+RUNS_PER_PAGE = 1000  # the most MLflow's stores return at once
+
+
+class Status(enum.Enum):
+    """A planned trial's state, from its runs in any invocation; the value is how the report counts it."""
+    FINISHED = "finished"
+    FAILED = "failed"
+    RUNNING = "running"
+    INTERRUPTED = "interrupted"  # a KILLED run: its driver was interrupted; the same command resumes it
+    MISSING = "not run"
+
+
+# MLflow run statuses in the order they decide a trial's state; a trial with runs of none of them FAILED
+DECIDING = {"FINISHED": Status.FINISHED, "RUNNING": Status.RUNNING, "SCHEDULED": Status.RUNNING,
+            "KILLED": Status.INTERRUPTED}
+
+
+@dataclass(frozen=True)
+class Source:
+    """One run a cell's number comes from, and what it was made with."""
+    run_id: str
+    variant: str
+    seed: int
+    config_hash: str
+    git_commit: str  # 7 hex digits, "+dirty" when trained from uncommitted changes
+    torch: str
+    device: str
+    value: float
+
+
+@dataclass
+class Cell:
+    key: tuple  # values of the table's keys (split, rows, columns)
+    planned: int = 0
+    sources: list[Source] = field(default_factory=list)  # one per finished seed
+
+    @property
+    def values(self) -> list[float]:
+        return [s.value for s in self.sources]
+
+    @property
+    def run_ids(self) -> list[str]:
+        return [s.run_id for s in self.sources]
+
+
+def every_run(client: MlflowClient, experiments: list[str], query: str = "",
+              order_by: list[str] | None = None) -> Iterator[Run]:
+    """Every run of `experiments` matching `query`, page after page (MLflow hands out at most a page a call)."""
+    token = None
+    while experiments:
+        page = client.search_runs(experiments, query, order_by=order_by, max_results=RUNS_PER_PAGE, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def runs_frame(client: MlflowClient, exp_id: str) -> pd.DataFrame:
+    """Every active run of the experiment, one row each, in the columns of `mlflow.search_runs` (run_id,
+    status, start_time, ..., metrics.*, params.*, tags.*; missing metrics NaN, missing params and tags
+    None), read through `client`: `mlflow.search_runs` reads the process-wide tracking URI instead."""
+    runs = list(every_run(client, [exp_id]))
+    data: dict[str, list] = {
+        "run_id": [r.info.run_id for r in runs], "experiment_id": [r.info.experiment_id for r in runs],
+        "status": [r.info.status for r in runs], "artifact_uri": [r.info.artifact_uri for r in runs],
+        "start_time": [pd.to_datetime(r.info.start_time, unit="ms", utc=True) for r in runs],
+        "end_time": [pd.to_datetime(r.info.end_time, unit="ms", utc=True) for r in runs]}
+    for prefix, missing in (("metrics", math.nan), ("params", None), ("tags", None)):
+        logged = [getattr(r.data, prefix) for r in runs]
+        for key in dict.fromkeys(k for values in logged for k in values):
+            data[f"{prefix}.{key}"] = [values.get(key, missing) for values in logged]
+    return pd.DataFrame(data)
+
+
+def key_value(trial: Trial, key: str) -> Any:
+    return trial.variant if key == "variant" else flat(trial.config)[key]
+
+
+def metric_value(client: MlflowClient, run: pd.Series, metric: str, stat: str, maximize: bool) -> float:
+    """A run's final value of `metric`, or its best epoch's. The best epoch of test_acc is the one with the
+    best val_acc (the earliest of ties): choosing it by test accuracy would report a number selected on
+    the very data that measures it."""
+    if stat == "final":
+        return float(run[f"metrics.{metric}"])
+    if metric != "test_acc":
+        history = [m.value for m in client.get_metric_history(run["run_id"], metric)]
+        return max(history) if maximize else min(history)
+    val = sorted(client.get_metric_history(run["run_id"], "val_acc"), key=lambda m: m.step)
+    if not val:
+        raise StudyError(f"--stat best picks each run's epoch by val_acc, which run {run['run_id']} lacks (trained "
+                         f"with validation: 0); use --stat final")
+    chosen = max(val, key=lambda m: m.value).step  # max keeps the first of equal values
+    test = {m.step: m.value for m in client.get_metric_history(run["run_id"], "test_acc")}
+    return test[chosen]
+
+
+def tag(run: pd.Series, key: str) -> str:
+    value = run.get(f"tags.{key}")
+    return "unknown" if value is None or pd.isna(value) else str(value)
+
+
+def source_of(run: pd.Series, trial: Trial, value: float) -> Source:
+    commit = tag(run, "git_commit")[:7] + ("+dirty" if tag(run, "git_dirty") == "true" else "")
+    return Source(run["run_id"], trial.variant, trial.seed, trial.config_hash, commit, tag(run, "env.torch"),
+                  tag(run, "env.device"), value)
+
+
+def trial_status(runs: pd.DataFrame) -> tuple[Status, Optional[pd.Series]]:
+    """A trial's state from its runs (any invocation), and the newest run of the status that decided it."""
+    if runs.empty:
+        return Status.MISSING, None
+    for status, state in DECIDING.items():
+        hits = runs[runs["status"] == status]
+        if not hits.empty:
+            return state, hits.sort_values("start_time").iloc[-1]
+    return Status.FAILED, None
+
+
+def table_cells(client: MlflowClient, study: Study, children: pd.DataFrame, table: Table, metric: str,
+                stat: str) -> tuple[list[Cell], Counter[Status]]:
+    """The table's cells in plan order, each with its finished runs' values of `metric`, and how many of
+    the planned trials are in each state."""
+    cells: dict[tuple, Cell] = {}
+    counts: Counter[Status] = Counter()
+    maximize = metric in MAXIMIZED
+    for trial in plan_trials(study):
+        key = tuple(key_value(trial, k) for k in table.keys)
+        cell = cells.setdefault(key, Cell(key))
+        cell.planned += 1
+        runs = children[children["tags.config_hash"] == trial.config_hash] if not children.empty else children
+        status, run = trial_status(runs)
+        counts[status] += 1
+        if status is Status.FINISHED and not pd.isna(run.get(f"metrics.{metric}")):
+            cell.sources.append(source_of(run, trial, metric_value(client, run, metric, stat, maximize)))
+    return list(cells.values()), counts

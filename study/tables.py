@@ -1,0 +1,142 @@
+"""A report's Markdown from its cells: the paper-shaped table, the differences by Welch's t, the lines around them.
+
+Values print as the paper prints them: accuracies and rates in percent with 2 decimals, the rest with 4.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any, Optional
+
+from study.cells import Cell, Status
+from study.config import MAXIMIZED, Study, Table
+from study.markdown import markdown_table
+from study.plan import plan_trials
+from study.stats import mean_std, welch
+
+HEADERS = {"variant": "Method", "dataset": "Dataset", "arch": "Architecture", "timesteps": "TimeStep"}
+METRIC_HEADERS = {"test_acc": "Accuracy (%)", "val_acc": "Validation accuracy (%)", "train_acc": "Train accuracy (%)",
+                  "spike_rate": "Spike rate (%)", "train_loss": "Train loss"}
+PERCENT = ("test_acc", "val_acc", "train_acc", "spike_rate")
+DASH = "—"
+
+
+def scaled(value: float, metric: str) -> float:
+    return value * 100 if metric in PERCENT else value
+
+
+def number(value: float, metric: str) -> str:
+    return f"{value:.2f}" if metric in PERCENT else f"{value:.4f}"
+
+
+def signed(value: float, metric: str) -> str:
+    return f"{value:+.2f}" if metric in PERCENT else f"{value:+.4f}"
+
+
+def label(table: Table, value: Any) -> str:
+    """A key's value as the table prints it: its `labels:` name, else itself."""
+    return table.labels.get(str(value), str(value))
+
+
+def cell_text(cell: Cell, metric: str) -> str:
+    if not cell.values:
+        return DASH
+    mean, std = mean_std([scaled(v, metric) for v in cell.values])
+    text = number(mean, metric) if math.isnan(std) else f"{number(mean, metric)} ± {number(std, metric)}"
+    return text if len(cell.values) == cell.planned else f"{text} (n={len(cell.values)})"
+
+
+def paper_figure(paper: dict, key: tuple) -> Optional[tuple[float, Optional[float]]]:
+    """The published (mean, std) of a cell: `paper` nests by the cell's key and ends in a number or a
+    [mean, std] pair (the paper prints 91.7 (± 0.31)); std is None where the paper gives none."""
+    node: Any = {str(k): v for k, v in paper.items()}
+    for part in key:
+        if not isinstance(node, dict):
+            return None
+        node = {str(k): v for k, v in node.items()}.get(str(part))
+
+    def is_number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if is_number(node):
+        return float(node), None
+    if isinstance(node, list) and len(node) == 2 and all(map(is_number, node)):
+        return float(node[0]), float(node[1])
+    return None
+
+
+def render_table(cells: list[Cell], table: Table, metric: str, split_value: tuple, paper: dict) -> str:
+    """One Markdown table in the paper's shape: method?, rows (repeats blank), columns, value, paper, Δ."""
+    offset = len(split_value)
+    n_rows = len(table.row_keys)
+    has_paper = any(paper_figure(paper, c.key) is not None for c in cells)
+    header = (["Method"] if table.method else []) + [HEADERS.get(k, k) for k in table.row_keys + table.columns]
+    header += [METRIC_HEADERS[metric]] + (["Paper (%)", "Δ"] if has_paper else [])
+    means = {c.key: mean_std([scaled(v, metric) for v in c.values])[0] for c in cells if c.values}
+    best = (max if metric in MAXIMIZED else min)(means.values()) if means else None
+    lines, previous = [], None
+    for cell in cells:
+        own = cell.key[offset:]
+        shown = [label(table, v) for v in own]
+        if previous is not None:  # blank repeated leading row values, as the paper prints them
+            for i in range(n_rows):
+                if own[:i + 1] != previous[:i + 1]:
+                    break
+                shown[i] = ""
+        previous = own
+        value = cell_text(cell, metric)
+        if best is not None and cell.key in means and means[cell.key] == best:
+            value = f"**{value}**"
+        line = ([table.method] if table.method else []) + shown + [value]
+        if has_paper:
+            figure = paper_figure(paper, cell.key)
+            if figure is None:
+                line += [DASH, DASH]
+            else:
+                mean, std = figure
+                line.append(f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}")
+                line.append(DASH if cell.key not in means else f"{means[cell.key] - mean:+.2f}")
+        lines.append(line)
+    return markdown_table(header, lines)
+
+
+def render_welch(cells: list[Cell], metric: str) -> Optional[str]:
+    """Each row against the first: difference, 95% CI (Welch) and p-value; None if too few seeds."""
+    first = cells[0]
+    if len(cells) < 2 or len(first.values) < 2:
+        return None
+    reference = [scaled(v, metric) for v in first.values]
+    rows = []
+    for cell in cells[1:]:
+        values = [scaled(v, metric) for v in cell.values]
+        if len(values) < 2:
+            rows.append([str(cell.key[-1]), DASH, DASH, DASH])
+            continue
+        diff, low, high, p = welch(reference, values)
+        rows.append([str(cell.key[-1]), signed(diff, metric), f"[{signed(low, metric)}, {signed(high, metric)}]",
+                     "< 0.001" if p < 0.001 else f"{p:.3f}"])
+    unit = " (pp)" if metric in PERCENT else ""
+    header = ["Method", f"Δ vs {first.key[-1]}{unit}", f"95% CI{unit}", "p (Welch)"]
+    return markdown_table(header, rows)
+
+
+def setting_line(study: Study) -> str:
+    """What our numbers were trained on, over all planned trials (a search: its base)."""
+    configs = [t.config for t in plan_trials(study)] if study.spec.search is None else [study.base]
+
+    def values(key: str) -> str:
+        return "/".join(str(v) for v in dict.fromkeys(c[key] for c in configs))
+
+    def networks() -> str:
+        return "/".join(dict.fromkeys(c["arch"] + (f" (width {c['width']:g})" if c["width"] != 1 else "")
+                                      for c in configs))
+
+    profile = f" with profile `{study.profile}`" if study.profile else ""
+    return (f"Ours{profile}: {values('dataset')}, {networks()}, T={values('timesteps')}, "
+            f"{values('epochs')} epochs, seeds {', '.join(map(str, study.spec.seeds))}.")
+
+
+def counts_line(counts: Counter[Status]) -> str:
+    """'6 trials planned: 3 finished, 1 failed, 1 running, 1 interrupted, 0 not run.' (interrupted only if any)"""
+    shown = [f"{counts[s]} {s.value}" for s in Status if s is not Status.INTERRUPTED or counts[s]]
+    return f"{counts.total()} trials planned: {', '.join(shown)}."

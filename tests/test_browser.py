@@ -1,0 +1,159 @@
+"""The MLflow UI as a user sees it: Debian's Chromium, headless, driven by Playwright, on `mlflow ui` after a
+tiny study, at the URL the end-of-run message gives. Writes reports/mlflow-ui.png (shown in README.md)."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from study import tracking
+from tests.studies import ROOT, free_port, loopback_env, run_study, small_study
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (.ci/run installs it); never `playwright install`
+SCREENSHOT = ROOT / "reports" / "mlflow-ui.png"
+TRIALS = ("ISNM seed=0", "ISNM seed=1", "ISNM+GSG seed=0", "ISNM+GSG seed=1")
+WAIT_MS = 60_000  # the longest any one step in the browser may take
+
+
+def start_ui(cwd: Path, port: int) -> subprocess.Popen:
+    """`mlflow ui` on 127.0.0.1:port over cwd's sqlite store, in its own process group; up once /health answers."""
+    env = {**loopback_env(), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--host", "127.0.0.1",
+                               "--port", str(port), "--backend-store-uri", f"sqlite:///{cwd / 'mlflow.db'}",
+                               "--workers", "1"],
+                              cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return server
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                stop(server)
+                raise AssertionError(f"mlflow ui did not answer on 127.0.0.1:{port} (exit code {server.poll()})")
+            time.sleep(0.5)
+
+
+def stop(server: subprocess.Popen) -> None:
+    """The server and its workers (its process group): SIGTERM, then SIGKILL after 30 s."""
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+    except ProcessLookupError:
+        server.wait(timeout=30)
+
+
+def loopback_only(route) -> None:
+    """The browser reaches 127.0.0.1 and nothing else (no fonts, telemetry or updates from outside)."""
+    if urlsplit(route.request.url).hostname == "127.0.0.1":
+        route.continue_()
+    else:
+        route.abort()
+
+
+def test_summary_metric_names_are_ones_mlflow_takes():
+    from mlflow.utils.validation import _validate_metric_name
+
+    assert tracking.metric_name("ISNM+GSG+Soft Reset") == "ISNM_GSG_Soft Reset"
+    for variant in ("ISNM+GSG+Soft Reset", "a/../b", "..", "", "tau=2.0, T=5", "ü:x"):
+        _validate_metric_name(f"test_acc.mean.{tracking.metric_name(variant)}")  # raises on a name it refuses
+
+
+def test_the_parent_run_gets_each_variants_mean_over_its_newest_runs(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("summary")
+    parent = client.create_run(exp).info.run_id
+
+    def trial(variant: str, config_hash: str, test_acc: float, under: str = "older") -> None:
+        tags = {"kind": "trial", "variant": variant, "config_hash": config_hash, tracking.PARENT: under}
+        run_id = client.create_run(exp, tags=tags).info.run_id
+        client.log_metric(run_id, "test_acc", test_acc)
+        client.set_terminated(run_id, "FINISHED")
+        time.sleep(0.01)  # start times order the runs: the newest of a config hash counts
+
+    trial("ISNM+GSG", "h1", 0.1, parent)  # an older run of h1: not counted
+    trial("ISNM+GSG", "h1", 0.9, parent)
+    trial("ISNM+GSG", "h2", 0.8, parent)
+    trial("ISNM_GSG", "h3", 0.5, parent)  # another variant, the same metric name
+    trial("ISNM", "h4", 0.7)  # planned, cached in this experiment under an older parent
+    trial("ISNM", "h9", 0.2)  # neither this parent's child nor planned
+    summary = tracking.log_summary(client, exp, parent, {"h4"})
+    assert summary == pytest.approx({"test_acc.mean.ISNM": 0.7, "test_acc.mean.ISNM_GSG": 0.85,
+                                     "test_acc.mean.ISNM_GSG_2": 0.5})
+    assert client.get_run(parent).data.metrics == pytest.approx(summary)
+
+
+@pytest.mark.slow  # a real study, an MLflow server and a browser
+def test_the_printed_url_shows_the_trials_and_their_test_acc_chart(tmp_path):
+    assert CHROMIUM.is_file(), f"{CHROMIUM} missing: apt-get install chromium (.ci/run does)"
+    from playwright.sync_api import expect, sync_playwright
+
+    began = time.monotonic()
+    done = run_study(tmp_path, str(small_study(tmp_path, name="browse", epochs=2)))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("browse")
+    # tagged as model training, with the saved view the URL opens, and each variant's mean on the parent run
+    assert experiment.tags[tracking.EXPERIMENT_KIND] == "custom_model_development"
+    assert tracking.VIEW_TAG + tracking.VIEW_KEY in experiment.tags
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.kind = 'study'")
+    trials = client.search_runs([experiment.experiment_id], "tags.kind = 'trial'")
+    for variant, key in (("ISNM", "test_acc.mean.ISNM"), ("ISNM+GSG", "test_acc.mean.ISNM_GSG")):
+        finals = [r.data.metrics["test_acc"] for r in trials if r.data.tags["variant"] == variant]
+        assert len(finals) == 2 and parent.data.metrics[key] == pytest.approx(sum(finals) / 2)
+    # the end-of-run message names the page: the experiment's runs, charts, grouped by variant
+    url = tracking.ui_url(experiment.experiment_id)
+    assert re.search(rf"^then open {re.escape(url)}\s", done.stdout, re.M), done.stdout[-2000:]
+    assert "compareRunsMode=CHART" in url and "viewStateShareKey=by-variant" in url
+
+    port = free_port()
+    server = start_ui(tmp_path, port)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                                 args=["--no-sandbox", "--disable-background-networking"])
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 800})
+                page.set_default_timeout(WAIT_MS)
+                page.route("**/*", loopback_only)
+                page.goto(url.replace("http://127.0.0.1:5000", f"http://127.0.0.1:{port}"), timeout=WAIT_MS)
+                # the trial runs, under their readable names, listed under their variant's group
+                for name in TRIALS:
+                    expect(page.get_by_text(name, exact=True)).to_be_visible(timeout=WAIT_MS)
+                expect(page.get_by_text("Group by: variant")).to_be_visible()
+                expect(page.get_by_text("Group: ISNM+GSG")).to_be_visible()
+                # the model-training layout (Runs, Models), not the GenAI one (Prompts, Judges)
+                expect(page.get_by_text("Prompts", exact=True)).to_have_count(0)
+                close = page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]')
+                if close.count() and close.first.is_visible():
+                    close.first.click()  # MLflow's assistant opens beside a first visit: it hides the charts
+                # the test_acc chart: a drawn plot, one mean curve per variant
+                chart = page.get_by_test_id("experiment-view-compare-runs-card").filter(
+                    has=page.get_by_title("test_acc", exact=True))
+                expect(chart).to_have_count(1)
+                chart.scroll_into_view_if_needed()
+                expect(chart).to_be_visible()
+                expect(chart.locator(".js-plotly-plot")).to_be_visible()
+                for variant in ("ISNM", "ISNM+GSG"):
+                    expect(chart.get_by_text(f"{variant} (test_acc)", exact=True)).to_be_visible()
+                expect(page.get_by_text("No charts in this section")).to_have_count(0)
+                page.wait_for_timeout(1000)  # plotly's transitions, for the picture
+                page.evaluate("window.scrollTo(0, 0)")
+                SCREENSHOT.parent.mkdir(exist_ok=True)
+                page.screenshot(path=str(SCREENSHOT))
+            finally:
+                browser.close()
+    finally:
+        stop(server)
+    assert SCREENSHOT.stat().st_size > 10_000
+    print(f"browser test: {time.monotonic() - began:.0f}s, screenshot {SCREENSHOT}")
