@@ -70,8 +70,8 @@ def test_summary_metric_names_are_ones_mlflow_takes():
         _validate_metric_name(f"test_acc.mean.{tracking.metric_name(variant)}")  # raises on a name it refuses
 
 
-def test_the_parent_run_gets_each_variants_mean_over_its_newest_runs(tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+def test_the_parent_run_gets_each_variants_mean_over_its_newest_runs(mlflow_uri):
+    client = MlflowClient(mlflow_uri)
     exp = client.create_experiment("summary")
     parent = client.create_run(exp).info.run_id
 

@@ -31,14 +31,13 @@ OUTCOME = {"A seed=0": 0.90, "A seed=1": 0.92, "B seed=0": 0.95, "B seed=1": "FA
            "C seed=1": "KILLED"}
 
 
-def write_store(folder: Path, spec: dict, outcome: dict[str, float | str]) -> str:
-    """A sqlite store in `folder` holding one invocation of the study `spec`, as study.run records it: a run
+def write_store(folder: Path, spec: dict, outcome: dict[str, float | str], uri: str) -> str:
+    """The (empty) store at `uri` made to hold one invocation of the study `spec`, as study.run records it: a run
     per trial named in `outcome`, FINISHED with that final test_acc, or ended FAILED or KILLED, or left
     RUNNING (0.5); trials not named never started. Returns the store's URI."""
     path = folder / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     study = load_study(path)
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = experiment_id(client, study.name, uri)
     parent = start_parent_run(client, exp, study, CODE, "ray-exp")
@@ -59,9 +58,9 @@ def write_store(folder: Path, spec: dict, outcome: dict[str, float | str]) -> st
 
 
 @pytest.fixture()
-def store(tmp_path, monkeypatch):
+def store(tmp_path, monkeypatch, mlflow_uri):
     monkeypatch.chdir(tmp_path)
-    return tmp_path, write_store(tmp_path, STUDY, OUTCOME)
+    return tmp_path, write_store(tmp_path, STUDY, OUTCOME, mlflow_uri)
 
 
 def test_table_is_exact(store, capsys):
@@ -217,9 +216,9 @@ COMPARISON_OUTCOME = {
 }
 
 
-def test_a_split_table_is_one_table_per_value_with_method_labels_and_paper(tmp_path, monkeypatch):
+def test_a_split_table_is_one_table_per_value_with_method_labels_and_paper(tmp_path, monkeypatch, mlflow_uri):
     monkeypatch.chdir(tmp_path)
-    uri = write_store(tmp_path, COMPARISON, COMPARISON_OUTCOME)
+    uri = write_store(tmp_path, COMPARISON, COMPARISON_OUTCOME, mlflow_uri)
     assert main(["--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r/comparison_shape.md").read_text() == """\
 # comparison_shape
@@ -273,9 +272,9 @@ TIMESTEPS_OUTCOME = {
 }
 
 
-def test_repeated_row_values_are_blank_and_labelled(tmp_path, monkeypatch):
+def test_repeated_row_values_are_blank_and_labelled(tmp_path, monkeypatch, mlflow_uri):
     monkeypatch.chdir(tmp_path)
-    uri = write_store(tmp_path, TIMESTEPS, TIMESTEPS_OUTCOME)
+    uri = write_store(tmp_path, TIMESTEPS, TIMESTEPS_OUTCOME, mlflow_uri)
     assert main(["--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
     text = (tmp_path / "r/timesteps_shape.md").read_text()
     assert text.startswith("""\

@@ -43,10 +43,10 @@ def epoch(n: int, trial_id: str, **extra) -> dict:
 
 
 @pytest.fixture()
-def setup(tmp_path):
+def setup(tmp_path, mlflow_uri):
     study = load_study(small_study(tmp_path, epochs=3))
     trials = {t.name: t for t in plan_trials(study)}
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     client = MlflowClient(uri)
     exp = experiment_id(client, study.name, uri)
 
