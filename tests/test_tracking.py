@@ -60,6 +60,13 @@ def setup(tmp_path, mlflow_uri):
     return client, exp, tracker
 
 
+def started(tracker: MlflowTracker, name: str) -> tuple[MlflowTracker, TuneTrial]:
+    """`tracker` told that the planned trial `name` started, as Tune's trial "t1"."""
+    trial = TuneTrial("t1", {"trial": name})
+    tracker.on_trial_start(0, [], trial)
+    return tracker, trial
+
+
 def runs(client, exp) -> dict:
     return {r.info.run_name: r for r in client.search_runs([exp], "tags.kind = 'trial'")}
 
@@ -70,9 +77,7 @@ def steps(client, run) -> list[int]:
 
 def test_a_trial_that_reports_every_epoch_finishes(setup):
     client, exp, tracker = setup
-    first = tracker()
-    trial = TuneTrial("t1", {"trial": "ISNM seed=0"})
-    first.on_trial_start(0, [], trial)
+    first, trial = started(tracker(), "ISNM seed=0")
     for n in (1, 2, 2, 3):  # epoch 2 re-reported, as a retried trial does after its restore
         first.on_trial_result(0, [], trial, epoch(n, "t1"))
     first.on_trial_complete(0, [], trial)
@@ -83,9 +88,7 @@ def test_a_trial_that_reports_every_epoch_finishes(setup):
 
 def test_a_trial_ending_short_of_its_epochs_is_never_finished(setup):
     client, exp, tracker = setup
-    first = tracker()
-    trial = TuneTrial("t1", {"trial": "ISNM seed=0"})
-    first.on_trial_start(0, [], trial)
+    first, trial = started(tracker(), "ISNM seed=0")
     first.on_trial_result(0, [], trial, epoch(1, "t1"))
     first.on_trial_complete(0, [], trial)  # what an interrupted fit reports for a trial it stopped
     assert first.reconcile([]) == ["ISNM seed=0"]
@@ -95,9 +98,7 @@ def test_a_trial_ending_short_of_its_epochs_is_never_finished(setup):
 
 def test_a_restored_trial_continues_its_run_and_logs_each_epoch_once(setup):
     client, exp, tracker = setup
-    first = tracker()
-    trial = TuneTrial("t1", {"trial": "ISNM seed=0"})
-    first.on_trial_start(0, [], trial)
+    first, trial = started(tracker(), "ISNM seed=0")
     first.on_trial_result(0, [], trial, epoch(1, "t1"))
     first.reconcile([])  # the driver stops: KILLED, interrupted
     second = tracker()  # the rerun restores the same Ray experiment: same trial id
@@ -114,9 +115,7 @@ def test_a_restored_trial_continues_its_run_and_logs_each_epoch_once(setup):
 
 def test_a_finished_run_replayed_by_a_restore_stays_untouched(setup):
     client, exp, tracker = setup
-    first = tracker()
-    trial = TuneTrial("t1", {"trial": "ISNM seed=0"})
-    first.on_trial_start(0, [], trial)
+    first, trial = started(tracker(), "ISNM seed=0")
     for n in (1, 2, 3):
         first.on_trial_result(0, [], trial, epoch(n, "t1"))
     first.on_trial_complete(0, [], trial)
@@ -132,9 +131,7 @@ def test_a_finished_run_replayed_by_a_restore_stays_untouched(setup):
 
 def test_reconcile_backfills_epochs_the_store_lacks_from_rays_history(setup):
     client, exp, tracker = setup
-    first = tracker()
-    trial = TuneTrial("t1", {"trial": "ISNM+GSG seed=1"})
-    first.on_trial_start(0, [], trial)
+    first, trial = started(tracker(), "ISNM+GSG seed=1")
     first.on_trial_result(0, [], trial, epoch(3, "t1"))  # epochs 1 and 2 went to a store since wiped
     history = pd.DataFrame([epoch(n, "t1") for n in (1, 2, 3)])
     result = TuneResult(epoch(3, "t1"), trial.config, metrics_dataframe=history)
@@ -145,9 +142,7 @@ def test_reconcile_backfills_epochs_the_store_lacks_from_rays_history(setup):
 
 def test_a_trial_stopped_by_the_scheduler_finishes_with_the_reason(setup):
     client, exp, tracker = setup
-    first = tracker()
-    trial = TuneTrial("t1", {"trial": "ISNM seed=1"})
-    first.on_trial_start(0, [], trial)
+    first, trial = started(tracker(), "ISNM seed=1")
     first.on_trial_result(0, [], trial, epoch(1, "t1"))
     first.on_trial_result(0, [], trial, epoch(2, "t1", done=True))  # ASHA's stop: done before the last epoch
     first.on_trial_complete(0, [], trial)
@@ -157,9 +152,7 @@ def test_a_trial_stopped_by_the_scheduler_finishes_with_the_reason(setup):
 
 def test_a_diverged_trial_fails_with_the_trainings_own_words(setup):
     client, exp, tracker = setup
-    first = tracker()
-    trial = TuneTrial("t1", {"trial": "ISNM seed=0"})
-    first.on_trial_start(0, [], trial)
+    first, trial = started(tracker(), "ISNM seed=0")
     first.on_trial_result(0, [], trial, {"epoch": 1, "diverged": "training diverged: loss nan at epoch 1, step 2",
                                          "trial_id": "t1"})
     first.on_trial_complete(0, [], trial)
