@@ -6,12 +6,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from isnm.config import RESETS
-from isnm.surrogate import spike
+from isnm.config import RESETS, SURROGATES
+from isnm.surrogate import spike, surrogate_grad
 
 
 def isnm_spikes_reference(current: torch.Tensor, tau: float, threshold: float, reset: str,
-                alpha: float, beta: float) -> torch.Tensor:
+                alpha: float, beta: float, function: str = "tanh") -> torch.Tensor:
     """Spikes [T, B, ...] of a layer of ISNM neurons driven by `current` [T, B, ...], step by step.
 
     u[0] = s[0] = 0; hard reset u[t] = u[t-1]/tau * (1 - s[t-1]) + I[t]; soft reset (eq. 4)
@@ -27,7 +27,7 @@ def isnm_spikes_reference(current: torch.Tensor, tau: float, threshold: float, r
             u = decay * u - threshold * s + current[t]
         else:
             u = decay * u * (1.0 - s) + current[t]
-        s = spike(u - threshold, alpha, beta)
+        s = spike(u - threshold, alpha, beta, function)
         out.append(s)
     return torch.stack(out)
 
@@ -79,12 +79,12 @@ def forward_loop(current: Sequence[torch.Tensor], decay: float, threshold: float
 
 
 def backward_loop(grad_spikes: torch.Tensor, potentials: list[torch.Tensor], spikes: Sequence[torch.Tensor],
-                  decay: float, threshold: float, soft: bool, alpha_beta: torch.Tensor, beta: torch.Tensor
-                  ) -> torch.Tensor:
+                  decay: float, threshold: float, soft: bool, alpha_beta: torch.Tensor, beta: torch.Tensor,
+                  function: str) -> torch.Tensor:
     """dL/dcurrent [T, B, ...] by backpropagation through time; alpha_beta and beta are 0-dim tensors, so a
-    compiled loop is not recompiled when the schedule changes them."""
-    def slope(t: int) -> torch.Tensor:  # eq. 9
-        return alpha_beta * (1.0 - torch.tanh(beta * (potentials[t] - threshold)) ** 2)
+    compiled loop is not recompiled when the schedule changes them (it is once per surrogate `function`)."""
+    def slope(t: int) -> torch.Tensor:
+        return surrogate_grad(potentials[t] - threshold, alpha_beta, beta, function)
 
     steps = len(potentials)
     grad_u = grad_spikes[steps - 1] * slope(steps - 1)
@@ -113,6 +113,13 @@ def kernel_fn(fn, kernel: str):
     if kernel == "eager" or kernel_fallback():
         return fn
     if fn not in _compiled:
+        # dynamo compiles `fn` anew for each surrogate function (a string argument, guarded by value) on top of
+        # its own specializations (reset, rank, dtype), and past `recompile_limit` graphs it runs `fn` eagerly
+        # with only a log line; a Ray worker trains trial after trial in one process, so an ablation over the
+        # functions would pass the default of 8. Raised once for the process (never lowered), not patched
+        # around each call: a patch costs 25 us, 40% of a small compiled call's 60 us on the CPU
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, 8 * len(SURROGATES))
         _compiled[fn] = torch.compile(fn, dynamic=True, options={"cpp.dynamic_threads": True})
     return _compiled[fn]
 
@@ -163,19 +170,21 @@ def spike_train(current: torch.Tensor, decay: float, threshold: float, soft: boo
 
 
 def current_grad(grad_spikes: torch.Tensor, current: Sequence[torch.Tensor], spikes: torch.Tensor, decay: float,
-                 threshold: float, soft: bool, alpha_beta: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+                 threshold: float, soft: bool, alpha_beta: torch.Tensor, beta: torch.Tensor, function: str
+                 ) -> torch.Tensor:
     """dL/dcurrent: the potentials recomputed from the current and forward's spikes, then backpropagation
     through time; all in at least float32."""
     _, potentials = forward_loop(current, decay, threshold, soft, spikes)
-    return backward_loop(wide(grad_spikes), potentials, spikes, decay, threshold, soft, alpha_beta, beta)
+    return backward_loop(wide(grad_spikes), potentials, spikes, decay, threshold, soft, alpha_beta, beta, function)
 
 
 def isnm_backward(grad_spikes: torch.Tensor, current: torch.Tensor, packed: torch.Tensor, decay: float,
-                  threshold: float, soft: bool, alpha_beta: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+                  threshold: float, soft: bool, alpha_beta: torch.Tensor, beta: torch.Tensor, function: str
+                  ) -> torch.Tensor:
     """`current_grad` for the whole [T, B, ...] current, its spikes given as bits."""
     current = wide(current)
     spikes = unpacked_bits(packed, current.shape, current.dtype)
-    return current_grad(grad_spikes, current, spikes, decay, threshold, soft, alpha_beta, beta)
+    return current_grad(grad_spikes, current, spikes, decay, threshold, soft, alpha_beta, beta, function)
 
 
 class ISNMFunction(torch.autograd.Function):
@@ -191,31 +200,31 @@ class ISNMFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, current: torch.Tensor, decay: float, threshold: float, soft: bool, alpha: float,
-                beta: float, kernel: str) -> torch.Tensor:
+                beta: float, function: str, kernel: str) -> torch.Tensor:
         spikes, packed = run_kernel(spike_train, kernel, current, decay, threshold, soft)
         ctx.save_for_backward(current, packed)
-        ctx.args = (decay, threshold, soft, alpha * beta, beta, kernel)
+        ctx.args = (decay, threshold, soft, alpha * beta, beta, function, kernel)
         return spikes.to(current.dtype)
 
     @staticmethod
     def backward(ctx, grad_spikes: torch.Tensor):
         current, packed = ctx.saved_tensors
-        decay, threshold, soft, alpha_beta, beta, kernel = ctx.args
+        decay, threshold, soft, alpha_beta, beta, function, kernel = ctx.args
         grad = run_kernel(isnm_backward, kernel, grad_spikes.contiguous(), current, packed, decay, threshold, soft,
-                          *surrogate_scalars(alpha_beta, beta, current))
-        return grad.to(current.dtype), None, None, None, None, None, None
+                          *surrogate_scalars(alpha_beta, beta, current), function)
+        return grad.to(current.dtype), None, None, None, None, None, None, None
 
 
 def isnm_spikes(current: torch.Tensor, tau: float, threshold: float, reset: str, alpha: float, beta: float,
-                kernel: str = "eager") -> torch.Tensor:
+                kernel: str = "eager", function: str = "tanh") -> torch.Tensor:
     """Spikes [T, B, ...] of a layer of ISNM neurons driven by `current` [T, B, ...], as one fused op."""
-    return ISNMFunction.apply(current, 1.0 / tau, threshold, reset == "soft", alpha, beta, kernel)
+    return ISNMFunction.apply(current, 1.0 / tau, threshold, reset == "soft", alpha, beta, function, kernel)
 
 
 class ISNM(nn.Module):
     """A layer of ISNM neurons. State starts at zero in every forward, so no reset calls exist.
 
-    `alpha` and `beta` (the surrogate's shape) are plain attributes read on every forward, so a
+    `alpha`, `beta` and `function` (the surrogate) are plain attributes read on every forward, so a
     schedule can change them between epochs with `set_surrogate`.
     """
 
@@ -228,13 +237,14 @@ class ISNM(nn.Module):
         if reset not in RESETS:
             raise ValueError(f"ISNM reset must be one of {RESETS}, got {reset!r}")
         self.tau, self.threshold, self.reset = float(tau), float(threshold), reset
-        self.alpha, self.beta = 1.0, 1.0
+        self.alpha, self.beta, self.function = 1.0, 1.0, "tanh"
         self.kernel = "eager"  # or "compiled" (torch.compile), chosen per network by set_kernel
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
         if current.dim() < 2:
             raise ValueError(f"ISNM expects current shaped [T, B, ...], got shape {tuple(current.shape)}")
-        return isnm_spikes(current, self.tau, self.threshold, self.reset, self.alpha, self.beta, self.kernel)
+        return isnm_spikes(current, self.tau, self.threshold, self.reset, self.alpha, self.beta, self.kernel,
+                           self.function)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, threshold={self.threshold}, reset={self.reset}"
@@ -249,8 +259,10 @@ def set_kernel(model: nn.Module, kernel: str) -> None:
             module.kernel = kernel
 
 
-def set_surrogate(model: nn.Module, alpha: float, beta: float) -> None:
-    """Set the surrogate's alpha and beta on every ISNM layer of `model`."""
+def set_surrogate(model: nn.Module, alpha: float, beta: float, function: str = "tanh") -> None:
+    """Set the surrogate's alpha, beta and function (one of SURROGATES) on every ISNM layer of `model`."""
+    if function not in SURROGATES:
+        raise ValueError(f"ISNM surrogate function must be one of {SURROGATES}, got {function!r}")
     for module in model.modules():
         if isinstance(module, ISNM):
-            module.alpha, module.beta = float(alpha), float(beta)
+            module.alpha, module.beta, module.function = float(alpha), float(beta), function

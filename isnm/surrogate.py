@@ -1,12 +1,12 @@
-"""Gradual surrogate gradient (paper section 2.2): the beta schedule, the alpha rule, the spike op."""
+"""Gradual surrogate gradient (paper section 2.2): the beta schedule, the alpha rule, the surrogates, the spike op."""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
 from isnm.config import ALPHA_RULES
-
 
 
 def beta_at(epoch: float, max_epoch: float, beta_min: float, beta_max: float) -> float:
@@ -32,26 +32,63 @@ def alpha_for(beta: float, rule: str | float = "paper") -> float:
     raise ValueError(f"alpha rule {rule!r} unknown; expected one of {ALPHA_RULES} or a number")
 
 
-def surrogate_grad(v: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
-    """Eq. 9: d s / d u at v = u - theta."""
-    return alpha * beta * (1.0 - torch.tanh(beta * v) ** 2)
+# A surrogate is ds/du = alpha * beta * g(x) at x = beta * (u - theta). Every g has peak g(0) = 1 and area
+# 2, as eq. 9's 1 - tanh(x)^2 has: the peak keeps alpha's meaning (slope alpha*beta at the threshold) and the
+# area makes each ds/du the derivative of a step of height 2*alpha (eq. 6), whatever beta, so the functions
+# differ in shape only (tails, support), not in the gradient's scale. Fixing both fixes each g's width in x.
+# sigmoid is then 1 - tanh(x)^2 itself (sigma(2x) = (1 + tanh x) / 2): the logistic surrogate is eq. 9's in
+# other arithmetic.
+def tanh_shape(x: torch.Tensor) -> torch.Tensor:  # eq. 9; of the step tanh(x)
+    return 1.0 - torch.tanh(x) ** 2
+
+
+def sigmoid_shape(x: torch.Tensor) -> torch.Tensor:  # of the step 2 sigma(2x) - 1
+    s = torch.sigmoid(2.0 * x)
+    return 4.0 * s * (1.0 - s)
+
+
+def arctan_shape(x: torch.Tensor) -> torch.Tensor:  # of the step (2/pi) arctan(pi x / 2)
+    return 1.0 / (1.0 + (math.pi / 2.0 * x) ** 2)
+
+
+def fast_sigmoid_shape(x: torch.Tensor) -> torch.Tensor:  # SuperSpike's; of the step x / (1 + |x|)
+    return 1.0 / (1.0 + x.abs()) ** 2
+
+
+def rectangular_shape(x: torch.Tensor) -> torch.Tensor:  # of the step clamp(x, -1, 1)
+    return (x.abs() < 1.0).to(x.dtype)
+
+
+def triangle_shape(x: torch.Tensor) -> torch.Tensor:  # of the step sign(x) (1 - (1 - min(|x|, 2)/2)^2)
+    return (1.0 - x.abs() / 2.0).clamp(min=0.0)
+
+
+SHAPES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "tanh": tanh_shape, "sigmoid": sigmoid_shape, "arctan": arctan_shape, "fast_sigmoid": fast_sigmoid_shape,
+    "rectangular": rectangular_shape, "triangle": triangle_shape}
+
+
+def surrogate_grad(v: torch.Tensor, alpha_beta: float | torch.Tensor, beta: float | torch.Tensor,
+                   function: str = "tanh") -> torch.Tensor:
+    """d s / d u at v = u - theta: alpha*beta * g(beta * v), g the `function`'s shape (eq. 9 for "tanh")."""
+    return alpha_beta * SHAPES[function](beta * v)
 
 
 class Spike(torch.autograd.Function):
-    """Heaviside forward (H(0) = 1), eq. 9 backward."""
+    """Heaviside forward (H(0) = 1), surrogate backward."""
 
     @staticmethod
-    def forward(ctx, v: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    def forward(ctx, v: torch.Tensor, alpha: float, beta: float, function: str) -> torch.Tensor:
         ctx.save_for_backward(v)
-        ctx.alpha, ctx.beta = alpha, beta
+        ctx.args = (alpha * beta, beta, function)
         return (v >= 0).to(v.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (v,) = ctx.saved_tensors
-        return grad * surrogate_grad(v, ctx.alpha, ctx.beta), None, None
+        return grad * surrogate_grad(v, *ctx.args), None, None, None
 
 
-def spike(v: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
-    """Spikes H(v) of v = u - theta, with the GSG surrogate gradient."""
-    return Spike.apply(v, alpha, beta)
+def spike(v: torch.Tensor, alpha: float, beta: float, function: str = "tanh") -> torch.Tensor:
+    """Spikes H(v) of v = u - theta, with the `function` surrogate gradient (GSG's tanh by default)."""
+    return Spike.apply(v, alpha, beta, function)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from isnm.config import ConfigError, SurrogateConfig, TrainConfig, config_hash, merged, nested, parse_config, to_dict
-from isnm.data import CIFAR, DataError, batches, check_cifar, fingerprint, load_dataset, train_batches
+from isnm.data import CIFAR, DataError, Dataset, batches, check_cifar, fingerprint, load_dataset, train_batches
 from isnm.models import build_model
 from isnm.neuron import ISNM, kernel_fallback, set_kernel, set_surrogate
 from isnm.surrogate import alpha_for, beta_at
@@ -79,6 +79,25 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def prepared_model(cfg: TrainConfig, data: Dataset, device: torch.device) -> tuple[nn.Module, str]:
+    """(the config's network for `data` on `device`, the ISNM kernel it runs): built, its kernel set, in the
+    memory layout its convolutions run fastest in (channels_last on CUDA; the CPU's default otherwise)."""
+    model = build_model(cfg.arch, data.num_classes, data.in_channels, cfg.timesteps, cfg.neuron.tau,
+                        cfg.neuron.threshold, cfg.neuron.reset, data.image_size, cfg.width).to(device)
+    kernel = resolve_kernel(cfg, device)
+    set_kernel(model, kernel)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model, kernel
+
+
+def precision_of(cfg: TrainConfig, device: torch.device) -> torch.autocast:
+    """The autocast the config trains and evaluates under: bf16 on the device trained on, the CPU too (slow
+    there, but the same code path as on a GPU); neurons keep their potentials in float32 either way
+    (isnm.neuron.wide)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
 
 @torch.no_grad()
@@ -158,19 +177,12 @@ def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
     torch.manual_seed(cfg.seed)
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, device, cfg.validation)
     data_fingerprint = fingerprint(data)
-    model = build_model(cfg.arch, data.num_classes, data.in_channels, cfg.timesteps, cfg.neuron.tau,
-                        cfg.neuron.threshold, cfg.neuron.reset, data.image_size, cfg.width).to(device)
-    kernel = resolve_kernel(cfg, device)
-    set_kernel(model, kernel)
-    cuda = device.type == "cuda"
-    if cuda:  # layouts and algorithms that are faster on GPUs and change nothing on the CPU
+    model, kernel = prepared_model(cfg, data, device)
+    if device.type == "cuda":  # an algorithm search that is faster on GPUs and means nothing on the CPU
         torch.backends.cudnn.benchmark = True
-        model = model.to(memory_format=torch.channels_last)
     else:
         reuse_freed_memory()
-    # bf16 autocast on the device trained on, the CPU too (slow there, but the same code path as on a
-    # GPU); neurons keep their potentials in float32 either way (isnm.neuron.wide)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    autocast = precision_of(cfg, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     start = 0
@@ -184,7 +196,7 @@ def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
     for epoch in range(start + 1, min(cfg.epochs, last_epoch or cfg.epochs) + 1):
         began = time.perf_counter()
         alpha, beta = surrogate_at(cfg.surrogate, epoch - 1, cfg.epochs)
-        set_surrogate(model, alpha, beta)
+        set_surrogate(model, alpha, beta, cfg.surrogate.function)
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)

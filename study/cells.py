@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Optional
@@ -21,6 +22,12 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 RUNS_PER_PAGE = 1000  # the most MLflow's stores return at once
+AT_TIMESTEPS = re.compile(r"metrics\.test_acc_T([0-9]+)")  # a runs_frame column that study.evaluate fills
+
+
+def metric_at(timesteps: int) -> str:
+    """The metric study.evaluate logs: test_acc of a run's final weights run for `timesteps` time steps."""
+    return f"test_acc_T{timesteps}"
 
 
 class Status(enum.Enum):
@@ -55,6 +62,7 @@ class Cell:
     key: tuple  # values of the table's keys (split, rows, columns)
     planned: int = 0
     sources: list[Source] = field(default_factory=list)  # one per finished seed
+    at_timesteps: dict[int, list[float]] = field(default_factory=dict)  # T -> its finished seeds' metric_at(T)
 
     @property
     def values(self) -> list[float]:
@@ -140,11 +148,12 @@ def trial_status(runs: pd.DataFrame) -> tuple[Status, Optional[pd.Series]]:
 
 def table_cells(client: MlflowClient, study: Study, children: pd.DataFrame, table: Table, metric: str,
                 stat: str) -> tuple[list[Cell], Counter[Status]]:
-    """The table's cells in plan order, each with its finished runs' values of `metric`, and how many of
-    the planned trials are in each state."""
+    """The table's cells in plan order, each with its finished runs' values of `metric` (and of `metric_at` each
+    T they were evaluated at), and how many of the planned trials are in each state."""
     cells: dict[tuple, Cell] = {}
     counts: Counter[Status] = Counter()
     maximize = metric in MAXIMIZED
+    evaluated = {int(m[1]): m[0] for m in map(AT_TIMESTEPS.fullmatch, children.columns) if m}
     for trial in plan_trials(study):
         key = tuple(key_value(trial, k) for k in table.keys)
         cell = cells.setdefault(key, Cell(key))
@@ -152,6 +161,11 @@ def table_cells(client: MlflowClient, study: Study, children: pd.DataFrame, tabl
         runs = children[children["tags.config_hash"] == trial.config_hash] if not children.empty else children
         status, run = trial_status(runs)
         counts[status] += 1
-        if status is Status.FINISHED and not pd.isna(run.get(f"metrics.{metric}")):
+        if status is not Status.FINISHED:
+            continue
+        if not pd.isna(run.get(f"metrics.{metric}")):
             cell.sources.append(source_of(run, trial, metric_value(client, run, metric, stat, maximize)))
+        for timesteps, column in evaluated.items():
+            if not pd.isna(run[column]):
+                cell.at_timesteps.setdefault(timesteps, []).append(float(run[column]))
     return list(cells.values()), counts

@@ -88,11 +88,14 @@ def check_distribution(spec: dict, path: str) -> None:
         check(all(isinstance(v, int) for v in arg), join(path, kind), arg, "[low, high] integers")
 
 
+EVAL_TIMESTEPS = "eval_timesteps"  # in a table's columns: a column per T that study.evaluate measured
+
+
 @dataclass
 class Table:
     """How `study.report` lays out the study's table (see README, "Tables")."""
     rows: Union[str, list[str]] = "variant"  # keys printed first, repeats left blank ("variant" or dotted config keys)
-    columns: list[str] = field(default_factory=list)  # keys printed on every line after the rows
+    columns: list[str] = field(default_factory=list)  # keys printed on every line after the rows, and EVAL_TIMESTEPS
     split: Optional[str] = None  # one table per value of this key (paper Tables 2 and 3: dataset)
     method: Optional[str] = None  # a constant first "Method" column, e.g. "This work"
     metric: Union[Literal[METRICS], list[Literal[METRICS]]] = "test_acc"  # several: one table each
@@ -101,6 +104,8 @@ class Table:
 
     def check(self, path: str) -> None:
         check(len(self.metrics) > 0, join(path, "metric"), self.metric, "a metric or a non-empty list of metrics")
+        check(not self.eval_timesteps or "test_acc" in self.metrics, join(path, "metric"), self.metric,
+              f"test_acc among the metrics: the {EVAL_TIMESTEPS} columns are test accuracies, shown beside it")
 
     @property
     def metrics(self) -> list[str]:
@@ -111,9 +116,17 @@ class Table:
         return [self.rows] if isinstance(self.rows, str) else list(self.rows)
 
     @property
+    def column_keys(self) -> list[str]:
+        return [c for c in self.columns if c != EVAL_TIMESTEPS]
+
+    @property
+    def eval_timesteps(self) -> bool:
+        return EVAL_TIMESTEPS in self.columns
+
+    @property
     def keys(self) -> list[str]:
         """split, rows, columns: the keys that identify a cell of the table."""
-        return ([self.split] if self.split else []) + self.row_keys + self.columns
+        return ([self.split] if self.split else []) + self.row_keys + self.column_keys
 
 
 @dataclass

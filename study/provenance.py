@@ -19,6 +19,7 @@ DIFF_ARTIFACT = "code.diff"
 # Left out of the diff, so a tree is dirty only when its code, study files or settings differ.
 NOT_CODE = (":(top,exclude)reports", ":(top,exclude,glob)**/*.md")
 CONFIG_ARTIFACT = "config.yaml"
+WEIGHTS_ARTIFACT = "model.pt"  # a finished trial's final state_dict
 
 
 @dataclass(frozen=True)

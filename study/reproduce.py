@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import yaml
 from mlflow.exceptions import MlflowException
@@ -25,6 +25,9 @@ from study.config import StudyError, nested
 from study.markdown import markdown_table
 from study.provenance import CONFIG_ARTIFACT, DIFF_ARTIFACT, CodeState, code_state, differences, environment, \
     environment_tags, recorded_environment
+
+if TYPE_CHECKING:
+    from isnm.config import TrainConfig
 
 COMPARED = ("train_loss", "train_acc", "val_acc", "test_acc", "spike_rate", "beta", "alpha")  # not epoch_seconds
 SHOWN = ("train_loss", "test_acc")  # the side-by-side columns; the verdict covers every compared metric
@@ -51,6 +54,28 @@ def fetch_config(client, run) -> dict:
                 raise StudyError(f"run {run.info.run_id} holds neither {CONFIG_ARTIFACT} nor params; was it made by "
                                  f"study.run?") from None
             return nested({k: yaml.safe_load(v) for k, v in run.data.params.items()})
+
+
+def recorded_run(client, run_id: str) -> tuple[object, dict, TrainConfig]:
+    """(the run, its config as recorded, that config parsed) with torch's thread count set to the trial's, as
+    CPU reductions depend on it; an unknown run or a config this code refuses is a StudyError."""
+    import torch
+
+    from isnm.config import ConfigError, parse_config
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise StudyError(f"no run {run_id!r} in this store ({exc.error_code})") from None
+    config = fetch_config(client, run)
+    try:
+        cfg = parse_config(config)
+    except ConfigError as exc:
+        raise StudyError(f"run {run_id}: its config is not one this code accepts: {exc}") from None
+    threads = recorded_environment(run.data.tags).get("threads", "")
+    if threads.isdigit():
+        torch.set_num_threads(int(threads))
+    return run, config, cfg
 
 
 def code_differences(recorded: CodeState, here: CodeState) -> list[tuple[str, str, str]]:
@@ -121,30 +146,18 @@ def log_reproduction(client, run, config: dict, here: list[dict], code: CodeStat
 
 
 def reproduce(client, run_id: str, epochs: Optional[int], tolerance: float) -> int:
-    import torch
-
-    from isnm.config import ConfigError, config_hash, parse_config, to_dict
+    from isnm.config import config_hash, to_dict
     from isnm.data import DataError
     from isnm.train import resolve_device, train
     from study.tracking import source_code
 
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as exc:
-        raise StudyError(f"no run {run_id!r} in this store ({exc.error_code})") from None
-    config = fetch_config(client, run)
-    try:
-        cfg = parse_config(config)
-    except ConfigError as exc:
-        raise StudyError(f"run {run_id}: its config is not one this code accepts: {exc}") from None
+    run, config, cfg = recorded_run(client, run_id)
     recorded_hash, hash_here = run.data.tags.get("config_hash"), config_hash(to_dict(cfg))
     logged = max((m.step for m in client.get_metric_history(run_id, "test_acc")), default=0)
     if logged == 0:
         raise StudyError(f"run {run_id} logged no epoch; nothing to compare")
     last = min(epochs or logged, logged)
     recorded_env = recorded_environment(run.data.tags)
-    if recorded_env.get("threads", "").isdigit():
-        torch.set_num_threads(int(recorded_env["threads"]))  # reductions on the CPU depend on the thread count
     print(f"reproducing run {run_id} ({run.info.run_name}), config_hash {recorded_hash}: {cfg.arch} on {cfg.dataset}, "
           f"epochs 1-{last} of {cfg.epochs}")
     if recorded_hash and recorded_hash != hash_here:

@@ -38,12 +38,13 @@ def label(table: Table, value: Any) -> str:
     return table.labels.get(str(value), str(value))
 
 
-def cell_text(cell: Cell, metric: str) -> str:
-    if not cell.values:
+def cell_text(values: list[float], planned: int, metric: str) -> str:
+    """mean ± std over a cell's seeds, n when fewer than the `planned` seeds finished."""
+    if not values:
         return DASH
-    mean, std = mean_std([scaled(v, metric) for v in cell.values])
+    mean, std = mean_std([scaled(v, metric) for v in values])
     text = number(mean, metric) if math.isnan(std) else f"{number(mean, metric)} ± {number(std, metric)}"
-    return text if len(cell.values) == cell.planned else f"{text} (n={len(cell.values)})"
+    return text if len(values) == planned else f"{text} (n={len(values)})"
 
 
 def paper_figure(paper: dict, key: tuple) -> Optional[tuple[float, Optional[float]]]:
@@ -66,12 +67,16 @@ def paper_figure(paper: dict, key: tuple) -> Optional[tuple[float, Optional[floa
 
 
 def render_table(cells: list[Cell], table: Table, metric: str, split_value: tuple, paper: dict) -> str:
-    """One Markdown table in the paper's shape: method?, rows (repeats blank), columns, value, paper, Δ."""
+    """One Markdown table in the paper's shape: method?, rows (repeats blank), columns, value, paper, Δ, and
+    with `eval_timesteps` the test accuracy at each T that study.evaluate measured."""
     offset = len(split_value)
     n_rows = len(table.row_keys)
     has_paper = any(paper_figure(paper, c.key) is not None for c in cells)
-    header = (["Method"] if table.method else []) + [HEADERS.get(k, k) for k in table.row_keys + table.columns]
+    beside = table.eval_timesteps and metric == "test_acc"  # they are test accuracies: beside test_acc only
+    evaluated = sorted({t for c in cells for t in c.at_timesteps}) if beside else []
+    header = (["Method"] if table.method else []) + [HEADERS.get(k, k) for k in table.row_keys + table.column_keys]
     header += [METRIC_HEADERS[metric]] + (["Paper (%)", "Δ"] if has_paper else [])
+    header += [f"Accuracy at T={t} (%)" for t in evaluated]
     means = {c.key: mean_std([scaled(v, metric) for v in c.values])[0] for c in cells if c.values}
     best = (max if metric in MAXIMIZED else min)(means.values()) if means else None
     lines, previous = [], None
@@ -84,7 +89,7 @@ def render_table(cells: list[Cell], table: Table, metric: str, split_value: tupl
                     break
                 shown[i] = ""
         previous = own
-        value = cell_text(cell, metric)
+        value = cell_text(cell.values, cell.planned, metric)
         if best is not None and cell.key in means and means[cell.key] == best:
             value = f"**{value}**"
         line = ([table.method] if table.method else []) + shown + [value]
@@ -96,6 +101,7 @@ def render_table(cells: list[Cell], table: Table, metric: str, split_value: tupl
                 mean, std = figure
                 line.append(f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}")
                 line.append(DASH if cell.key not in means else f"{means[cell.key] - mean:+.2f}")
+        line += [cell_text(cell.at_timesteps.get(t, []), cell.planned, metric) for t in evaluated]
         lines.append(line)
     return markdown_table(header, lines)
 

@@ -23,7 +23,8 @@ from study.cli import first_line, last_line, redacted
 from study.cells import every_run
 from study.config import METRICS, Study, StudyError, flat
 from study.plan import Trial
-from study.provenance import CONFIG_ARTIFACT, DIFF_ARTIFACT, ENVIRONMENT_PREFIX, CodeState, environment_tags
+from study.provenance import (CONFIG_ARTIFACT, DIFF_ARTIFACT, ENVIRONMENT_PREFIX, WEIGHTS_ARTIFACT, CodeState,
+                              environment_tags)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT = "mlflow.parentRunId"
@@ -442,6 +443,6 @@ class MlflowTracker(Callback):
     def log_weights(self, run_id: str, state_file: Path) -> None:
         state = torch.load(state_file, map_location="cpu", weights_only=True)
         with tempfile.TemporaryDirectory() as tmp:
-            weights = Path(tmp) / "model.pt"
+            weights = Path(tmp) / WEIGHTS_ARTIFACT
             torch.save(state["model"], weights)
             self.client.log_artifact(run_id, str(weights))

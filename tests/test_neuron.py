@@ -2,7 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from isnm.neuron import ISNM, set_surrogate
+from isnm.config import SURROGATES
+from isnm.neuron import ISNM, isnm_spikes, isnm_spikes_reference, set_surrogate
+from tests.test_surrogate import BY_HAND
 
 
 def reference_spikes(current: list[float], tau: float, theta: float, reset: str) -> list[float]:
@@ -47,8 +49,22 @@ def test_gradient_flows_through_time():
 
 def test_set_surrogate_reaches_every_neuron():
     model = nn.Sequential(ISNM(), nn.Sequential(nn.Identity(), ISNM()))
-    set_surrogate(model, 0.5, 7.0)
-    assert [(m.alpha, m.beta) for m in model.modules() if isinstance(m, ISNM)] == [(0.5, 7.0)] * 2
+    assert [m.function for m in model.modules() if isinstance(m, ISNM)] == ["tanh"] * 2
+    set_surrogate(model, 0.5, 7.0, "arctan")
+    assert [(m.alpha, m.beta, m.function) for m in model.modules() if isinstance(m, ISNM)] == [(0.5, 7.0, "arctan")] * 2
+    with pytest.raises(ValueError, match="surrogate function must be one of"):
+        set_surrogate(model, 0.5, 7.0, "relu")
+
+
+@pytest.mark.parametrize("function", SURROGATES)
+@pytest.mark.parametrize("fn", [isnm_spikes, isnm_spikes_reference])
+def test_one_step_gradient_is_the_surrogate_by_hand(function, fn):
+    """T = 1: u = I, so dL/dI = ds/du = alpha * beta * g(beta * (I - theta)), one neuron a point."""
+    alpha, beta, theta = 0.5, 4.0, 1.0
+    current = torch.linspace(0.2, 1.8, 33, dtype=torch.float64).view(1, 1, -1).requires_grad_()
+    fn(current, 2.0, theta, "hard", alpha, beta, function=function).sum().backward()
+    expected = [alpha * beta * BY_HAND[function](beta * (i - theta)) for i in current.flatten().tolist()]
+    torch.testing.assert_close(current.grad.flatten(), torch.tensor(expected, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("kwargs, message", [({"tau": 0.0}, "tau"), ({"threshold": -1.0}, "threshold"),
@@ -66,37 +82,41 @@ def test_input_without_time_axis_is_rejected():
 @pytest.mark.parametrize("reset", ["hard", "soft"])
 @pytest.mark.parametrize("tau, theta, alpha, beta", [(2.0, 1.0, 1.0, 5.0), (1.5, 0.7, 2.0, 0.5), (3.0, 0.3, 0.1, 20.0)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fused_op_equals_the_per_step_reference_bit_for_bit(reset, tau, theta, alpha, beta, dtype):
-    from isnm.neuron import isnm_spikes, isnm_spikes_reference
-
+@pytest.mark.parametrize("function", SURROGATES)
+def test_fused_op_equals_the_per_step_reference_bit_for_bit(reset, tau, theta, alpha, beta, dtype, function):
     gen = torch.Generator().manual_seed(7)
     current = (torch.randn(6, 4, 8, 5, 5, generator=gen, dtype=dtype) * 1.3).requires_grad_()
     upstream = torch.randn(current.shape, generator=gen, dtype=dtype)
     grads = []
     for fn in (isnm_spikes, isnm_spikes_reference):
         current.grad = None
-        spikes = fn(current, tau, theta, reset, alpha, beta)
+        spikes = fn(current, tau, theta, reset, alpha, beta, function=function)
         spikes.backward(upstream)
         grads.append((spikes.detach(), current.grad.clone()))
     (fused, g_fused), (ref, g_ref) = grads
     assert torch.equal(fused, ref)
     assert torch.equal(g_fused, g_ref)
     assert 0 < fused.mean() < 1  # the test sees both spikes and silence
+    assert g_ref.count_nonzero() > 0  # and gradients, also where a surrogate has compact support
 
 
-def test_compiled_loops_match_the_reference():
-    """torch.compile fuses the loops (and may use fused multiply-adds): spikes equal, gradients to rounding."""
-    from isnm.neuron import isnm_spikes, isnm_spikes_reference
-
+# other functions change only the slope, so one reset each (compiling costs about 10 s a graph on 2 cores)
+@pytest.mark.parametrize("function, resets", [("tanh", ("hard", "soft"))] + [  # a compile each: the others are slow
+    pytest.param(f, ("hard",), marks=pytest.mark.slow) for f in SURROGATES[1:]])
+def test_compiled_loops_match_the_reference(function, resets):
+    """torch.compile fuses the loops (and may use fused multiply-adds): spikes equal, gradients to rounding.
+    Every function compiles (one graph each); past dynamo's recompile limit it would run eagerly unseen, so
+    hitting the limit fails the test."""
     gen = torch.Generator().manual_seed(3)
-    for reset in ("hard", "soft"):
+    for reset in resets:
         current = (torch.randn(5, 3, 4, 6, 6, generator=gen) * 1.3).requires_grad_()
         upstream = torch.randn(current.shape, generator=gen)
         results = []
         for fn, kwargs in ((isnm_spikes, {"kernel": "compiled"}), (isnm_spikes_reference, {})):
             current.grad = None
-            spikes = fn(current, 2.0, 1.0, reset, 1.0, 4.0, **kwargs)
-            spikes.backward(upstream)
+            with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+                spikes = fn(current, 2.0, 1.0, reset, 1.0, 4.0, function=function, **kwargs)
+                spikes.backward(upstream)
             results.append((spikes.detach(), current.grad.clone()))
         assert torch.equal(results[0][0], results[1][0])
         torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-5)
@@ -139,8 +159,6 @@ def test_spikes_round_trip_through_bits(shape):
 def test_backward_uses_the_spikes_forward_fired(kernel, reset):
     """Potentials exactly at the threshold, and one float32 ulp to either side: the spikes backward resets
     with (unpacked from what forward saved) are forward's, and the gradient matches the reference."""
-    from isnm.neuron import isnm_spikes, isnm_spikes_reference
-
     theta = 1.0
     edge = torch.tensor([theta, torch.nextafter(torch.tensor(theta), torch.tensor(0.0)).item(),
                          torch.nextafter(torch.tensor(theta), torch.tensor(2.0)).item(), 0.5])
@@ -165,8 +183,6 @@ def test_backward_uses_the_spikes_forward_fired(kernel, reset):
 def test_potentials_and_slopes_are_float32_under_bf16_autocast():
     """A bf16 current whose float32 potential stays below the threshold, but whose bf16 potential would
     round onto it: 0.5 * 0.99609375 + 0.5 = 0.998046875, a tie that bf16 rounds to 1.0."""
-    from isnm.neuron import isnm_spikes
-
     current = torch.tensor([0.99609375, 0.5], dtype=torch.bfloat16).view(2, 1, 1).requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         spikes = isnm_spikes(current, 2.0, 1.0, "hard", 1.0, 5.0)

@@ -51,3 +51,10 @@ def test_trial_table_columns():
     header, first = trial_table(trials).splitlines()[:2]
     assert header.split() == ["trial", "overrides", "seed", "config_hash"]
     assert first.split() == ["ISNM", "seed=0", "-", "0", trials[0].config_hash]
+
+
+def test_an_option_added_later_keeps_old_hashes_at_its_default():
+    config = plan_trials(load_study(ROOT / "search_spaces/ablation.yaml", "demo"))[0].config
+    assert config_hash(config) == "d1f6f908d094"  # ISNM seed=0 in reports/ablation.runs.csv, before `function`
+    changed = {**config, "surrogate": {**config["surrogate"], "function": "arctan"}}
+    assert config_hash(changed) != config_hash(config)

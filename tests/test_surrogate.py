@@ -3,7 +3,34 @@ import math
 import pytest
 import torch
 
-from isnm.surrogate import alpha_for, beta_at, spike
+from isnm.config import SURROGATES, ConfigError, parse_config
+from isnm.surrogate import SHAPES, alpha_for, beta_at, spike, surrogate_grad
+
+
+def logistic(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+# README's table, g(x) in scalar math, written apart from isnm.surrogate's tensor code
+BY_HAND = {
+    "tanh": lambda x: 1.0 - math.tanh(x) ** 2,
+    "sigmoid": lambda x: 4.0 * logistic(2.0 * x) * (1.0 - logistic(2.0 * x)),
+    "arctan": lambda x: 1.0 / (1.0 + (math.pi * x / 2.0) ** 2),
+    "fast_sigmoid": lambda x: 1.0 / (1.0 + abs(x)) ** 2,
+    "rectangular": lambda x: 1.0 if abs(x) < 1.0 else 0.0,
+    "triangle": lambda x: max(0.0, 1.0 - abs(x) / 2.0),
+}
+# each g's step G (G' = g, from -1 to 1): a surrogate is the derivative of alpha * G(beta * v)
+STEPS = {
+    "tanh": torch.tanh,
+    "sigmoid": lambda x: 2.0 * torch.sigmoid(2.0 * x) - 1.0,
+    "arctan": lambda x: 2.0 / math.pi * torch.atan(math.pi / 2.0 * x),
+    "fast_sigmoid": lambda x: x / (1.0 + x.abs()),
+    "rectangular": lambda x: x.clamp(-1.0, 1.0),
+    "triangle": lambda x: x.sign() * (1.0 - (1.0 - x.abs().clamp(max=2.0) / 2.0) ** 2),
+}
+# x = beta * v off every kink of G and g (0, +-1, +-2), where finite differences would straddle one
+SMOOTH_POINTS = [-3.7, -2.5, -1.6, -0.8, -0.3, 0.2, 0.6, 1.3, 2.3, 4.1]
 
 
 def test_beta_schedule_end_points():
@@ -42,3 +69,83 @@ def test_backward_is_eq9_the_derivative_of_the_smooth_function(alpha, beta):
     v.grad = None
     (alpha * (torch.tanh(beta * v) + 1.0)).sum().backward()  # eq. 6 with c = 1
     torch.testing.assert_close(ours, v.grad)
+
+
+def test_the_configs_names_are_the_functions():
+    assert tuple(SHAPES) == SURROGATES == tuple(BY_HAND) == tuple(STEPS)
+
+
+def test_the_default_is_eq9_in_its_own_arithmetic():
+    """The tanh path computes what it did before other functions existed, so defaults move no number."""
+    v = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    for alpha, beta in [(2.0, 0.5), (1.0, 5.0)]:
+        assert torch.equal(surrogate_grad(v, alpha * beta, beta), alpha * beta * (1.0 - torch.tanh(beta * v) ** 2))
+
+
+@pytest.mark.parametrize("function", SURROGATES)
+def test_every_shape_has_peak_one_and_area_two(function):
+    """The convention: g(0) = 1 (peak alpha*beta) and integral 2 (a step of 2*alpha), as eq. 9's tanh."""
+    # fine where rectangular jumps, far out for the heavy tails (beyond 1e4 fast_sigmoid has 2e-4 left)
+    tail = torch.linspace(4, 1e4, 1_000_000, dtype=torch.float64)[1:]
+    x = torch.cat([-tail.flip(0), torch.linspace(-4, 4, 800_001, dtype=torch.float64), tail])
+    g = SHAPES[function](x)
+    assert SHAPES[function](torch.zeros((), dtype=torch.float64)).item() == 1.0
+    assert torch.trapezoid(g, x).item() == pytest.approx(2.0, abs=5e-4)
+
+
+@pytest.mark.parametrize("function", SURROGATES)
+@pytest.mark.parametrize("alpha, beta", [(2.0, 0.5), (1.0, 5.0), (0.3, 12.0)])
+def test_backward_is_the_closed_form(function, alpha, beta):
+    v = torch.linspace(-3, 3, 101, dtype=torch.float64, requires_grad=True)
+    spike(v, alpha, beta, function).sum().backward()
+    expected = [alpha * beta * BY_HAND[function](beta * x) for x in v.tolist()]
+    torch.testing.assert_close(v.grad, torch.tensor(expected, dtype=torch.float64))
+
+
+class Step(torch.autograd.Function):
+    """alpha * G(beta * v) forward, the library's surrogate backward: gradcheck holds the two together."""
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, alpha: float, beta: float, function: str) -> torch.Tensor:
+        ctx.save_for_backward(v)
+        ctx.args = (alpha * beta, beta, function)
+        return alpha * STEPS[function](beta * v)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (v,) = ctx.saved_tensors
+        return grad * surrogate_grad(v, *ctx.args), None, None, None
+
+
+@pytest.mark.parametrize("function", SURROGATES)
+@pytest.mark.parametrize("alpha, beta", [(2.0, 0.5), (1.0, 5.0)])
+def test_gradcheck_the_surrogate_is_the_derivative_of_its_step(function, alpha, beta):
+    """Checked in float64 at points away from kinks (rectangular's step, triangle's and fast_sigmoid's g)."""
+    v = (torch.tensor(SMOOTH_POINTS, dtype=torch.float64) / beta).requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: Step.apply(v, alpha, beta, function), (v,))
+    assert torch.autograd.gradcheck(lambda v: surrogate_grad(v, alpha * beta, beta, function), (v,))  # g itself
+
+
+def test_sigmoid_is_tanh_in_other_arithmetic():
+    """sigma(2x) = (1 + tanh x) / 2, so at equal peak and area the logistic surrogate is eq. 9's."""
+    x = torch.linspace(-8, 8, 1601, dtype=torch.float64)
+    torch.testing.assert_close(SHAPES["sigmoid"](x), SHAPES["tanh"](x), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("function", SURROGATES)
+def test_larger_beta_is_narrower_and_taller(function):
+    v = torch.linspace(-10, 10, 200_001, dtype=torch.float64)
+    step = (v[1] - v[0]).item()
+    peaks, widths = [], []
+    for beta in (0.5, 2.0, 8.0):
+        grad = surrogate_grad(v, 1.0 * beta, beta, function)  # alpha = 1
+        peaks.append(grad.max().item())
+        widths.append((grad >= grad.max() / 2).sum().item() * step)  # full width at half maximum
+    assert peaks == pytest.approx([0.5, 2.0, 8.0])  # alpha * beta
+    assert widths[0] > widths[1] > widths[2]
+    assert [w * b for w, b in zip(widths, (0.5, 2.0, 8.0))] == pytest.approx([widths[0] * 0.5] * 3, rel=2e-3)
+
+
+def test_unknown_function_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"^surrogate\.function: got 'relu', expected 'tanh' or 'sigmoid'"):
+        parse_config({"surrogate": {"function": "relu"}})
