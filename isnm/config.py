@@ -21,6 +21,8 @@ ARCHS = ("tiny", "vgg_small", "resnet18")
 RESETS = ("hard", "soft")
 ALPHA_RULES = ("paper", "unit_peak")
 SURROGATES = ("tanh", "sigmoid", "arctan", "fast_sigmoid", "rectangular", "triangle")  # isnm.surrogate.SHAPES
+SCHEDULE_SHAPES = ("loglinear", "linear", "cosine", "step")  # isnm.schedule.beta_at
+LAYER_RATE = "spike_rate/"  # + a spiking layer's module name: the metric of that layer's firing rate (isnm.activity)
 
 
 class ConfigError(ValueError):
@@ -191,6 +193,8 @@ class SurrogateConfig:
     beta_max: float = 5.0  # ... and last-epoch beta
     alpha: Union[Literal[ALPHA_RULES], float] = "paper"  # eq. 8, or another rule, or a constant
     function: Literal[SURROGATES] = "tanh"  # eq. 9's tanh, or another shape of the same peak and area
+    shape: Literal[SCHEDULE_SHAPES] = "loglinear"  # the gradual schedule's curve: eq. 7's, or another
+    update: Literal["epoch", "step"] = "epoch"  # a new beta every epoch (the paper), or every optimizer step
 
     def check(self, path: str) -> None:
         check(self.beta > 0, join(path, "beta"), self.beta, "a number > 0")
@@ -261,7 +265,7 @@ UNHASHED_KEYS = ("data_dir", "download")
 # Options added after runs were hashed, left out of the hash at the default that computes what runs made
 # before them computed: a new option must not turn every finished run into a stranger (not cached, not
 # found by the report). Every option added from now on goes here with that default.
-HASHED_WHEN_SET = {"surrogate.function": "tanh"}
+HASHED_WHEN_SET = {"surrogate.function": "tanh", "surrogate.shape": "loglinear", "surrogate.update": "epoch"}
 
 
 def config_hash(config: dict) -> str:

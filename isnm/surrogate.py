@@ -1,35 +1,10 @@
-"""Gradual surrogate gradient (paper section 2.2): the beta schedule, the alpha rule, the surrogates, the spike op."""
+"""The surrogate gradients (paper eq. 9 and other shapes) and the spike op; their schedule is isnm.schedule."""
 from __future__ import annotations
 
 import math
 from typing import Callable
 
 import torch
-
-from isnm.config import ALPHA_RULES
-
-
-def beta_at(epoch: float, max_epoch: float, beta_min: float, beta_max: float) -> float:
-    """Eq. 7: beta grows log-linearly from beta_min (epoch 0) to beta_max (epoch max_epoch)."""
-    if max_epoch <= 0:
-        return beta_max
-    frac = epoch / max_epoch
-    return math.exp(math.log(beta_min) + (math.log(beta_max) - math.log(beta_min)) * frac)
-
-
-def alpha_for(beta: float, rule: str | float = "paper") -> float:
-    """Eq. 8 is rule "paper": max(1/beta, 1), so a wide surrogate (beta < 1) keeps peak slope 1.
-
-    "unit_peak" is min(1/beta, 1): the peak gradient alpha*beta is 1 whenever beta >= 1.
-    A number is a constant alpha, for ablating the rule itself.
-    """
-    if isinstance(rule, (int, float)) and not isinstance(rule, bool):
-        return float(rule)
-    if rule == "paper":
-        return max(1.0 / beta, 1.0)
-    if rule == "unit_peak":
-        return min(1.0 / beta, 1.0)
-    raise ValueError(f"alpha rule {rule!r} unknown; expected one of {ALPHA_RULES} or a number")
 
 
 # A surrogate is ds/du = alpha * beta * g(x) at x = beta * (u - theta). Every g has peak g(0) = 1 and area

@@ -15,11 +15,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from isnm.config import ConfigError, SurrogateConfig, TrainConfig, config_hash, merged, nested, parse_config, to_dict
+from isnm.config import ConfigError, TrainConfig, config_hash, merged, nested, parse_config, to_dict
 from isnm.data import CIFAR, DataError, Dataset, batches, check_cifar, fingerprint, load_dataset, train_batches
 from isnm.models import build_model
-from isnm.neuron import ISNM, kernel_fallback, set_kernel, set_surrogate
-from isnm.surrogate import alpha_for, beta_at
+from isnm.activity import Activity, ActivityMonitor
+from isnm.neuron import kernel_fallback, set_kernel, set_surrogate
+from isnm.schedule import surrogate_at
 
 EVAL_BATCH_SIZE = 1000
 
@@ -40,15 +41,6 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, epoch: int, step: int, loss: float):
         self.epoch, self.step, self.loss = epoch, step, loss
         super().__init__(f"training diverged: loss {loss} at epoch {epoch}, step {step}")
-
-
-def surrogate_at(cfg: SurrogateConfig, epoch_index: int, epochs: int) -> tuple[float, float]:
-    """(alpha, beta) for 0-based epoch `epoch_index`; GSG spans beta_min on the first to beta_max on the last."""
-    if cfg.schedule == "gradual":
-        beta = beta_at(epoch_index, epochs - 1, cfg.beta_min, cfg.beta_max)
-    else:
-        beta = cfg.beta
-    return alpha_for(beta, cfg.alpha), beta
 
 
 def resolve_kernel(cfg: TrainConfig, device: torch.device) -> str:
@@ -124,28 +116,17 @@ def recalibrate_batch_norm(model: nn.Module, images: torch.Tensor, batch_size: i
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision) -> tuple[float, float]:
-    """(accuracy, mean firing rate over all ISNM neurons) on images x with labels y, in the training's
-    precision (`precision` is its autocast context), so what is measured is the network that trained."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision) -> tuple[float, Activity]:
+    """(accuracy, what the network did: firing per layer, synaptic operations, energy) on images x with labels
+    y, in the training's precision (`precision` is its autocast context), so what is measured is the network
+    that trained."""
     model.eval()
-    fired = torch.zeros((), dtype=torch.float64, device=x.device)
-    count = 0
-
-    def record(module, inputs, spikes):
-        nonlocal fired, count
-        fired += spikes.sum(dtype=torch.float64)
-        count += spikes.numel()
-
-    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, ISNM)]
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
-    try:
+    with ActivityMonitor(model) as activity:
         for images, labels in batches(x, y, EVAL_BATCH_SIZE):
             with precision:
                 correct += (model(images).argmax(1) == labels).sum()
-    finally:
-        for h in hooks:
-            h.remove()
-    return correct.item() / max(len(y), 1), (fired / max(count, 1)).item()
+    return correct.item() / max(len(y), 1), activity
 
 
 def rng_state(generator: torch.Generator) -> dict:
@@ -192,17 +173,22 @@ def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
         restore_rng(resume_state["rng"], generator)
         start = resume_state["epoch"]
     loss_fn = nn.CrossEntropyLoss()
+    steps_per_epoch = -(-len(data.train_y) // cfg.batch_size)  # train_batches keeps the last partial batch
     metrics: dict = {}
     for epoch in range(start + 1, min(cfg.epochs, last_epoch or cfg.epochs) + 1):
         began = time.perf_counter()
         alpha, beta = surrogate_at(cfg.surrogate, epoch - 1, cfg.epochs)
         set_surrogate(model, alpha, beta, cfg.surrogate.function)
+        per_step = cfg.surrogate.schedule == "gradual" and cfg.surrogate.update == "step"
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         first_bad = torch.zeros((), dtype=torch.int64, device=device)  # step of the first non-finite loss
         bad_loss = torch.zeros((), dtype=torch.float64, device=device)
         for step, (x, y) in enumerate(train_batches(data, cfg.batch_size, generator), start=1):
+            if per_step:
+                alpha, beta = surrogate_at(cfg.surrogate, epoch - 1, cfg.epochs, step - 1, steps_per_epoch)
+                set_surrogate(model, alpha, beta, cfg.surrogate.function)
             with autocast:
                 logits = model(x)
                 loss = loss_fn(logits, y)
@@ -220,13 +206,13 @@ def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
         n = len(data.train_y)
         if cfg.bn_recalibration:
             recalibrate_batch_norm(model, data.train_x[:cfg.bn_recalibration], cfg.batch_size, autocast)
-        test_acc, spike_rate = evaluate(model, data.test_x, data.test_y, autocast)
+        test_acc, activity = evaluate(model, data.test_x, data.test_y, autocast)
         val = {"val_acc": evaluate(model, data.val_x, data.val_y, autocast)[0]} if len(data.val_y) else {}
         # the loops that really ran: a compilation that failed falls back to eager, and says why
         ran = {"kernel": "eager", "kernel_fallback": kernel_fallback()} if kernel_fallback() else {"kernel": kernel}
         metrics = {"epoch": epoch, "train_loss": loss_sum.item() / n, "train_acc": correct.item() / n, **val,
-                   "test_acc": test_acc, "beta": beta, "alpha": alpha,
-                   "epoch_seconds": time.perf_counter() - began, "spike_rate": spike_rate, **ran,
+                   "test_acc": test_acc, "beta": beta, "alpha": alpha,  # per step: the epoch's last step's
+                   "epoch_seconds": time.perf_counter() - began, **activity.metrics(), **ran,
                    "data_fingerprint": data_fingerprint}
         if on_epoch is not None:
             state = {"model": copy.deepcopy(model.state_dict()),

@@ -63,6 +63,7 @@ class Cell:
     planned: int = 0
     sources: list[Source] = field(default_factory=list)  # one per finished seed
     at_timesteps: dict[int, list[float]] = field(default_factory=dict)  # T -> its finished seeds' metric_at(T)
+    extras: dict[str, list[float]] = field(default_factory=dict)  # metric -> its finished seeds' final values
 
     @property
     def values(self) -> list[float]:
@@ -146,10 +147,16 @@ def trial_status(runs: pd.DataFrame) -> tuple[Status, Optional[pd.Series]]:
     return Status.FAILED, None
 
 
+def extra_metrics(table: Table) -> list[str]:
+    """The final metrics a table's `extra` columns show: those named, and with energy the ANN's, its yardstick."""
+    return table.extra + (["energy_ann"] if "energy" in table.extra else [])
+
+
 def table_cells(client: MlflowClient, study: Study, children: pd.DataFrame, table: Table, metric: str,
                 stat: str) -> tuple[list[Cell], Counter[Status]]:
     """The table's cells in plan order, each with its finished runs' values of `metric` (and of `metric_at` each
-    T they were evaluated at), and how many of the planned trials are in each state."""
+    T they were evaluated at, and the final `extra_metrics`), and how many of the planned trials are in each
+    state."""
     cells: dict[tuple, Cell] = {}
     counts: Counter[Status] = Counter()
     maximize = metric in MAXIMIZED
@@ -165,6 +172,9 @@ def table_cells(client: MlflowClient, study: Study, children: pd.DataFrame, tabl
             continue
         if not pd.isna(run.get(f"metrics.{metric}")):
             cell.sources.append(source_of(run, trial, metric_value(client, run, metric, stat, maximize)))
+        for name in extra_metrics(table):
+            if not pd.isna(run.get(f"metrics.{name}")):
+                cell.extras.setdefault(name, []).append(float(run[f"metrics.{name}"]))
         for timesteps, column in evaluated.items():
             if not pd.isna(run[column]):
                 cell.at_timesteps.setdefault(timesteps, []).append(float(run[column]))

@@ -15,7 +15,8 @@ import yaml
 from isnm.config import (ConfigError, check, default_config, flat, join, merged, nested, parse_config,
                          parse_dataclass, to_dict, unknown_key_message)
 
-METRICS = ("test_acc", "val_acc", "train_acc", "train_loss", "spike_rate")  # what a trial reports per epoch
+# what a trial reports per epoch, and study.report tabulates (isnm.activity: spike_rate, synops and energy per image)
+METRICS = ("test_acc", "val_acc", "train_acc", "train_loss", "spike_rate", "synops", "energy")
 MAXIMIZED = ("test_acc", "val_acc", "train_acc")
 SELECTABLE = ("val_acc", "train_acc", "train_loss", "spike_rate")  # what a search may rank by: never test data
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
@@ -101,6 +102,7 @@ class Table:
     metric: Union[Literal[METRICS], list[Literal[METRICS]]] = "test_acc"  # several: one table each
     paper: dict[str, Any] = field(default_factory=dict)  # published figures of the (first) metric, nested by split, rows, columns
     labels: dict[str, str] = field(default_factory=dict)  # printed names of values, e.g. vgg_small: VGG
+    extra: list[Literal[METRICS]] = field(default_factory=list)  # columns of other final metrics, e.g. spike_rate, energy
 
     def check(self, path: str) -> None:
         check(len(self.metrics) > 0, join(path, "metric"), self.metric, "a metric or a non-empty list of metrics")

@@ -1,9 +1,14 @@
-"""A report's figures (PNG): each metric per epoch for every line of the table, and the surrogate's schedule."""
+"""A report's figures (PNG): each metric per epoch for every line of the table, the surrogate's schedule, and
+each spiking layer's firing rate."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pandas as pd
+
+from isnm.config import LAYER_RATE
 from study.cells import Cell
 from study.config import Table
 from study.tables import METRIC_HEADERS, label, scaled
@@ -43,26 +48,90 @@ def plot_curves(client: MlflowClient, cells: list[Cell], table: Table, metrics: 
     plt.close(fig)
 
 
-def plot_schedule(client: MlflowClient, cells: list[Cell], path: Path) -> None:
-    """The surrogate's beta and alpha per epoch, once per variant, as the runs logged them."""
+def layer_order(name: str) -> list:
+    """A sort key putting spiking layers in network order: body.2 before body.10, branch before neuron."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def plot_firing(runs: pd.DataFrame, cells: list[Cell], table: Table, path: Path) -> bool:
+    """Each spiking layer's final firing rate, in network order, for every line of the table (mean over seeds,
+    bars of ± std); False, and no figure, when the runs logged no per-layer rates (made before they were)."""
+    columns = sorted((c for c in runs.columns if c.startswith(f"metrics.{LAYER_RATE}")), key=layer_order)
+    if not columns:
+        return False
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    layers = [c.removeprefix(f"metrics.{LAYER_RATE}") for c in columns]
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.45 * len(layers) + 3), 4.2))
+    for cell in cells:
+        rates = runs[runs["run_id"].isin(cell.run_ids)][columns] * 100
+        if rates.empty:
+            continue
+        ax.errorbar(range(len(layers)), rates.mean(), yerr=rates.std(ddof=1) if len(rates) > 1 else None,
+                    marker="o", capsize=3, label=" ".join(label(table, v) for v in cell.key))
+    ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=8)
+    ax.set_xlabel("spiking layer (input to output)")
+    ax.set_ylabel("firing rate, final epoch (% of neurons per step)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def schedule_label(surrogate: dict) -> str:
+    """'fixed, beta 5' or 'gradual 0.5 to 5, loglinear, per epoch'."""
+    if surrogate["schedule"] == "fixed":
+        return f"fixed, beta {surrogate['beta']:g}"
+    return (f"gradual {surrogate['beta_min']:g} to {surrogate['beta_max']:g}, {surrogate['shape']}, "
+            f"per {surrogate['update']}")
+
+
+def plot_schedule(client: MlflowClient, cells: list[Cell], configs: dict[str, dict], path: Path) -> None:
+    """The surrogate's beta and alpha over training, once per distinct schedule (whatever the surrogate function):
+    the curve each config's shape and update define (isnm.schedule, what the training computed), and the values
+    the runs logged on it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from isnm.config import parse_config
+    from isnm.schedule import surrogate_at
+
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
     seen = set()
+    lengths = {configs[s.config_hash]["epochs"] for c in cells for s in c.sources}
     for cell in cells:
         for source in cell.sources:
-            if source.variant in seen:
+            config = configs[source.config_hash]
+            cfg = parse_config(config)
+            schedule = (epochs := config["epochs"], repr(sorted((k, v) for k, v in config["surrogate"].items()
+                                                                 if k != "function")))
+            if schedule in seen:
                 continue
-            seen.add(source.variant)
-            for ax, key in ((top, "beta"), (bottom, "alpha")):
-                history = sorted(client.get_metric_history(source.run_id, key), key=lambda m: m.step)
-                ax.plot([m.step for m in history], [m.value for m in history], marker=".", label=source.variant)
+            seen.add(schedule)
+            per_step = cfg.surrogate.update == "step" and cfg.surrogate.schedule == "gradual"
+            if per_step:
+                steps = 100  # a smooth curve; the training's steps per epoch are as many as its batches
+                x = np.arange(epochs * steps) / steps + 1
+                curve = [surrogate_at(cfg.surrogate, i // steps, epochs, i % steps, steps) for i in range(len(x))]
+            else:  # each epoch's beta held through it: a step from epoch e to e + 1
+                x = np.arange(1, epochs + 2)
+                curve = [surrogate_at(cfg.surrogate, min(e, epochs) - 1, epochs) for e in x]
+            name = schedule_label(config["surrogate"]) + (f", {epochs} epochs" if len(lengths) > 1 else "")
+            for ax, key, values in ((top, "beta", [b for _, b in curve]), (bottom, "alpha", [a for a, _ in curve])):
+                line, = ax.plot(x, values, drawstyle="default" if len(x) > epochs + 1 else "steps-post", label=name)
+                logged = sorted(client.get_metric_history(source.run_id, key), key=lambda m: m.step)
+                # a run logs each epoch's last beta: per step, that of the epoch's end
+                ax.plot([m.step + per_step for m in logged], [m.value for m in logged], ".", color=line.get_color())
     top.set_ylabel("beta (eq. 7)")
     top.set_yscale("log")
     bottom.set_ylabel("alpha (eq. 8)")
-    bottom.set_xlabel("epoch")
+    bottom.set_xlabel("epoch (dots: the values the runs logged)")
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
     top.legend(fontsize=8)

@@ -17,7 +17,8 @@ from study.cells import Cell, runs_frame, table_cells
 from study.cli import user_error_exit
 from study.config import METRICS, Study, StudyError, Table, load_study
 from study.leaderboard import leaderboard
-from study.plots import plot_curves, plot_schedule
+from study.plan import plan_trials
+from study.plots import plot_curves, plot_firing, plot_schedule
 from study.sources import provenance_line, write_sources
 from study.tables import METRIC_HEADERS, counts_line, label, paper_figure, render_table, render_welch, setting_line
 
@@ -94,11 +95,15 @@ def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: O
         write_sources(sidecar, table, by_metric)
         parts.append(provenance_line(by_metric, sidecar.name))
         curves, schedule = out / f"{study.name}-curves.png", out / f"{study.name}-schedule.png"
+        firing = out / f"{study.name}-firing.png"
         if any(c.run_ids for c in cells):
             plot_curves(client, cells, table, metrics, curves)
-            plot_schedule(client, cells, schedule)
+            plot_schedule(client, cells, {t.config_hash: t.config for t in plan_trials(study)}, schedule)
             plots = [curves, schedule]
             parts.append(f"![{', '.join(metrics)} per epoch]({curves.name})\n\n![surrogate schedule]({schedule.name})")
+            if plot_firing(children, cells, table, firing):
+                plots.append(firing)
+                parts.append(f"![firing rate per spiking layer]({firing.name})")
     text = "\n\n".join(p for p in parts if p) + "\n"
     (out / f"{study.name}.md").write_text(text)
     if write_csv:

@@ -1,6 +1,7 @@
 """A report's Markdown from its cells: the paper-shaped table, the differences by Welch's t, the lines around them.
 
-Values print as the paper prints them: accuracies and rates in percent with 2 decimals, the rest with 4.
+Values print as the paper prints them: accuracies and rates in percent with 2 decimals, synaptic operations in
+millions with 2, the rest with 4.
 """
 from __future__ import annotations
 
@@ -14,23 +15,26 @@ from study.markdown import markdown_table
 from study.plan import plan_trials
 from study.stats import mean_std, welch
 
-HEADERS = {"variant": "Method", "dataset": "Dataset", "arch": "Architecture", "timesteps": "TimeStep"}
+HEADERS = {"variant": "Method", "dataset": "Dataset", "arch": "Architecture", "timesteps": "TimeStep",
+           "surrogate.function": "Surrogate", "surrogate.schedule": "Schedule", "surrogate.shape": "Shape"}
 METRIC_HEADERS = {"test_acc": "Accuracy (%)", "val_acc": "Validation accuracy (%)", "train_acc": "Train accuracy (%)",
-                  "spike_rate": "Spike rate (%)", "train_loss": "Train loss"}
+                  "spike_rate": "Spike rate (%)", "train_loss": "Train loss", "synops": "SynOps (M/image)",
+                  "energy": "Energy (µJ/image)"}
 PERCENT = ("test_acc", "val_acc", "train_acc", "spike_rate")
+PRINT_SCALE = {"synops": 1e-6}  # besides PERCENT (x100): printed in millions
 DASH = "—"
 
 
 def scaled(value: float, metric: str) -> float:
-    return value * 100 if metric in PERCENT else value
+    return value * 100 if metric in PERCENT else value * PRINT_SCALE.get(metric, 1.0)
 
 
 def number(value: float, metric: str) -> str:
-    return f"{value:.2f}" if metric in PERCENT else f"{value:.4f}"
+    return f"{value:.2f}" if metric in PERCENT or metric in PRINT_SCALE else f"{value:.4f}"
 
 
 def signed(value: float, metric: str) -> str:
-    return f"{value:+.2f}" if metric in PERCENT else f"{value:+.4f}"
+    return f"{value:+.2f}" if metric in PERCENT or metric in PRINT_SCALE else f"{value:+.4f}"
 
 
 def label(table: Table, value: Any) -> str:
@@ -45,6 +49,16 @@ def cell_text(values: list[float], planned: int, metric: str) -> str:
     mean, std = mean_std([scaled(v, metric) for v in values])
     text = number(mean, metric) if math.isnan(std) else f"{number(mean, metric)} ± {number(std, metric)}"
     return text if len(values) == planned else f"{text} (n={len(values)})"
+
+
+def extra_text(cell: Cell, metric: str) -> str:
+    """An `extra` column's cell: the final `metric` over the cell's seeds; energy with its ratio to the ANN's."""
+    values = cell.extras.get(metric, [])
+    text = cell_text(values, cell.planned, metric)
+    ann = cell.extras.get("energy_ann", [])
+    if metric == "energy" and values and ann:
+        text += f" ({mean_std(values)[0] / mean_std(ann)[0]:.2f}× ANN)"
+    return text
 
 
 def paper_figure(paper: dict, key: tuple) -> Optional[tuple[float, Optional[float]]]:
@@ -76,7 +90,7 @@ def render_table(cells: list[Cell], table: Table, metric: str, split_value: tupl
     evaluated = sorted({t for c in cells for t in c.at_timesteps}) if beside else []
     header = (["Method"] if table.method else []) + [HEADERS.get(k, k) for k in table.row_keys + table.column_keys]
     header += [METRIC_HEADERS[metric]] + (["Paper (%)", "Δ"] if has_paper else [])
-    header += [f"Accuracy at T={t} (%)" for t in evaluated]
+    header += [f"Accuracy at T={t} (%)" for t in evaluated] + [METRIC_HEADERS[m] for m in table.extra]
     means = {c.key: mean_std([scaled(v, metric) for v in c.values])[0] for c in cells if c.values}
     best = (max if metric in MAXIMIZED else min)(means.values()) if means else None
     lines, previous = [], None
@@ -102,6 +116,7 @@ def render_table(cells: list[Cell], table: Table, metric: str, split_value: tupl
                 line.append(f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}")
                 line.append(DASH if cell.key not in means else f"{means[cell.key] - mean:+.2f}")
         line += [cell_text(cell.at_timesteps.get(t, []), cell.planned, metric) for t in evaluated]
+        line += [extra_text(cell, m) for m in table.extra]
         lines.append(line)
     return markdown_table(header, lines)
 

@@ -19,6 +19,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback, Checkpoint
 
+from isnm.config import LAYER_RATE
 from study.cli import first_line, last_line, redacted
 from study.cells import every_run
 from study.config import METRICS, Study, StudyError, flat
@@ -28,7 +29,7 @@ from study.provenance import (CONFIG_ARTIFACT, DIFF_ARTIFACT, ENVIRONMENT_PREFIX
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT = "mlflow.parentRunId"
-LOGGED_METRICS = METRICS + ("beta", "alpha", "epoch_seconds")
+LOGGED_METRICS = METRICS + ("energy_ann", "beta", "alpha", "epoch_seconds")  # and LAYER_RATE + each spiking layer
 MAX_PARAM_LENGTH = 6000
 STATE_FILE = "state.pt"  # the trial checkpoint: model, optimizer, epoch and RNG states
 
@@ -157,7 +158,7 @@ def log_epoch(client: MlflowClient, run_id: str, metrics: dict) -> None:
     """One epoch's metrics, at step = epoch."""
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(metrics[k]), now, int(metrics["epoch"]))
-                                      for k in LOGGED_METRICS if k in metrics])
+                                      for k in metrics if k in LOGGED_METRICS or k.startswith(LAYER_RATE)])
 
 
 def close_dangling_runs(client: MlflowClient, exp_id: str, ray_path: str) -> int:

@@ -56,5 +56,6 @@ def test_trial_table_columns():
 def test_an_option_added_later_keeps_old_hashes_at_its_default():
     config = plan_trials(load_study(ROOT / "search_spaces/ablation.yaml", "demo"))[0].config
     assert config_hash(config) == "d1f6f908d094"  # ISNM seed=0 in reports/ablation.runs.csv, before `function`
-    changed = {**config, "surrogate": {**config["surrogate"], "function": "arctan"}}
-    assert config_hash(changed) != config_hash(config)
+    for key, value in (("function", "arctan"), ("shape", "cosine"), ("update", "step")):
+        changed = {**config, "surrogate": {**config["surrogate"], key: value}}
+        assert config_hash(changed) != config_hash(config)

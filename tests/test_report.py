@@ -31,13 +31,13 @@ OUTCOME = {"A seed=0": 0.90, "A seed=1": 0.92, "B seed=0": 0.95, "B seed=1": "FA
            "C seed=1": "KILLED"}
 
 
-def write_store(folder: Path, spec: dict, outcome: dict[str, float | str], uri: str) -> str:
+def write_store(folder: Path, spec: dict, outcome: dict[str, float | str], uri: str,
+                activity: dict[str, dict[str, float]] | None = None) -> str:
     """The (empty) store at `uri` made to hold one invocation of the study `spec`, as study.run records it: a run
     per trial named in `outcome`, FINISHED with that final test_acc, or ended FAILED or KILLED, or left
-    RUNNING (0.5); trials not named never started. Returns the store's URI."""
-    path = folder / f"{spec['name']}.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    study = load_study(path)
+    RUNNING (0.5), and logging each epoch the metrics `activity` names for it; trials not named never started.
+    Returns the store's URI."""
+    study = load_study(write_spec(folder, spec))
     client = MlflowClient(uri)
     exp = experiment_id(client, study.name, uri)
     parent = start_parent_run(client, exp, study, CODE, "ray-exp")
@@ -50,7 +50,7 @@ def write_store(folder: Path, spec: dict, outcome: dict[str, float | str], uri: 
         # epoch 1 has the best test_acc, epoch 2 the best val_acc
         for epoch, acc, val in ((1, final + 0.01, final - 0.05), (2, final, final)):
             log_epoch(client, run, {"epoch": epoch, "test_acc": acc, "val_acc": val, "train_loss": 1 - val,
-                                    "beta": 5.0, "alpha": 1.0})
+                                    "beta": 5.0, "alpha": 1.0, **(activity or {}).get(trial.name, {})})
         if fate != "RUNNING":
             client.set_terminated(run, fate if fate in ("FAILED", "KILLED") else "FINISHED")
     client.set_terminated(parent, "FINISHED")
@@ -101,6 +101,39 @@ def test_plots_are_logged_to_the_parent_run(store):
     parent = client.search_runs([client.get_experiment_by_name("tiny_table").experiment_id], "tags.kind = 'study'")[0]
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {
         "report/tiny_table-curves.png", "report/tiny_table-schedule.png"}
+
+
+def test_function_by_schedule_table_with_firing_and_energy_columns(tmp_path, monkeypatch, mlflow_uri):
+    monkeypatch.chdir(tmp_path)
+    spec = {"name": "shapes", "base": {"dataset": "digits", "arch": "tiny", "epochs": 2,
+                                       "surrogate": {"shape": "cosine", "update": "step"}},
+            "grid": {"surrogate.function": ["tanh", "arctan"], "surrogate.schedule": ["fixed", "gradual"]},
+            "seeds": [0, 1],
+            "table": {"rows": "surrogate.function", "columns": ["surrogate.schedule"], "extra": ["spike_rate", "energy"]}}
+    trials = plan_trials(load_study(write_spec(tmp_path, spec)))
+    outcome = {t.name: 0.5 + 0.05 * i for i, t in enumerate(trials) if t.name != "base function=arctan schedule=gradual seed=1"}
+    # layer rates 10% and 30% (+1 point per seed), energy 1 or 3 uJ against the ANN's 10
+    activity = {t.name: {"spike_rate": 0.2 + 0.01 * t.seed, "spike_rate/body.0": 0.1 + 0.01 * t.seed,
+                         "spike_rate/body.2": 0.3 + 0.01 * t.seed, "synops": 1e6, "energy": 1.0 + 2 * t.seed,
+                         "energy_ann": 10.0} for t in trials}
+    uri = write_store(tmp_path, spec, outcome, mlflow_uri, activity)
+    assert main(["--tracking-uri", uri, "--out", str(tmp_path / "reports")]) == 0
+    text = (tmp_path / "reports/shapes.md").read_text()
+    assert """| Surrogate | Schedule | Accuracy (%) | Spike rate (%) | Energy (µJ/image) |
+|---|---|---|---|---|
+| tanh | fixed | 52.50 ± 3.54 | 20.50 ± 0.71 | 2.0000 ± 1.4142 (0.20× ANN) |
+|  | gradual | 62.50 ± 3.54 | 20.50 ± 0.71 | 2.0000 ± 1.4142 (0.20× ANN) |
+| arctan | fixed | 72.50 ± 3.54 | 20.50 ± 0.71 | 2.0000 ± 1.4142 (0.20× ANN) |
+|  | gradual | **80.00 (n=1)** | 20.00 (n=1) | 1.0000 (n=1) (0.10× ANN) |""" in text
+    assert "![firing rate per spiking layer](shapes-firing.png)" in text
+    assert (tmp_path / "reports/shapes-firing.png").stat().st_size > 0
+    assert (tmp_path / "reports/shapes-schedule.png").stat().st_size > 0  # the per-step cosine curve
+
+
+def write_spec(folder: Path, spec: dict) -> Path:
+    path = folder / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
 
 
 def test_unknown_study_and_missing_store_are_one_line_errors(store, tmp_path, capsys):

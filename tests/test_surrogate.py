@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from isnm.config import SURROGATES, ConfigError, parse_config
-from isnm.surrogate import SHAPES, alpha_for, beta_at, spike, surrogate_grad
+from isnm.surrogate import SHAPES, spike, surrogate_grad
 
 
 def logistic(x: float) -> float:
@@ -31,29 +31,6 @@ STEPS = {
 }
 # x = beta * v off every kink of G and g (0, +-1, +-2), where finite differences would straddle one
 SMOOTH_POINTS = [-3.7, -2.5, -1.6, -0.8, -0.3, 0.2, 0.6, 1.3, 2.3, 4.1]
-
-
-def test_beta_schedule_end_points():
-    assert beta_at(0, 10, 0.5, 5.0) == pytest.approx(0.5)
-    assert beta_at(10, 10, 0.5, 5.0) == pytest.approx(5.0)
-
-
-def test_beta_schedule_is_log_linear():
-    logs = [math.log(beta_at(e, 8, 0.1, 30.0)) for e in range(9)]
-    steps = [b - a for a, b in zip(logs, logs[1:])]
-    assert steps == pytest.approx([math.log(300.0) / 8] * 8)
-
-
-@pytest.mark.parametrize("beta, paper, unit_peak", [(0.25, 4.0, 1.0), (1.0, 1.0, 1.0), (8.0, 1.0, 0.125)])
-def test_alpha_rules(beta, paper, unit_peak):
-    assert alpha_for(beta, "paper") == pytest.approx(paper)  # eq. 8
-    assert alpha_for(beta, "unit_peak") == pytest.approx(unit_peak)
-    assert alpha_for(beta, 0.3) == 0.3
-
-
-def test_unknown_alpha_rule_is_rejected():
-    with pytest.raises(ValueError, match="alpha rule"):
-        alpha_for(2.0, "steep")
 
 
 def test_forward_is_heaviside_with_h0_equal_one():

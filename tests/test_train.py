@@ -1,5 +1,4 @@
 import contextlib
-import dataclasses
 import math
 
 import pytest
@@ -10,7 +9,7 @@ from isnm.config import ConfigError
 from isnm.config import default_config, parse_config
 from isnm.data import batches, load_dataset
 from isnm.models import build_model
-from isnm.train import TrainingDiverged, main, recalibrate_batch_norm, surrogate_at, train
+from isnm.train import TrainingDiverged, main, recalibrate_batch_norm, train
 
 
 def test_defaults_are_the_papers_recipe():
@@ -36,14 +35,6 @@ def test_bad_config_names_the_key(config, path, words):
     assert info.value.path == path
 
 
-def test_gradual_schedule_spans_beta_min_to_beta_max():
-    cfg = parse_config({"surrogate": {"beta_min": 0.2, "beta_max": 20.0}}).surrogate
-    assert surrogate_at(cfg, 0, 5) == pytest.approx((5.0, 0.2))  # eq. 8: alpha = 1/beta below 1
-    assert surrogate_at(cfg, 4, 5) == pytest.approx((1.0, 20.0))
-    fixed = dataclasses.replace(cfg, schedule="fixed", beta=3.0)
-    assert surrogate_at(fixed, 0, 5) == surrogate_at(fixed, 4, 5) == (1.0, 3.0)
-
-
 @pytest.mark.slow  # training runs of several epochs: make test, not make test-fast
 def test_tiny_learns_digits_with_gsg():
     history = []
@@ -52,8 +43,18 @@ def test_tiny_learns_digits_with_gsg():
     assert [m["epoch"] for m in history] == list(range(1, 11))
     assert 0 < final["spike_rate"] < 1 and history[0]["beta"] == pytest.approx(0.5)
     assert set(final) == {"epoch", "train_loss", "train_acc", "val_acc", "test_acc", "beta", "alpha",
-                          "epoch_seconds", "spike_rate", "kernel", "data_fingerprint"}
+                          "epoch_seconds", "spike_rate", "spike_rate/body.0", "spike_rate/body.2", "synops", "energy",
+                          "energy_ann", "kernel", "data_fingerprint"}
     assert final["kernel"] == "eager" and 0.9 < final["val_acc"] <= 1
+
+
+def test_per_step_schedule_reaches_beta_max_on_the_last_step():
+    config = {"epochs": 2, "seed": 0, "batch_size": 512, "surrogate": {"update": "step", "shape": "linear"}}
+    history = []
+    train(config, on_epoch=lambda m, s: history.append(m["beta"]))
+    steps = 3  # 1213 training images (digits less its test and validation splits) in batches of 512
+    assert history[-1] == pytest.approx(5.0)  # the last step's beta
+    assert history[0] == pytest.approx(0.5 + 4.5 * (steps - 1) / (2 * steps - 1))  # the first epoch's last step
 
 
 @pytest.mark.slow
