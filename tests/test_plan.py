@@ -59,3 +59,19 @@ def test_an_option_added_later_keeps_old_hashes_at_its_default():
     for key, value in (("function", "arctan"), ("shape", "cosine"), ("update", "step")):
         changed = {**config, "surrogate": {**config["surrogate"], key: value}}
         assert config_hash(changed) != config_hash(config)
+
+
+def test_surrogate_study_is_every_function_fixed_and_gradual_over_three_seeds():
+    from isnm.config import SURROGATES
+    study = load_study(ROOT / "search_spaces/surrogates.yaml")
+    trials = plan_trials(study)
+    assert len(trials) == len(SURROGATES) * 2 * 3
+    cells = {(t.config["surrogate"]["function"], t.config["surrogate"]["schedule"]) for t in trials}
+    assert cells == {(f, s) for f in SURROGATES for s in ("fixed", "gradual")}
+    first = trials[0].config
+    assert (first["dataset"], first["arch"], first["epochs"], first["timesteps"]) == ("cifar10", "vgg_small", 200, 5)
+    table = study.spec.table
+    assert (table.row_keys, table.column_keys, table.extra) == (
+        ["surrogate.function"], ["surrogate.schedule"], ["spike_rate", "energy"])
+    demo = plan_trials(load_study(ROOT / "search_spaces/surrogates.yaml", "demo"))
+    assert {t.config["dataset"] for t in demo} == {"digits"} and len({t.seed for t in demo}) == 3

@@ -17,7 +17,8 @@ from tests.studies import free_port, loopback_env, run_study, small_study
 
 pytestmark = pytest.mark.slow  # real Ray, MLflow and processes
 
-EPOCH_METRICS = {"test_acc", "train_acc", "train_loss", "spike_rate", "beta", "alpha", "epoch_seconds"}
+EPOCH_METRICS = {"test_acc", "train_acc", "train_loss", "spike_rate", "spike_rate/body.0", "spike_rate/body.2", "synops",
+                 "energy", "energy_ann", "beta", "alpha", "epoch_seconds"}
 
 
 @pytest.fixture(scope="module")
