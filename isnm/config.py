@@ -234,6 +234,12 @@ class TrainConfig:
     # compiled for CUDA or the CIFAR networks (about 2 min on a cold cache, 2 CPU cores, then cached on
     # disk; a CPU epoch of VGG-small on CIFAR is about 40 min), eager otherwise
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast (on the CPU too); potentials stay float32
+    # the layout of images and conv weights; auto = channels_last on CUDA (tensor cores' layout, no transposes
+    # around cuDNN's convolutions), contiguous on the CPU (oneDNN picks its own layout inside each call)
+    memory_format: Literal["auto", "contiguous", "channels_last"] = "auto"
+    # SpikeConv2d's backward: in chunks of samples (the CPU's, whose cache holds a chunk) or in one call
+    # (CUDA's); auto picks by device. Results agree to rounding: tests/test_conv.py
+    conv_backward: Literal["auto", "chunked", "whole"] = "auto"
     neuron: NeuronConfig = field(default_factory=NeuronConfig)
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
 
@@ -265,7 +271,8 @@ UNHASHED_KEYS = ("data_dir", "download")
 # Options added after runs were hashed, left out of the hash at the default that computes what runs made
 # before them computed: a new option must not turn every finished run into a stranger (not cached, not
 # found by the report). Every option added from now on goes here with that default.
-HASHED_WHEN_SET = {"surrogate.function": "tanh", "surrogate.shape": "loglinear", "surrogate.update": "epoch"}
+HASHED_WHEN_SET = {"surrogate.function": "tanh", "surrogate.shape": "loglinear", "surrogate.update": "epoch",
+                   "memory_format": "auto", "conv_backward": "auto"}
 
 
 def config_hash(config: dict) -> str:

@@ -19,6 +19,7 @@ from isnm.config import ConfigError, TrainConfig, config_hash, merged, nested, p
 from isnm.data import CIFAR, DataError, Dataset, batches, check_cifar, fingerprint, load_dataset, train_batches
 from isnm.models import build_model
 from isnm.activity import Activity, ActivityMonitor
+from isnm.conv import set_conv_backward
 from isnm.neuron import kernel_fallback, set_kernel, set_surrogate
 from isnm.schedule import surrogate_at
 
@@ -73,14 +74,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def channels_last(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether convolutions run on channels_last weights (and so produce channels_last outputs): the config's
+    choice, by default on CUDA only."""
+    return cfg.memory_format == "channels_last" or (cfg.memory_format == "auto" and device.type == "cuda")
+
+
 def prepared_model(cfg: TrainConfig, data: Dataset, device: torch.device) -> tuple[nn.Module, str]:
-    """(the config's network for `data` on `device`, the ISNM kernel it runs): built, its kernel set, in the
-    memory layout its convolutions run fastest in (channels_last on CUDA; the CPU's default otherwise)."""
+    """(the config's network for `data` on `device`, the ISNM kernel it runs): built, its ISNM kernel and
+    SpikeConv2d backward set, in the config's memory layout."""
     model = build_model(cfg.arch, data.num_classes, data.in_channels, cfg.timesteps, cfg.neuron.tau,
                         cfg.neuron.threshold, cfg.neuron.reset, data.image_size, cfg.width).to(device)
     kernel = resolve_kernel(cfg, device)
     set_kernel(model, kernel)
-    if device.type == "cuda":
+    set_conv_backward(model, cfg.conv_backward)
+    if channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
     return model, kernel
 

@@ -1,0 +1,225 @@
+"""`python -m study.run FILE --dry-run --estimate`: what a study will cost, before it runs.
+
+Trials whose epochs cost the same share a *setting*: the config keys that set an epoch's work (COST_KEYS).
+A setting's seconds per epoch come from the finished runs of that setting in the tracking store (their
+logged `epoch_seconds`) when there are any, else from timing training steps and an evaluation pass here, at
+the trial's thread count. A trial then costs its epochs times that, plus its start (loading the data,
+building the network); the study's wall-clock time is its trials placed in plan order on as many slots as
+the resources allow, plus starting Ray and its workers (each imports torch once, then trains trial after trial). Compiling (kernel: compiled, about
+2 minutes a process on a cold cache) is left out: it is paid once per worker, not per epoch.
+"""
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from isnm.config import HASHED_WHEN_SET
+from study.config import Study, StudyError
+from study.markdown import markdown_table
+from study.plan import Trial
+
+COST_KEYS = ("dataset", "arch", "width", "timesteps", "batch_size", "precision", "device", "kernel", "validation",
+             "bn_recalibration", "memory_format", "conv_backward")
+TIMED_STEPS = 5  # after WARMUP_STEPS: the median of these is a step's time
+WARMUP_STEPS = 2
+# Starting Ray and the Tune run before the first trial: measured 8 to 12 s for a local Ray on this 2-core
+# machine (`time python -c "import ray; ray.init()"` and the study's own start, README "Cost estimate")
+RAY_START_S = 10.0
+CIFAR_SIZES = {"cifar10": (50_000, 10_000, 10), "cifar100": (50_000, 10_000, 100)}  # train, test, classes
+
+
+@dataclass(frozen=True)
+class EpochCost:
+    seconds: float  # one epoch: training steps, batch-norm recalibration, test and validation passes
+    start: float  # a trial's start before its first epoch
+    source: str  # where the figures come from
+
+
+def setting_of(config: dict) -> tuple:
+    return tuple(config[k] for k in COST_KEYS)
+
+
+def setting_label(config: dict) -> str:
+    width = f" x{config['width']:g}" if config["width"] != 1 else ""
+    return (f"{config['arch']}{width} {config['dataset']} T={config['timesteps']} b={config['batch_size']} "
+            f"{config['precision']} {config['device']}")
+
+
+def from_store(client, config: dict) -> Optional[EpochCost]:
+    """Seconds per epoch of the finished runs of this setting (the median over runs of each run's mean), None if
+    there are none; cached copies are left out (their epochs ran elsewhere, once)."""
+    from study.cells import every_run
+
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    means = []
+    for run in every_run(client, experiments, "tags.kind = 'trial' and attributes.status = 'FINISHED'"):
+        # a key added after the run was made is absent from its params: it ran at that key's old default
+        params = {**{k: str(v) for k, v in HASHED_WHEN_SET.items()}, **run.data.params}
+        if not run.data.tags.get("cached_from") and all(params.get(k) == str(config[k]) for k in COST_KEYS):
+            history = client.get_metric_history(run.info.run_id, "epoch_seconds")
+            if history:
+                means.append(statistics.mean(m.value for m in history))
+    if not means:
+        return None
+    return EpochCost(statistics.median(means), setup(config)[2], f"{len(means)} finished runs")
+
+
+def worker_start_seconds() -> float:
+    """Seconds a fresh Python process takes to import what a trial imports: each Ray worker does it once (Tune
+    reuses a worker for the next trial, study.execute)."""
+    began = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import isnm.train, study.execute"], check=True, timeout=300,
+                   capture_output=True)
+    return time.perf_counter() - began
+
+
+def setup(config: dict) -> tuple:
+    """(data set, network, seconds they took): what a trial does before its first epoch. CIFAR that is not
+    here yet is stood in for by random images of its shape, which is all a timing needs."""
+    import torch
+
+    from isnm.config import parse_config
+    from isnm.data import DataError, Dataset, load_dataset
+    from isnm.train import prepared_model, resolve_device
+
+    cfg = parse_config(config)
+    device = resolve_device(cfg.device)
+    began = time.perf_counter()
+    try:
+        data = load_dataset(cfg.dataset, cfg.data_dir, False, device, cfg.validation)
+    except DataError:
+        train, test, classes = CIFAR_SIZES[cfg.dataset]
+        n_val = round(train * cfg.validation)
+        x = torch.randn(train - n_val, 3, 32, 32, device=device)
+        y = torch.randint(0, classes, (train - n_val,), device=device)
+        data = Dataset(x, y, x[:n_val], y[:n_val], x[:test], y[:test], classes, augment=False)
+    model, _ = prepared_model(cfg, data, device)
+    return data, model, time.perf_counter() - began
+
+
+def timed_here(config: dict, threads: float) -> EpochCost:
+    """Seconds per epoch of this setting from a few training steps and an evaluation pass timed here, on the
+    trial's thread count."""
+    import torch
+
+    from isnm.config import parse_config
+    from isnm.train import EVAL_BATCH_SIZE, evaluate, precision_of
+
+    cfg = parse_config(config)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        data, model, start = setup(config)
+        device = data.train_x.device
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        autocast, loss_fn = precision_of(cfg, device), torch.nn.CrossEntropyLoss()
+        x, y = data.train_x[:cfg.batch_size], data.train_y[:cfg.batch_size]
+        times = []
+        for _ in range(WARMUP_STEPS + TIMED_STEPS):
+            began = time.perf_counter()
+            with autocast:
+                loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - began)
+        n = min(EVAL_BATCH_SIZE, len(data.test_y))
+        began = time.perf_counter()
+        evaluate(model, data.test_x[:n], data.test_y[:n], autocast)
+        per_image = (time.perf_counter() - began) / n
+    finally:
+        torch.set_num_threads(previous)
+    steps = math.ceil(len(data.train_y) / cfg.batch_size)
+    evaluated = len(data.test_y) + len(data.val_y) + min(cfg.bn_recalibration, len(data.train_y))
+    return EpochCost(steps * statistics.median(times[WARMUP_STEPS:]) + evaluated * per_image, start, "timed here")
+
+
+def slots(study: Study, max_concurrent: Optional[int], address: Optional[str]) -> tuple[int, str]:
+    """(trials that run at once, what decides it): the cluster's (or this machine's) CPUs and GPUs over each
+    trial's resources, capped by max_concurrent."""
+    resources = study.spec.resources
+    if address:
+        import ray
+
+        ray.init(address=address, include_dashboard=False, logging_level="WARNING")
+        try:
+            total = ray.cluster_resources()
+        finally:
+            ray.shutdown()
+        cpus, gpus, where = total.get("CPU", 0), total.get("GPU", 0), f"the cluster at {address}"
+    else:
+        import torch
+
+        cpus, gpus, where = os.cpu_count() or 1, torch.cuda.device_count(), "this machine"
+    fit = [math.floor(cpus / resources.cpu)] + ([math.floor(gpus / resources.gpu)] if resources.gpu else [])
+    cap = max_concurrent or study.spec.max_concurrent
+    n = max(1, min(fit + ([cap] if cap else [])))
+    return n, (f"{where}: {cpus:g} CPUs, {gpus:g} GPUs; {resources.cpu:g} CPU and {resources.gpu:g} GPU per trial"
+               + (f", at most {cap} at once" if cap else ""))
+
+
+def wall_clock(durations: list[float], n_slots: int) -> float:
+    """Seconds until the last trial ends when each starts, in order, on the first slot to come free."""
+    free = [0.0] * n_slots
+    for seconds in durations:
+        free[free.index(min(free))] += seconds
+    return max(free, default=0.0)
+
+
+def duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds / 3600:.1f} h"
+
+
+def store_client(uri: str):
+    """A client of the tracking store, or None where there is none yet (a sqlite file not made)."""
+    from study.tracking import read_client
+
+    try:
+        return read_client(uri)
+    except StudyError:
+        return None
+
+
+def estimate(study: Study, trials: list[Trial], client, cached: set[str], max_concurrent: Optional[int],
+             address: Optional[str]) -> str:
+    """The estimate's text: per setting, per trial, the compute, the wall-clock time. `client` reads the
+    tracking store (None: there is none), `cached` holds the config hashes study.run will not train again."""
+    threads = study.spec.resources.cpu
+    costs: dict[tuple, EpochCost] = {}
+    for trial in trials:
+        key = setting_of(trial.config)
+        if trial.config_hash not in cached and key not in costs:
+            costs[key] = (client and from_store(client, trial.config)) or timed_here(trial.config, threads)
+    per_trial = {t.name: 0.0 if t.config_hash in cached else
+                 costs[setting_of(t.config)].start + t.config["epochs"] * costs[setting_of(t.config)].seconds
+                 for t in trials}
+    settings = markdown_table(["setting", "trials", "s/epoch", "from"], [
+        [setting_label(next(t.config for t in trials if setting_of(t.config) == key)),
+         str(sum(setting_of(t.config) == key and t.config_hash not in cached for t in trials)),
+         f"{cost.seconds:.2f}", cost.source] for key, cost in costs.items()])
+    rows = [[t.name, str(t.config["epochs"]), "cached" if t.config_hash in cached else duration(per_trial[t.name])]
+            for t in trials]
+    n_slots, why = slots(study, max_concurrent, address)
+    to_run = [per_trial[t.name] for t in trials if t.config_hash not in cached]
+    compute = sum(to_run)
+    resources = study.spec.resources
+    wall = wall_clock(to_run, n_slots) + (RAY_START_S + worker_start_seconds() if to_run else 0.0)
+    return "\n\n".join([
+        f"estimate for {study.name}: {len(to_run)} trials to run, {len(trials) - len(to_run)} cached",
+        settings, markdown_table(["trial", "epochs", "estimated"], rows),
+        f"compute: {duration(compute)} of trials ({compute * resources.cpu / 3600:.2f} CPU-hours"
+        + (f", {compute * resources.gpu / 3600:.2f} GPU-hours" if resources.gpu else "") + ")",
+        f"wall clock: ~{duration(wall)}, {n_slots} trials at a time on {why} (compiling not included)"])

@@ -1,0 +1,70 @@
+import re
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from study.config import load_study
+from study.estimate import wall_clock
+from study.plan import plan_trials
+from study.provenance import CodeState
+from study.run import main
+from study.tracking import create_trial_run, experiment_id, log_epoch, start_parent_run
+from tests.studies import small_study
+
+
+@pytest.mark.parametrize("durations, slots, wall", [([10, 10, 10], 2, 20), ([5, 1, 1, 1], 2, 5), ([3, 3], 4, 3),
+                                                    ([], 2, 0)])
+def test_trials_start_in_order_on_the_first_free_slot(durations, slots, wall):
+    assert wall_clock(durations, slots) == wall
+
+
+def estimate_lines(capsys, *args) -> list[str]:
+    assert main([*args, "--dry-run", "--estimate"]) == 0
+    return capsys.readouterr().out.split("estimate for", 1)[1].splitlines()
+
+
+@pytest.mark.slow  # trains a few steps and starts a Python process
+def test_estimate_times_a_few_steps_here_when_the_store_has_no_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = small_study(tmp_path, epochs=3)
+    lines = estimate_lines(capsys, str(path), "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}")
+    assert lines[0] == " itest: 4 trials to run, 0 cached"
+    setting = next(line for line in lines if line.startswith("| tiny digits"))
+    assert re.fullmatch(r"\| tiny digits T=2 b=128 fp32 auto \| 4 \| [0-9.]+ \| timed here \|", setting)
+    trials = [line for line in lines if line.startswith("| ISNM")]
+    assert len(trials) == 4 and all(re.fullmatch(r"\| ISNM\S* seed=[01] \| 3 \| [0-9]+ s \|", t) for t in trials)
+    assert any(line.startswith("compute: ") for line in lines)
+    assert any(re.match(r"wall clock: ~.+, 2 trials at a time on this machine", line) for line in lines)
+
+
+@pytest.mark.slow  # starts a Python process (the workers' import time)
+def test_estimate_reads_finished_runs_and_skips_cached_trials(tmp_path, capsys, monkeypatch, mlflow_uri):
+    """Two trials finished in the store at 2.5 s an epoch: the other two cost 3 epochs of that, these nothing."""
+    monkeypatch.chdir(tmp_path)
+    path = small_study(tmp_path, epochs=3)
+    study = load_study(path)
+    client = MlflowClient(mlflow_uri)
+    exp = experiment_id(client, study.name, mlflow_uri)
+    code = CodeState("0" * 40, False, "")
+    parent = start_parent_run(client, exp, study, code, "ray-exp")
+    trials = plan_trials(study)
+    for trial in trials[:2]:
+        run = create_trial_run(client, exp, parent, study.name, trial, code)
+        for epoch, seconds in ((1, 2.0), (2, 3.0), (3, 2.5)):
+            log_epoch(client, run, {"epoch": epoch, "test_acc": 0.5, "epoch_seconds": seconds})
+        client.set_terminated(run, "FINISHED")
+    lines = estimate_lines(capsys, str(path), "--tracking-uri", mlflow_uri, "--max-concurrent", "1")
+    assert lines[0] == " itest: 2 trials to run, 2 cached"
+    assert "| tiny digits T=2 b=128 fp32 auto | 2 | 2.50 | 2 finished runs |" in lines
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[2][:-2] for line in lines if line.startswith("| ISNM")}
+    assert rows[trials[0].name] == rows[trials[1].name] == "cached"
+    for trial in trials[2:]:
+        seconds = int(rows[trial.name].removesuffix(" s"))
+        assert 7 <= seconds <= 10  # 3 epochs of 2.5 s and the setup (data, network), a second or two here
+    assert any(re.match(r"wall clock: ~.+, 1 trials at a time on this machine: .*, at most 1 at once", line)
+               for line in lines)
+
+
+def test_estimate_without_dry_run_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main([str(small_study(tmp_path)), "--estimate"]) == 2
+    assert "--estimate: only with --dry-run" in capsys.readouterr().err
