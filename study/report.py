@@ -20,7 +20,8 @@ from study.leaderboard import leaderboard
 from study.plan import plan_trials
 from study.plots import plot_curves, plot_firing, plot_schedule
 from study.sources import provenance_line, write_sources
-from study.tables import METRIC_HEADERS, counts_line, label, paper_figure, render_table, render_welch, setting_line
+from study.tables import (HEADERS, METRIC_HEADERS, counts_line, label, paper_figure, render_column_welch, render_table,
+                          render_welch, setting_line)
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -90,6 +91,10 @@ def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: O
                 differences = render_welch(cells, metric)
                 if differences:
                     parts.append("### Differences to the first row\n\n" + differences)
+            by_column = render_column_welch(cells, table, metric)
+            if by_column:
+                parts.append(f"### Differences between the {HEADERS.get(table.column_keys[0], table.column_keys[0])} "
+                             f"columns, row by row\n\n" + by_column)
         parts.append(counts_line(counts))
         sidecar = out / f"{study.name}.runs.csv"
         write_sources(sidecar, table, by_metric)

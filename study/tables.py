@@ -121,24 +121,45 @@ def render_table(cells: list[Cell], table: Table, metric: str, split_value: tupl
     return markdown_table(header, lines)
 
 
+def welch_cells(reference: Cell, cell: Cell, metric: str) -> list[str]:
+    """[difference of cell's mean to reference's, its 95% CI (Welch), p-value], dashes if either has < 2 seeds."""
+    a, b = ([scaled(v, metric) for v in c.values] for c in (reference, cell))
+    if len(a) < 2 or len(b) < 2:
+        return [DASH, DASH, DASH]
+    diff, low, high, p = welch(a, b)
+    return [signed(diff, metric), f"[{signed(low, metric)}, {signed(high, metric)}]",
+            "< 0.001" if p < 0.001 else f"{p:.3f}"]
+
+
 def render_welch(cells: list[Cell], metric: str) -> Optional[str]:
     """Each row against the first: difference, 95% CI (Welch) and p-value; None if too few seeds."""
     first = cells[0]
     if len(cells) < 2 or len(first.values) < 2:
         return None
-    reference = [scaled(v, metric) for v in first.values]
-    rows = []
-    for cell in cells[1:]:
-        values = [scaled(v, metric) for v in cell.values]
-        if len(values) < 2:
-            rows.append([str(cell.key[-1]), DASH, DASH, DASH])
-            continue
-        diff, low, high, p = welch(reference, values)
-        rows.append([str(cell.key[-1]), signed(diff, metric), f"[{signed(low, metric)}, {signed(high, metric)}]",
-                     "< 0.001" if p < 0.001 else f"{p:.3f}"])
+    rows = [[str(cell.key[-1]), *welch_cells(first, cell, metric)] for cell in cells[1:]]
     unit = " (pp)" if metric in PERCENT else ""
     header = ["Method", f"Δ vs {first.key[-1]}{unit}", f"95% CI{unit}", "p (Welch)"]
     return markdown_table(header, rows)
+
+
+def render_column_welch(cells: list[Cell], table: Table, metric: str) -> Optional[str]:
+    """With one column key of two values (fixed, gradual), each row's second value against its first: difference,
+    95% CI (Welch), p-value. None for other layouts, or if no row has both with 2 seeds or more."""
+    if table.split or len(table.column_keys) != 1:
+        return None
+    rows: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        rows.setdefault(cell.key[:-1], []).append(cell)
+    columns = list(dict.fromkeys(c.key[-1] for c in cells))
+    if len(columns) != 2 or any(len(pair) != 2 for pair in rows.values()):
+        return None
+    lines = [[label(table, v) for v in key] + welch_cells(first, second, metric) for key, (first, second) in rows.items()]
+    if all(line[-1] == DASH for line in lines):
+        return None
+    unit = " (pp)" if metric in PERCENT else ""
+    first, second = (label(table, v) for v in columns)
+    header = [HEADERS.get(k, k) for k in table.row_keys] + [f"Δ {second} − {first}{unit}", f"95% CI{unit}", "p (Welch)"]
+    return markdown_table(header, lines)
 
 
 def setting_line(study: Study) -> str:

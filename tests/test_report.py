@@ -125,6 +125,10 @@ def test_function_by_schedule_table_with_firing_and_energy_columns(tmp_path, mon
 |  | gradual | 62.50 ± 3.54 | 20.50 ± 0.71 | 2.0000 ± 1.4142 (0.20× ANN) |
 | arctan | fixed | 72.50 ± 3.54 | 20.50 ± 0.71 | 2.0000 ± 1.4142 (0.20× ANN) |
 |  | gradual | **80.00 (n=1)** | 20.00 (n=1) | 1.0000 (n=1) (0.10× ANN) |""" in text
+    assert """| Surrogate | Δ gradual − fixed (pp) | 95% CI (pp) | p (Welch) |
+|---|---|---|---|
+| tanh | +10.00 | [-5.21, +25.21] | 0.106 |
+| arctan | — | — | — |""" in text  # Welch with 2 seeds a side (scipy: ttest_ind(..., equal_var=False)); 1 seed: none
     assert "![firing rate per spiking layer](shapes-firing.png)" in text
     assert (tmp_path / "reports/shapes-firing.png").stat().st_size > 0
     assert (tmp_path / "reports/shapes-schedule.png").stat().st_size > 0  # the per-step cosine curve
