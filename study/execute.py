@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 import socket
 import tempfile
@@ -20,8 +21,7 @@ from study.cli import first_line
 from study.config import Study, StudyError, with_overrides
 from study.plan import SEARCH_VARIANT, Trial, cell_label, config_hash, search_base
 from study.provenance import environment
-from study.storage import Experiment
-from study.tracking import STATE_FILE
+from study.storage import STATE_FILE, Experiment
 
 TESTED_RAY = "2.60"  # the Ray whose private Tuner attribute replace_callbacks sets (see there)
 
@@ -76,6 +76,29 @@ def readable_state(checkpoint: tune.Checkpoint) -> tuple[Optional[dict], str]:
     return None, "; ".join(notes) + "; starting the trial over"
 
 
+def usable_gpus(ids: list, visible: Optional[str], torch_sees: int, device: str, node: str) -> str:
+    """The GPU ids Ray gave a trial ("0", "0,1"; "" for none), once the trial is sure to train on them alone.
+
+    CUDA must see exactly them (Ray sets CUDA_VISIBLE_DEVICES so; unset, every trial would train on GPU 0),
+    and torch must see them, unless the config asks for the CPU (as a simulation with logical GPUs does): a
+    trial never falls back to the CPU silently, tens of times slower. `visible` is CUDA_VISIBLE_DEVICES,
+    `torch_sees` torch.cuda.device_count(), `device` the config's device. The message leads with what went
+    wrong, since the study's summary shows a failed trial's first 120 characters.
+    """
+    gpus = ",".join(str(i) for i in ids)
+    if not gpus:
+        return ""
+    if visible != gpus:
+        raise StudyError(f"CUDA_VISIBLE_DEVICES is {visible!r} on node {node}, but Ray gave this trial GPU {gpus}: "
+                         f"it would use other trials' GPUs; unset RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES")
+    if device != "cpu" and torch_sees < len(ids):
+        remedy = ("its torch is a CPU build: install a CUDA build there" if torch.version.cuda is None else
+                  f"its torch is built for CUDA {torch.version.cuda}: check the node's NVIDIA driver (nvidia-smi)")
+        raise StudyError(f"torch sees {torch_sees} GPU(s) on node {node}, but Ray gave this trial GPU {gpus}; "
+                         f"{remedy}, or set device: cpu to train on its CPUs (torch {torch.__version__})")
+    return gpus
+
+
 def trainable(tune_config: dict, book: TrialBook) -> None:
     """One trial: train, report metrics and a checkpoint every epoch, resume from Tune's checkpoint."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch is noise
@@ -83,6 +106,10 @@ def trainable(tune_config: dict, book: TrialBook) -> None:
     torch.set_num_threads(max(1, int(cpus)))  # trials sharing a machine must not fight over cores
     config = book.describe(tune_config).config
     where = {"node": f"{ray.get_runtime_context().get_node_id()[:12]} {ray.util.get_node_ip_address()}"}
+    gpus = usable_gpus(ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count(),
+                       parse_config(config).device, where["node"])
+    if gpus:
+        where["gpu_ids"] = gpus
     resume_state, note = None, ""
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

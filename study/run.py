@@ -11,8 +11,10 @@ from typing import Optional
 
 from study.cli import first_line, last_line, user_error_exit
 from study.config import Study, StudyError, load_study
+from study.lock import study_lock
 from study.plan import Trial, plan_trials, trial_table
 from study.provenance import CodeState, code_state
+from study.retry import DEFAULT_PATIENCE_S
 from study.storage import Experiment, experiment_for
 
 
@@ -21,9 +23,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("file", help="study file (YAML), e.g. search_spaces/ablation.yaml")
     parser.add_argument("--profile", help="named overlay from the file's profiles:, e.g. demo")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the trials; start nothing")
+    parser.add_argument("--estimate", action="store_true",
+                        help="with --dry-run: each trial's time and the study's, from finished runs in the tracking "
+                             "store or a few steps timed here")
     parser.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     parser.add_argument("--storage", default="./ray_results", help="Ray results and checkpoints (default ./ray_results)")
+    parser.add_argument("--tracking-patience", type=float, default=DEFAULT_PATIENCE_S, metavar="SECONDS",
+                        help=f"how long the tracking server may not answer before the study stops, resumable; "
+                             f"the trials train on meanwhile (default {DEFAULT_PATIENCE_S})")
     parser.add_argument("--max-concurrent", type=int, help="at most N trials at once (default: as resources allow)")
     parser.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted run")
     parser.add_argument("--rerun", action="store_true",
@@ -236,7 +244,8 @@ def run_trials(study: Study, trials: list[Trial], args: argparse.Namespace, addr
             experiment, to_run, study.spec.search is not None)
         if why_not:
             print(why_not)
-        tracker = tracking.MlflowTracker(uri, exp_id, parent, study, code, book.describe, experiment.uri)
+        tracker = tracking.MlflowTracker(uri, exp_id, parent, study, code, book.describe, experiment.uri,
+                                         args.tracking_patience)
         try:
             with interrupts.deferred():  # cut inside ray.init, Ray is left half started and the driver crashes at exit
                 execute.start_ray(address, study.spec.resources)
@@ -269,12 +278,22 @@ def run_trials(study: Study, trials: list[Trial], args: argparse.Namespace, addr
           f"{failed} failed{f', {incomplete} unfinished' if incomplete else ''}")
     print("\n".join(summary_lines(list(rows.values()))))
     print(f"\nruns: {tracking.ui_command(uri)}   (experiment {study.name!r})\n"
-          f"then open {tracking.ui_url(exp_id)}   (the trials' charts, grouped by variant)")
+          f"then open {tracking.ui_url(exp_id, tracking.ui_base(uri))}   (the trials' charts, grouped by variant)")
     if incomplete:
         print(f"\ninterrupted ({interrupts.received or 'trials left unfinished'}); run the same command again "
               f"to resume ({experiment.uri})", file=sys.stderr)
         return 130
     return 1 if failed else 0
+
+
+def estimated(study: Study, trials: list[Trial], args: argparse.Namespace) -> str:
+    """--estimate's text; the trials study.run would take from the store (not with --rerun) cost nothing."""
+    from study import tracking
+    from study.estimate import estimate, store_client
+
+    client = store_client(tracking.tracking_uri(args.tracking_uri))
+    cached = set() if args.rerun or client is None else set(tracking.finished_runs(client, {t.config_hash for t in trials}))
+    return estimate(study, trials, client, cached, args.max_concurrent, cluster_address(args.address))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
         trials = plan_trials(study) if study.spec.search is None else []
         if args.max_concurrent is not None and args.max_concurrent < 1:
             raise StudyError(f"--max-concurrent: got {args.max_concurrent}, expected an integer >= 1")
+        if args.tracking_patience < 0:
+            raise StudyError(f"--tracking-patience: got {args.tracking_patience:g}, expected seconds >= 0")
+        if args.estimate and not (args.dry_run and trials):
+            raise StudyError("--estimate: only with --dry-run, and for studies of variants and grids (a search "
+                             "samples its trials as it runs)")
         if args.dry_run:
             warn_if_dirty(code_state())
             if trials:
@@ -292,13 +316,16 @@ def main(argv: list[str] | None = None) -> int:
                 search = study.spec.search
                 print(f"{study.name}: search, {search.num_samples} samples ({search.algorithm}) over "
                       f"{', '.join(search.space)}; {search.metric} {search.mode}")
+            if args.estimate:
+                print("\n" + estimated(study, trials, args))
             return 0
         address = cluster_address(args.address)
         set_ray_environment(address)
         with Interrupts() as interrupts:
             check_before_start(study, trials, address)
             experiment = experiment_for(study, trials, args.storage)
-            return run(study, trials, args, address, experiment, interrupts)
+            with study_lock(experiment, study.name):
+                return run(study, trials, args, address, experiment, interrupts)
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -19,6 +19,8 @@ from study.cli import first_line
 from study.config import Study, StudyError
 from study.plan import Trial, config_hash, search_base
 
+STATE_FILE = "state.pt"  # the trial checkpoint: model, optimizer, epoch and RNG states
+
 PLAN_FILE = "study_plan.json"  # the trial names a Ray experiment was created with
 
 

@@ -26,12 +26,13 @@ from study.config import METRICS, Study, StudyError, flat
 from study.plan import Trial
 from study.provenance import (CONFIG_ARTIFACT, DIFF_ARTIFACT, ENVIRONMENT_PREFIX, WEIGHTS_ARTIFACT, CodeState,
                               environment_tags)
+from study.retry import DEFAULT_PATIENCE_S, Backlog, PatientClient
+from study.storage import STATE_FILE
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT = "mlflow.parentRunId"
 LOGGED_METRICS = METRICS + ("energy_ann", "beta", "alpha", "epoch_seconds")  # and LAYER_RATE + each spiking layer
 MAX_PARAM_LENGTH = 6000
-STATE_FILE = "state.pt"  # the trial checkpoint: model, optimizer, epoch and RNG states
 
 
 def tracking_uri(cli_value: Optional[str]) -> str:
@@ -53,8 +54,20 @@ def read_client(uri: str) -> MlflowClient:
     return MlflowClient(uri)
 
 
+def served(uri: str) -> bool:
+    """Whether `uri` is a tracking server's (which shows the runs itself), rather than a store `mlflow ui` opens."""
+    return uri.startswith(("http://", "https://"))
+
+
 def ui_command(uri: str) -> str:
+    if served(uri):
+        return f"the tracking server, {redacted(uri)}"
     return f"mlflow ui --host 127.0.0.1 --backend-store-uri {redacted(uri)}"
+
+
+def ui_base(uri: str) -> str:
+    """Where the UI showing the runs of `uri` answers: the tracking server itself, else `mlflow ui`'s default."""
+    return redacted(uri).rstrip("/") if served(uri) else "http://127.0.0.1:5000"
 
 
 def ui_url(exp_id: str, base: str = "http://127.0.0.1:5000") -> str:
@@ -197,8 +210,8 @@ def source_code(client: MlflowClient, run) -> CodeState:
 def copy_cached_run(client: MlflowClient, source, exp_id: str, parent_id: str, study_name: str, trial: Trial) -> str:
     """A FINISHED child run in this study holding another study's result for the same config hash, with the
     source's provenance (code, environment, data, kernel): its numbers come from there, not from this tree."""
-    kept = {k: v for k, v in source.data.tags.items()
-            if k.startswith(ENVIRONMENT_PREFIX) or k in ("data_fingerprint", "kernel", "kernel_fallback", "ray_node")}
+    kept = {k: v for k, v in source.data.tags.items() if k.startswith(ENVIRONMENT_PREFIX)
+            or k in ("data_fingerprint", "kernel", "kernel_fallback", "ray_node", "gpu_ids")}
     run_id = create_trial_run(client, exp_id, parent_id, study_name, trial, source_code(client, source),
                               {"cached_from": source.info.run_id, **kept})
     metrics = [m for key in source.data.metrics for m in client.get_metric_history(source.info.run_id, key)]
@@ -248,6 +261,18 @@ def finite_metrics(row: dict) -> dict:
     return {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
+def trial_error(trial) -> str:
+    """The last line of a failed trial's error. When the callback runs, Ray may not yet have copied the error
+    file to the storage folder that `Trial.get_error` reads, but it has written it in the trial's local folder."""
+    error = trial.get_error()
+    if error is not None:
+        return last_line(str(error))
+    local = trial.error_file
+    if local and Path(local).is_file():
+        return last_line(Path(local).read_text())
+    return "unknown error"
+
+
 class MlflowTracker(Callback):
     """Logs trials to MLflow as nested child runs of `parent_id`, each epoch exactly once.
 
@@ -255,16 +280,23 @@ class MlflowTracker(Callback):
     FINISHED only once every epoch it was to train is logged: all of them, or up to the epoch where
     the scheduler (ASHA) stopped it, which the run's `stopped_early` tag then says. A trial cut off
     by an interrupt keeps its epochs so far, ends KILLED, and continues in the same run on a rerun.
+
+    Its writes wait, in order, on a `Backlog` while the tracking server is away, for up to `patience_s`: the
+    Tune loop goes on meanwhile, so the trials keep training and reporting (a trial's report waits for the
+    driver to take it).
     """
 
     def __init__(self, uri: str, exp_id: str, parent_id: str, study: Study, code: CodeState,
-                 describe: Callable[[dict], dict], ray_path: str):
+                 describe: Callable[[dict], dict], ray_path: str, patience_s: float = DEFAULT_PATIENCE_S):
         self.uri, self.exp_id, self.parent_id = uri, exp_id, parent_id
         self.study, self.code, self.describe, self.ray_path = study, code, describe, ray_path
-        self.client: Optional[MlflowClient] = None
+        self.patience_s = patience_s
+        self.client: Optional[PatientClient] = None
+        self.backlog: Optional[Backlog] = None
         self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
         self.logged: dict[str, set[int]] = {}  # MLflow run id -> epochs logged
         self.nodes: dict[str, list[str]] = {}  # MLflow run id -> Ray nodes the trial ran on, in order
+        self.gpus: dict[str, str] = {}  # MLflow run id -> the GPU ids its `gpu_ids` tag holds
         self.checkpoints: dict[str, Checkpoint] = {}  # Ray trial id -> last checkpoint
         self.diverged: dict[str, str] = {}  # Ray trial id -> why
         self.stopped_at: dict[str, int] = {}  # Ray trial id -> epoch at which the scheduler stopped it
@@ -274,7 +306,10 @@ class MlflowTracker(Callback):
         self.environments: dict[str, str] = {}  # MLflow run id -> the environment (JSON) its tags hold
 
     def setup(self, **info) -> None:
-        self.client = MlflowClient(self.uri)
+        advice = (f", and its checkpoints are kept in {self.ray_path}: once the server answers, run the same command "
+                  f"again to resume")
+        self.client = PatientClient(MlflowClient(self.uri), self.uri, self.patience_s, advice)
+        self.backlog = Backlog(lambda: self.client.away)
 
     def run_for(self, trial_id: str, tune_config: dict) -> str:
         if trial_id in self.runs:
@@ -311,11 +346,14 @@ class MlflowTracker(Callback):
         logged = self.logged[self.run_for(trial_id, tune_config)]
         return [e for e in range(1, self.planned_epochs(trial_id, tune_config) + 1) if e not in logged]
 
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        self.backlog.check()  # a write that failed while the loop went on (the server away too long) stops it here
+
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self.run_for(trial.trial_id, trial.config)
+        self.backlog.submit(self.run_for, trial.trial_id, trial.config)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        self.record(trial.trial_id, trial.config, result)
+        self.backlog.submit(self.record, trial.trial_id, trial.config, result)
 
     def record(self, trial_id: str, tune_config: dict, result: dict) -> None:
         """One result of a trial: its epoch's metrics logged unless already there, where it ran, why it stopped."""
@@ -340,7 +378,12 @@ class MlflowTracker(Callback):
         self.logged[run_id].add(epoch)
 
     def note_node(self, run_id: str, result: dict) -> None:
-        """Tag `ray_node` with where the trial reports from now, and `ray_nodes` with every node it used."""
+        """Tag `ray_node` with where the trial reports from now, `ray_nodes` with every node it used, and `gpu_ids`
+        with the GPUs Ray gave it there, if any."""
+        gpus = result.get("gpu_ids")
+        if gpus and self.gpus.get(run_id) != gpus:
+            self.gpus[run_id] = gpus
+            self.client.set_tag(run_id, "gpu_ids", str(gpus))
         node = result.get("node")
         nodes = self.nodes[run_id]
         if not node or (nodes and nodes[-1] == node):
@@ -378,7 +421,8 @@ class MlflowTracker(Callback):
         self.checkpoints[trial.trial_id] = checkpoint
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.finish(trial.trial_id, trial.config, self.checkpoints.get(trial.trial_id) or trial.checkpoint)
+        self.backlog.submit(self.finish, trial.trial_id, trial.config,
+                            self.checkpoints.get(trial.trial_id) or trial.checkpoint)
 
     def finish(self, trial_id: str, tune_config: dict, checkpoint: Optional[Checkpoint]) -> bool:
         """End a trial's run: FAILED if it diverged, FINISHED with its final weights if every epoch it was
@@ -407,6 +451,7 @@ class MlflowTracker(Callback):
         Epochs MLflow lacks (a wiped or another store) are logged from Ray's own record of the trial's
         results when it has them. Returns the names of the trials left unfinished (interrupted).
         """
+        self.backlog.drain()  # the writes still waiting for the server, first
         for result in results:
             if result.error is not None or "epoch" not in (result.metrics or {}):
                 continue  # failed (on_trial_error logged it), or no epoch reported
@@ -432,13 +477,18 @@ class MlflowTracker(Callback):
         return unfinished
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        run_id = self.run_for(trial.trial_id, trial.config)
-        self.client.set_tag(run_id, "retries", str(trial.num_failures))
+        self.backlog.submit(self.note_retries, trial.trial_id, trial.config, trial.num_failures)
+
+    def note_retries(self, trial_id: str, tune_config: dict, failures: int) -> None:
+        self.client.set_tag(self.run_for(trial_id, tune_config), "retries", str(failures))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        run_id = self.run_for(trial.trial_id, trial.config)
-        error = trial.get_error()
-        self.client.set_tag(run_id, "error", last_line(str(error)) if error else "unknown error")
+        why = trial_error(trial)
+        self.backlog.submit(self.fail, trial.trial_id, trial.config, why)
+
+    def fail(self, trial_id: str, tune_config: dict, error: str) -> None:
+        run_id = self.run_for(trial_id, tune_config)
+        self.client.set_tag(run_id, "error", error)
         self.client.set_terminated(run_id, "FAILED")
 
     def log_weights(self, run_id: str, state_file: Path) -> None:

@@ -1,0 +1,51 @@
+"""The study lock with real processes: held, it refuses a second holder with one line naming the first;
+its holder killed with SIGKILL, it is free at once. (A real study.run refused: test_cluster; a real driver killed
+with SIGKILL and run again: test_resilience.)"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pyarrow.fs as pafs
+import pytest
+
+from study.config import StudyError
+from study.lock import lock_path, study_lock
+from study.storage import Experiment, experiment_at
+from tests.studies import ROOT, wait_for
+
+HOLD = """
+import sys, time
+from study.lock import study_lock
+from study.storage import experiment_at
+with study_lock(experiment_at(sys.argv[1], "s-1234"), "s"):
+    time.sleep(120)
+"""
+
+
+def test_a_held_lock_names_its_holder_and_a_killed_holders_lock_is_free(tmp_path):
+    experiment = experiment_at(str(tmp_path / "storage"), "s-1234")
+    lock = tmp_path / "storage/s-1234.lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "storage")], cwd=ROOT)
+    try:
+        wait_for(lambda: lock.is_file() and f"PID {holder.pid} " in lock.read_text(), 60, "the lock taken")
+        with pytest.raises(StudyError) as refused:
+            with study_lock(experiment, "s"):
+                pass
+        assert str(refused.value).startswith(f"study s is already running from PID {holder.pid} on host "
+                                             f"{socket.gethostname()}, started at ")
+        assert f"(lock {lock})" in str(refused.value)
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    finally:
+        holder.kill()
+    with study_lock(experiment, "s"):
+        assert lock.read_text().startswith(f"PID {os.getpid()} on host ")
+
+
+def test_an_object_stores_lock_lies_on_this_host():
+    bucket = Experiment("s3://bucket/studies", "s-1234", pafs.SubTreeFileSystem("/bucket", pafs.LocalFileSystem()),
+                        "studies")
+    path = lock_path(bucket)
+    assert str(path.parent) == os.path.expanduser("~/.cache/isnm-study/locks") and path.name.startswith("s-1234-")

@@ -1,0 +1,68 @@
+"""study.retry against real stores: a loopback port where no server listens, and a sqlite store that refuses.
+A server that goes away and comes back, and answers lost on the way, are in test_server.py (slow)."""
+import time
+
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from study.retry import Backlog, PatientClient, ServerAway
+from tests.studies import free_port
+
+
+@pytest.fixture(autouse=True)
+def http_retries(monkeypatch):
+    """PatientClient turns MLflow's own HTTP retries off for the process; here, only for the test."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+
+
+def away_client(patience_s: float) -> PatientClient:
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    return PatientClient(MlflowClient(uri), uri, patience_s, "; run it again")
+
+
+def test_a_server_that_never_answers_is_given_up_after_the_patience_in_one_line(capsys):
+    client = away_client(1.5)
+    began = time.monotonic()
+    with pytest.raises(ServerAway) as raised:
+        client.get_experiment_by_name("any")
+    assert 1.5 <= time.monotonic() - began < 10
+    assert str(raised.value) == (f"the MLflow server {client.uri} did not answer for 1.5 s (--tracking-patience); "
+                                 f"the study stopped; run it again")
+    waiting = capsys.readouterr().err.strip().splitlines()
+    assert waiting == [f"MLflow server {client.uri} does not answer (no connection); the trials keep training and "
+                       f"their results wait here; retrying for up to 1.5 s (--tracking-patience)"]
+
+
+def test_a_request_the_store_refuses_is_raised_at_once(mlflow_uri, capsys):
+    client = PatientClient(MlflowClient(mlflow_uri), mlflow_uri, 60)
+    began = time.monotonic()
+    with pytest.raises(MlflowException, match="not found"):
+        client.get_run("0" * 32)
+    assert time.monotonic() - began < 5 and capsys.readouterr().err == ""
+
+
+def test_a_backlog_returns_at_once_while_the_server_is_away_and_raises_its_failure_later():
+    client = away_client(2)
+    backlog = Backlog(lambda: client.away)
+    done = []
+    began = time.monotonic()
+    backlog.submit(client.get_experiment_by_name, "any")
+    backlog.submit(done.append, "after")  # queued behind the one waiting
+    assert time.monotonic() - began < 2 and client.away and done == []
+    with pytest.raises(ServerAway):
+        backlog.drain()
+    assert done == []  # the first failure stops the rest
+    with pytest.raises(ServerAway):
+        backlog.check()
+
+
+def test_a_backlog_runs_in_place_while_the_server_answers(mlflow_uri):
+    client = PatientClient(MlflowClient(mlflow_uri), mlflow_uri, 60)
+    backlog = Backlog(lambda: client.away)
+    order = []
+    for n in range(3):
+        backlog.submit(order.append, n)
+        assert order == list(range(n + 1))  # done before submit returned
+    with pytest.raises(MlflowException):
+        backlog.submit(client.get_run, "0" * 32)  # its error, raised where it was submitted
