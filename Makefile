@@ -30,7 +30,7 @@ demo: venv
 	$(PY) -m study.report ablation
 
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=40
 
 # Everything but the tests marked slow (real Ray, MLflow, processes, training runs): under a minute.
 test-fast: venv
