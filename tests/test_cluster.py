@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from ray._private.utils import get_ray_client_dependency_error
 
 from isnm.train import train
 from study.config import StudyError, load_study
@@ -74,8 +75,9 @@ class Cluster:
     def launch(self, role: str, options: tuple[str, ...]) -> None:
         if role == "head":
             port = free_port()
-            where = ["--head", "--port", str(port), "--temp-dir", str(self.temp_dir), "--include-dashboard", "false",
-                     "--ray-client-server-port", str(free_port())]
+            where = ["--head", "--port", str(port), "--temp-dir", str(self.temp_dir), "--include-dashboard", "false"]
+            if get_ray_client_dependency_error() is None:  # Ray Client's server (with grpcio, which the bench extra
+                where += ["--ray-client-server-port", str(free_port())]  # brings) listens on 10001 unless moved
             self.address = f"127.0.0.1:{port}"
         else:
             where = ["--address", self.address]
