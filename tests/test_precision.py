@@ -104,11 +104,13 @@ def test_channels_last_computes_what_contiguous_computes(digits):
     logits, grads, seen = step(contiguous, x, y)
     logits_cl, grads_cl, seen_cl = step(last, x, y)
     # oneDNN sums in another order in the other layout: currents agree to float32 rounding, and a potential
-    # that close to the threshold may fire in one and not the other (1 spike in 330 000 here)
+    # that close to the threshold may fire in one and not the other (1 spike in 330 000 here, 10 logits of 2560
+    # moved in a fresh venv)
     for name, (current, spikes) in seen.items():
         torch.testing.assert_close(seen_cl[name][0], current, rtol=1e-5, atol=1e-5)
         assert (seen_cl[name][1] != spikes).float().mean() < 1e-4
-    torch.testing.assert_close(logits_cl, logits, rtol=1e-4, atol=1e-4)
+    # a spike that fired in one layout only moves its image's logits by its readout weight over T (0.006 seen)
+    assert relative(logits_cl, logits) < 1e-2
     for name, grad in grads.items():
         assert relative(grads_cl[name], grad) < 1e-3, name
 
