@@ -149,7 +149,10 @@ def slots(study: Study, max_concurrent: Optional[int], address: Optional[str]) -
     if address:
         import ray
 
-        ray.init(address=address, include_dashboard=False, logging_level="WARNING")
+        from study.execute import check_address, start_ray
+
+        check_address(address)  # a cluster not there, a token refused, too few GPUs: one line each
+        start_ray(address, resources)
         try:
             total = ray.cluster_resources()
         finally:
@@ -197,6 +200,7 @@ def estimate(study: Study, trials: list[Trial], client, cached: set[str], max_co
              address: Optional[str]) -> str:
     """The estimate's text: per setting, per trial, the compute, the wall-clock time. `client` reads the
     tracking store (None: there is none), `cached` holds the config hashes study.run will not train again."""
+    n_slots, why = slots(study, max_concurrent, address)  # first: a cluster not there fails in seconds
     threads = study.spec.resources.cpu
     costs: dict[tuple, EpochCost] = {}
     for trial in trials:
@@ -212,7 +216,6 @@ def estimate(study: Study, trials: list[Trial], client, cached: set[str], max_co
          f"{cost.seconds:.2f}", cost.source] for key, cost in costs.items()])
     rows = [[t.name, str(t.config["epochs"]), "cached" if t.config_hash in cached else duration(per_trial[t.name])]
             for t in trials]
-    n_slots, why = slots(study, max_concurrent, address)
     to_run = [per_trial[t.name] for t in trials if t.config_hash not in cached]
     compute = sum(to_run)
     resources = study.spec.resources

@@ -291,9 +291,12 @@ def estimated(study: Study, trials: list[Trial], args: argparse.Namespace) -> st
     from study import tracking
     from study.estimate import estimate, store_client
 
+    address = cluster_address(args.address)
+    if address:  # to join it as study.run would (a local Ray is not started for an estimate)
+        set_ray_environment(address)
     client = store_client(tracking.tracking_uri(args.tracking_uri))
     cached = set() if args.rerun or client is None else set(tracking.finished_runs(client, {t.config_hash for t in trials}))
-    return estimate(study, trials, client, cached, args.max_concurrent, cluster_address(args.address))
+    return estimate(study, trials, client, cached, args.max_concurrent, address)
 
 
 def main(argv: list[str] | None = None) -> int:

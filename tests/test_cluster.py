@@ -180,6 +180,16 @@ def test_trials_spread_over_the_nodes_and_record_where(cluster, mlflow_uri, tmp_
 
 
 @pytest.mark.slow
+def test_the_estimate_counts_the_clusters_slots(cluster, mlflow_uri, tmp_path):
+    path = small_study(tmp_path, name="priced", epochs=1)
+    done = run_study(tmp_path, str(path), "--dry-run", "--estimate", *on_cluster(cluster, mlflow_uri, tmp_path),
+                     env=cluster.env)
+    # the head runs no trials: 2 CPU nodes' 4 CPUs and the logical GPUs, 1 CPU a trial
+    assert f"4 trials at a time on the cluster at {cluster.address}: 4 CPUs, 2 GPUs; 1 CPU and 0 GPU per trial" \
+        in done.stdout, done.stdout[-3000:]
+
+
+@pytest.mark.slow
 def test_a_second_launch_of_a_running_study_is_refused(cluster, mlflow_uri, tmp_path):
     # (a killed driver's lock: test_lock, and test_resilience's driver killed and run again)
     path = small_study(tmp_path, name="twice", epochs=1, variants={"A": {}}, seeds=[0])
@@ -232,7 +242,7 @@ def test_a_gpu_torch_cannot_see_stops_the_trial_with_one_line():
 
 @pytest.mark.slow
 def test_a_node_lost_mid_trial_resumes_on_another_in_the_same_run(cluster, mlflow_uri, tmp_path):
-    epochs = 4
+    epochs = 8  # about a second each: the node is killed several epochs before the trial could end
     path = small_study(tmp_path, name="lost", epochs=epochs, variants={"GSG": {"surrogate.schedule": "gradual"}},
                        seeds=[5])
     db = tmp_path / "mlflow.db"
@@ -242,6 +252,7 @@ def test_a_node_lost_mid_trial_resumes_on_another_in_the_same_run(cluster, mlflo
         (run,) = wait_for(lambda: [r for r in trial_runs(db, "lost") if steps(db, r)], 240, "an epoch logged", driver)
         lost = run.data.tags["ray_node"].split()[0]
         cluster.kill(lost)
+        assert len(steps(db, run)) < epochs, "the trial ended before its node was lost: the test needs longer epochs"
         output = finished_output(driver, 300)
     finally:
         driver.kill()
