@@ -38,21 +38,24 @@ def wide(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
-
-
 def packed_bits(spikes: torch.Tensor) -> torch.Tensor:
-    """Spikes (0 or 1) as bits, 8 to a byte: what backward needs of forward's firing, at N/8 bytes."""
+    """Spikes (0 or 1) as bits, 8 to a byte, spike 8i + k in bit k of byte i: what backward needs of forward's
+    firing, at N/8 bytes.
+
+    Each byte is its eight spikes shifted and or-ed, elementwise over the bytes: compiled, Inductor vectorizes
+    that, whereas a sum of the spikes times their bit weights over rows of 8 became a scalar loop with a branch
+    per bit (VGG-small's first layer, [5, 16, 64, 32, 32], one thread: 348 ms a compiled forward, now 8)."""
     flat = spikes.reshape(-1).to(torch.uint8)
-    flat = torch.nn.functional.pad(flat, (0, -flat.numel() % 8))
-    weights = torch.tensor(BIT_WEIGHTS, dtype=torch.uint8, device=spikes.device)
-    return (flat.view(-1, 8) * weights).sum(1, dtype=torch.uint8)
+    rows = torch.nn.functional.pad(flat, (0, -flat.numel() % 8)).view(-1, 8)
+    packed = rows[:, 0]
+    for bit in range(1, 8):
+        packed = packed | (rows[:, bit] << bit)
+    return packed
 
 
 def unpacked_bits(packed: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
-    """The spikes `packed_bits` packed, shaped `shape`, as `dtype`."""
-    weights = torch.tensor(BIT_WEIGHTS, dtype=torch.uint8, device=packed.device)
-    bits = (packed.view(-1, 1) & weights) != 0
+    """The spikes `packed_bits` packed, shaped `shape`, as `dtype` (elementwise too, for the same reason)."""
+    bits = torch.stack([(packed >> bit) & 1 for bit in range(8)], dim=1)
     return bits.view(-1)[:shape.numel()].view(shape).to(dtype)
 
 
