@@ -149,10 +149,9 @@ def slots(study: Study, max_concurrent: Optional[int], address: Optional[str]) -
     if address:
         import ray
 
-        from study.execute import check_address, start_ray
+        from study.execute import start_ray
 
-        check_address(address)  # a cluster not there, a token refused, too few GPUs: one line each
-        start_ray(address, resources)
+        start_ray(address, resources)  # a token refused, too few GPUs: one line each
         try:
             total = ray.cluster_resources()
         finally:
@@ -200,7 +199,7 @@ def estimate(study: Study, trials: list[Trial], client, cached: set[str], max_co
              address: Optional[str]) -> str:
     """The estimate's text: per setting, per trial, the compute, the wall-clock time. `client` reads the
     tracking store (None: there is none), `cached` holds the config hashes study.run will not train again."""
-    n_slots, why = slots(study, max_concurrent, address)  # first: a cluster not there fails in seconds
+    n_slots, why = slots(study, max_concurrent, address)  # first: a cluster that refuses fails before timing
     threads = study.spec.resources.cpu
     costs: dict[tuple, EpochCost] = {}
     for trial in trials:

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import socket
 import tempfile
 from pathlib import Path
@@ -201,6 +202,25 @@ def check_address(address: Optional[str]) -> None:
         raise no_cluster(address, exc.strerror or str(exc)) from None
 
 
+def token_refusal(exc: BaseException) -> Optional[str]:
+    """Why the cluster refused this driver's token, if that is what `exc` comes from. A driver without a
+    token gets an AuthenticationError; one with another token gets a ConnectionError ("Failed to connect
+    to Ray cluster") caused by a RuntimeError whose text holds the AuthenticationError's traceback."""
+    link: BaseException | None = exc
+    for _ in range(8):  # the chain is short; bounded all the same
+        if link is None:
+            return None
+        if isinstance(link, ray.exceptions.AuthenticationError):
+            text = link.message
+        else:
+            quoted = re.search(r"^ray\.exceptions\.AuthenticationError: (.*)$", str(link), re.M)
+            text = quoted.group(1) if quoted else ""
+        if text:
+            return first_line(text).split(". ")[0]  # then Ray's advice on where tokens live, which ours replaces
+        link = link.__cause__ or link.__context__
+    return None
+
+
 def start_ray(address: Optional[str], resources) -> None:
     """Join `address`, else start Ray on this machine; fail early on resources the cluster lacks.
 
@@ -210,11 +230,12 @@ def start_ray(address: Optional[str], resources) -> None:
     """
     try:
         ray.init(address=address, include_dashboard=False, logging_level="WARNING")
-    except ConnectionError as exc:
-        raise no_cluster(address, first_line(str(exc))) from None
-    except ray.exceptions.AuthenticationError as exc:
+    except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
+        refused = token_refusal(exc)
+        if refused is None:
+            raise no_cluster(address, first_line(str(exc))) from None
         raise StudyError(f"--address {address}: the Ray cluster refused this driver's token "
-                         f"({first_line(exc.message)}); copy the head node's ~/.ray/auth_token here "
+                         f"({refused}); copy the head node's ~/.ray/auth_token here "
                          f"or set RAY_AUTH_TOKEN") from None
     total = ray.cluster_resources()
     if resources.gpu > total.get("GPU", 0):

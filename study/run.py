@@ -311,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.estimate and not (args.dry_run and trials):
             raise StudyError("--estimate: only with --dry-run, and for studies of variants and grids (a search "
                              "samples its trials as it runs)")
+        if args.estimate:
+            from study.execute import check_address
+
+            check_address(cluster_address(args.address))  # before any output: a cluster not there fails in seconds
         if args.dry_run:
             warn_if_dirty(code_state())
             if trials:

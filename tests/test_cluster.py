@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
@@ -22,7 +23,7 @@ from ray._private.utils import get_ray_client_dependency_error
 
 from isnm.train import train
 from study.config import StudyError, load_study
-from study.execute import usable_gpus
+from study.execute import token_refusal, usable_gpus
 from study.plan import plan_trials
 from tests.studies import (finished_output, free_port, loopback_env, run_study, small_study, start_study, steps,
                            trial_runs, wait_for)
@@ -177,6 +178,31 @@ def test_trials_spread_over_the_nodes_and_record_where(cluster, mlflow_uri, tmp_
     nodes = Counter(r.data.tags["ray_node"].split()[0] for r in runs)
     assert nodes == {cluster.node_id("cpu"): 2, cluster.node_id("gpu"): 2}, nodes
     assert all("gpu_ids" not in r.data.tags for r in runs)  # none asked for a GPU
+
+
+@pytest.mark.slow
+def test_a_driver_with_another_token_is_refused_in_one_line(cluster, mlflow_uri, tmp_path):
+    path = small_study(tmp_path, name="stranger", epochs=1)
+    done = run_study(tmp_path, str(path), *on_cluster(cluster, mlflow_uri, tmp_path), check=False, timeout=300,
+                     env={**cluster.env, "RAY_AUTH_TOKEN": secrets.token_hex(16)})
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "the Ray cluster refused this driver's token" in done.stderr.strip().splitlines()[-1]
+
+
+def test_a_token_refusal_is_found_where_ray_puts_it():
+    refused = "RPC error: InvalidAuthToken: Authentication token is missing or incorrect. Ensure that the token"
+    assert token_refusal(ray.exceptions.AuthenticationError(refused)) == refused.split(". ")[0]
+    # another token: Ray 2.60 quotes the refusal's traceback in a RuntimeError behind a ConnectionError
+    try:
+        try:
+            raise RuntimeError("Failed to connect to GCS. Last connection error: Traceback (most recent call last):\n"
+                               f'  File "python/ray/includes/common.pxi", line 119\n'
+                               f"ray.exceptions.AuthenticationError: {refused}\n")
+        except RuntimeError as cause:
+            raise ConnectionError("Failed to connect to Ray cluster at 192.0.2.2:6379") from cause
+    except ConnectionError as exc:
+        assert token_refusal(exc) == "RPC error: InvalidAuthToken: Authentication token is missing or incorrect"
+    assert token_refusal(ConnectionError("Failed to connect to Ray cluster at 192.0.2.2:6379")) is None
 
 
 @pytest.mark.slow

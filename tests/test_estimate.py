@@ -9,7 +9,7 @@ from study.plan import plan_trials
 from study.provenance import CodeState
 from study.run import main
 from study.tracking import create_trial_run, experiment_id, log_epoch, start_parent_run
-from tests.studies import free_port, run_study, small_study
+from tests.studies import small_study
 
 
 @pytest.mark.parametrize("durations, slots, wall", [([10, 10, 10], 2, 20), ([5, 1, 1, 1], 2, 5), ([3, 3], 4, 3),
@@ -69,11 +69,3 @@ def test_estimate_without_dry_run_is_one_line_and_exit_2(tmp_path, capsys):
     assert main([str(small_study(tmp_path)), "--estimate"]) == 2
     assert "--estimate: only with --dry-run" in capsys.readouterr().err
 
-
-@pytest.mark.slow  # starts a Python process
-def test_estimate_for_a_cluster_not_there_is_one_line_and_exit_2(tmp_path):
-    address = f"127.0.0.1:{free_port()}"
-    done = run_study(tmp_path, str(small_study(tmp_path)), "--dry-run", "--estimate", "--address", address,
-                     check=False, timeout=120)
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    assert done.stderr.strip().splitlines()[-1].startswith(f"error: --address {address}: no Ray cluster answers there")

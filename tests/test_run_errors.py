@@ -19,6 +19,8 @@ CLI_ONLY = [
     ("max concurrent", GOOD, ["--max-concurrent", "0"], "--max-concurrent: got 0"),
     ("no ray cluster at the address", GOOD, ["--address", f"127.0.0.1:{free_port()}"],
      r"--address 127\.0\.0\.1:\d+: no Ray cluster answers there \(Connection refused\)"),
+    ("estimate for a cluster not there", GOOD, ["--dry-run", "--estimate", "--address", f"127.0.0.1:{free_port()}"],
+     r"--address 127\.0\.0\.1:\d+: no Ray cluster answers there \(Connection refused\)"),
     ("ray client address", GOOD, ["--address", "ray://127.0.0.1:10001"],
      r"--address ray://127\.0\.0\.1:10001: Ray Client \(ray://\) is not supported"),
     ("storage uri pyarrow cannot open", GOOD, ["--storage", "nosuchscheme://bucket/x"],

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -127,35 +126,6 @@ def test_runs_are_browsable_through_an_mlflow_server(finished_study):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-
-
-def test_study_joins_an_existing_ray_cluster(tmp_path):
-    port = free_port()
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
-    ray_bin = Path(sys.executable).parent / "ray"
-    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-                             "--port", str(port), "--temp-dir", temp_dir, "--num-cpus", "2",
-                             "--include-dashboard", "false", "--disable-usage-stats"],
-                            env=loopback_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        path = small_study(tmp_path, name="cluster", epochs=1,
-                           variants={"ISNM": {}, "ISNM+Soft Reset": {"neuron.reset": "soft"}})
-        path.write_text(path.read_text().replace("- 0\n- 1\n", "- 0\n"))
-        no_token = subprocess.run([sys.executable, "-m", "study.run", str(path), "--address", f"127.0.0.1:{port}",
-                                   "--tracking-uri", f"sqlite:///{tmp_path / 'refused.db'}"], cwd=tmp_path,
-                                  env={**loopback_env(), "HOME": str(tmp_path)}, capture_output=True, text=True,
-                                  timeout=300)  # HOME without ~/.ray/auth_token: the head's token is not known
-        assert no_token.returncode == 2 and "Traceback" not in no_token.stderr, no_token.stderr[-3000:]
-        assert "the Ray cluster refused this driver's token" in no_token.stderr.strip().splitlines()[-1]
-        done = run_study(tmp_path, str(path), "--address", f"127.0.0.1:{port}",
-                         "--tracking-uri", f"sqlite:///{tmp_path / 'cluster.db'}")
-        assert "cluster: 2 trials" in done.stdout
-        children, _ = child_runs(MlflowClient(f"sqlite:///{tmp_path / 'cluster.db'}"), "cluster")
-        assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=60)
 
 
 def test_a_trial_reproduces_bit_for_bit_from_its_run(finished_study):
