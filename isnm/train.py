@@ -215,7 +215,10 @@ def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
         if cfg.bn_recalibration:
             recalibrate_batch_norm(model, data.train_x[:cfg.bn_recalibration], cfg.batch_size, autocast)
         test_acc, activity = evaluate(model, data.test_x, data.test_y, autocast)
-        val = {"val_acc": evaluate(model, data.val_x, data.val_y, autocast)[0]} if len(data.val_y) else {}
+        val = {}
+        if len(data.val_y):  # what a search may select on: the validation pass's accuracy and firing
+            val_acc, val_activity = evaluate(model, data.val_x, data.val_y, autocast)
+            val = {"val_acc": val_acc, "val_spike_rate": val_activity.spike_rate}
         # the loops that really ran: a compilation that failed falls back to eager, and says why
         ran = {"kernel": "eager", "kernel_fallback": kernel_fallback()} if kernel_fallback() else {"kernel": kernel}
         metrics = {"epoch": epoch, "train_loss": loss_sum.item() / n, "train_acc": correct.item() / n, **val,

@@ -18,7 +18,8 @@ from isnm.config import (ConfigError, check, default_config, flat, join, merged,
 # what a trial reports per epoch, and study.report tabulates (isnm.activity: spike_rate, synops and energy per image)
 METRICS = ("test_acc", "val_acc", "train_acc", "train_loss", "spike_rate", "synops", "energy")
 MAXIMIZED = ("test_acc", "val_acc", "train_acc")
-SELECTABLE = ("val_acc", "train_acc", "train_loss", "spike_rate")  # what a search may rank by: never test data
+# what a search may rank by: never test data (spike_rate is the test pass's; val_spike_rate the validation pass's)
+SELECTABLE = ("val_acc", "train_acc", "train_loss", "val_spike_rate")
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
 # A study's name and profile name folders (ray_results/<name>-<profile>-<digest>, mlartifacts/<name>)
 # and go into MLflow filters: letters, digits and a few marks, no path separators, no quotes, short
@@ -260,9 +261,9 @@ def load_study(path: str | Path, profile: Optional[str] = None) -> Study:
                     raise ConfigError(f"grid.{key}[{i}]", exc.message) from None
         if spec.search is not None:
             check_override_keys(spec.search.space, "search.space")
-            if spec.search.metric == "val_acc" and base["validation"] == 0:
-                raise ConfigError("search.metric", "val_acc needs a validation split, but base.validation is 0; "
-                                                   "set base.validation (0.1 is the default)")
+            if spec.search.metric.startswith("val_") and base["validation"] == 0:
+                raise ConfigError("search.metric", f"{spec.search.metric} needs a validation split, but "
+                                                   f"base.validation is 0; set base.validation (0.1 is the default)")
         if spec.table is not None:
             for key in spec.table.keys:
                 if key != "variant" and key not in TRAIN_KEYS:

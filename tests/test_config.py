@@ -108,6 +108,13 @@ BAD = [
     ("search ranked on the test set", {**GOOD, "variants": {}, "search": {"metric": "test_acc",
                                                                          "space": {"lr": {"loguniform": [1e-4, 1e-2]}}}},
      "search.metric: got 'test_acc', expected 'val_acc' or 'train_acc'"),
+    ("search ranked on the test pass's firing", {**GOOD, "variants": {}, "search": {
+        "metric": "spike_rate", "mode": "min", "space": {"lr": {"loguniform": [1e-4, 1e-2]}}}},
+     "search.metric: got 'spike_rate', expected 'val_acc' or 'train_acc' or 'train_loss' or 'val_spike_rate'"),
+    ("search on val_spike_rate without validation", {**GOOD, "variants": {}, "base": {**GOOD["base"], "validation": 0},
+                                                     "search": {"metric": "val_spike_rate", "mode": "min",
+                                                                "space": {"lr": {"loguniform": [1e-4, 1e-2]}}}},
+     "search.metric: val_spike_rate needs a validation split, but base.validation is 0"),
     ("search on val_acc without validation", {**GOOD, "variants": {}, "base": {**GOOD["base"], "validation": 0},
                                               "search": {"space": {"lr": {"loguniform": [1e-4, 1e-2]}}}},
      "search.metric: val_acc needs a validation split, but base.validation is 0"),
