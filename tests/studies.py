@@ -32,10 +32,11 @@ def loopback_env() -> dict:
     return env
 
 
-def run_study(cwd: Path, *args: str, timeout: float = 600, check: bool = True,
-              env: dict | None = None) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "study.run", *args], cwd=cwd, env={**loopback_env(), **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
+def run_study(cwd: Path, *args: str, timeout: float = 600, check: bool = True, env: dict | None = None,
+              where: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`python -m study.run ARGS`, run by the command `where` (e.g. `ip netns exec NS`: on another host) if given."""
+    done = subprocess.run([*where, sys.executable, "-m", "study.run", *args], cwd=cwd,
+                          env={**loopback_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout)
     if check and done.returncode != 0:
         raise AssertionError(f"study.run exited {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return done

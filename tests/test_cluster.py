@@ -1,7 +1,8 @@
 """A Ray cluster of several nodes on this host, as `ray start` makes one on a real network: a head, then
 worker nodes joining it, each its own raylet and node id, token authentication on. Trials spread over
 the nodes; a node lost mid-trial costs a retry, not an epoch; logical GPUs take two trials each; a
-second launch of a running study is refused. Real Ray, real MLflow store, real processes and signals."""
+second launch of a running study is refused; and a worker node on another host (a network namespace) at
+an address of its own. Real Ray, real MLflow store, real processes and signals."""
 import json
 import os
 import secrets
@@ -36,8 +37,11 @@ GAVE_UP = "gave up"
 class Cluster:
     """Ray nodes on this host, each a `ray start --block` in a process group of its own, by role ("head" first)."""
 
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, hosts: dict[str, tuple[str, tuple[str, ...]]] | None = None):
         self.log_dir = log_dir
+        # role -> (the node's address, the command that runs a program on its host); by default every node
+        # on this host at 127.0.0.1, run directly
+        self.hosts = hosts or {}
         self.temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay short
         # what `ray start` and every driver read: the mode (a joining node does not turn it on by itself) and
         # the shared secret, which would otherwise come from ~/.ray/auth_token
@@ -74,19 +78,23 @@ class Cluster:
                              f"{(self.log_dir / f'{next(iter(pending))}.log').read_text()[-3000:]}")
 
     def launch(self, role: str, options: tuple[str, ...]) -> None:
+        node_ip, run_there = self.host(role)
         if role == "head":
             port = free_port()
             where = ["--head", "--port", str(port), "--temp-dir", str(self.temp_dir), "--include-dashboard", "false"]
             if get_ray_client_dependency_error() is None:  # Ray Client's server (with grpcio, which the bench extra
                 where += ["--ray-client-server-port", str(free_port())]  # brings) listens on 10001 unless moved
-            self.address = f"127.0.0.1:{port}"
+            self.address = f"{node_ip}:{port}"
         else:
             where = ["--address", self.address]
         with open(self.log_dir / f"{role}.log", "a") as out:
-            process = subprocess.Popen([str(RAY), "start", "--block", "--node-ip-address", "127.0.0.1",
+            process = subprocess.Popen([*run_there, str(RAY), "start", "--block", "--node-ip-address", node_ip,
                                         "--disable-usage-stats", *where, *options], env=self.env, stdout=out,
                                        stderr=subprocess.STDOUT, start_new_session=True)
         self.nodes[role], self.options[role] = ("", process), options
+
+    def host(self, role: str) -> tuple[str, tuple[str, ...]]:
+        return self.hosts.get(role, ("127.0.0.1", ()))
 
     def registered(self, role: str) -> str:
         """The node id of `role` once the head has registered it, GAVE_UP when its `ray start` ended, else ""."""
@@ -305,3 +313,58 @@ def test_a_node_lost_mid_trial_resumes_on_another_in_the_same_run(cluster, mlflo
     for key in ("test_acc", "train_acc", "train_loss", "spike_rate"):
         history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
         assert history == {m["epoch"]: m[key] for m in reference}, key
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture()
+def two_hosts():
+    """Two hosts on a network of their own: network namespaces joined by a veth pair, "a" at 10.213.N.1 and
+    "b" at 10.213.N.2, each with its loopback up (Ray's processes on a node talk over it too). Everything
+    else (files, processes) they share with this host, as hosts of a cluster share storage."""
+    tag, subnet = f"{os.getpid() % 100000}", 1 + os.getpid() % 250
+    names = {"a": f"isnm{tag}a", "b": f"isnm{tag}b"}
+    made = []
+    try:
+        for name in names.values():
+            ip("netns", "add", name)
+            made.append(name)
+        ip("link", "add", f"v{tag}a", "netns", names["a"], "type", "veth", "peer", "name", f"v{tag}b",
+           "netns", names["b"])
+        hosts = {}
+        for end, name in names.items():
+            address = f"10.213.{subnet}.{1 if end == 'a' else 2}"
+            ip("-n", name, "addr", "add", f"{address}/30", "dev", f"v{tag}{end}")
+            ip("-n", name, "link", "set", f"v{tag}{end}", "up")
+            ip("-n", name, "link", "set", "lo", "up")
+            hosts[end] = (address, ("ip", "netns", "exec", name))
+        yield hosts
+    finally:
+        for name in made:  # the veth pair goes with them
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root (CI runs as root)")
+def test_trials_run_on_another_host_at_its_own_address(two_hosts, tmp_path):
+    # the head, without CPUs, and the driver on host a; the only CPUs on host b: every trial crosses the
+    # network, its checkpoints written where the driver reads them (the shared folder), its results back
+    cluster = Cluster(tmp_path, hosts={"head": two_hosts["a"], "worker": two_hosts["b"]})
+    try:
+        cluster.start_nodes({"head": ("--num-cpus", "0")})
+        cluster.start_nodes({"worker": ("--num-cpus", "2")})
+        path = small_study(tmp_path, name="hosts", epochs=2, variants={"A": {}})
+        db = tmp_path / "mlflow.db"
+        done = run_study(tmp_path, str(path), "--address", cluster.address, "--tracking-uri", f"sqlite:///{db}",
+                         "--storage", str(tmp_path / "shared"), env=cluster.env, where=two_hosts["a"][1])
+    finally:
+        cluster.stop()
+    assert cluster.address.startswith(two_hosts["a"][0] + ":") and "0 failed" in done.stdout
+    runs = trial_runs(db, "hosts")
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    worker_node = f"{cluster.node_id('worker')} {two_hosts['b'][0]}"
+    assert [r.data.tags["ray_node"] for r in runs] == [worker_node, worker_node]
+    assert all(steps(db, r) == [1, 2] and "model.pt" in {a.path for a in MlflowClient(f"sqlite:///{db}")
+                                                          .list_artifacts(r.info.run_id)} for r in runs)
