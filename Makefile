@@ -32,6 +32,6 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q --durations=40
 
-# Everything but the tests marked slow (real Ray, MLflow, processes, training runs): under a minute.
+# Everything but the tests marked slow (real Ray, MLflow, processes, training runs): about a minute and a half.
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"

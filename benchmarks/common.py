@@ -1,6 +1,7 @@
 """Timing for side-by-side benchmarks: alternating runs in one process, medians, a printed table."""
 from __future__ import annotations
 
+import importlib.util
 import platform
 import statistics
 import sys
@@ -13,6 +14,13 @@ import torch
 def device() -> torch.device:
     """Where the benchmarks run: the GPU when there is one, as isnm.train chooses (device: auto)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def require_spikingjelly() -> None:
+    """The peer these benchmarks compare against, or one line and exit code 2 saying how to install it."""
+    if importlib.util.find_spec("spikingjelly") is None:
+        print("error: SpikingJelly is not installed; pip install -e '.[bench]' (the bench extra)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def synchronized() -> None:

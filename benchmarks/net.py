@@ -35,13 +35,13 @@ from typing import Callable
 import torch
 from torch import nn
 
-from benchmarks.common import alternating_medians, device, print_table, synchronized
-from isnm.config import ConfigError, merged, nested, parse_config
+from benchmarks.common import alternating_medians, device, print_table, require_spikingjelly, synchronized
+from isnm.config import ConfigError, parse_config
 from isnm.data import Dataset
 from isnm.models import SpikingNet
 from isnm.bn_neuron import BNISNM
 from isnm.neuron import ISNM, set_kernel, set_surrogate
-from isnm.train import precision_of, prepared_model, resolve_kernel, reuse_freed_memory, value_of
+from isnm.train import precision_of, prepared_model, resolve_kernel, reuse_freed_memory, with_setting
 
 TIMESTEPS, BETA, ALPHA = 5, 5.0, 0.5  # alpha 0.5: our surrogate equals SpikingJelly's Sigmoid(alpha=2*beta)
 SJ = "spikingjelly"
@@ -245,6 +245,7 @@ def profile_tables(steps: dict[str, Callable[[], object]], models: dict[str, Spi
 
 
 def main() -> None:
+    require_spikingjelly()
     reuse_freed_memory()  # as isnm.train does on the CPU
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
@@ -279,14 +280,11 @@ def main() -> None:
     twin = spikingjelly_twin(default)
     models = {f"isnm {kernel} (default)": (default, cfg), f"isnm {other}": (alternative, cfg)}
     for option in args.also:
-        key, sep, text = option.partition("=")
         try:
-            if not sep:
-                raise ConfigError(option, "expected KEY=VALUE")
-            varied = parse_config(merged(config, nested({key: value_of(text)})))
+            varied = parse_config(with_setting(config, option))
         except ConfigError as exc:
             parser.error(f"--also {exc}")
-        models[f"isnm {kernel}, {key}={text}"] = (ours(varied, images, labels)[0], varied)
+        models[f"isnm {kernel}, {option}"] = (ours(varied, images, labels)[0], varied)
     models[SJ] = (twin, cfg)
     steps = {name: training_step(model, config_of, images, labels, reset=name == SJ)
              for name, (model, config_of) in models.items()}

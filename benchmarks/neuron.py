@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from benchmarks.common import alternating_medians, device, print_table
+from benchmarks.common import alternating_medians, device, print_table, require_spikingjelly
 from isnm.neuron import isnm_spikes, isnm_spikes_reference
 from isnm.train import reuse_freed_memory
 
@@ -37,6 +37,7 @@ def forward_backward(fn, current: torch.Tensor, grad: torch.Tensor) -> None:
 
 
 def main() -> None:
+    require_spikingjelly()
     reuse_freed_memory()  # as isnm.train does on the CPU
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)

@@ -262,6 +262,14 @@ def config_file(path: str) -> dict:
     return data
 
 
+def with_setting(config: dict, item: str) -> dict:
+    """`config` with one command-line override KEY=VALUE (a dotted key; the value as `value_of` reads it)."""
+    key, sep, text = item.partition("=")
+    if not sep:
+        raise ConfigError(item, "expected KEY=VALUE")
+    return merged(config, nested({key: value_of(text)}))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m isnm.train", description="Train one ISNM network.")
     parser.add_argument("--config", metavar="FILE.yaml", help="start from this config (e.g. a run's config.yaml)")
@@ -275,10 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         for item in args.set:
-            key, sep, text = item.partition("=")
-            if not sep:
-                raise ConfigError("--set", f"got {item!r}, expected KEY=VALUE")
-            config = merged(config, nested({key: value_of(text)}))
+            config = with_setting(config, item)
         cfg = parse_config(config)
     except ConfigError as exc:
         print(f"error: --set {exc}", file=sys.stderr)

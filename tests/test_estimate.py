@@ -68,4 +68,3 @@ def test_estimate_reads_finished_runs_and_skips_cached_trials(tmp_path, capsys, 
 def test_estimate_without_dry_run_is_one_line_and_exit_2(tmp_path, capsys):
     assert main([str(small_study(tmp_path)), "--estimate"]) == 2
     assert "--estimate: only with --dry-run" in capsys.readouterr().err
-
