@@ -284,23 +284,65 @@ def replace_callbacks(tuner: tune.Tuner, callbacks: list) -> None:
                          f"{TESTED_RAY}); run with --fresh, or install the tested versions with `make venv`")
 
 
+def config_key(tune_config: dict) -> str:
+    return json.dumps(tune_config, sort_keys=True, default=str)
+
+
+class TrialResources:
+    """Each trial's Ray resources, decided per Tune config: a trial that resumes from a checkpoint of the
+    interrupted experiment keeps those it started with, whatever the study file says now, since its thread count
+    is its CPUs (`trainable`) and CPU reductions depend on the thread count: its remaining epochs on other threads
+    would change its numbers silently. A trial that has trained nothing yet takes the study file's, `now`, for
+    all of its epochs (its run records them)."""
+
+    def __init__(self, now: dict[str, float], started_with: Optional[dict[str, float]] = None,
+                 resumed: tuple[dict, ...] = ()):
+        self.now = now
+        self.started_with = now if started_with is None else started_with
+        self.resumed = {config_key(c) for c in resumed}
+
+    def __call__(self, tune_config: dict) -> dict[str, float]:
+        return self.started_with if config_key(tune_config) in self.resumed else self.now
+
+    def kept_note(self, names: list[str]) -> str:
+        """The line a resume prints when the resources changed since the experiment began; "" if not."""
+        if self.started_with == self.now or not names:
+            return ""
+
+        def spelled(r: dict) -> str:
+            return ", ".join(f"{k} {v:g}" for k, v in r.items())
+
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        return (f"resuming: {len(names)} trial(s) keep the resources they started with ({spelled(self.started_with)} "
+                f"per trial; the study file now says {spelled(self.now)}), so their threads and numbers stay as they "
+                f"were: {shown}; new trials take the new resources, and --fresh starts every trial over with them")
+
+
 def build_tuner(study: Study, to_run: list[Trial], book: TrialBook, experiment: Experiment, callbacks: list,
                 max_concurrent: Optional[int], resume: bool) -> tune.Tuner:
     """The restored Tuner of this plan's interrupted experiment, or a new one over `to_run`."""
-    resources = {"cpu": study.spec.resources.cpu, "gpu": study.spec.resources.gpu}
-    fn = tune.with_resources(tune.with_parameters(trainable, book=book), resources)
+    now = {"cpu": study.spec.resources.cpu, "gpu": study.spec.resources.gpu}
     if resume:
         try:
+            resumed = [t for t in tune.ExperimentAnalysis(experiment.uri).trials
+                       if t.status != "TERMINATED" and t.checkpoint is not None]
+            # an experiment made before its resources were recorded runs on the study file's, as it did then
+            resources = TrialResources(now, experiment.planned_resources(), tuple(t.config for t in resumed))
+            fn = tune.with_resources(tune.with_parameters(trainable, book=book), resources)
             tuner = tune.Tuner.restore(experiment.uri, trainable=fn, resume_unfinished=True, resume_errored=True)
         except Exception as exc:  # a damaged experiment state fails in many ways; all end the same for the user
             raise StudyError(f"cannot resume the Ray experiment {experiment.uri} ({type(exc).__name__}: "
                              f"{first_line(str(exc))}); "
                              f"run again with --fresh to start it over (the old folder is kept aside)") from None
+        note = resources.kept_note([book.describe(t.config).name for t in resumed])
+        if note:
+            print(note)
         replace_callbacks(tuner, callbacks)
         return tuner
+    fn = tune.with_resources(tune.with_parameters(trainable, book=book), now)
     if experiment.exists():  # an earlier, finished or abandoned, experiment of this plan: keep it aside
         experiment.set_aside()
-    experiment.write_plan([t.name for t in to_run])
+    experiment.write_plan([t.name for t in to_run], now)
     run_config = tune.RunConfig(
         name=experiment.name, storage_path=experiment.storage, callbacks=callbacks,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),

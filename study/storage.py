@@ -21,7 +21,7 @@ from study.plan import Trial, config_hash, search_base
 
 STATE_FILE = "state.pt"  # the trial checkpoint: model, optimizer, epoch and RNG states
 
-PLAN_FILE = "study_plan.json"  # the trial names a Ray experiment was created with
+PLAN_FILE = "study_plan.json"  # the trial names a Ray experiment was created with, and each trial's resources
 
 
 @dataclass(frozen=True)
@@ -50,18 +50,30 @@ class Experiment:
         self.fs.move(self.fs_path, aside)
         return aside
 
-    def write_plan(self, trial_names: list[str]) -> None:
+    def write_plan(self, trial_names: list[str], resources: dict[str, float]) -> None:
         self.fs.create_dir(self.fs_path, recursive=True)
         with self.fs.open_output_stream(f"{self.fs_path}/{PLAN_FILE}") as out:
-            out.write(json.dumps({"trials": trial_names}).encode())
+            out.write(json.dumps({"trials": trial_names, "resources": resources}).encode())
+
+    def plan(self) -> dict:
+        """The plan file's contents; {} when the experiment holds none (or it does not read)."""
+        try:
+            with self.fs.open_input_stream(f"{self.fs_path}/{PLAN_FILE}") as stream:
+                plan = json.loads(stream.read().decode())
+        except (OSError, ValueError):
+            return {}
+        return plan if isinstance(plan, dict) else {}
 
     def planned_trials(self) -> Optional[set[str]]:
         """The trial names this experiment was created with; None when it holds no plan (or a search)."""
-        try:
-            with self.fs.open_input_stream(f"{self.fs_path}/{PLAN_FILE}") as stream:
-                return set(json.loads(stream.read().decode())["trials"])
-        except (OSError, ValueError, KeyError):
-            return None
+        trials = self.plan().get("trials")
+        return set(trials) if isinstance(trials, list) else None
+
+    def planned_resources(self) -> Optional[dict[str, float]]:
+        """Each trial's resources ({"cpu": 1.0, "gpu": 0.0}) as the experiment was created with them; None for
+        an experiment made before they were recorded."""
+        resources = self.plan().get("resources")
+        return resources if isinstance(resources, dict) else None
 
 
 def experiment_at(storage: str, name: str) -> Experiment:

@@ -41,7 +41,7 @@ def one_line_error(stderr: str) -> str:
     return lines[-1]
 
 
-def test_sigint_leaves_unfinished_trials_unfinished_and_the_rerun_completes_them(tmp_path):
+def test_sigint_leaves_unfinished_trials_unfinished_and_the_rerun_completes_them_on_their_own_resources(tmp_path):
     epochs = 8
     path = small_study(tmp_path, name="sigint", epochs=epochs, variants={"A": {}, "B": {"neuron.reset": "soft"}},
                        seeds=[0], max_concurrent=1)
@@ -68,6 +68,10 @@ def test_sigint_leaves_unfinished_trials_unfinished_and_the_rerun_completes_them
     trial_folder = next(tmp_path.glob(f"ray_results/*/{interrupted.data.tags['ray_trial_id']}"))
     newest = trial_folder / f"checkpoint_{len(steps(db, interrupted)) - 1:06d}" / "state.pt"
     newest.write_bytes(newest.read_bytes()[:1000])
+    # and the study file now asks for 2 CPUs a trial: the trial that resumes from a checkpoint keeps the 1 it started
+    # with, since its thread count is its CPUs, and another thread count would change its numbers; the trial that
+    # had not started trains all of its epochs on 2
+    path.write_text(path.read_text().replace("cpu: 1", "cpu: 2"))
 
     done = run_study(tmp_path, str(path))
     runs = trial_runs(db, "sigint")
@@ -77,6 +81,10 @@ def test_sigint_leaves_unfinished_trials_unfinished_and_the_rerun_completes_them
     resumed = next(r for r in runs if r.info.run_id == interrupted.info.run_id)
     assert f"{newest.parent.name} unreadable" in resumed.data.tags["checkpoint_fallback"]
     assert "unreadable" in done.stdout + done.stderr
+    assert (f"resuming: 1 trial(s) keep the resources they started with (cpu 1, gpu 0 per trial; the study file now "
+            f"says cpu 2, gpu 0), so their threads and numbers stay as they were: {interrupted.info.run_name};"
+            in done.stdout), done.stdout[-3000:]
+    assert {r.info.run_name: r.data.tags["env.threads"] for r in runs} == {"A seed=0": "1", "B seed=0": "2"}
     trial = next(t for t in plan_trials(load_study(path)) if t.name == resumed.info.run_name)
     torch.set_num_threads(1)  # the trial had one CPU
     reference = train(trial.config)
