@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study import tracking
+from study.tracking.store import EXPERIMENT_KIND, VIEW_KEY, VIEW_TAG, ui_url
+from study.tracking.writers import PARENT, log_summary, metric_name
 from tests.studies import ROOT, free_port, loopback_env, run_study, small_study
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (.ci/run installs it); never `playwright install`
@@ -65,9 +66,9 @@ def loopback_only(route) -> None:
 def test_summary_metric_names_are_ones_mlflow_takes():
     from mlflow.utils.validation import _validate_metric_name
 
-    assert tracking.metric_name("ISNM+GSG+Soft Reset") == "ISNM_GSG_Soft Reset"
+    assert metric_name("ISNM+GSG+Soft Reset") == "ISNM_GSG_Soft Reset"
     for variant in ("ISNM+GSG+Soft Reset", "a/../b", "..", "", "tau=2.0, T=5", "ü:x"):
-        _validate_metric_name(f"test_acc.mean.{tracking.metric_name(variant)}")  # raises on a name it refuses
+        _validate_metric_name(f"test_acc.mean.{metric_name(variant)}")  # raises on a name it refuses
 
 
 def test_the_parent_run_gets_each_variants_mean_over_its_newest_runs(mlflow_uri):
@@ -76,7 +77,7 @@ def test_the_parent_run_gets_each_variants_mean_over_its_newest_runs(mlflow_uri)
     parent = client.create_run(exp).info.run_id
 
     def trial(variant: str, config_hash: str, test_acc: float, under: str = "older") -> None:
-        tags = {"kind": "trial", "variant": variant, "config_hash": config_hash, tracking.PARENT: under}
+        tags = {"kind": "trial", "variant": variant, "config_hash": config_hash, PARENT: under}
         run_id = client.create_run(exp, tags=tags).info.run_id
         client.log_metric(run_id, "test_acc", test_acc)
         client.set_terminated(run_id, "FINISHED")
@@ -88,7 +89,7 @@ def test_the_parent_run_gets_each_variants_mean_over_its_newest_runs(mlflow_uri)
     trial("ISNM_GSG", "h3", 0.5, parent)  # another variant, the same metric name
     trial("ISNM", "h4", 0.7)  # planned, cached in this experiment under an older parent
     trial("ISNM", "h9", 0.2)  # neither this parent's child nor planned
-    summary = tracking.log_summary(client, exp, parent, {"h4"})
+    summary = log_summary(client, exp, parent, {"h4"})
     assert summary == pytest.approx({"test_acc.mean.ISNM": 0.7, "test_acc.mean.ISNM_GSG": 0.85,
                                      "test_acc.mean.ISNM_GSG_2": 0.5})
     assert client.get_run(parent).data.metrics == pytest.approx(summary)
@@ -104,15 +105,15 @@ def test_the_printed_url_shows_the_trials_and_their_test_acc_chart(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("browse")
     # tagged as model training, with the saved view the URL opens, and each variant's mean on the parent run
-    assert experiment.tags[tracking.EXPERIMENT_KIND] == "custom_model_development"
-    assert tracking.VIEW_TAG + tracking.VIEW_KEY in experiment.tags
+    assert experiment.tags[EXPERIMENT_KIND] == "custom_model_development"
+    assert VIEW_TAG + VIEW_KEY in experiment.tags
     (parent,) = client.search_runs([experiment.experiment_id], "tags.kind = 'study'")
     trials = client.search_runs([experiment.experiment_id], "tags.kind = 'trial'")
     for variant, key in (("ISNM", "test_acc.mean.ISNM"), ("ISNM+GSG", "test_acc.mean.ISNM_GSG")):
         finals = [r.data.metrics["test_acc"] for r in trials if r.data.tags["variant"] == variant]
         assert len(finals) == 2 and parent.data.metrics[key] == pytest.approx(sum(finals) / 2)
     # the end-of-run message names the page: the experiment's runs, charts, grouped by variant
-    url = tracking.ui_url(experiment.experiment_id)
+    url = ui_url(experiment.experiment_id)
     assert re.search(rf"^then open {re.escape(url)}\s", done.stdout, re.M), done.stdout[-2000:]
     assert "compareRunsMode=CHART" in url and "viewStateShareKey=by-variant" in url
 

@@ -23,11 +23,22 @@ from mlflow.tracking import MlflowClient
 from ray._private.utils import get_ray_client_dependency_error
 
 from isnm.train import train
-from study.config import StudyError, load_study
-from study.execute import token_refusal, usable_gpus
-from study.plan import plan_trials
-from tests.studies import (finished_output, free_port, loopback_env, run_study, small_study, start_study, steps,
-                           trial_runs, wait_for)
+from study.errors import StudyError
+from study.run.cluster import token_refusal
+from study.run.worker import usable_gpus
+from study.spec.config import load_study
+from study.spec.plan import plan_trials
+from tests.studies import (
+    finished_output,
+    free_port,
+    loopback_env,
+    run_study,
+    small_study,
+    start_study,
+    steps,
+    trial_runs,
+    wait_for,
+)
 
 RAY = Path(sys.executable).parent / "ray"
 ENABLE_CLUSTERS = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"

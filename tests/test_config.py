@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from isnm.config import merged, nested
-from study.config import StudyError, load_study
+from study.errors import StudyError
+from study.spec.config import load_study
 
 SHIPPED = sorted(Path(__file__).resolve().parent.parent.glob("search_spaces/*.yaml"))
 GOOD = {"name": "t", "base": {"dataset": "digits", "arch": "tiny", "epochs": 2},
@@ -54,7 +55,7 @@ def test_the_demo_ablation_is_deep_enough_for_the_surrogate_to_matter():
 
 
 def test_nested_and_dotted_overrides_plan_the_same_trial(tmp_path):
-    from study.plan import plan_trials
+    from study.spec.plan import plan_trials
 
     nested = plan_trials(load_study(write(tmp_path, with_change(variants={"A": {"neuron": {"reset": "soft"}}}))))
     dotted = plan_trials(load_study(write(tmp_path, with_change(variants={"A": {"neuron.reset": "soft"}}))))
@@ -131,7 +132,7 @@ BAD = [
 
 @pytest.mark.parametrize("name, data, words", BAD, ids=[b[0] for b in BAD])
 def test_bad_study_is_one_clear_line(tmp_path, name, data, words):
-    from study.plan import plan_trials
+    from study.spec.plan import plan_trials
 
     path = write(tmp_path, GOOD if data == "PROFILE" else data)
     with pytest.raises(StudyError, match=words) as info:
@@ -146,7 +147,7 @@ def test_profile_argument_must_be_a_safe_name(tmp_path):
 
 
 def test_relative_data_dir_is_made_absolute_on_the_driver_and_not_hashed(tmp_path, monkeypatch):
-    from study.plan import plan_trials
+    from study.spec.plan import plan_trials
 
     monkeypatch.chdir(tmp_path)
     trials = plan_trials(load_study(write(tmp_path, with_change(base__data_dir="./cifar"))))
@@ -156,7 +157,7 @@ def test_relative_data_dir_is_made_absolute_on_the_driver_and_not_hashed(tmp_pat
 
 
 def test_the_beta_search_ranks_on_val_acc_and_asha_late_in_the_schedule():
-    from study.execute import tune_config
+    from study.run.tuner import tune_config
 
     study = load_study(Path(__file__).resolve().parent.parent / "search_spaces/beta_search.yaml")
     tune = tune_config(study, None)

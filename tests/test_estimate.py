@@ -3,12 +3,13 @@ import re
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study.config import load_study
-from study.estimate import wall_clock
-from study.plan import plan_trials
-from study.provenance import CodeState
-from study.run import main
-from study.tracking import create_trial_run, experiment_id, log_epoch, start_parent_run
+from study.run.cli import main
+from study.run.estimate import wall_clock
+from study.spec.config import load_study
+from study.spec.plan import plan_trials
+from study.tracking.provenance import CodeState
+from study.tracking.store import experiment_id
+from study.tracking.writers import create_trial_run, log_epoch, start_parent_run
 from tests.studies import small_study
 
 

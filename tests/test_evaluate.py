@@ -11,11 +11,12 @@ from mlflow.tracking import MlflowClient
 
 from isnm.config import default_config, merged
 from isnm.train import train
-from study.config import StudyError, load_study
-from study.evaluate import main
-from study.provenance import code_state, environment
-from study.report import main as report_main
-from study.tracking import experiment_id
+from study.errors import StudyError
+from study.evaluate.cli import main
+from study.report.cli import main as report_main
+from study.spec.config import load_study
+from study.tracking.provenance import code_state, environment
+from study.tracking.store import experiment_id
 from tests.test_report import STUDY, write_store
 from tests.test_reproduce import record
 

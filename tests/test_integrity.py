@@ -9,11 +9,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from isnm.train import train
-from study.config import load_study
-from study.plan import plan_trials
+from study.spec.config import load_study
+from study.spec.plan import plan_trials
 from tests.cifar_files import write_fake_cifar
-from tests.studies import (finished_output, run_study, small_study, start_study, steps, trial_runs,
-                           wait_for)
+from tests.studies import finished_output, run_study, small_study, start_study, steps, trial_runs, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -10,15 +10,15 @@ import sys
 import pyarrow.fs as pafs
 import pytest
 
-from study.config import StudyError
-from study.lock import lock_path, study_lock
-from study.storage import Experiment, experiment_at
+from study.errors import StudyError
+from study.run.lock import lock_path, study_lock
+from study.run.storage import Experiment, experiment_at
 from tests.studies import ROOT, wait_for
 
 HOLD = """
 import sys, time
-from study.lock import study_lock
-from study.storage import experiment_at
+from study.run.lock import study_lock
+from study.run.storage import experiment_at
 with study_lock(experiment_at(sys.argv[1], "s-1234"), "s"):
     time.sleep(120)
 """

@@ -1,6 +1,6 @@
 """study.markdown: the one Markdown table renderer, and the command tables that print through it."""
 from study.markdown import markdown_table
-from study.reproduce import side_by_side
+from study.reproduce.compare import side_by_side
 
 
 def test_a_pipe_table_of_the_cells_as_given():

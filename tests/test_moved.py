@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from isnm.train import train
-from study.config import load_study
-from study.plan import plan_trials
+from study.spec.config import load_study
+from study.spec.plan import plan_trials
 from tests.studies import run_study, steps, trial_runs
 
 FIXTURE = Path(__file__).parent / "fixtures" / "premove"

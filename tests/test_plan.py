@@ -2,9 +2,10 @@ from pathlib import Path
 
 import yaml
 
-from study.config import load_study
-from study.plan import config_hash, plan_trials, search_base, trial_table
-from study.run import main
+from isnm.config import config_hash
+from study.run.cli import main
+from study.spec.config import load_study
+from study.spec.plan import plan_trials, search_base, trial_table
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study.provenance import code_state, differences, environment
+from study.tracking.provenance import code_state, differences, environment
 from tests.studies import ROOT, run_study, small_study
 
 

@@ -8,14 +8,15 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from study.cells import Status, runs_frame
-from study.config import load_study
-from study.plan import plan_trials
-from study.provenance import CodeState
-from study.report import main
-from study.stats import mean_std, welch
-from study.tables import counts_line
-from study.tracking import create_trial_run, experiment_id, log_epoch, start_parent_run
+from study.report.cells import Status, runs_frame
+from study.report.cli import main
+from study.report.stats import mean_std, welch
+from study.report.tables import counts_line
+from study.spec.config import load_study
+from study.spec.plan import plan_trials
+from study.tracking.provenance import CodeState
+from study.tracking.store import experiment_id
+from study.tracking.writers import create_trial_run, log_epoch, start_parent_run
 
 CODE = CodeState("0" * 40, False, "")
 

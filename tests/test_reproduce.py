@@ -6,13 +6,14 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from isnm.config import config_hash, default_config, merged, to_dict, parse_config
+from isnm.config import config_hash, default_config, merged, parse_config, to_dict
 from isnm.train import main as train_main
 from isnm.train import train
-from study.plan import Trial
-from study.provenance import CodeState, code_state, environment, environment_tags
-from study.reproduce import main
-from study.tracking import create_trial_run, experiment_id, log_epoch
+from study.reproduce.cli import main
+from study.spec.plan import Trial
+from study.tracking.provenance import CodeState, code_state, environment, environment_tags
+from study.tracking.store import experiment_id
+from study.tracking.writers import create_trial_run, log_epoch
 
 CONFIG = merged(default_config(), {"arch": "tiny", "epochs": 2, "timesteps": 2, "batch_size": 128, "seed": 0,
                                    "kernel": "eager"})

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from isnm.train import train
-from study.config import load_study
-from study.plan import plan_trials
+from study.spec.config import load_study
+from study.spec.plan import plan_trials
 from tests.studies import checkpoints, finished_output, run_study, small_study, start_study, steps, trial_runs, wait_for
 
 pytestmark = pytest.mark.slow  # real Ray, MLflow and processes
@@ -117,6 +117,6 @@ def test_diverged_trial_fails_alone_and_is_counted(tmp_path):
     assert runs["sane seed=0"].info.status == "FINISHED"
     assert runs["wild seed=0"].info.status == "FAILED"
     assert runs["wild seed=0"].data.tags["error"] == "training diverged: loss nan at epoch 1, step 2"
-    from study.report import main as report
+    from study.report.cli import main as report
     assert report(["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path / "r")]) == 0
     assert "2 trials planned: 1 finished, 1 failed" in (tmp_path / "r/diverge.md").read_text()

@@ -6,7 +6,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from study.retry import Backlog, PatientClient, ServerAway
+from study.tracking.retry import Backlog, PatientClient, ServerAway
 from tests.studies import free_port
 
 

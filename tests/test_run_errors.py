@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from study.run import main
+from study.run.cli import main
 from tests.studies import free_port, loopback_env
 from tests.test_config import BAD, GOOD
 
@@ -57,7 +57,7 @@ def test_mistake_is_one_line_exit_2_nothing_written(tmp_path, monkeypatch, capsy
 def test_mistake_in_a_fresh_process_is_fast_and_starts_nothing(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**GOOD, "variants": {"ISNM+GSG": {"surrogate.beta_min": 9.0}}}))
-    probe = ("import sys; from study.run import main; rc = main(sys.argv[1:]); "
+    probe = ("import sys; from study.run.cli import main; rc = main(sys.argv[1:]); "
              "print(rc, *(m in sys.modules for m in ('ray', 'mlflow', 'torch')))")
     done = subprocess.run([sys.executable, "-c", probe, str(bad)], cwd=tmp_path, env=loopback_env(),
                           capture_output=True, text=True, timeout=60)

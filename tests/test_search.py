@@ -3,7 +3,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from study.report import main as report
+from study.report.cli import main as report
 from tests.studies import run_study
 
 pytestmark = pytest.mark.slow  # real Ray, Optuna and MLflow

@@ -29,8 +29,8 @@ import yaml
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from study.retry import DEFAULT_PATIENCE_S, PatientClient
-from study.tables import cell_text
+from study.report.tables import cell_text
+from study.tracking.retry import DEFAULT_PATIENCE_S, PatientClient
 from tests.studies import free_port, loopback_env, small_study, start_study, wait_for
 
 pytestmark = pytest.mark.slow  # real PostgreSQL, MLflow server, Ray and processes

@@ -11,10 +11,12 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study.config import load_study
-from study.plan import plan_trials
-from study.provenance import CodeState
-from study.tracking import MlflowTracker, experiment_id, start_parent_run
+from study.spec.config import load_study
+from study.spec.plan import plan_trials
+from study.tracking.callback import MlflowTracker
+from study.tracking.provenance import CodeState
+from study.tracking.store import experiment_id
+from study.tracking.writers import start_parent_run
 from tests.studies import small_study
 
 CODE = CodeState("0" * 40, False, "")

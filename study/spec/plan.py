@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from isnm.config import config_hash
-from study.config import Study, StudyError, flat, with_overrides
+from isnm.config import config_hash, flat
+from study.errors import StudyError
+from study.spec.config import Study, with_overrides
 
 SEARCH_VARIANT = "search"  # the variant tag of every trial a search samples
 

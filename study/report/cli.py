@@ -13,15 +13,24 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from study.cells import Cell, runs_frame, table_cells
-from study.cli import user_error_exit
-from study.config import METRICS, Study, StudyError, Table, load_study
-from study.leaderboard import leaderboard
-from study.plan import plan_trials
-from study.plots import plot_curves, plot_firing, plot_schedule
-from study.sources import provenance_line, write_sources
-from study.tables import (HEADERS, METRIC_HEADERS, counts_line, label, paper_figure, render_column_welch, render_table,
-                          render_welch, setting_line)
+from study.errors import StudyError, user_error_exit
+from study.report.cells import Cell, runs_frame, table_cells
+from study.report.leaderboard import leaderboard
+from study.report.plots import plot_curves, plot_firing, plot_schedule
+from study.report.sources import provenance_line, write_sources
+from study.report.tables import (
+    HEADERS,
+    METRIC_HEADERS,
+    counts_line,
+    label,
+    paper_figure,
+    render_column_welch,
+    render_table,
+    render_welch,
+    setting_line,
+)
+from study.spec.config import METRICS, Study, Table, load_study
+from study.spec.plan import plan_trials
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -131,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import os
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from study.tracking import read_client, tracking_uri
+    from study.tracking.store import read_client, tracking_uri
 
     uri = tracking_uri(args.tracking_uri)
     try:

@@ -9,19 +9,27 @@ import math
 from collections import Counter
 from typing import Any, Optional
 
-from study.cells import Cell, Status
-from study.config import MAXIMIZED, Study, Table
 from study.markdown import markdown_table
-from study.plan import plan_trials
-from study.stats import mean_std, welch
+from study.report.cells import Cell, Status
+from study.report.stats import mean_std, welch
+from study.spec.config import MAXIMIZED, Study, Table
+from study.spec.plan import plan_trials
 
 HEADERS = {"variant": "Method", "dataset": "Dataset", "arch": "Architecture", "timesteps": "TimeStep",
            "surrogate.function": "Surrogate", "surrogate.schedule": "Schedule", "surrogate.shape": "Shape"}
+
+
 METRIC_HEADERS = {"test_acc": "Accuracy (%)", "val_acc": "Validation accuracy (%)", "train_acc": "Train accuracy (%)",
                   "spike_rate": "Spike rate (%)", "train_loss": "Train loss", "synops": "SynOps (M/image)",
                   "energy": "Energy (µJ/image)"}
+
+
 PERCENT = ("test_acc", "val_acc", "train_acc", "spike_rate")
+
+
 PRINT_SCALE = {"synops": 1e-6}  # besides PERCENT (x100): printed in millions
+
+
 DASH = "—"
 
 

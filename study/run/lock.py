@@ -20,8 +20,8 @@ from typing import Iterator
 
 import pyarrow.fs as pafs
 
-from study.config import StudyError
-from study.storage import Experiment
+from study.errors import StudyError
+from study.run.storage import Experiment
 
 HOLDER_WAIT_S = 2.0  # how long to wait for a lock's new holder to write its name in
 

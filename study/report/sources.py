@@ -5,9 +5,9 @@ import csv
 from collections import Counter
 from pathlib import Path
 
-from study.cells import Cell
-from study.config import Table
-from study.tables import label
+from study.report.cells import Cell
+from study.report.tables import label
+from study.spec.config import Table
 
 
 def counted(values: list[str]) -> str:

@@ -6,13 +6,15 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import yaml
 
-from study.config import Study, nested
+from isnm.config import nested
 from study.markdown import markdown_table
-from study.plan import SEARCH_VARIANT
-from study.tables import METRIC_HEADERS, number, scaled
+from study.report.tables import METRIC_HEADERS, number, scaled
+from study.spec.config import Study
+from study.spec.plan import SEARCH_VARIANT
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
+
 
 LEADERBOARD_SIZE = 10
 

@@ -14,15 +14,17 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
-from study.cli import redacted
-from study.config import StudyError
+from study.errors import StudyError, redacted
 
 if TYPE_CHECKING:  # study.run reads the default patience before a study is known to be valid: MLflow loads later
     from mlflow.entities import Metric, Run
     from mlflow.tracking import MlflowClient
 
+
 DEFAULT_PATIENCE_S = 600  # a restart or an upgrade of the server; beyond that, someone has to look
 FIRST_WAIT_S, LONGEST_WAIT_S = 1.0, 15.0  # the backoff doubles between these: a server back is seen within 15 s
+
+
 BUSY_STATUS = {429, 502, 503, 504}  # the server, or a proxy before it, asks to be tried again later
 
 

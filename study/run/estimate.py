@@ -20,17 +20,26 @@ from dataclasses import dataclass
 from typing import Optional
 
 from isnm.config import HASHED_WHEN_SET
-from study.config import Study, StudyError
+from study.errors import StudyError
 from study.markdown import markdown_table
-from study.plan import Trial
+from study.spec.config import Study
+from study.spec.plan import Trial
 
 COST_KEYS = ("dataset", "arch", "width", "timesteps", "batch_size", "precision", "device", "kernel", "validation",
              "bn_recalibration", "memory_format", "conv_backward")
+
+
 TIMED_STEPS = 5  # after WARMUP_STEPS: the median of these is a step's time
+
+
 WARMUP_STEPS = 2
+
+
 # Starting Ray and the Tune run before the first trial: measured 8 to 12 s for a local Ray on this 2-core
 # machine (`time python -c "import ray; ray.init()"` and the study's own start, README "Cost estimate")
 RAY_START_S = 10.0
+
+
 CIFAR_SIZES = {"cifar10": (50_000, 10_000, 10), "cifar100": (50_000, 10_000, 100)}  # train, test, classes
 
 
@@ -54,7 +63,7 @@ def setting_label(config: dict) -> str:
 def from_store(client, config: dict) -> Optional[EpochCost]:
     """Seconds per epoch of the finished runs of this setting (the median over runs of each run's mean), None if
     there are none; cached copies are left out (their epochs ran elsewhere, once)."""
-    from study.cells import every_run
+    from study.records import every_run
 
     experiments = [e.experiment_id for e in client.search_experiments()]
     means = []
@@ -74,7 +83,7 @@ def worker_start_seconds() -> float:
     """Seconds a fresh Python process takes to import what a trial imports: each Ray worker does it once (Tune
     reuses a worker for the next trial, study.execute)."""
     began = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import isnm.train, study.execute"], check=True, timeout=300,
+    subprocess.run([sys.executable, "-c", "import isnm.train, study.run.worker"], check=True, timeout=300,
                    capture_output=True)
     return time.perf_counter() - began
 
@@ -149,7 +158,7 @@ def slots(study: Study, max_concurrent: Optional[int], address: Optional[str]) -
     if address:
         import ray
 
-        from study.execute import start_ray
+        from study.run.cluster import start_ray
 
         start_ray(address, resources)  # a token refused, too few GPUs: one line each
         try:
@@ -187,7 +196,7 @@ def duration(seconds: float) -> str:
 
 def store_client(uri: str):
     """A client of the tracking store, or None where there is none yet (a sqlite file not made)."""
-    from study.tracking import read_client
+    from study.tracking.store import read_client
 
     try:
         return read_client(uri)

@@ -15,11 +15,13 @@ from typing import Optional
 
 import pyarrow.fs as pafs
 
-from study.cli import first_line
-from study.config import Study, StudyError
-from study.plan import Trial, config_hash, search_base
+from isnm.config import config_hash
+from study.errors import StudyError, first_line
+from study.spec.config import Study
+from study.spec.plan import Trial, search_base
 
 STATE_FILE = "state.pt"  # the trial checkpoint: model, optimizer, epoch and RNG states
+
 
 PLAN_FILE = "study_plan.json"  # the trial names a Ray experiment was created with, and each trial's resources
 

@@ -10,18 +10,20 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import pandas as pd
 
-from study.config import MAXIMIZED, Study, StudyError, Table, flat
-from study.plan import Trial, plan_trials
+from isnm.config import flat
+from study.errors import StudyError
+from study.records import every_run
+from study.spec.config import MAXIMIZED, Study, Table
+from study.spec.plan import Trial, plan_trials
 
 if TYPE_CHECKING:
-    from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-RUNS_PER_PAGE = 1000  # the most MLflow's stores return at once
+
 AT_TIMESTEPS = re.compile(r"metrics\.test_acc_T([0-9]+)")  # a runs_frame column that study.evaluate fills
 
 
@@ -72,18 +74,6 @@ class Cell:
     @property
     def run_ids(self) -> list[str]:
         return [s.run_id for s in self.sources]
-
-
-def every_run(client: MlflowClient, experiments: list[str], query: str = "",
-              order_by: list[str] | None = None) -> Iterator[Run]:
-    """Every run of `experiments` matching `query`, page after page (MLflow hands out at most a page a call)."""
-    token = None
-    while experiments:
-        page = client.search_runs(experiments, query, order_by=order_by, max_results=RUNS_PER_PAGE, page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return
 
 
 def runs_frame(client: MlflowClient, exp_id: str) -> pd.DataFrame:

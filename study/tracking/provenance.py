@@ -13,12 +13,22 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGES = ("torch", "torchvision", "ray", "mlflow", "optuna", "numpy")
+
+
 ENVIRONMENT_PREFIX = "env."  # the tags of a run's environment: env.torch, env.device, ...
+
+
 DIFF_ARTIFACT = "code.diff"
+
+
 # What cannot change a trained number: generated reports (make demo rewrites them) and Markdown prose.
 # Left out of the diff, so a tree is dirty only when its code, study files or settings differ.
 NOT_CODE = (":(top,exclude)reports", ":(top,exclude,glob)**/*.md")
+
+
 CONFIG_ARTIFACT = "config.yaml"
+
+
 WEIGHTS_ARTIFACT = "model.pt"  # a finished trial's final state_dict
 
 

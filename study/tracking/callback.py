@@ -1,259 +1,26 @@
-"""MLflow tracking of a study: one parent run per invocation, one child run per trial.
+"""The Ray Tune callback on the driver that owns every MLflow write of a study's trials.
 
-A Ray Tune callback on the driver owns every write, so a trial that is retried, or an experiment
-that is restored after the driver died, keeps one MLflow run with each epoch logged exactly once.
-"""
+A trial that is retried, or an experiment that is restored after the driver died, keeps one MLflow run
+with each epoch logged exactly once."""
 from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-import yaml
-from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback, Checkpoint
 
-from isnm.config import LAYER_RATE
-from study.cli import first_line, last_line, redacted
-from study.cells import every_run
-from study.config import METRICS, Study, StudyError, flat
-from study.plan import Trial
-from study.provenance import (CONFIG_ARTIFACT, DIFF_ARTIFACT, ENVIRONMENT_PREFIX, WEIGHTS_ARTIFACT, CodeState,
-                              environment_tags)
-from study.retry import DEFAULT_PATIENCE_S, Backlog, PatientClient
-from study.storage import STATE_FILE
-
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-PARENT = "mlflow.parentRunId"
-LOGGED_METRICS = METRICS + ("energy_ann", "beta", "alpha", "epoch_seconds")  # and LAYER_RATE + each spiking layer
-MAX_PARAM_LENGTH = 6000
-
-
-def tracking_uri(cli_value: Optional[str]) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory."""
-    return cli_value or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-def sqlite_path(uri: str) -> Optional[Path]:
-    """The database file of a `sqlite:///` store, None for any other kind."""
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-
-
-def read_client(uri: str) -> MlflowClient:
-    """A client for reading a store that must already hold runs; a sqlite file that is not there is one line
-    (MLflow would create an empty one)."""
-    db = sqlite_path(uri)
-    if db is not None and not db.is_file():
-        raise StudyError(f"no MLflow store at {db.resolve()}; run `python -m study.run FILE` first, or pass --tracking-uri")
-    return MlflowClient(uri)
-
-
-def served(uri: str) -> bool:
-    """Whether `uri` is a tracking server's (which shows the runs itself), rather than a store `mlflow ui` opens."""
-    return uri.startswith(("http://", "https://"))
-
-
-def ui_command(uri: str) -> str:
-    if served(uri):
-        return f"the tracking server, {redacted(uri)}"
-    return f"mlflow ui --host 127.0.0.1 --backend-store-uri {redacted(uri)}"
-
-
-def ui_base(uri: str) -> str:
-    """Where the UI showing the runs of `uri` answers: the tracking server itself, else `mlflow ui`'s default."""
-    return redacted(uri).rstrip("/") if served(uri) else "http://127.0.0.1:5000"
-
-
-def ui_url(exp_id: str, base: str = "http://127.0.0.1:5000") -> str:
-    """The page of `mlflow ui` (at `base`) that shows a study at first glance: the chart view of its experiment's
-    runs, the trial runs grouped by their `variant` tag (a mean curve with a min-max band per variant, the runs
-    listed under their group) and the accuracy charts; the saved view that `experiment_id` stores on the
-    experiment, in the UI's model-training layout."""
-    return (f"{base}/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}&compareRunsMode=CHART"
-            f"&workflowType=machine_learning")
-
-
-def quoted(value: str) -> str:
-    """`value` as a string in an MLflow search filter, which has no escapes: in the quotes it lacks."""
-    if "'" not in value:
-        return f"'{value}'"
-    if '"' not in value:
-        return f'"{value}"'
-    raise StudyError(f"{value!r}: MLflow search filters cannot hold a value with both kinds of quote; "
-                     f"rename the folder or path")
-
-
-def open_store(uri: str, study_name: str) -> tuple[MlflowClient, str]:
-    """(a client, the study's experiment id) for the store at `uri`; one line if it cannot be used."""
-    try:
-        client = MlflowClient(uri)
-        return client, experiment_id(client, study_name, uri)
-    except Exception as exc:  # a store fails in its own ways (sqlalchemy, http, permissions); each is the user's setting
-        raise StudyError(f"MLflow store {uri} cannot be used ({type(exc).__name__}: "
-                         f"{first_line(str(exc))}); check --tracking-uri or MLFLOW_TRACKING_URI") from None
-
-
-EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI opens an experiment without it in its GenAI layout
-MODEL_TRAINING = "custom_model_development"
-VIEW_KEY = "by-variant"  # the saved view `ui_url` opens: tag mlflow.sharedViewState.<key> on the experiment
-VIEW_TAG = "mlflow.sharedViewState."
-
-
-def variant_view() -> str:
-    """The UI's saved-view envelope for a view grouping the runs by their `variant` tag (MLflow 3.17's
-    `{name, createdAt, updatedAt, state}`, the state being its search facets and UI state as JSON)."""
-    state = {"groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "variant"}]},
-             "useGroupedValuesInCharts": True, "runsHiddenMode": "SHOW_ALL",
-             "chartsSearchFilter": "acc"}  # the accuracy charts first; the rest: the UI's defaults
-    now = int(time.time() * 1000)
-    return json.dumps({"name": "Trials by variant", "createdAt": now, "updatedAt": now, "state": json.dumps(state)})
-
-
-def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
-    """The study's MLflow experiment, made on first use; artifacts sit beside a sqlite store. It is tagged as
-    model training (MLflow's UI then shows runs and charts, not traces and prompts), and holds the saved view
-    `ui_url` opens; an experiment made before either is given what it lacks, never overwritten."""
-    found = client.get_experiment_by_name(name)
-    tags = {EXPERIMENT_KIND: MODEL_TRAINING, VIEW_TAG + VIEW_KEY: variant_view()}
-    if found is None:
-        db = sqlite_path(uri)
-        location = (db.resolve().parent / "mlartifacts" / name).as_uri() if db is not None else None
-        return client.create_experiment(name, artifact_location=location, tags=tags)
-    for key, value in tags.items():
-        if key not in found.tags:
-            client.set_experiment_tag(found.experiment_id, key, value)
-    return found.experiment_id
-
-
-def code_tags(code: CodeState) -> dict[str, str]:
-    return {"git_commit": code.commit, "git_dirty": str(code.dirty).lower()}
-
-
-def log_text(client: MlflowClient, run_id: str, name: str, text: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
-        path.write_text(text)
-        client.log_artifact(run_id, str(path))
-
-
-def start_parent_run(client: MlflowClient, exp_id: str, study: Study, code: CodeState, ray_path: str) -> str:
-    tags = {"kind": "study", "study": study.name, "profile": study.profile or "", **code_tags(code),
-            "ray_experiment": ray_path, "mlflow.note.content": study.spec.description}
-    run = client.create_run(exp_id, run_name=f"{study.name} {time.strftime('%Y-%m-%d %H:%M:%S')}", tags=tags)
-    client.log_artifact(run.info.run_id, study.path)
-    if code.dirty:
-        log_text(client, run.info.run_id, DIFF_ARTIFACT, code.diff)
-    return run.info.run_id
-
-
-def create_trial_run(client: MlflowClient, exp_id: str, parent_id: str, study_name: str, trial: Trial, code: CodeState,
-                     extra_tags: dict | None = None) -> str:
-    """A child run for one trial: its readable name, tags, the flat config as params, the
-    config as `config.yaml` (what `python -m isnm.train --config` takes) and, from a dirty tree, its diff."""
-    tags = {PARENT: parent_id, "kind": "trial", "study": study_name, "variant": trial.variant, "seed": str(trial.seed),
-            "config_hash": trial.config_hash, **code_tags(code), **(extra_tags or {})}
-    run_id = client.create_run(exp_id, run_name=trial.name, tags=tags).info.run_id
-    params = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flat(trial.config).items()]
-    client.log_batch(run_id, params=params)
-    log_text(client, run_id, CONFIG_ARTIFACT, yaml.safe_dump(trial.config, sort_keys=False))
-    if code.dirty:
-        log_text(client, run_id, DIFF_ARTIFACT, code.diff)
-    return run_id
-
-
-def log_epoch(client: MlflowClient, run_id: str, metrics: dict) -> None:
-    """One epoch's metrics, at step = epoch."""
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(metrics[k]), now, int(metrics["epoch"]))
-                                      for k in metrics if k in LOGGED_METRICS or k.startswith(LAYER_RATE)])
-
-
-def close_dangling_runs(client: MlflowClient, exp_id: str, ray_path: str) -> int:
-    """Runs of this Ray experiment still RUNNING belong to a driver that died: mark them KILLED.
-
-    A restored trial reopens its own run; the count of closed runs is returned.
-    """
-    runs = client.search_runs([exp_id], f"tags.ray_experiment = {quoted(ray_path)} and attributes.status = 'RUNNING'")
-    for run in runs:
-        client.set_terminated(run.info.run_id, "KILLED")
-    return len(runs)
-
-
-def finished_runs(client: MlflowClient, hashes: set[str]) -> dict[str, object]:
-    """config hash -> the newest FINISHED trial run with that hash, in any experiment of the store."""
-    found: dict[str, object] = {}
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    for run in every_run(client, experiments, "tags.kind = 'trial' and attributes.status = 'FINISHED'",
-                         ["attributes.start_time DESC"]):
-        key = run.data.tags.get("config_hash")
-        if key in hashes and key not in found:
-            found[key] = run
-    return found
-
-
-def source_code(client: MlflowClient, run) -> CodeState:
-    """The code a finished run was trained with, as its tags and diff artifact record it."""
-    dirty = run.data.tags.get("git_dirty") == "true"
-    diff = ""
-    if dirty:
-        with tempfile.TemporaryDirectory() as tmp:
-            diff = Path(client.download_artifacts(run.info.run_id, DIFF_ARTIFACT, tmp)).read_text()
-    return CodeState(run.data.tags.get("git_commit", "unknown"), dirty, diff)
-
-
-def copy_cached_run(client: MlflowClient, source, exp_id: str, parent_id: str, study_name: str, trial: Trial) -> str:
-    """A FINISHED child run in this study holding another study's result for the same config hash, with the
-    source's provenance (code, environment, data, kernel): its numbers come from there, not from this tree."""
-    kept = {k: v for k, v in source.data.tags.items() if k.startswith(ENVIRONMENT_PREFIX)
-            or k in ("data_fingerprint", "kernel", "kernel_fallback", "ray_node", "gpu_ids")}
-    run_id = create_trial_run(client, exp_id, parent_id, study_name, trial, source_code(client, source),
-                              {"cached_from": source.info.run_id, **kept})
-    metrics = [m for key in source.data.metrics for m in client.get_metric_history(source.info.run_id, key)]
-    for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics a batch
-        client.log_batch(run_id, metrics=metrics[start:start + 1000])
-    client.set_terminated(run_id, "FINISHED")
-    return run_id
-
-
-def metric_name(text: str) -> str:
-    """`text` as (part of) an MLflow metric name, which takes letters, digits and `_ - . / space` only (a colon
-    too, but not on Windows): anything else, `+` in "ISNM+GSG" say, becomes `_`, and `/` too (a path)."""
-    return "".join(c if c.isascii() and (c.isalnum() or c in "_-. ") else "_" for c in text)
-
-
-def log_summary(client: MlflowClient, exp_id: str, parent_id: str, hashes: set[str]) -> dict[str, float]:
-    """Each variant's mean final test_acc, as `test_acc.mean.<variant>` on the parent run, so that it has numbers
-    to chart (named so that the UI, which orders charts by name, draws the trials' `test_acc` before them). Over
-    the newest FINISHED trial run of each config hash that is a child of this parent (run now, or a cached copy)
-    or a planned trial's (a trial cached in this same experiment is not copied). Returns them by name."""
-    newest: dict[str, object] = {}
-    for run in every_run(client, [exp_id], "tags.kind = 'trial' and attributes.status = 'FINISHED'",
-                         ["attributes.start_time DESC"]):
-        key = run.data.tags.get("config_hash")
-        if (run.data.tags.get(PARENT) == parent_id or key in hashes) and key not in newest:
-            newest[key] = run
-    finals: dict[str, list[float]] = {}
-    for run in newest.values():
-        if "test_acc" in run.data.metrics:
-            finals.setdefault(run.data.tags.get("variant", ""), []).append(run.data.metrics["test_acc"])
-    summary: dict[str, float] = {}
-    for variant in sorted(finals):
-        name = base = f"test_acc.mean.{metric_name(variant)}"
-        for n in range(2, len(finals) + 2):  # variants that differ only in what `metric_name` replaced
-            if name not in summary:
-                break
-            name = f"{base}_{n}"
-        summary[name] = sum(finals[variant]) / len(finals[variant])
-    now = int(time.time() * 1000)
-    if summary:
-        client.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in summary.items()])
-    return summary
+from study.errors import last_line
+from study.run.storage import STATE_FILE
+from study.spec.config import Study
+from study.tracking.provenance import WEIGHTS_ARTIFACT, CodeState, environment_tags
+from study.tracking.retry import DEFAULT_PATIENCE_S, Backlog, PatientClient
+from study.tracking.store import quoted
+from study.tracking.writers import PARENT, create_trial_run, log_epoch
 
 
 def finite_metrics(row: dict) -> dict:

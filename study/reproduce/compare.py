@@ -1,37 +1,40 @@
-"""`python -m study.reproduce RUN_ID`: train a recorded trial again here and compare, epoch by epoch.
-
-It fetches the run's config (its `config.yaml`), says how this code and environment differ from the
-recorded ones, trains the same config (all epochs, or the first `--epochs N`), compares every logged
-metric, prints both side by side with a verdict, and logs the reproduction as a run tagged
-`reproduces=RUN_ID`. With the same code and environment the verdict is bit identity; with another
-commit, uncommitted diff, numeric package, device, thread count or data it is closeness within
-`--tolerance`, and it says so. Exit 0 when they agree, 1 when they differ, 2 on bad input.
-"""
+"""A recorded trial trained again and compared with its run, epoch by epoch: the differences in code and
+environment, the side-by-side table, the verdict, and the reproduction's own run."""
 from __future__ import annotations
 
-import argparse
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import yaml
-from mlflow.exceptions import MlflowException
 
-from study.cli import user_error_exit
-from study.config import StudyError, nested
+from study.errors import StudyError
 from study.markdown import markdown_table
-from study.provenance import CONFIG_ARTIFACT, DIFF_ARTIFACT, CodeState, code_state, differences, environment, \
-    environment_tags, recorded_environment
+from study.tracking.provenance import (
+    CONFIG_ARTIFACT,
+    DIFF_ARTIFACT,
+    CodeState,
+    code_state,
+    differences,
+    environment,
+    environment_tags,
+    recorded_environment,
+)
+from study.tracking.recorded import recorded_run
 
 if TYPE_CHECKING:
-    from isnm.config import TrainConfig
+    pass
+
 
 COMPARED = ("train_loss", "train_acc", "val_acc", "test_acc", "spike_rate", "beta", "alpha")  # not epoch_seconds
+
+
 SHOWN = ("train_loss", "test_acc")  # the side-by-side columns; the verdict covers every compared metric
+
+
 NOT_NUMERIC = ("ray", "mlflow", "optuna")  # versions that cannot change a trained number
+
+
 DEFAULT_TOLERANCE = 0.02  # absolute, on accuracies (fractions), losses and rates alike
 
 
@@ -41,41 +44,6 @@ class Mismatch:
     metric: str
     recorded: float
     here: float
-
-
-def fetch_config(client, run) -> dict:
-    """The run's config: its config.yaml artifact, or, for runs logged before there was one, its params."""
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client.download_artifacts(run.info.run_id, CONFIG_ARTIFACT, tmp)
-            return yaml.safe_load(Path(path).read_text())
-        except (OSError, MlflowException):  # an older run without the artifact: its params hold the config, flattened
-            if not run.data.params:
-                raise StudyError(f"run {run.info.run_id} holds neither {CONFIG_ARTIFACT} nor params; was it made by "
-                                 f"study.run?") from None
-            return nested({k: yaml.safe_load(v) for k, v in run.data.params.items()})
-
-
-def recorded_run(client, run_id: str) -> tuple[object, dict, TrainConfig]:
-    """(the run, its config as recorded, that config parsed) with torch's thread count set to the trial's, as
-    CPU reductions depend on it; an unknown run or a config this code refuses is a StudyError."""
-    import torch
-
-    from isnm.config import ConfigError, parse_config
-
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as exc:
-        raise StudyError(f"no run {run_id!r} in this store ({exc.error_code})") from None
-    config = fetch_config(client, run)
-    try:
-        cfg = parse_config(config)
-    except ConfigError as exc:
-        raise StudyError(f"run {run_id}: its config is not one this code accepts: {exc}") from None
-    threads = recorded_environment(run.data.tags).get("threads", "")
-    if threads.isdigit():
-        torch.set_num_threads(int(threads))
-    return run, config, cfg
 
 
 def code_differences(recorded: CodeState, here: CodeState) -> list[tuple[str, str, str]]:
@@ -128,7 +96,7 @@ def side_by_side(recorded: dict[str, dict[int, float]], here: list[dict]) -> str
 
 
 def log_reproduction(client, run, config: dict, here: list[dict], code: CodeState, env: dict, verdict: str) -> str:
-    from study.tracking import code_tags, log_epoch, log_text
+    from study.tracking.writers import code_tags, log_epoch, log_text
 
     tags = {"kind": "reproduction", "reproduces": run.info.run_id, "verdict": verdict, **code_tags(code),
             **environment_tags(env), "config_hash": run.data.tags.get("config_hash", "")}
@@ -149,7 +117,7 @@ def reproduce(client, run_id: str, epochs: Optional[int], tolerance: float) -> i
     from isnm.config import config_hash, to_dict
     from isnm.data import DataError
     from isnm.train import resolve_device, train
-    from study.tracking import source_code
+    from study.tracking.cache import source_code
 
     run, config, cfg = recorded_run(client, run_id)
     recorded_hash, hash_here = run.data.tags.get("config_hash"), config_hash(to_dict(cfg))
@@ -211,28 +179,3 @@ def reproduce(client, run_id: str, epochs: Optional[int], tolerance: float) -> i
     new = log_reproduction(client, run, config, here, code, env, verdict)
     print(f"verdict: {verdict}\nlogged as run {new} (tag reproduces={run_id})")
     return 0 if mismatch is None else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m study.reproduce", description=__doc__.splitlines()[0])
-    parser.add_argument("run_id", metavar="RUN_ID", help="the MLflow run of a trial (its id, in the UI or a report's "
-                                                         "<study>.runs.csv)")
-    parser.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    parser.add_argument("--epochs", type=int, help="train and compare only the first N epochs (default: all)")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                        help=f"absolute tolerance when code or environment differ (default {DEFAULT_TOLERANCE})")
-    args = parser.parse_args(argv)
-    import os
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from study.tracking import read_client, tracking_uri
-
-    try:
-        if args.epochs is not None and args.epochs < 1:
-            raise StudyError(f"--epochs: got {args.epochs}, expected an integer >= 1")
-        return reproduce(read_client(tracking_uri(args.tracking_uri)), args.run_id, args.epochs, args.tolerance)
-    except Exception as exc:
-        return user_error_exit(exc)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,24 +12,42 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from isnm.config import (ConfigError, check, default_config, flat, join, merged, nested, parse_config,
-                         parse_dataclass, to_dict, unknown_key_message)
+from isnm.config import (
+    ConfigError,
+    check,
+    default_config,
+    flat,
+    join,
+    merged,
+    nested,
+    parse_config,
+    parse_dataclass,
+    to_dict,
+    unknown_key_message,
+)
+from study.errors import StudyError
 
 # what a trial reports per epoch, and study.report tabulates (isnm.activity: spike_rate, synops and energy per image)
 METRICS = ("test_acc", "val_acc", "train_acc", "train_loss", "spike_rate", "synops", "energy")
+
+
 MAXIMIZED = ("test_acc", "val_acc", "train_acc")
+
+
 # what a search may rank by: never test data (spike_rate is the test pass's; val_spike_rate the validation pass's)
 SELECTABLE = ("val_acc", "train_acc", "train_loss", "val_spike_rate")
+
+
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
+
+
 # A study's name and profile name folders (ray_results/<name>-<profile>-<digest>, mlartifacts/<name>)
 # and go into MLflow filters: letters, digits and a few marks, no path separators, no quotes, short
 # enough that the folder name stays far below the 255 bytes a file system allows.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+
+
 SAFE_NAME_RULE = "1 to 100 letters, digits, '_', '.', '+' or '-', starting with a letter or digit"
-
-
-class StudyError(Exception):
-    """A user's study file (or command line) is wrong; `str()` is the one line to print."""
 
 
 @dataclass
@@ -187,6 +205,8 @@ def with_overrides(base: dict, overrides: dict[str, Any]) -> dict:
 
 
 TRAIN_KEYS = tuple(flat(default_config()))
+
+
 FIXED_BY_STUDY = {"seed": "seeds are set by the top-level 'seeds:' list"}
 
 

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from isnm.config import LAYER_RATE
-from study.cells import Cell
-from study.config import Table
-from study.tables import METRIC_HEADERS, label, scaled
+from study.report.cells import Cell
+from study.report.tables import METRIC_HEADERS, label, scaled
+from study.spec.config import Table
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

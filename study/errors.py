@@ -1,10 +1,8 @@
-"""What the commands share at the terminal: a user's mistake as one line and exit code 2."""
+"""What every command shares at the terminal: a user's mistake (`StudyError`) as one line and exit code 2."""
 from __future__ import annotations
 
 import re
 import sys
-
-from study.config import StudyError
 
 CREDENTIALS = re.compile(r"(://[^/\s:@]*):[^/\s@]*@")
 
@@ -36,3 +34,7 @@ def user_error_exit(exc: Exception) -> int:
         print(f"error: MLflow: {type(exc).__name__}: {redacted(first_line(str(exc)))}", file=sys.stderr)
         return 2
     raise exc
+
+
+class StudyError(Exception):
+    """A user's study file (or command line) is wrong; `str()` is the one line to print."""

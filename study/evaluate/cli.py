@@ -12,36 +12,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import tempfile
 import time
 from typing import TYPE_CHECKING
 
 from mlflow.entities import Metric
-from mlflow.exceptions import MlflowException
 
-from study.cells import metric_at
-from study.cli import user_error_exit
-from study.config import StudyError
+from study.errors import StudyError, user_error_exit
 from study.markdown import markdown_table
-from study.provenance import WEIGHTS_ARTIFACT
-from study.reproduce import recorded_run
+from study.report.cells import metric_at
+from study.tracking.recorded import fetch_weights, recorded_run
 
 if TYPE_CHECKING:
     from isnm.config import TrainConfig
     from isnm.data import Dataset
-
-def fetch_weights(client, run) -> dict:
-    """The run's final weights; a cached copy's are those of the run it copies (its numbers come from there)."""
-    import torch
-
-    source = run.data.tags.get("cached_from") or run.info.run_id
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client.download_artifacts(source, WEIGHTS_ARTIFACT, tmp)
-        except (OSError, MlflowException):
-            raise StudyError(f"run {source} holds no {WEIGHTS_ARTIFACT}: only a trial run that finished has its final "
-                             f"weights") from None
-        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def accuracies(cfg: TrainConfig, data: Dataset, weights: dict, timesteps: list[int]) -> dict[int, float]:
@@ -104,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import os
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from study.tracking import read_client, tracking_uri
+    from study.tracking.store import read_client, tracking_uri
 
     try:
         for t in args.timesteps:

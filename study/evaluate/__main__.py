@@ -1,0 +1,5 @@
+import sys
+
+from study.evaluate.cli import main
+
+sys.exit(main())

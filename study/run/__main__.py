@@ -1,0 +1,5 @@
+import sys
+
+from study.run.cli import main
+
+sys.exit(main())

@@ -1,0 +1,128 @@
+"""`python -m study.run FILE`: run a study's trials on Ray Tune and log them to MLflow."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from study.errors import StudyError, user_error_exit
+from study.run.cluster import cluster_address, set_ray_environment
+from study.run.lock import study_lock
+from study.run.signals import Interrupts
+from study.run.storage import experiment_for
+from study.spec.config import Study, load_study
+from study.spec.plan import Trial, plan_trials, trial_table
+from study.tracking.provenance import CodeState, code_state
+from study.tracking.retry import DEFAULT_PATIENCE_S
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.split(":", 1)[1].strip())
+    parser.add_argument("file", help="study file (YAML), e.g. search_spaces/ablation.yaml")
+    parser.add_argument("--profile", help="named overlay from the file's profiles:, e.g. demo")
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the trials; start nothing")
+    parser.add_argument("--estimate", action="store_true",
+                        help="with --dry-run: each trial's time and the study's, from finished runs in the tracking "
+                             "store or a few steps timed here")
+    parser.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    parser.add_argument("--storage", default="./ray_results", help="Ray results and checkpoints (default ./ray_results)")
+    parser.add_argument("--tracking-patience", type=float, default=DEFAULT_PATIENCE_S, metavar="SECONDS",
+                        help=f"how long the tracking server may not answer before the study stops, resumable; "
+                             f"the trials train on meanwhile (default {DEFAULT_PATIENCE_S})")
+    parser.add_argument("--max-concurrent", type=int, help="at most N trials at once (default: as resources allow)")
+    parser.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted run")
+    parser.add_argument("--rerun", action="store_true",
+                        help="run every trial, also those with a FINISHED run of the same config in MLflow")
+    return parser.parse_args(argv)
+
+
+def check_before_start(study: Study, trials: list[Trial], address: Optional[str]) -> None:
+    """Mistakes found without starting anything: data that is missing or damaged, GPUs this machine
+    lacks, a Ray address where nothing listens. CIFAR is fetched here, once, when the study may."""
+    from isnm.data import DataError  # torch loads only here, after the file itself is known good
+    from isnm.train import check_data
+    from study.run.cluster import check_address
+
+    check_address(address)
+    configs = [t.config for t in trials] or [study.base]
+    for config in {(c["dataset"], c["data_dir"], c["download"]): c for c in configs}.values():
+        try:
+            check_data(config)
+        except DataError as exc:
+            raise StudyError(f"{study.path}: {exc}") from None
+    if study.spec.resources.gpu > 0 and address is None:
+        import torch
+        if torch.cuda.device_count() < study.spec.resources.gpu:
+            raise StudyError(f"{study.path}: resources.gpu: {study.spec.resources.gpu:g} per trial, but this machine "
+                             f"has {torch.cuda.device_count()} GPUs; set resources.gpu: 0 (a profile such as "
+                             f"demo does) or pass --address of a cluster with GPUs")
+
+
+def estimated(study: Study, trials: list[Trial], args: argparse.Namespace) -> str:
+    """--estimate's text; the trials study.run would take from the store (not with --rerun) cost nothing."""
+    from study.run.estimate import estimate, store_client
+    from study.tracking.cache import finished_runs
+    from study.tracking.store import tracking_uri
+
+    address = cluster_address(args.address)
+    if address:  # to join it as study.run would (a local Ray is not started for an estimate)
+        set_ray_environment(address)
+    client = store_client(tracking_uri(args.tracking_uri))
+    cached = set() if args.rerun or client is None else set(finished_runs(client, {t.config_hash for t in trials}))
+    return estimate(study, trials, client, cached, args.max_concurrent, address)
+
+
+def warn_if_dirty(code: CodeState) -> None:
+    if code.dirty:
+        print(f"warning: the working tree has uncommitted changes (on {code.commit[:7]}); each run records them "
+              f"(tag git_dirty, artifact code.diff), but a number from them is hard to trace: commit first",
+              file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        study = load_study(args.file, args.profile)
+        trials = plan_trials(study) if study.spec.search is None else []
+        if args.max_concurrent is not None and args.max_concurrent < 1:
+            raise StudyError(f"--max-concurrent: got {args.max_concurrent}, expected an integer >= 1")
+        if args.tracking_patience < 0:
+            raise StudyError(f"--tracking-patience: got {args.tracking_patience:g}, expected seconds >= 0")
+        if args.estimate and not (args.dry_run and trials):
+            raise StudyError("--estimate: only with --dry-run, and for studies of variants and grids (a search "
+                             "samples its trials as it runs)")
+        if args.estimate:
+            from study.run.cluster import check_address
+
+            check_address(cluster_address(args.address))  # before any output: a cluster not there fails in seconds
+        code = code_state()
+        warn_if_dirty(code)
+        if args.dry_run:
+            if trials:
+                print(f"{study.name}: {len(trials)} trials\n{trial_table(trials)}")
+            else:
+                search = study.spec.search
+                print(f"{study.name}: search, {search.num_samples} samples ({search.algorithm}) over "
+                      f"{', '.join(search.space)}; {search.metric} {search.mode}")
+            if args.estimate:
+                print("\n" + estimated(study, trials, args))
+            return 0
+        address = cluster_address(args.address)
+        set_ray_environment(address)
+        with Interrupts() as interrupts:
+            check_before_start(study, trials, address)
+            experiment = experiment_for(study, trials, args.storage)
+            from study.run.driver import run  # Ray and MLflow load only now: a bad file fails in a second
+
+            with study_lock(experiment, study.name):
+                return run(study, trials, args, address, experiment, interrupts, code)
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        return user_error_exit(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

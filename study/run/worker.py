@@ -1,0 +1,109 @@
+"""What runs in a trial's own Ray worker process: the trainable, which calls `isnm.train.train` and reports
+every epoch with a checkpoint, resuming from Tune's checkpoint."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import pyarrow.fs as pafs
+import ray
+import torch
+from ray import tune
+
+from isnm.config import parse_config
+from isnm.train import TrainingDiverged, resolve_device, train
+from study.errors import StudyError, first_line
+from study.run.storage import STATE_FILE
+from study.tracking.provenance import environment
+
+if TYPE_CHECKING:  # the book travels to this process pickled; study.run.tuner imports this module
+    from study.run.tuner import TrialBook
+
+
+def checkpoint_states(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
+    """This trial's kept checkpoints, newest first, beginning with `checkpoint` (Tune's latest)."""
+    fs, folder = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    parent, name = folder.rsplit("/", 1)
+    older = [info.path for info in fs.get_file_info(pafs.FileSelector(parent))
+             if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_")
+             and info.base_name < name]
+    return [checkpoint] + [tune.Checkpoint(path, fs) for path in sorted(older, reverse=True)]
+
+
+def readable_state(checkpoint: tune.Checkpoint) -> tuple[Optional[dict], str]:
+    """(the newest checkpoint state that loads, a note naming each newer one that did not, or "").
+
+    A checkpoint cut short (a full disk, a node lost while writing) would otherwise fail every retry
+    and every rerun the same way; the older kept checkpoint costs an epoch. None when none loads:
+    the trial then starts over, which on the CPU reproduces the same epochs.
+    """
+    notes = []
+    for candidate in checkpoint_states(checkpoint):
+        try:
+            with candidate.as_directory() as folder:
+                return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True), "; ".join(notes)
+        except (OSError, EOFError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as exc:
+            notes.append(f"{candidate.path.rsplit('/', 1)[-1]} unreadable ({type(exc).__name__}: "
+                         f"{first_line(str(exc))[:200]})")
+    return None, "; ".join(notes) + "; starting the trial over"
+
+
+def usable_gpus(ids: list, visible: Optional[str], torch_sees: int, device: str, node: str) -> str:
+    """The GPU ids Ray gave a trial ("0", "0,1"; "" for none), once the trial is sure to train on them alone.
+
+    CUDA must see exactly them (Ray sets CUDA_VISIBLE_DEVICES so; unset, every trial would train on GPU 0),
+    and torch must see them, unless the config asks for the CPU (as a simulation with logical GPUs does): a
+    trial never falls back to the CPU silently, tens of times slower. `visible` is CUDA_VISIBLE_DEVICES,
+    `torch_sees` torch.cuda.device_count(), `device` the config's device. The message leads with what went
+    wrong, since the study's summary shows a failed trial's first 120 characters.
+    """
+    gpus = ",".join(str(i) for i in ids)
+    if not gpus:
+        return ""
+    if visible != gpus:
+        raise StudyError(f"CUDA_VISIBLE_DEVICES is {visible!r} on node {node}, but Ray gave this trial GPU {gpus}: "
+                         f"it would use other trials' GPUs; unset RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES")
+    if device != "cpu" and torch_sees < len(ids):
+        remedy = ("its torch is a CPU build: install a CUDA build there" if torch.version.cuda is None else
+                  f"its torch is built for CUDA {torch.version.cuda}: check the node's NVIDIA driver (nvidia-smi)")
+        raise StudyError(f"torch sees {torch_sees} GPU(s) on node {node}, but Ray gave this trial GPU {gpus}; "
+                         f"{remedy}, or set device: cpu to train on its CPUs (torch {torch.__version__})")
+    return gpus
+
+
+def trainable(tune_config: dict, book: TrialBook) -> None:
+    """One trial: train, report metrics and a checkpoint every epoch, resume from Tune's checkpoint."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch is noise
+    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))  # trials sharing a machine must not fight over cores
+    config = book.describe(tune_config).config
+    where = {"node": f"{ray.get_runtime_context().get_node_id()[:12]} {ray.util.get_node_ip_address()}"}
+    gpus = usable_gpus(ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count(),
+                       parse_config(config).device, where["node"])
+    if gpus:
+        where["gpu_ids"] = gpus
+    resume_state, note = None, ""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        resume_state, note = readable_state(checkpoint)
+        if note:
+            print(f"warning: {note}")
+            where["checkpoint_note"] = note
+
+    def report(metrics: dict, state: dict) -> None:
+        if "environment" not in where:  # read once training has set its threads and backends up
+            where["environment"] = json.dumps(environment(str(resolve_device(parse_config(config).device))))
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state, Path(folder) / STATE_FILE)
+            tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    try:
+        train(config, on_epoch=report, resume_state=resume_state)
+    except TrainingDiverged as exc:
+        # Divergence is a result, not a crash: retrying the same seed would diverge again.
+        tune.report({"epoch": exc.epoch, "diverged": str(exc), **where})  # the one wording, isnm.train's

@@ -1,0 +1,71 @@
+"""A finished trial's run read back for training or evaluating it again: its config and its final weights."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+from mlflow.exceptions import MlflowException
+
+from isnm.config import nested
+from study.errors import StudyError
+from study.tracking.provenance import CONFIG_ARTIFACT, recorded_environment
+
+if TYPE_CHECKING:
+    from isnm.config import TrainConfig
+from typing import TYPE_CHECKING
+
+from study.tracking.provenance import WEIGHTS_ARTIFACT
+
+if TYPE_CHECKING:
+    from isnm.config import TrainConfig
+
+
+def fetch_config(client, run) -> dict:
+    """The run's config: its config.yaml artifact, or, for runs logged before there was one, its params."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run.info.run_id, CONFIG_ARTIFACT, tmp)
+            return yaml.safe_load(Path(path).read_text())
+        except (OSError, MlflowException):  # an older run without the artifact: its params hold the config, flattened
+            if not run.data.params:
+                raise StudyError(f"run {run.info.run_id} holds neither {CONFIG_ARTIFACT} nor params; was it made by "
+                                 f"study.run?") from None
+            return nested({k: yaml.safe_load(v) for k, v in run.data.params.items()})
+
+
+def recorded_run(client, run_id: str) -> tuple[object, dict, TrainConfig]:
+    """(the run, its config as recorded, that config parsed) with torch's thread count set to the trial's, as
+    CPU reductions depend on it; an unknown run or a config this code refuses is a StudyError."""
+    import torch
+
+    from isnm.config import ConfigError, parse_config
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise StudyError(f"no run {run_id!r} in this store ({exc.error_code})") from None
+    config = fetch_config(client, run)
+    try:
+        cfg = parse_config(config)
+    except ConfigError as exc:
+        raise StudyError(f"run {run_id}: its config is not one this code accepts: {exc}") from None
+    threads = recorded_environment(run.data.tags).get("threads", "")
+    if threads.isdigit():
+        torch.set_num_threads(int(threads))
+    return run, config, cfg
+
+
+def fetch_weights(client, run) -> dict:
+    """The run's final weights; a cached copy's are those of the run it copies (its numbers come from there)."""
+    import torch
+
+    source = run.data.tags.get("cached_from") or run.info.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(source, WEIGHTS_ARTIFACT, tmp)
+        except (OSError, MlflowException):
+            raise StudyError(f"run {source} holds no {WEIGHTS_ARTIFACT}: only a trial run that finished has its final "
+                             f"weights") from None
+        return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,116 @@
+"""The MLflow store: where it is, opening it, the study's experiment in it, and the UI page that shows it."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from mlflow.tracking import MlflowClient
+
+from study.errors import StudyError, first_line, redacted
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def tracking_uri(cli_value: Optional[str]) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory."""
+    return cli_value or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def sqlite_path(uri: str) -> Optional[Path]:
+    """The database file of a `sqlite:///` store, None for any other kind."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def read_client(uri: str) -> MlflowClient:
+    """A client for reading a store that must already hold runs; a sqlite file that is not there is one line
+    (MLflow would create an empty one)."""
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise StudyError(f"no MLflow store at {db.resolve()}; run `python -m study.run FILE` first, or pass --tracking-uri")
+    return MlflowClient(uri)
+
+
+def served(uri: str) -> bool:
+    """Whether `uri` is a tracking server's (which shows the runs itself), rather than a store `mlflow ui` opens."""
+    return uri.startswith(("http://", "https://"))
+
+
+def ui_command(uri: str) -> str:
+    if served(uri):
+        return f"the tracking server, {redacted(uri)}"
+    return f"mlflow ui --host 127.0.0.1 --backend-store-uri {redacted(uri)}"
+
+
+def ui_base(uri: str) -> str:
+    """Where the UI showing the runs of `uri` answers: the tracking server itself, else `mlflow ui`'s default."""
+    return redacted(uri).rstrip("/") if served(uri) else "http://127.0.0.1:5000"
+
+
+def ui_url(exp_id: str, base: str = "http://127.0.0.1:5000") -> str:
+    """The page of `mlflow ui` (at `base`) that shows a study at first glance: the chart view of its experiment's
+    runs, the trial runs grouped by their `variant` tag (a mean curve with a min-max band per variant, the runs
+    listed under their group) and the accuracy charts; the saved view that `experiment_id` stores on the
+    experiment, in the UI's model-training layout."""
+    return (f"{base}/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}&compareRunsMode=CHART"
+            f"&workflowType=machine_learning")
+
+
+def quoted(value: str) -> str:
+    """`value` as a string in an MLflow search filter, which has no escapes: in the quotes it lacks."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise StudyError(f"{value!r}: MLflow search filters cannot hold a value with both kinds of quote; "
+                     f"rename the folder or path")
+
+
+def open_store(uri: str, study_name: str) -> tuple[MlflowClient, str]:
+    """(a client, the study's experiment id) for the store at `uri`; one line if it cannot be used."""
+    try:
+        client = MlflowClient(uri)
+        return client, experiment_id(client, study_name, uri)
+    except Exception as exc:  # a store fails in its own ways (sqlalchemy, http, permissions); each is the user's setting
+        raise StudyError(f"MLflow store {uri} cannot be used ({type(exc).__name__}: "
+                         f"{first_line(str(exc))}); check --tracking-uri or MLFLOW_TRACKING_URI") from None
+
+
+EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI opens an experiment without it in its GenAI layout
+
+
+MODEL_TRAINING = "custom_model_development"
+
+
+VIEW_KEY = "by-variant"  # the saved view `ui_url` opens: tag mlflow.sharedViewState.<key> on the experiment
+
+
+VIEW_TAG = "mlflow.sharedViewState."
+
+
+def variant_view() -> str:
+    """The UI's saved-view envelope for a view grouping the runs by their `variant` tag (MLflow 3.17's
+    `{name, createdAt, updatedAt, state}`, the state being its search facets and UI state as JSON)."""
+    state = {"groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "variant"}]},
+             "useGroupedValuesInCharts": True, "runsHiddenMode": "SHOW_ALL",
+             "chartsSearchFilter": "acc"}  # the accuracy charts first; the rest: the UI's defaults
+    now = int(time.time() * 1000)
+    return json.dumps({"name": "Trials by variant", "createdAt": now, "updatedAt": now, "state": json.dumps(state)})
+
+
+def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    """The study's MLflow experiment, made on first use; artifacts sit beside a sqlite store. It is tagged as
+    model training (MLflow's UI then shows runs and charts, not traces and prompts), and holds the saved view
+    `ui_url` opens; an experiment made before either is given what it lacks, never overwritten."""
+    found = client.get_experiment_by_name(name)
+    tags = {EXPERIMENT_KIND: MODEL_TRAINING, VIEW_TAG + VIEW_KEY: variant_view()}
+    if found is None:
+        db = sqlite_path(uri)
+        location = (db.resolve().parent / "mlartifacts" / name).as_uri() if db is not None else None
+        return client.create_experiment(name, artifact_location=location, tags=tags)
+    for key, value in tags.items():
+        if key not in found.tags:
+            client.set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
