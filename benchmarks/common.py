@@ -11,11 +11,6 @@ from typing import Callable
 import torch
 
 
-def device() -> torch.device:
-    """Where the benchmarks run: the GPU when there is one, as isnm.train chooses (device: auto)."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def require_spikingjelly() -> None:
     """The peer these benchmarks compare against, or one line and exit code 2 saying how to install it."""
     if importlib.util.find_spec("spikingjelly") is None:

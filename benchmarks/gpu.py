@@ -31,7 +31,8 @@ from isnm.bn_neuron import BNISNM, BNISNMFunction
 from isnm.config import parse_config
 from isnm.data import Dataset
 from isnm.neuron import isnm_spikes, set_surrogate
-from isnm.train import precision_of, prepared_model, reuse_freed_memory
+from isnm.runtime import precision_of, prepared_model, reuse_freed_memory
+from isnm.training import train_step
 from study.markdown import markdown_table
 
 ARCHS = ("vgg_small", "resnet18")
@@ -49,7 +50,7 @@ class Sizes:
     batch: int
     steps: int  # timed training steps per setting
     warmup: int  # untimed steps first (compiling happens there)
-    kernel: str  # the ISNM kernel, as isnm.train's config names it
+    kernel: str  # the ISNM kernel, as the training config names it
 
 
 SIZES = {"cuda": Sizes(1.0, 32, 64, 20, 3, "auto"),  # auto: compiled on CUDA, as training runs it
@@ -75,7 +76,7 @@ def synthetic(sizes: Sizes, device: torch.device) -> Dataset:
 
 
 def trainer(setting: Setting, sizes: Sizes, device: torch.device):
-    """A training step (forward, backward, Adam) of the setting's network as isnm.train builds and runs it."""
+    """(the setting's network, a training step of it: forward, backward, Adam), as training builds and runs it."""
     cfg = parse_config({"dataset": "cifar10", "arch": setting.arch, "timesteps": setting.timesteps,
                         "precision": setting.precision, "width": sizes.width, "kernel": sizes.kernel,
                         "device": str(device), "batch_size": sizes.batch})
@@ -85,14 +86,7 @@ def trainer(setting: Setting, sizes: Sizes, device: torch.device):
     set_surrogate(model, 1.0, 5.0)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     autocast, loss_fn = precision_of(cfg, device), nn.CrossEntropyLoss()
-
-    def step() -> None:
-        with autocast:
-            loss = loss_fn(model(data.train_x), data.train_y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return model, step
+    return model, lambda: train_step(model, optimizer, data.train_x, data.train_y, loss_fn, autocast)
 
 
 def images_per_second(step, sizes: Sizes) -> float:
@@ -251,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --device cuda: torch {torch.__version__} sees no GPU here; use --device cpu", file=sys.stderr)
         return 2
     if args.device == "cpu":
-        reuse_freed_memory()  # as isnm.train does on the CPU
+        reuse_freed_memory()  # as training does on the CPU
     text = report(torch.device(args.device))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

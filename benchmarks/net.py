@@ -3,7 +3,7 @@
 python -m benchmarks.net [--batch 16] [--repeats 20] [--profile 5] [--threads N] [--cpu-time]
                          [--precision fp32|bf16] [--also KEY=VALUE ...]
 
-T=5, CIFAR-sized random images, Adam with the training's lr and weight decay. Ours is built as isnm.train
+T=5, CIFAR-sized random images, Adam with the training's lr and weight decay. Ours is built as training
 prepares a CIFAR run (`prepared_model`), with the kernel `resolve_kernel` picks for the CIFAR networks
 (compiled), and again with the other one (eager). SpikingJelly's is the same `SpikingNet`: the same encoder
 (conv + BN) run once per image and broadcast over T, the same readout (the mean over T of the last layer's
@@ -35,22 +35,24 @@ from typing import Callable
 import torch
 from torch import nn
 
-from benchmarks.common import alternating_medians, device, print_table, require_spikingjelly, synchronized
-from isnm.config import ConfigError, parse_config
+from benchmarks.common import alternating_medians, print_table, require_spikingjelly, synchronized
+from isnm.bn_neuron import BNISNM
+from isnm.config import ConfigError, parse_config, with_setting
 from isnm.data import Dataset
 from isnm.models import SpikingNet
-from isnm.bn_neuron import BNISNM
 from isnm.neuron import ISNM, set_kernel, set_surrogate
-from isnm.train import precision_of, prepared_model, resolve_kernel, reuse_freed_memory, with_setting
+from isnm.runtime import precision_of, prepared_model, resolve_device, resolve_kernel, reuse_freed_memory
+from isnm.training import train_step
 
 TIMESTEPS, BETA, ALPHA = 5, 5.0, 0.5  # alpha 0.5: our surrogate equals SpikingJelly's Sigmoid(alpha=2*beta)
 SJ = "spikingjelly"
 ADAM = "optimizer: Adam"
+ADAM_EVENT = "Optimizer.step#Adam.step"  # the profiler's record of Adam's step, torch.optim's own
 OTHER = "other: broadcast over T, mean over T, loss, zero_grad"
 
 
 def ours(cfg, images: torch.Tensor, labels: torch.Tensor) -> tuple[SpikingNet, str]:
-    """(our network for a CIFAR-shaped batch, its kernel), as isnm.train builds it, with a fixed surrogate."""
+    """(our network for a CIFAR-shaped batch, its kernel), as training builds it, with a fixed surrogate."""
     empty = images[:0]
     data = Dataset(images, labels, empty, labels[:0], empty, labels[:0], num_classes=10, augment=False)
     torch.manual_seed(cfg.seed)
@@ -91,26 +93,19 @@ def spikingjelly_twin(model: SpikingNet) -> SpikingNet:
 
 
 def training_step(model: nn.Module, cfg, images: torch.Tensor, labels: torch.Tensor, reset: bool
-                  ) -> Callable[[], torch.Tensor]:
-    """One step as isnm.train takes it, in the config's precision; `reset`: clear SpikingJelly's neuron states
-    first (ISNM keeps none)."""
+                  ) -> Callable[[], object]:
+    """Training's step (`train_step`) of `model`, in the config's precision; `reset`: clear SpikingJelly's
+    neuron states first (ISNM keeps none)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     autocast = precision_of(cfg, images.device)
     if reset:
         from spikingjelly.activation_based import functional
 
-    def step() -> torch.Tensor:
+    def step() -> tuple[torch.Tensor, torch.Tensor]:
         if reset:
             functional.reset_net(model)
-        with autocast:
-            logits = model(images)
-            loss = loss_fn(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        with torch.autograd.profiler.record_function(ADAM):
-            optimizer.step()
-        return logits
+        return train_step(model, optimizer, images, labels, loss_fn, autocast)
     return step
 
 
@@ -194,7 +189,7 @@ def profiled(step: Callable[[], object], model: SpikingNet) -> tuple[dict[str, f
     for event in events:
         if event.name.startswith("unit: "):
             times[f"{event.name.removeprefix('unit: ')} fwd"] += event.cpu_time_total
-        elif event.name == ADAM:
+        elif event.name == ADAM_EVENT:
             times[f"{ADAM} fwd"] += event.cpu_time_total
         elif event.sequence_nr >= 0 and not event.name.startswith("autograd::engine") and unit_of(event):
             unit_of_seq.setdefault(event.sequence_nr, unit_of(event))
@@ -246,16 +241,16 @@ def profile_tables(steps: dict[str, Callable[[], object]], models: dict[str, Spi
 
 def main() -> None:
     require_spikingjelly()
-    reuse_freed_memory()  # as isnm.train does on the CPU
+    reuse_freed_memory()  # as training does on the CPU
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="also profile STEPS steps of each network (by layer, by operator)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="torch's CPU threads (default: torch's own choice, as isnm.train leaves it)")
+                        help="torch's CPU threads (default: torch's own choice, as training leaves it)")
     parser.add_argument("--also", action="append", default=[], metavar="KEY=VALUE",
-                        help="also time our network with this config option (dotted keys, as isnm.train's --set)")
+                        help="also time our network with this config option (dotted keys, as python -m isnm's --set)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="the training's `precision`: bf16 runs all three under autocast (on the CPU too)")
     parser.add_argument("--cpu-time", action="store_true",
@@ -264,7 +259,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    on = device()
+    on = resolve_device("auto")
     config = {"arch": "vgg_small", "dataset": "cifar10", "timesteps": TIMESTEPS, "batch_size": args.batch,
               "device": on.type, "precision": args.precision}
     cfg = parse_config(config)

@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from benchmarks.common import alternating_medians, device, print_table, require_spikingjelly
+from benchmarks.common import alternating_medians, print_table, require_spikingjelly
 from isnm.neuron import isnm_spikes, isnm_spikes_reference
-from isnm.train import reuse_freed_memory
+from isnm.runtime import resolve_device, reuse_freed_memory
 
 # (channels, size) of VGG-small's ISNM layers on 32x32 CIFAR images
 VGG_SMALL_LAYERS = [(64, 32), (64, 16), (128, 16), (128, 8), (256, 8), (256, 4)]
@@ -38,7 +38,7 @@ def forward_backward(fn, current: torch.Tensor, grad: torch.Tensor) -> None:
 
 def main() -> None:
     require_spikingjelly()
-    reuse_freed_memory()  # as isnm.train does on the CPU
+    reuse_freed_memory()  # as training does on the CPU
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=20)
@@ -57,7 +57,7 @@ def main() -> None:
         "isnm per-step autograd": lambda x: isnm_spikes_reference(x, TAU, THRESHOLD, args.reset, 1.0, BETA),
         "spikingjelly LIFNode": jelly,
     }
-    on = device()
+    on = resolve_device("auto")
     lif.to(on)
     warm = (torch.randn(TIMESTEPS, 2, 3, 4, 4, device=on) * 1.5).requires_grad_()
     began = time.perf_counter()

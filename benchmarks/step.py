@@ -7,18 +7,20 @@ the time spent in convolutions alone (torch.profiler) shows how much of R is the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
 import torch
 from torch import nn
 
-from benchmarks.common import alternating_medians, device, print_table, synchronized
-from isnm.train import reuse_freed_memory
+from benchmarks.common import alternating_medians, print_table, synchronized
 from isnm.bn_neuron import BNISNM
 from isnm.conv import SpikeConv2d
 from isnm.models import TimeFolded, build_model
 from isnm.neuron import ISNM, set_kernel
+from isnm.runtime import resolve_device, reuse_freed_memory
+from isnm.training import train_step
 
 TIMESTEPS = 5
 
@@ -40,14 +42,10 @@ def as_ann(model: nn.Module) -> nn.Module:
 
 
 def step_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
+    """Training's step (`train_step`) of `model` on one batch, in float32."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(images), labels).backward()
-        optimizer.step()
-    return step
+    return lambda: train_step(model, optimizer, images, labels, loss_fn, contextlib.nullcontext())
 
 
 def saved_activation_bytes(model: nn.Module, images: torch.Tensor) -> int:
@@ -83,20 +81,20 @@ def conv_seconds(step) -> float:
 
 
 def main() -> None:
-    reuse_freed_memory()  # as isnm.train does on the CPU
+    reuse_freed_memory()  # as training does on the CPU
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     torch.manual_seed(0)
-    on = device()
-    layout = torch.channels_last if on.type == "cuda" else torch.contiguous_format  # as isnm.train
+    on = resolve_device("auto")
+    layout = torch.channels_last if on.type == "cuda" else torch.contiguous_format  # as training (memory_format: auto)
     images = torch.randn(args.batch, 3, 32, 32, device=on).contiguous(memory_format=layout)
     labels = torch.randint(0, 10, (args.batch,), device=on)
     rows, first_steps = [], []
     for arch in ("vgg_small", "resnet18"):
         snn = build_model(arch, 10, timesteps=TIMESTEPS).to(on, memory_format=layout)
-        set_kernel(snn, "compiled")  # what isnm.train runs for these networks (kernel: auto)
+        set_kernel(snn, "compiled")  # what training runs for these networks (kernel: auto)
         ann = as_ann(build_model(arch, 10, timesteps=1)).to(on, memory_format=layout)
         for model in (snn, ann):
             for m in model.modules():

@@ -1,0 +1,49 @@
+"""ISNM + Gradual Surrogate Gradient spiking networks.
+
+config     the training config: its dataclasses, validation into them, its hash, KEY=VALUE overrides (no torch)
+metrics    the names of what training reports (no torch)
+schedule   the surrogate's schedule: beta and alpha over training (no torch)
+data       data sets as whole tensors on the device, augmentation as batched tensor ops
+surrogate  the surrogate gradients and the spike op
+neuron     the ISNM neuron and its kernels (eager, compiled)
+bn_neuron  batch norm -> (max pool) -> ISNM as one op
+conv       a convolution whose input is spikes, keeping one byte per spike for backward
+models     the networks: tiny, VGG-small, ResNet-18
+activity   what a network does on a test pass: firing rates, synaptic operations, energy
+runtime    how a config runs on this machine: device, kernel, memory layout, precision, the prepared network
+training   one training run, its optimizer step, its evaluation
+__main__   the command line: python -m isnm --config FILE.yaml --set KEY=VALUE
+
+The names below are this package's API. They load on first use, so `import isnm` and the torch-free modules
+never load torch: a study file is checked without it.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> the module that defines it; `metrics` is a module itself, its names read as metrics.TEST_ACC
+EXPORTS = {
+    **dict.fromkeys(("ConfigError", "TrainConfig", "check", "default_config", "flat", "join", "merged", "nested",
+                     "parse_config", "parse_dataclass", "to_dict", "unknown_key_message", "config_hash",
+                     "HASHED_WHEN_SET", "with_setting"), "isnm.config"),
+    "metrics": "isnm.metrics",
+    "surrogate_at": "isnm.schedule",
+    **dict.fromkeys(("DataError", "Dataset", "load_dataset"), "isnm.data"),
+    **dict.fromkeys(("resolve_device", "resolve_kernel", "channels_last", "precision_of", "reuse_freed_memory",
+                     "prepared_model"), "isnm.runtime"),
+    **dict.fromkeys(("train", "train_step", "TrainingDiverged", "check_data", "evaluate", "recalibrate_batch_norm",
+                     "EVAL_BATCH_SIZE"), "isnm.training"),
+}
+__all__ = list(EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(EXPORTS[name])
+    return module if module.__name__ == f"{__name__}.{name}" else getattr(module, name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from isnm.config import LAYER_RATE
 from isnm.conv import SpikeConv2d
+from isnm.metrics import ENERGY, ENERGY_ANN, LAYER_RATE, SPIKE_RATE, SYNOPS
 from isnm.neuron import ISNM
 
 PJ_PER_AC = 0.9
@@ -59,8 +59,8 @@ class Activity:
     def metrics(self) -> dict[str, float]:
         """spike_rate, spike_rate/<layer> per spiking layer, synops and energy (uJ) per image, energy_ann (uJ)."""
         energy, energy_ann = self.energy_uj()
-        return {"spike_rate": self.spike_rate, **{LAYER_RATE + k: v for k, v in self.layer_rates.items()},
-                "synops": self.synops / max(self.images, 1), "energy": energy, "energy_ann": energy_ann}
+        return {SPIKE_RATE: self.spike_rate, **{LAYER_RATE + k: v for k, v in self.layer_rates.items()},
+                SYNOPS: self.synops / max(self.images, 1), ENERGY: energy, ENERGY_ANN: energy_ann}
 
 
 def receptive_field_spikes(spikes: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:

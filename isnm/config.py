@@ -6,6 +6,7 @@ a close-match suggestion for misspelled keys. No torch here, so a study file is 
 """
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
 import difflib
@@ -22,7 +23,6 @@ RESETS = ("hard", "soft")
 ALPHA_RULES = ("paper", "unit_peak")
 SURROGATES = ("tanh", "sigmoid", "arctan", "fast_sigmoid", "rectangular", "triangle")  # isnm.surrogate.SHAPES
 SCHEDULE_SHAPES = ("loglinear", "linear", "cosine", "step")  # isnm.schedule.beta_at
-LAYER_RATE = "spike_rate/"  # + a spiking layer's module name: the metric of that layer's firing rate (isnm.activity)
 
 
 class ConfigError(ValueError):
@@ -172,6 +172,24 @@ def merged(base: dict, overlay: dict) -> dict:
 
 def to_dict(obj: Any) -> dict:
     return dataclasses.asdict(obj)
+
+
+def value_of(text: str) -> Any:
+    """A command-line value: true/false, a number, a list, else the text itself."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def with_setting(config: dict, item: str) -> dict:
+    """`config` with one command-line override KEY=VALUE (a dotted key; the value as `value_of` reads it)."""
+    key, sep, text = item.partition("=")
+    if not sep:
+        raise ConfigError(item, "expected KEY=VALUE")
+    return merged(config, nested({key: value_of(text)}))
 
 
 @dataclass

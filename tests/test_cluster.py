@@ -22,7 +22,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from ray._private.utils import get_ray_client_dependency_error
 
-from isnm.train import train
+from isnm import train
 from study.errors import StudyError
 from study.run.cluster import token_refusal
 from study.run.worker import usable_gpus

@@ -9,8 +9,8 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from isnm import train
 from isnm.config import default_config, merged
-from isnm.train import train
 from study.errors import StudyError
 from study.evaluate.cli import main
 from study.report.cli import main as report_main

@@ -8,7 +8,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from isnm.train import train
+from isnm import train
 from study.spec.config import load_study
 from study.spec.plan import plan_trials
 from tests.cifar_files import write_fake_cifar

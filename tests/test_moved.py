@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from isnm.train import train
+from isnm import train
 from study.spec.config import load_study
 from study.spec.plan import plan_trials
 from tests.studies import run_study, steps, trial_runs

@@ -122,18 +122,6 @@ def test_compiled_loops_match_the_reference(function, resets):
         torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-5)
 
 
-def test_kernel_choice():
-    from isnm.config import parse_config
-    from isnm.train import resolve_kernel
-
-    cpu = torch.device("cpu")
-    assert resolve_kernel(parse_config({"arch": "tiny"}), cpu) == "eager"
-    assert resolve_kernel(parse_config({"arch": "vgg_small"}), cpu) == "compiled"
-    assert resolve_kernel(parse_config({"arch": "vgg_small", "timesteps": 1}), cpu) == "eager"
-    assert resolve_kernel(parse_config({"arch": "tiny"}), torch.device("cuda")) == "compiled"
-    assert resolve_kernel(parse_config({"arch": "resnet18", "kernel": "eager"}), cpu) == "eager"
-
-
 def test_only_the_current_and_the_spikes_as_bits_are_kept_for_backward():
     """The encoder's current, broadcast over T, is kept at its own size, not T times over as u would be;
     forward's spikes at one bit each (5 * 4 * 3 = 60 spikes in 8 bytes)."""

@@ -8,10 +8,11 @@ from torch.nn import functional as F
 
 from isnm.bn_neuron import BNISNM, BNISNMFunction
 from isnm.config import parse_config
-from isnm.conv import SpikeConv2d, set_conv_backward
+from isnm.conv import SpikeConv2d
 from isnm.data import load_dataset
 from isnm.neuron import ISNM, forward_loop, set_surrogate
-from isnm.train import prepared_model, train
+from isnm.runtime import prepared_model
+from isnm.training import train
 
 BF16_UNIT_ROUNDOFF = 2.0 ** -8  # bf16 keeps 8 significant bits
 # The first neurons' current under bf16 autocast went through four roundings to bf16 (the image, the conv's

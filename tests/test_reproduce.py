@@ -6,9 +6,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from isnm import train
+from isnm.__main__ import main as train_main
 from isnm.config import config_hash, default_config, merged, parse_config, to_dict
-from isnm.train import main as train_main
-from isnm.train import train
 from study.reproduce.cli import main
 from study.spec.plan import Trial
 from study.tracking.provenance import CodeState, code_state, environment, environment_tags

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from isnm.train import train
+from isnm import train
 from study.spec.config import load_study
 from study.spec.plan import plan_trials
 from tests.studies import checkpoints, finished_output, run_study, small_study, start_study, steps, trial_runs, wait_for

@@ -23,13 +23,12 @@ from study.report.cells import metric_at
 from study.tracking.recorded import fetch_weights, recorded_run
 
 if TYPE_CHECKING:
-    from isnm.config import TrainConfig
-    from isnm.data import Dataset
+    from isnm import Dataset, TrainConfig
 
 
 def accuracies(cfg: TrainConfig, data: Dataset, weights: dict, timesteps: list[int]) -> dict[int, float]:
-    """T -> test accuracy of `weights` run for T time steps, evaluated as `isnm.train.train` evaluates."""
-    from isnm.train import evaluate, precision_of, prepared_model, recalibrate_batch_norm, resolve_device
+    """T -> test accuracy of `weights` run for T time steps, evaluated as `isnm.train` evaluates."""
+    from isnm import evaluate, precision_of, prepared_model, recalibrate_batch_norm, resolve_device
 
     device = resolve_device(cfg.device)
     precision = precision_of(cfg, device)
@@ -44,8 +43,7 @@ def accuracies(cfg: TrainConfig, data: Dataset, weights: dict, timesteps: list[i
 
 
 def evaluate_run(client, run_id: str, timesteps: list[int]) -> int:
-    from isnm.data import DataError, load_dataset
-    from isnm.train import resolve_device
+    from isnm import DataError, load_dataset, resolve_device
 
     run, _, cfg = recorded_run(client, run_id)
     weights = fetch_weights(client, run)

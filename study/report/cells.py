@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import pandas as pd
 
-from isnm.config import flat
+from isnm import flat
 from study.errors import StudyError
 from study.records import every_run
 from study.spec.config import MAXIMIZED, Study, Table

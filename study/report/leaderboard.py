@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import yaml
 
-from isnm.config import nested
+from isnm import nested
 from study.markdown import markdown_table
 from study.report.tables import METRIC_HEADERS, number, scaled
 from study.spec.config import Study

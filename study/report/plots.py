@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from isnm.config import LAYER_RATE
+from isnm.metrics import LAYER_RATE
 from study.report.cells import Cell
 from study.report.tables import METRIC_HEADERS, label, scaled
 from study.spec.config import Table
@@ -99,8 +99,7 @@ def plot_schedule(client: MlflowClient, cells: list[Cell], configs: dict[str, di
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from isnm.config import parse_config
-    from isnm.schedule import surrogate_at
+    from isnm import parse_config, surrogate_at
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
     seen = set()

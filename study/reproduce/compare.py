@@ -114,9 +114,7 @@ def log_reproduction(client, run, config: dict, here: list[dict], code: CodeStat
 
 
 def reproduce(client, run_id: str, epochs: Optional[int], tolerance: float) -> int:
-    from isnm.config import config_hash, to_dict
-    from isnm.data import DataError
-    from isnm.train import resolve_device, train
+    from isnm import DataError, config_hash, resolve_device, to_dict, train
     from study.tracking.cache import source_code
 
     run, config, cfg = recorded_run(client, run_id)

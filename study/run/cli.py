@@ -12,7 +12,7 @@ from study.run.signals import Interrupts
 from study.run.storage import experiment_for
 from study.spec.config import Study, load_study
 from study.spec.plan import Trial, plan_trials, trial_table
-from study.tracking.provenance import CodeState, code_state
+from study.tracking.provenance import code_state, warn_if_dirty
 from study.tracking.retry import DEFAULT_PATIENCE_S
 
 
@@ -40,8 +40,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def check_before_start(study: Study, trials: list[Trial], address: Optional[str]) -> None:
     """Mistakes found without starting anything: data that is missing or damaged, GPUs this machine
     lacks, a Ray address where nothing listens. CIFAR is fetched here, once, when the study may."""
-    from isnm.data import DataError  # torch loads only here, after the file itself is known good
-    from isnm.train import check_data
+    from isnm import (
+        DataError,  # torch loads only here, after the file itself is known good
+        check_data,
+    )
     from study.run.cluster import check_address
 
     check_address(address)
@@ -73,13 +75,6 @@ def estimated(study: Study, trials: list[Trial], args: argparse.Namespace) -> st
     return estimate(study, trials, client, cached, args.max_concurrent, address)
 
 
-def warn_if_dirty(code: CodeState) -> None:
-    if code.dirty:
-        print(f"warning: the working tree has uncommitted changes (on {code.commit[:7]}); each run records them "
-              f"(tag git_dirty, artifact code.diff), but a number from them is hard to trace: commit first",
-              file=sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -97,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
             check_address(cluster_address(args.address))  # before any output: a cluster not there fails in seconds
         code = code_state()
-        warn_if_dirty(code)
         if args.dry_run:
+            warn_if_dirty(code)
             if trials:
                 print(f"{study.name}: {len(trials)} trials\n{trial_table(trials)}")
             else:

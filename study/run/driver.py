@@ -20,7 +20,7 @@ from study.spec.config import Study
 from study.spec.plan import Trial
 from study.tracking.cache import copy_cached_run, finished_runs
 from study.tracking.callback import MlflowTracker
-from study.tracking.provenance import CodeState
+from study.tracking.provenance import CodeState, warn_if_dirty
 from study.tracking.store import open_store, tracking_uri, ui_base, ui_command, ui_url
 from study.tracking.writers import close_dangling_runs, log_summary, start_parent_run
 
@@ -79,6 +79,7 @@ def run(study: Study, trials: list[Trial], args: argparse.Namespace, address: Op
     uri = tracking_uri(args.tracking_uri)
     with interrupts.deferred():
         client, exp_id = open_store(uri, study.name)
+    warn_if_dirty(code)
     closed = close_dangling_runs(client, exp_id, experiment.uri)
     if closed:
         print(f"closed {closed} run(s) left RUNNING by an interrupted driver")

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from isnm.config import HASHED_WHEN_SET
+from isnm import HASHED_WHEN_SET
 from study.errors import StudyError
 from study.markdown import markdown_table
 from study.spec.config import Study
@@ -83,7 +83,7 @@ def worker_start_seconds() -> float:
     """Seconds a fresh Python process takes to import what a trial imports: each Ray worker does it once (Tune
     reuses a worker for the next trial, study.execute)."""
     began = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import isnm.train, study.run.worker"], check=True, timeout=300,
+    subprocess.run([sys.executable, "-c", "import isnm.training, study.run.worker"], check=True, timeout=300,
                    capture_output=True)
     return time.perf_counter() - began
 
@@ -93,9 +93,7 @@ def setup(config: dict) -> tuple:
     here yet is stood in for by random images of its shape, which is all a timing needs."""
     import torch
 
-    from isnm.config import parse_config
-    from isnm.data import DataError, Dataset, load_dataset
-    from isnm.train import prepared_model, resolve_device
+    from isnm import DataError, Dataset, load_dataset, parse_config, prepared_model, resolve_device
 
     cfg = parse_config(config)
     device = resolve_device(cfg.device)
@@ -117,8 +115,7 @@ def timed_here(config: dict, threads: float) -> EpochCost:
     trial's thread count."""
     import torch
 
-    from isnm.config import parse_config
-    from isnm.train import EVAL_BATCH_SIZE, evaluate, precision_of
+    from isnm import EVAL_BATCH_SIZE, evaluate, parse_config, precision_of, train_step
 
     cfg = parse_config(config)
     previous = torch.get_num_threads()
@@ -126,17 +123,13 @@ def timed_here(config: dict, threads: float) -> EpochCost:
     try:
         data, model, start = setup(config)
         device = data.train_x.device
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         autocast, loss_fn = precision_of(cfg, device), torch.nn.CrossEntropyLoss()
         x, y = data.train_x[:cfg.batch_size], data.train_y[:cfg.batch_size]
         times = []
         for _ in range(WARMUP_STEPS + TIMED_STEPS):
             began = time.perf_counter()
-            with autocast:
-                loss = loss_fn(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            train_step(model, optimizer, x, y, loss_fn, autocast)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - began)

@@ -15,7 +15,7 @@ from typing import Optional
 
 import pyarrow.fs as pafs
 
-from isnm.config import config_hash
+from isnm import config_hash
 from study.errors import StudyError, first_line
 from study.spec.config import Study
 from study.spec.plan import Trial, search_base

@@ -8,7 +8,7 @@ from typing import Optional
 import ray
 from ray import tune
 
-from isnm.config import config_hash
+from isnm import config_hash
 from study.errors import StudyError, first_line
 from study.run.storage import Experiment
 from study.run.worker import trainable

@@ -1,4 +1,4 @@
-"""What runs in a trial's own Ray worker process: the trainable, which calls `isnm.train.train` and reports
+"""What runs in a trial's own Ray worker process: the trainable, which calls `isnm.train` and reports
 every epoch with a checkpoint, resuming from Tune's checkpoint."""
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ import ray
 import torch
 from ray import tune
 
-from isnm.config import parse_config
-from isnm.train import TrainingDiverged, resolve_device, train
+from isnm import TrainingDiverged, parse_config, resolve_device, train
 from study.errors import StudyError, first_line
 from study.run.storage import STATE_FILE
 from study.tracking.provenance import environment
@@ -106,4 +105,4 @@ def trainable(tune_config: dict, book: TrialBook) -> None:
         train(config, on_epoch=report, resume_state=resume_state)
     except TrainingDiverged as exc:
         # Divergence is a result, not a crash: retrying the same seed would diverge again.
-        tune.report({"epoch": exc.epoch, "diverged": str(exc), **where})  # the one wording, isnm.train's
+        tune.report({"epoch": exc.epoch, "diverged": str(exc), **where})  # the one wording, isnm.train's (TrainingDiverged)

@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from isnm.config import (
+from isnm import (
     ConfigError,
     check,
     default_config,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from isnm.config import config_hash, flat
+from isnm import config_hash, flat
 from study.errors import StudyError
 from study.spec.config import Study, with_overrides
 

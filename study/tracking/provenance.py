@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 import subprocess
+import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -41,6 +42,13 @@ class CodeState:
     @property
     def short(self) -> str:
         return self.commit[:7] + ("+dirty" if self.dirty else "")
+
+
+def warn_if_dirty(code: CodeState) -> None:
+    if code.dirty:
+        print(f"warning: the working tree has uncommitted changes (on {code.commit[:7]}); each run records them "
+              f"(tag git_dirty, artifact code.diff), but a number from them is hard to trace: commit first",
+              file=sys.stderr)
 
 
 def git(*args: str, cwd: Path) -> str | None:

@@ -8,18 +8,12 @@ from typing import TYPE_CHECKING
 import yaml
 from mlflow.exceptions import MlflowException
 
-from isnm.config import nested
+from isnm import nested
 from study.errors import StudyError
-from study.tracking.provenance import CONFIG_ARTIFACT, recorded_environment
+from study.tracking.provenance import CONFIG_ARTIFACT, WEIGHTS_ARTIFACT, recorded_environment
 
 if TYPE_CHECKING:
-    from isnm.config import TrainConfig
-from typing import TYPE_CHECKING
-
-from study.tracking.provenance import WEIGHTS_ARTIFACT
-
-if TYPE_CHECKING:
-    from isnm.config import TrainConfig
+    from isnm import TrainConfig
 
 
 def fetch_config(client, run) -> dict:
@@ -40,7 +34,7 @@ def recorded_run(client, run_id: str) -> tuple[object, dict, TrainConfig]:
     CPU reductions depend on it; an unknown run or a config this code refuses is a StudyError."""
     import torch
 
-    from isnm.config import ConfigError, parse_config
+    from isnm import ConfigError, parse_config
 
     try:
         run = client.get_run(run_id)

@@ -10,7 +10,8 @@ import yaml
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from isnm.config import LAYER_RATE, flat
+from isnm import flat
+from isnm.metrics import LAYER_RATE
 from study.records import every_run
 from study.spec.config import METRICS, Study
 from study.spec.plan import Trial
@@ -50,7 +51,7 @@ def start_parent_run(client: MlflowClient, exp_id: str, study: Study, code: Code
 def create_trial_run(client: MlflowClient, exp_id: str, parent_id: str, study_name: str, trial: Trial, code: CodeState,
                      extra_tags: dict | None = None) -> str:
     """A child run for one trial: its readable name, tags, the flat config as params, the
-    config as `config.yaml` (what `python -m isnm.train --config` takes) and, from a dirty tree, its diff."""
+    config as `config.yaml` (what `python -m isnm --config` takes) and, from a dirty tree, its diff."""
     tags = {PARENT: parent_id, "kind": "trial", "study": study_name, "variant": trial.variant, "seed": str(trial.seed),
             "config_hash": trial.config_hash, **code_tags(code), **(extra_tags or {})}
     run_id = client.create_run(exp_id, run_name=trial.name, tags=tags).info.run_id

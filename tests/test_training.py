@@ -4,12 +4,12 @@ import math
 import pytest
 import torch
 
-import isnm.train as train_module
+import isnm.runtime
 from isnm.config import ConfigError
 from isnm.config import default_config, parse_config
 from isnm.data import batches, load_dataset
 from isnm.models import build_model
-from isnm.train import TrainingDiverged, main, recalibrate_batch_norm, train
+from isnm.training import TrainingDiverged, recalibrate_batch_norm, train
 
 
 def test_defaults_are_the_papers_recipe():
@@ -73,28 +73,16 @@ def test_resumed_run_equals_uninterrupted_run():
 
 
 def test_nan_loss_raises_training_diverged(monkeypatch):
-    real = train_module.build_model
+    real = isnm.runtime.build_model
 
     def poisoned(*args, **kwargs):
         model = real(*args, **kwargs)
         torch.nn.init.constant_(model.head[-1].bias, math.nan)
         return model
 
-    monkeypatch.setattr(train_module, "build_model", poisoned)
+    monkeypatch.setattr(isnm.runtime, "build_model", poisoned)
     with pytest.raises(TrainingDiverged, match="epoch 1, step 1"):
         train({"epochs": 2})
-
-
-def test_command_line_trains_and_prints_the_final_metrics(capsys):
-    assert main(["--set", "epochs=1", "--set", "neuron.reset=soft", "--set", "timesteps=2"]) == 0
-    out = capsys.readouterr().out
-    assert "reset soft" in out and "final: epoch 1" in out and "test_acc" in out
-
-
-def test_command_line_bad_value_is_one_line_and_exit_2(capsys):
-    assert main(["--set", "neuron.tau=-1"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "neuron.tau" in err and "> 0" in err
 
 
 def test_default_config_round_trips():

@@ -1,0 +1,181 @@
+"""One training run of an ISNM network: `train(config, on_epoch, resume_state) -> final metrics`, one
+optimizer step of it (`train_step`) and its evaluation (`evaluate`)."""
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import AbstractContextManager
+from typing import Callable
+
+import torch
+from torch import nn
+
+from isnm.activity import Activity, ActivityMonitor
+from isnm.config import parse_config
+from isnm.data import CIFAR, batches, check_cifar, fingerprint, load_dataset, train_batches
+from isnm.metrics import (ALPHA, BETA, DATA_FINGERPRINT, EPOCH, EPOCH_SECONDS, KERNEL, KERNEL_FALLBACK, TEST_ACC,
+                          TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_SPIKE_RATE)
+from isnm.neuron import kernel_fallback, set_surrogate
+from isnm.runtime import precision_of, prepared_model, resolve_device, reuse_freed_memory
+from isnm.schedule import surrogate_at
+
+EVAL_BATCH_SIZE = 1000
+
+
+def check_data(config: dict) -> None:
+    """Make sure this config's data set can be read, fetching it first where allowed; raises DataError.
+
+    Run before any trial starts, so a missing or damaged data set is one line rather than a failed
+    trial (and, with download on, so that one process fetches it, not every trial)."""
+    cfg = parse_config(config)
+    if cfg.dataset in CIFAR:
+        check_cifar(cfg.dataset, cfg.data_dir, cfg.download)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, step: int, loss: float):
+        self.epoch, self.step, self.loss = epoch, step, loss
+        super().__init__(f"training diverged: loss {loss} at epoch {epoch}, step {step}")
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, images: torch.Tensor, batch_size: int, precision) -> None:
+    """Set every batch norm's running statistics to their average over `images` under the current weights.
+
+    Training-mode forward passes with momentum None (nn.BatchNorm2d's cumulative average), in batches of
+    the training's size and precision, so the statistics are those the network normalizes with while it
+    trains. Uses no random numbers: a resumed run recalibrates to the same bits.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [bn.momentum for bn in norms]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    try:
+        for x in images.split(batch_size):
+            with precision:
+                model(x)
+    finally:
+        for bn, momentum in zip(norms, momenta):
+            bn.momentum = momentum
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision) -> tuple[float, Activity]:
+    """(accuracy, what the network did: firing per layer, synaptic operations, energy) on images x with labels
+    y, in the training's precision (`precision` is its autocast context), so what is measured is the network
+    that trained."""
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    with ActivityMonitor(model) as activity:
+        for images, labels in batches(x, y, EVAL_BATCH_SIZE):
+            with precision:
+                correct += (model(images).argmax(1) == labels).sum()
+    return correct.item() / max(len(y), 1), activity
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               loss_fn: nn.Module, precision: AbstractContextManager) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the batch's loss, its logits), both detached, of one optimizer step on images x with labels y under
+    `precision` (an autocast, `precision_of`). The step `train` takes and the benchmarks time."""
+    with precision:
+        logits = model(x)
+        loss = loss_fn(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logits.detach()
+
+
+def rng_state(generator: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "data": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["data"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
+          resume_state: dict | None = None, last_epoch: int | None = None) -> dict:
+    """Train one ISNM network; returns the last epoch's metrics (their names: isnm.metrics).
+
+    `on_epoch(metrics, state)` runs after every epoch; `state` (model, optimizer, epoch, RNG states)
+    is a copy that `resume_state` accepts, and resuming from it reproduces the uninterrupted run.
+    `last_epoch` stops after that epoch, on the schedule of the config's `epochs` (a reproduction of a
+    run's first epochs).
+    Raises ConfigError (bad config), DataError (data set missing) or TrainingDiverged.
+    """
+    cfg = parse_config(config)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, device, cfg.validation)
+    data_fingerprint = fingerprint(data)
+    model, kernel = prepared_model(cfg, data, device)
+    if device.type == "cuda":  # an algorithm search that is faster on GPUs and means nothing on the CPU
+        torch.backends.cudnn.benchmark = True
+    else:
+        reuse_freed_memory()
+    autocast = precision_of(cfg, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    start = 0
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        restore_rng(resume_state["rng"], generator)
+        start = resume_state["epoch"]
+    loss_fn = nn.CrossEntropyLoss()
+    steps_per_epoch = -(-len(data.train_y) // cfg.batch_size)  # train_batches keeps the last partial batch
+    metrics: dict = {}
+    for epoch in range(start + 1, min(cfg.epochs, last_epoch or cfg.epochs) + 1):
+        began = time.perf_counter()
+        alpha, beta = surrogate_at(cfg.surrogate, epoch - 1, cfg.epochs)
+        set_surrogate(model, alpha, beta, cfg.surrogate.function)
+        per_step = cfg.surrogate.schedule == "gradual" and cfg.surrogate.update == "step"
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        first_bad = torch.zeros((), dtype=torch.int64, device=device)  # step of the first non-finite loss
+        bad_loss = torch.zeros((), dtype=torch.float64, device=device)
+        for step, (x, y) in enumerate(train_batches(data, cfg.batch_size, generator), start=1):
+            if per_step:
+                alpha, beta = surrogate_at(cfg.surrogate, epoch - 1, cfg.epochs, step - 1, steps_per_epoch)
+                set_surrogate(model, alpha, beta, cfg.surrogate.function)
+            loss, logits = train_step(model, optimizer, x, y, loss_fn, autocast)
+            # Divergence is noted on the device and checked once an epoch: no host sync inside the step.
+            newly_bad = ~torch.isfinite(loss) & (first_bad == 0)
+            first_bad = torch.where(newly_bad, step, first_bad)
+            bad_loss = torch.where(newly_bad, loss.double(), bad_loss)
+            loss_sum += loss * len(y)
+            correct += (logits.argmax(1) == y).sum()
+        if first_bad.item():
+            raise TrainingDiverged(epoch, first_bad.item(), bad_loss.item())
+        n = len(data.train_y)
+        if cfg.bn_recalibration:
+            recalibrate_batch_norm(model, data.train_x[:cfg.bn_recalibration], cfg.batch_size, autocast)
+        test_acc, activity = evaluate(model, data.test_x, data.test_y, autocast)
+        val = {}
+        if len(data.val_y):  # what a search may select on: the validation pass's accuracy and firing
+            val_acc, val_activity = evaluate(model, data.val_x, data.val_y, autocast)
+            val = {VAL_ACC: val_acc, VAL_SPIKE_RATE: val_activity.spike_rate}
+        # the loops that really ran: a compilation that failed falls back to eager, and says why
+        ran = {KERNEL: "eager", KERNEL_FALLBACK: kernel_fallback()} if kernel_fallback() else {KERNEL: kernel}
+        metrics = {EPOCH: epoch, TRAIN_LOSS: loss_sum.item() / n, TRAIN_ACC: correct.item() / n, **val,
+                   TEST_ACC: test_acc, BETA: beta, ALPHA: alpha,  # per step: the epoch's last step's
+                   EPOCH_SECONDS: time.perf_counter() - began, **activity.metrics(), **ran,
+                   DATA_FINGERPRINT: data_fingerprint}
+        if on_epoch is not None:
+            state = {"model": copy.deepcopy(model.state_dict()),
+                     "optimizer": copy.deepcopy(optimizer.state_dict()),
+                     "epoch": epoch, "rng": rng_state(generator)}
+            on_epoch(dict(metrics), state)
+    return metrics
