@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast venv constraints
+.PHONY: demo test test-fast docs venv constraints
 
 venv: $(STAMP)
 
@@ -12,7 +12,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,server]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,server,docs]'
 	touch $(STAMP)
 
 # After an upgrade in .venv that passed `make test`: its versions become the tested ones.
@@ -35,3 +35,7 @@ test: venv
 # Everything but the tests marked slow (real Ray, MLflow, processes, training runs): about a minute and a half.
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
+
+# docs/ as a site in site/ (mkdocs, material theme); a broken link or a page missing from the nav fails it
+docs: venv
+	$(PY) -m mkdocs build --strict --site-dir site
