@@ -1,23 +1,262 @@
-"""The MLflow record that running, reporting and verifying share: how its runs are read."""
+"""The MLflow record: what running, reporting and verifying agree on, spelled here and nowhere else.
+
+A store holds, per study, an experiment of the study's name with these runs, told apart by their `kind` tag:
+- `study`: one parent run per invocation of `study.run`, holding the study file and the per-variant means;
+- `trial`: one run per trial, a child of the invocation that trained it, with its config (params and
+  config.yaml), every epoch's metrics, its final weights and where and with what it ran. A trial copied from
+  another study's finished run of the same config hash is a trial run tagged `cached_from`;
+- `reproduction`: `study.reproduce`'s run of a trial trained again, tagged `reproduces`.
+
+Every metric has one entry in `METRICS`: its name (isnm's, `isnm.metrics`), the header a table prints it
+under, its print scale, its direction, and whether it is logged per epoch, selectable by a search or
+compared by `study.reproduce`. Runs are read through `read_runs` only, page after page, as `RunRecord`s.
+Standard library and isnm's metric names only, so the pure study-file code can import it.
+"""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional
+
+from isnm import metrics as m
+from study.errors import StudyError
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
 
+class Kind:
+    """The `kind` tag of a run."""
+    STUDY = "study"
+    TRIAL = "trial"
+    REPRODUCTION = "reproduction"
+
+
+class Tag:
+    """Run tag keys."""
+    PARENT = "mlflow.parentRunId"  # MLflow's own: the UI nests a trial's run under its invocation's
+    NOTE = "mlflow.note.content"  # MLflow's own: the run's description in the UI
+    KIND = "kind"
+    STUDY = "study"
+    PROFILE = "profile"
+    VARIANT = "variant"
+    SEED = "seed"
+    CONFIG_HASH = "config_hash"
+    GIT_COMMIT = "git_commit"
+    GIT_DIRTY = "git_dirty"  # "true" when trained from uncommitted changes (their diff: Artifact.DIFF)
+    RAY_EXPERIMENT = "ray_experiment"  # the Ray experiment folder whose trials the runs are
+    RAY_TRIAL_ID = "ray_trial_id"
+    RAY_NODE = "ray_node"  # "<node id> <address>" the trial reports from now
+    RAY_NODES = "ray_nodes"  # every node it ran on, in order
+    GPU_IDS = "gpu_ids"
+    KERNEL = m.KERNEL
+    KERNEL_FALLBACK = m.KERNEL_FALLBACK
+    DATA_FINGERPRINT = m.DATA_FINGERPRINT
+    ENVIRONMENT = "env."  # + a key of study.tracking.provenance.environment: env.torch, env.threads, ...
+    CHECKPOINT_FALLBACK = "checkpoint_fallback"  # newer checkpoints that did not load, on resuming
+    INTERRUPTED = "interrupted"  # "E of N epochs logged": the run of a trial its driver was stopped in
+    STOPPED_EARLY = "stopped_early"  # by a search's scheduler
+    RETRIES = "retries"
+    ERROR = "error"  # why a FAILED trial failed
+    CACHED_FROM = "cached_from"  # the run a copied trial's numbers come from
+    REPRODUCES = "reproduces"
+    VERDICT = "verdict"
+
+
+class ExperimentTag:
+    """Experiment tag keys (MLflow's UI reads both)."""
+    KIND = "mlflow.experimentKind"  # MLflow 3's UI opens an experiment without it in its GenAI layout
+    VIEW = "mlflow.sharedViewState."  # + a key: a saved view of the runs page
+
+
+class Artifact:
+    """Artifact names."""
+    CONFIG = "config.yaml"  # a trial's complete config, as `python -m isnm --config` takes it
+    DIFF = "code.diff"  # the uncommitted changes a run was made from
+    WEIGHTS = "model.pt"  # a finished trial's final state_dict
+    REPORT = "report"  # the folder of a parent run holding the report's plots
+
+
+class Reported:
+    """What a trial reports to Tune besides its metrics, read by the tracker on the driver."""
+    NODE = "node"
+    GPU_IDS = Tag.GPU_IDS
+    ENVIRONMENT = "environment"  # JSON of study.tracking.provenance.environment
+    CHECKPOINT_NOTE = "checkpoint_note"
+    DIVERGED = "diverged"  # why training diverged: a result, not a crash
+    STATE_FILE = "state.pt"  # the file in each checkpoint it reports: model, optimizer, epoch, RNG states
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    header: str  # a table column's head, with its unit
+    scale: float = 1.0  # printed = logged x scale: 100 prints a fraction in percent
+    decimals: int = 4
+    maximize: bool = False  # higher is better (accuracies); else lower (loss, firing, energy)
+    per_epoch: bool = True  # the tracker logs it at every epoch (step = epoch)
+    tabulated: bool = True  # a table may show it (table.metric, table.extra, study.report --metric)
+    selectable: bool = False  # a search may rank by it: measured on training or validation data, never on test
+    reproduced: bool = False  # study.reproduce compares it, epoch by epoch
+    validation: bool = False  # measured on the validation split, so only with `validation` > 0
+
+    @property
+    def percent(self) -> bool:
+        return self.scale == 100
+
+    def shown(self, value: float) -> float:
+        return value * self.scale
+
+    def text(self, value: float) -> str:
+        """A value in print scale, as the paper prints it."""
+        return f"{value:.{self.decimals}f}"
+
+    def signed(self, value: float) -> str:
+        return f"{value:+.{self.decimals}f}"
+
+
+METRICS = {metric.name: metric for metric in (  # in the order of an epoch: training, validation, test, schedule
+    Metric(m.TRAIN_LOSS, "Train loss", selectable=True, reproduced=True),
+    Metric(m.TRAIN_ACC, "Train accuracy (%)", 100, 2, maximize=True, selectable=True, reproduced=True),
+    Metric(m.VAL_ACC, "Validation accuracy (%)", 100, 2, maximize=True, selectable=True, reproduced=True,
+           validation=True),
+    Metric(m.VAL_SPIKE_RATE, "Validation spike rate (%)", 100, 2, selectable=True, reproduced=True, validation=True),
+    Metric(m.TEST_ACC, "Accuracy (%)", 100, 2, maximize=True, reproduced=True),
+    Metric(m.SPIKE_RATE, "Spike rate (%)", 100, 2, reproduced=True),
+    Metric(m.SYNOPS, "SynOps (M/image)", 1e-6, 2),
+    Metric(m.ENERGY, "Energy (µJ/image)"),
+    Metric(m.ENERGY_ANN, "ANN energy (µJ/image)", tabulated=False),  # energy's yardstick, shown beside it
+    Metric(m.BETA, "beta", tabulated=False, reproduced=True),
+    Metric(m.ALPHA, "alpha", tabulated=False, reproduced=True),
+    Metric(m.EPOCH_SECONDS, "Seconds per epoch", tabulated=False),  # the machine's, not the method's
+)}
+TABULATED = tuple(name for name, metric in METRICS.items() if metric.tabulated)
+SELECTABLE = tuple(name for name, metric in METRICS.items() if metric.selectable)
+REPRODUCED = tuple(name for name, metric in METRICS.items() if metric.reproduced)
+LAYER_RATE = m.LAYER_RATE  # + a spiking layer's module name: that layer's firing rate, logged per epoch too
+AT_TIMESTEPS = re.compile(rf"{m.TEST_ACC}_T([0-9]+)")
+
+
+def at_timesteps(timesteps: int) -> str:
+    """The metric study.evaluate logs: test_acc of a run's final weights run for `timesteps` time steps."""
+    return f"{m.TEST_ACC}_T{timesteps}"
+
+
+def logged_per_epoch(key: str) -> bool:
+    """Whether a key of a trial's report is a metric the tracker logs at every epoch."""
+    return (key in METRICS and METRICS[key].per_epoch) or key.startswith(LAYER_RATE)
+
+
+def metric_name(text: str) -> str:
+    """`text` as (part of) an MLflow metric name, which takes letters, digits and `_ - . / space` only (a colon
+    too, but not on Windows): anything else, `+` in "ISNM+GSG" say, becomes `_`, and `/` too (a path)."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "_-. ") else "_" for c in text)
+
+
+def mean_metric(variant: str) -> str:
+    """The parent run's metric of a variant's mean final test_acc (named so that the UI, which orders charts by
+    name, draws the trials' test_acc before them)."""
+    return f"{m.TEST_ACC}.mean.{metric_name(variant)}"
+
+
+def code_label(commit: str, dirty: bool) -> str:
+    """'1a2b3c4', or '1a2b3c4+dirty' for code with uncommitted changes."""
+    return commit[:7] + ("+dirty" if dirty else "")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run of the record, typed: who it is (kind, variant, seed, config hash), what made it (code), its state."""
+    run_id: str
+    experiment_id: str
+    name: str
+    status: str  # MLflow's: RUNNING, FINISHED, FAILED, KILLED, SCHEDULED
+    start_time: int  # ms since the epoch
+    end_time: Optional[int]  # None while it runs
+    artifact_uri: str
+    kind: str
+    variant: str
+    seed: Optional[int]
+    config_hash: str
+    commit: str  # the git commit it was trained from, 40 hex digits ("unknown" outside a checkout)
+    dirty: bool  # with uncommitted changes (their diff: Artifact.DIFF)
+    metrics: dict[str, float]  # final values
+    params: dict[str, str]
+    tags: dict[str, str]
+
+    @classmethod
+    def of(cls, run: Run) -> RunRecord:
+        tags = run.data.tags
+        seed = tags.get(Tag.SEED, "")
+        return cls(run.info.run_id, run.info.experiment_id, run.info.run_name or "", run.info.status,
+                   run.info.start_time or 0, run.info.end_time, run.info.artifact_uri, tags.get(Tag.KIND, ""), tags.get(Tag.VARIANT, ""),
+                   int(seed) if seed.lstrip("-").isdigit() else None, tags.get(Tag.CONFIG_HASH, ""),
+                   tags.get(Tag.GIT_COMMIT, "unknown"), tags.get(Tag.GIT_DIRTY) == "true",
+                   dict(run.data.metrics), dict(run.data.params), dict(tags))
+
+    @property
+    def code(self) -> str:
+        return code_label(self.commit, self.dirty)
+
+    def tag(self, key: str) -> str:
+        return self.tags.get(key, "unknown")
+
+    @property
+    def parent_id(self) -> Optional[str]:
+        return self.tags.get(Tag.PARENT)
+
+
 RUNS_PER_PAGE = 1000  # the most MLflow's stores return at once
 
 
-def every_run(client: MlflowClient, experiments: list[str], query: str = "",
-              order_by: list[str] | None = None) -> Iterator[Run]:
-    """Every run of `experiments` matching `query`, page after page (MLflow hands out at most a page a call)."""
-    token = None
+def quoted(value: str) -> str:
+    """`value` as a string in an MLflow search filter, which has no escapes: in the quotes it lacks."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise StudyError(f"{value!r}: MLflow search filters cannot hold a value with both kinds of quote; rename the "
+                     f"folder or path")
+
+
+def run_filter(kind: Optional[str] = None, status: Optional[str] = None, **tags: str) -> str:
+    """An MLflow search filter: runs of this kind and status whose tags (Tag attribute names, lower case) hold
+    these values."""
+    parts = [f"tags.{Tag.KIND} = {quoted(kind)}"] if kind else []
+    parts += [f"tags.{getattr(Tag, key.upper())} = {quoted(value)}" for key, value in tags.items()]
+    parts += [f"attributes.status = {quoted(status)}"] if status else []
+    return " and ".join(parts)
+
+
+def read_runs(client: MlflowClient, experiments: list[str], kind: Optional[str] = None, status: Optional[str] = None,
+              newest_first: bool = False, limit: Optional[int] = None, **tags: str) -> Iterator[RunRecord]:
+    """The runs of `experiments` of this kind, status and tags (`run_filter`), page after page (MLflow hands
+    out at most a page a call), at most `limit`."""
+    query, order = run_filter(kind, status, **tags), ["attributes.start_time DESC"] if newest_first else None
+    token, seen = None, 0
     while experiments:
-        page = client.search_runs(experiments, query, order_by=order_by, max_results=RUNS_PER_PAGE, page_token=token)
-        yield from page
+        size = RUNS_PER_PAGE if limit is None else min(RUNS_PER_PAGE, limit - seen)
+        page = client.search_runs(experiments, query, order_by=order, max_results=size, page_token=token)
+        for run in page:
+            yield RunRecord.of(run)
+        seen += len(page)
         token = page.token
-        if not token:
+        if not token or (limit is not None and seen >= limit):
             return
+
+
+def newest_finished(runs: Iterable[RunRecord]) -> dict[str, RunRecord]:
+    """config hash -> the newest FINISHED trial run with that hash among `runs`: the run that stands for a
+    config wherever one is needed (the cache, the parent's summary, the report)."""
+    newest: dict[str, RunRecord] = {}
+    for run in runs:
+        if run.kind == Kind.TRIAL and run.status == "FINISHED" and run.config_hash:
+            if run.config_hash not in newest or run.start_time > newest[run.config_hash].start_time:
+                newest[run.config_hash] = run
+    return newest
+
+
+def finished_trials(client: MlflowClient, experiments: list[str]) -> dict[str, RunRecord]:
+    """`newest_finished` over every finished trial run of `experiments`."""
+    return newest_finished(read_runs(client, experiments, Kind.TRIAL, "FINISHED"))

@@ -8,10 +8,10 @@ import pytest
 @pytest.fixture(scope="session")
 def empty_mlflow_db(tmp_path_factory) -> Path:
     """An MLflow sqlite store with its tables made (MLflow's migrations take seconds), copied by `mlflow_uri`."""
-    from mlflow.tracking import MlflowClient
+    from study.tracking.store import created_store
 
     path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()  # creates and migrates the database
+    created_store(f"sqlite:///{path}")
     return path
 
 

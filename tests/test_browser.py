@@ -13,8 +13,9 @@ from urllib.parse import urlsplit
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study.tracking.store import EXPERIMENT_KIND, VIEW_KEY, VIEW_TAG, ui_url
-from study.tracking.writers import PARENT, log_summary, metric_name
+from study.records import ExperimentTag, Tag, metric_name
+from study.tracking.store import VIEW_KEY, ui_url
+from study.tracking.writers import log_summary
 from tests.studies import ROOT, free_port, loopback_env, run_study, small_study
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (.ci/run installs it); never `playwright install`
@@ -77,7 +78,7 @@ def test_the_parent_run_gets_each_variants_mean_over_its_newest_runs(mlflow_uri)
     parent = client.create_run(exp).info.run_id
 
     def trial(variant: str, config_hash: str, test_acc: float, under: str = "older") -> None:
-        tags = {"kind": "trial", "variant": variant, "config_hash": config_hash, PARENT: under}
+        tags = {"kind": "trial", "variant": variant, "config_hash": config_hash, Tag.PARENT: under}
         run_id = client.create_run(exp, tags=tags).info.run_id
         client.log_metric(run_id, "test_acc", test_acc)
         client.set_terminated(run_id, "FINISHED")
@@ -105,8 +106,8 @@ def test_the_printed_url_shows_the_trials_and_their_test_acc_chart(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("browse")
     # tagged as model training, with the saved view the URL opens, and each variant's mean on the parent run
-    assert experiment.tags[EXPERIMENT_KIND] == "custom_model_development"
-    assert VIEW_TAG + VIEW_KEY in experiment.tags
+    assert experiment.tags[ExperimentTag.KIND] == "custom_model_development"
+    assert ExperimentTag.VIEW + VIEW_KEY in experiment.tags
     (parent,) = client.search_runs([experiment.experiment_id], "tags.kind = 'study'")
     trials = client.search_runs([experiment.experiment_id], "tags.kind = 'trial'")
     for variant, key in (("ISNM", "test_acc.mean.ISNM"), ("ISNM+GSG", "test_acc.mean.ISNM_GSG")):

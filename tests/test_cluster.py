@@ -28,17 +28,8 @@ from study.run.cluster import token_refusal
 from study.run.worker import usable_gpus
 from study.spec.config import load_study
 from study.spec.plan import plan_trials
-from tests.studies import (
-    finished_output,
-    free_port,
-    loopback_env,
-    run_study,
-    small_study,
-    start_study,
-    steps,
-    trial_runs,
-    wait_for,
-)
+from tests.studies import (finished_output, free_port, loopback_env, run_study, small_study, start_study, steps,
+                           trial_runs, wait_for)
 
 RAY = Path(sys.executable).parent / "ray"
 ENABLE_CLUSTERS = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"

@@ -108,10 +108,10 @@ BAD = [
      "trials 'A seed=0' and 'B seed=0' have the same config"),
     ("search ranked on the test set", {**GOOD, "variants": {}, "search": {"metric": "test_acc",
                                                                          "space": {"lr": {"loguniform": [1e-4, 1e-2]}}}},
-     "search.metric: got 'test_acc', expected 'val_acc' or 'train_acc'"),
+     "search.metric: got 'test_acc', expected 'train_loss' or 'train_acc' or 'val_acc'"),
     ("search ranked on the test pass's firing", {**GOOD, "variants": {}, "search": {
         "metric": "spike_rate", "mode": "min", "space": {"lr": {"loguniform": [1e-4, 1e-2]}}}},
-     "search.metric: got 'spike_rate', expected 'val_acc' or 'train_acc' or 'train_loss' or 'val_spike_rate'"),
+     "search.metric: got 'spike_rate', expected 'train_loss' or 'train_acc' or 'val_acc' or 'val_spike_rate'"),
     ("search on val_spike_rate without validation", {**GOOD, "variants": {}, "base": {**GOOD["base"], "validation": 0},
                                                      "search": {"metric": "val_spike_rate", "mode": "min",
                                                                 "space": {"lr": {"loguniform": [1e-4, 1e-2]}}}},

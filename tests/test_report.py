@@ -8,7 +8,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from study.report.cells import Status, runs_frame
+from study.records import read_runs
+from study.report.cells import Status
+from study.report.sources import runs_frame
 from study.report.cli import main
 from study.report.stats import mean_std, welch
 from study.report.tables import counts_line
@@ -217,12 +219,12 @@ def test_cells_from_several_commits_are_flagged(store):
     assert "**cells come from 2 commits**: 0000000 (2 runs), 1111111+dirty (1 runs)" in text
 
 
-def test_runs_frame_is_what_mlflow_search_runs_gives(store, monkeypatch):
+def test_the_csv_of_every_run_is_what_mlflow_search_runs_gives(store, monkeypatch):
     folder, uri = store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # mlflow.search_runs takes no store: it reads this
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("tiny_table").experiment_id
-    ours, theirs = runs_frame(client, exp), mlflow.search_runs([exp])
+    ours, theirs = runs_frame(list(read_runs(client, [exp]))), mlflow.search_runs([exp])
     assert sorted(ours.columns) == sorted(theirs.columns) and len(ours) == 7  # 6 trial runs and the parent
     assert ours.equals(theirs[ours.columns])
 

@@ -53,7 +53,7 @@ def test_a_recorded_run_reproduces_bit_for_bit_and_is_logged(store, trained, cap
     assert main([run_id, "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
     assert "same code, versions, device, threads and data" in out
-    assert "verdict: bit-identical: 14 values over 2 epoch(s)" in out
+    assert "verdict: bit-identical: 16 values over 2 epoch(s)" in out
     assert "| 2 | " in out  # the side-by-side table
     (again,) = client.search_runs([exp], f"tags.reproduces = '{run_id}'")
     assert again.data.tags["kind"] == "reproduction" and again.data.tags["verdict"].startswith("bit-identical")
@@ -84,14 +84,14 @@ def test_another_commit_is_said_plainly_and_checked_for_closeness(store, trained
     assert main([run_id, "--tracking-uri", uri, "--epochs", "1"]) == 0
     out = capsys.readouterr().out
     assert "commit" in out.split("differences from the recorded run:")[1].splitlines()[1]
-    assert "verdict: bit-identical: 7 values over 1 epoch(s) equal the recorded ones to the last bit, although " \
+    assert "verdict: bit-identical: 8 values over 1 epoch(s) equal the recorded ones to the last bit, although " \
            "these differ: commit" in out
     with sqlite3.connect(uri[len("sqlite:///"):]) as db:  # what another commit might change a little
         db.execute("UPDATE metrics SET value = value + 1e-4 WHERE run_uuid = ? AND key = 'test_acc'", (run_id,))
     assert main([run_id, "--tracking-uri", uri, "--epochs", "1", "--tolerance", "0.001"]) == 0
     out = capsys.readouterr().out
     assert "checking closeness within an absolute tolerance of 0.001" in out
-    assert "verdict: close: 7 values over 1 epoch(s) within 0.001" in out
+    assert "verdict: close: 8 values over 1 epoch(s) within 0.001" in out
     assert main([run_id, "--tracking-uri", uri, "--epochs", "1", "--tolerance", "1e-5"]) == 1
     assert "verdict: different: epoch 1, test_acc" in capsys.readouterr().out
 

@@ -42,3 +42,24 @@ def test_a_search_samples_stops_early_and_ranks_on_validation(tmp_path):
     overlay = yaml.safe_load(text.split("```yaml")[1].split("```")[0])
     best = ranked[0].data.params
     assert overlay == {"base": {"lr": float(best["lr"]), "surrogate": {"alpha": best["surrogate.alpha"]}}}
+
+
+def test_a_search_for_sparse_networks_ranks_on_the_validation_passs_firing(tmp_path):
+    study = {**STUDY, "name": "sparse", "search": {"algorithm": "random", "num_samples": 3, "metric": "val_spike_rate",
+                                                   "mode": "min", "space": {"neuron.tau": {"uniform": [1.5, 4.0]}}}}
+    study["base"] = {**STUDY["base"], "epochs": 2}
+    path = tmp_path / "sparse.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    run_study(tmp_path, str(path))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    trials = client.search_runs([client.get_experiment_by_name("sparse").experiment_id], "tags.kind = 'trial'")
+    assert len(trials) == 3 and all(len(client.get_metric_history(r.info.run_id, "val_spike_rate")) == 2
+                                    for r in trials)  # logged every epoch, as every selectable metric is
+    assert report(["--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r/sparse.md").read_text()
+    assert "No finished search trials yet" not in text and "Validation spike rate (%)" in text
+    table = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    ranked = sorted(trials, key=lambda r: r.data.metrics["val_spike_rate"])  # the sparsest first
+    assert [float(line.split(" | ")[2]) for line in table] == [round(100 * r.data.metrics["val_spike_rate"], 2)
+                                                              for r in ranked]

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from typing import TYPE_CHECKING
 
 from mlflow.entities import Metric
 
+from isnm import metrics
 from study.errors import StudyError, user_error_exit
 from study.markdown import markdown_table
-from study.report.cells import metric_at
+from study.records import at_timesteps
 from study.tracking.recorded import fetch_weights, recorded_run
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def evaluate_run(client, run_id: str, timesteps: list[int]) -> int:
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, resolve_device(cfg.device), cfg.validation)
     except DataError as exc:
         raise StudyError(str(exc)) from None
-    epoch = max((m.step for m in client.get_metric_history(run_id, "test_acc")), default=0)
+    epoch = max((m.step for m in client.get_metric_history(run_id, metrics.TEST_ACC)), default=0)
     recalibrated = (f"batch-norm statistics recalibrated at each T on the first "
                     f"{len(data.train_x[:cfg.bn_recalibration])} training images, as the training does before it "
                     f"evaluates" if cfg.bn_recalibration else
@@ -61,7 +61,7 @@ def evaluate_run(client, run_id: str, timesteps: list[int]) -> int:
     found = accuracies(cfg, data, weights, timesteps)
     rows = [[f"{t} (trained)" if t == cfg.timesteps else str(t), f"{100 * acc:.2f}"] for t, acc in found.items()]
     print("\n" + markdown_table(["T", "test accuracy (%)"], rows) + "\n")
-    recorded = run.data.metrics.get("test_acc")
+    recorded = run.data.metrics.get(metrics.TEST_ACC)
     if cfg.timesteps in found and recorded is not None:
         here = found[cfg.timesteps]
         print(f"at the trained T={cfg.timesteps}: {here:.6f}, " + (
@@ -70,8 +70,8 @@ def evaluate_run(client, run_id: str, timesteps: list[int]) -> int:
             f"here are not the run's "
             f"(`python -m study.reproduce {run_id}` says which)"))
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(metric_at(t), acc, now, epoch) for t, acc in found.items()])
-    print(f"logged {', '.join(metric_at(t) for t in found)} on run {run_id}")
+    client.log_batch(run_id, metrics=[Metric(at_timesteps(t), acc, now, epoch) for t, acc in found.items()])
+    print(f"logged {', '.join(at_timesteps(t) for t in found)} on run {run_id}")
     return 0
 
 
@@ -95,6 +95,3 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         return user_error_exit(exc)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

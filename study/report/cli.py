@@ -8,28 +8,19 @@ sample std over seeds of one planned cell. The parts: `cells` (runs to cells), `
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from study.errors import StudyError, user_error_exit
-from study.report.cells import Cell, runs_frame, table_cells
+from study.records import METRICS, TABULATED, Artifact, Kind, Tag, read_runs
+from study.report.cells import ROW_KEY, Cell, table_cells
 from study.report.leaderboard import leaderboard
 from study.report.plots import plot_curves, plot_firing, plot_schedule
-from study.report.sources import provenance_line, write_sources
-from study.report.tables import (
-    HEADERS,
-    METRIC_HEADERS,
-    counts_line,
-    label,
-    paper_figure,
-    render_column_welch,
-    render_table,
-    render_welch,
-    setting_line,
-)
-from study.spec.config import METRICS, Study, Table, load_study
+from study.report.sources import provenance_line, runs_frame, write_sources
+from study.report.tables import (HEADERS, counts_line, label, paper_figure, render_column_welch, render_table,
+                                 render_welch, setting_line)
+from study.spec.config import Study, Table, load_study
 from study.spec.plan import plan_trials
 
 if TYPE_CHECKING:
@@ -38,25 +29,20 @@ if TYPE_CHECKING:
 
 def study_names(client: MlflowClient) -> list[str]:
     """Studies in the store: experiments with at least one parent run of study.run."""
-    names = []
-    for exp in client.search_experiments():
-        if client.search_runs([exp.experiment_id], "tags.kind = 'study'", max_results=1):
-            names.append(exp.name)
-    return sorted(names)
+    return sorted(exp.name for exp in client.search_experiments()
+                  if next(read_runs(client, [exp.experiment_id], Kind.STUDY, limit=1), None))
 
 
 def latest_study(client: MlflowClient, exp_id: str, workdir: Path) -> tuple[Study, str]:
     """The study file (and profile) of the latest invocation, from its parent run's artifacts."""
-    parents = client.search_runs([exp_id], "tags.kind = 'study'", order_by=["attributes.start_time DESC"],
-                                 max_results=1)
-    if not parents:
+    parent = next(read_runs(client, [exp_id], Kind.STUDY, newest_first=True, limit=1), None)
+    if parent is None:
         raise StudyError(f"experiment {client.get_experiment(exp_id).name!r} has no run of study.run")
-    parent = parents[0]
-    files = [a.path for a in client.list_artifacts(parent.info.run_id) if a.path.endswith((".yaml", ".yml"))]
+    files = [a.path for a in client.list_artifacts(parent.run_id) if a.path.endswith((".yaml", ".yml"))]
     if not files:
-        raise StudyError(f"run {parent.info.run_id} holds no study file; was it made by study.run?")
-    local = client.download_artifacts(parent.info.run_id, files[0], str(workdir))
-    return load_study(local, parent.data.tags.get("profile") or None), parent.info.run_id
+        raise StudyError(f"run {parent.run_id} holds no study file; was it made by study.run?")
+    local = client.download_artifacts(parent.run_id, files[0], str(workdir))
+    return load_study(local, parent.tags.get(Tag.PROFILE) or None), parent.run_id
 
 
 def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: Optional[str], stat: str,
@@ -68,10 +54,9 @@ def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: O
         raise StudyError(f"no study {name!r} in {uri}; studies there: {', '.join(study_names(client)) or 'none'}")
     with tempfile.TemporaryDirectory() as tmp:
         study, parent_id = latest_study(client, exp.experiment_id, Path(tmp))
-    runs = runs_frame(client, exp.experiment_id)
-    children = runs[runs["tags.mlflow.parentRunId"].notna()] if "tags.mlflow.parentRunId" in runs else runs.iloc[0:0]
+    children = [run for run in read_runs(client, [exp.experiment_id], Kind.TRIAL) if run.parent_id]
     table = study.spec.table or Table()
-    metrics = [metric] if metric else table.metrics
+    shown = [metric] if metric else table.metrics
     out.mkdir(parents=True, exist_ok=True)
     parts = [f"# {study.name}", study.spec.description, setting_line(study)]
     plots: list[Path] = []
@@ -79,13 +64,13 @@ def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: O
         parts.append(f"## Leaderboard (ranked by final {study.spec.search.metric}; test accuracy of the final "
                      f"epoch beside it)\n\n" + leaderboard(client, children, study))
     else:
-        level = "###" if len(metrics) > 1 else "##"  # with several metrics, a section each above the splits
+        level = "###" if len(shown) > 1 else "##"  # with several metrics, a section each above the splits
         by_metric: dict[str, list[Cell]] = {}
-        for metric in metrics:
+        for metric in shown:
             cells, counts = table_cells(client, study, children, table, metric, stat)
             by_metric[metric] = cells
-            if len(metrics) > 1:
-                parts.append(f"## {METRIC_HEADERS[metric]}")
+            if len(shown) > 1:
+                parts.append(f"## {METRICS[metric].header}")
             # the published figures are of the table's own (first) metric, never of another one asked for
             paper = table.paper if metric == table.metrics[0] else {}
             compared = any(paper_figure(paper, c.key) is not None for c in cells)
@@ -96,7 +81,7 @@ def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: O
                 parts.append(title + render_table(mine, table, metric, split_value, paper))
             parts.append(f"{stat.capitalize()} {metric}, mean ± sample std over seeds; n = finished seeds where "
                          f"fewer than planned; best in bold" + ("; Δ = ours − paper." if compared else "."))
-            if table.keys == ["variant"]:
+            if table.keys == [ROW_KEY]:
                 differences = render_welch(cells, metric)
                 if differences:
                     parts.append("### Differences to the first row\n\n" + differences)
@@ -111,19 +96,19 @@ def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: O
         curves, schedule = out / f"{study.name}-curves.png", out / f"{study.name}-schedule.png"
         firing = out / f"{study.name}-firing.png"
         if any(c.run_ids for c in cells):
-            plot_curves(client, cells, table, metrics, curves)
+            plot_curves(client, cells, table, shown, curves)
             plot_schedule(client, cells, {t.config_hash: t.config for t in plan_trials(study)}, schedule)
             plots = [curves, schedule]
-            parts.append(f"![{', '.join(metrics)} per epoch]({curves.name})\n\n![surrogate schedule]({schedule.name})")
+            parts.append(f"![{', '.join(shown)} per epoch]({curves.name})\n\n![surrogate schedule]({schedule.name})")
             if plot_firing(children, cells, table, firing):
                 plots.append(firing)
                 parts.append(f"![firing rate per spiking layer]({firing.name})")
     text = "\n\n".join(p for p in parts if p) + "\n"
     (out / f"{study.name}.md").write_text(text)
     if write_csv:
-        children.to_csv(out / f"{study.name}.csv", index=False)
+        runs_frame(children).to_csv(out / f"{study.name}.csv", index=False)
     for plot in plots:
-        client.log_artifact(parent_id, str(plot), "report")
+        client.log_artifact(parent_id, str(plot), Artifact.REPORT)
     return text
 
 
@@ -132,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("studies", nargs="*", metavar="STUDY", help="study names (default: every study in the store)")
     parser.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     parser.add_argument("--out", default="reports", help="folder for <study>.md and plots (default reports/)")
-    parser.add_argument("--metric", choices=METRICS, help="metric to tabulate (default: the study file's)")
+    parser.add_argument("--metric", choices=TABULATED, help="metric to tabulate (default: the study file's)")
     parser.add_argument("--stat", choices=("final", "best"), default="final",
                         help="each run's last-epoch value, or its best epoch (default final)")
     parser.add_argument("--format", choices=("md", "csv"), default="md", help="csv also writes every run's row")
@@ -155,6 +140,3 @@ def main(argv: list[str] | None = None) -> int:
         return user_error_exit(exc)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from isnm.metrics import LAYER_RATE
+from isnm import metrics
+from study.records import LAYER_RATE, METRICS, RunRecord
 from study.report.cells import Cell
-from study.report.tables import METRIC_HEADERS, label, scaled
+from study.report.tables import label, scaled
 from study.spec.config import Table
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ def plot_curves(client: MlflowClient, cells: list[Cell], table: Table, metrics: 
                 std = data.std(0, ddof=1)
                 ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(METRIC_HEADERS[metric])
+        ax.set_ylabel(METRICS[metric].header)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -53,20 +54,21 @@ def layer_order(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def plot_firing(runs: pd.DataFrame, cells: list[Cell], table: Table, path: Path) -> bool:
+def plot_firing(runs: list[RunRecord], cells: list[Cell], table: Table, path: Path) -> bool:
     """Each spiking layer's final firing rate, in network order, for every line of the table (mean over seeds,
     bars of ± std); False, and no figure, when the runs logged no per-layer rates (made before they were)."""
-    columns = sorted((c for c in runs.columns if c.startswith(f"metrics.{LAYER_RATE}")), key=layer_order)
+    columns = sorted({k for run in runs for k in run.metrics if k.startswith(LAYER_RATE)}, key=layer_order)
     if not columns:
         return False
+    finals = pd.DataFrame([{"run_id": run.run_id, **run.metrics} for run in runs], columns=["run_id", *columns])
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    layers = [c.removeprefix(f"metrics.{LAYER_RATE}") for c in columns]
+    layers = [c.removeprefix(LAYER_RATE) for c in columns]
     fig, ax = plt.subplots(figsize=(max(7.0, 0.45 * len(layers) + 3), 4.2))
     for cell in cells:
-        rates = runs[runs["run_id"].isin(cell.run_ids)][columns] * 100
+        rates = finals[finals["run_id"].isin(cell.run_ids)][columns] * 100
         if rates.empty:
             continue
         ax.errorbar(range(len(layers)), rates.mean(), yerr=rates.std(ddof=1) if len(rates) > 1 else None,
@@ -122,7 +124,8 @@ def plot_schedule(client: MlflowClient, cells: list[Cell], configs: dict[str, di
                 x = np.arange(1, epochs + 2)
                 curve = [surrogate_at(cfg.surrogate, min(e, epochs) - 1, epochs) for e in x]
             name = schedule_label(config["surrogate"]) + (f", {epochs} epochs" if len(lengths) > 1 else "")
-            for ax, key, values in ((top, "beta", [b for _, b in curve]), (bottom, "alpha", [a for a, _ in curve])):
+            for ax, key, values in ((top, metrics.BETA, [b for _, b in curve]),
+                                    (bottom, metrics.ALPHA, [a for a, _ in curve])):
                 line, = ax.plot(x, values, drawstyle="default" if len(x) > epochs + 1 else "steps-post", label=name)
                 logged = sorted(client.get_metric_history(source.run_id, key), key=lambda m: m.step)
                 # a run logs each epoch's last beta: per step, that of the epoch's end

@@ -1,10 +1,15 @@
-"""Where a report's numbers come from: its provenance line, and `<study>.runs.csv` with every run it used."""
+"""Where a report's numbers come from: its provenance line, `<study>.runs.csv` with every run it used, and (with
+`--format csv`) `<study>.csv` with every trial run of the study as MLflow holds it."""
 from __future__ import annotations
 
 import csv
+import math
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
+
+from study.records import RunRecord, Tag
 from study.report.cells import Cell
 from study.report.tables import label
 from study.spec.config import Table
@@ -37,12 +42,27 @@ def write_sources(path: Path, table: Table, by_metric: dict[str, list[Cell]]) ->
         for cell in cells:
             for source in cell.sources:
                 row = rows.setdefault(source.run_id, {
-                    "cell": " / ".join(label(table, v) for v in cell.key), "variant": source.variant,
-                    "seed": source.seed, "run_id": source.run_id, "config_hash": source.config_hash,
-                    "git_commit": source.git_commit, "torch": source.torch, "device": source.device})
+                    "cell": " / ".join(label(table, v) for v in cell.key), Tag.VARIANT: source.variant,
+                    Tag.SEED: source.seed, "run_id": source.run_id, Tag.CONFIG_HASH: source.config_hash,
+                    Tag.GIT_COMMIT: source.git_commit, "torch": source.torch, "device": source.device})
                 row[metric] = source.value
-    columns = ["cell", "variant", "seed", "run_id", "config_hash", "git_commit", "torch", "device", *by_metric]
+    columns = ["cell", Tag.VARIANT, Tag.SEED, "run_id", Tag.CONFIG_HASH, Tag.GIT_COMMIT, "torch", "device", *by_metric]
     with path.open("w", newline="") as file:
         writer = csv.DictWriter(file, columns)
         writer.writeheader()
         writer.writerows(rows.values())
+
+
+def runs_frame(runs: list[RunRecord]) -> pd.DataFrame:
+    """The runs one row each, in the columns of `mlflow.search_runs` (run_id, status, start_time, ..., metrics.*,
+    params.*, tags.*; missing metrics NaN, missing params and tags None)."""
+    data: dict[str, list] = {
+        "run_id": [r.run_id for r in runs], "experiment_id": [r.experiment_id for r in runs],
+        "status": [r.status for r in runs], "artifact_uri": [r.artifact_uri for r in runs],
+        "start_time": [pd.to_datetime(r.start_time, unit="ms", utc=True) for r in runs],
+        "end_time": [pd.to_datetime(r.end_time, unit="ms", utc=True) for r in runs]}
+    for prefix, missing in (("metrics", math.nan), ("params", None), ("tags", None)):
+        logged = [getattr(r, prefix) for r in runs]
+        for key in dict.fromkeys(k for values in logged for k in values):
+            data[f"{prefix}.{key}"] = [values.get(key, missing) for values in logged]
+    return pd.DataFrame(data)

@@ -1,7 +1,7 @@
 """A report's Markdown from its cells: the paper-shaped table, the differences by Welch's t, the lines around them.
 
-Values print as the paper prints them: accuracies and rates in percent with 2 decimals, synaptic operations in
-millions with 2, the rest with 4.
+Values print as the metric registry (`study.records.METRICS`) says, as the paper prints them: accuracies and
+rates in percent with 2 decimals, synaptic operations in millions with 2, the rest with 4.
 """
 from __future__ import annotations
 
@@ -9,40 +9,34 @@ import math
 from collections import Counter
 from typing import Any, Optional
 
+from isnm import metrics
 from study.markdown import markdown_table
-from study.report.cells import Cell, Status
+from study.records import METRICS
+from study.report.cells import ROW_KEY, Cell, Status
 from study.report.stats import mean_std, welch
-from study.spec.config import MAXIMIZED, Study, Table
+from study.spec.config import Study, Table
 from study.spec.plan import plan_trials
 
-HEADERS = {"variant": "Method", "dataset": "Dataset", "arch": "Architecture", "timesteps": "TimeStep",
+HEADERS = {ROW_KEY: "Method", "dataset": "Dataset", "arch": "Architecture", "timesteps": "TimeStep",
            "surrogate.function": "Surrogate", "surrogate.schedule": "Schedule", "surrogate.shape": "Shape"}
-
-
-METRIC_HEADERS = {"test_acc": "Accuracy (%)", "val_acc": "Validation accuracy (%)", "train_acc": "Train accuracy (%)",
-                  "spike_rate": "Spike rate (%)", "train_loss": "Train loss", "synops": "SynOps (M/image)",
-                  "energy": "Energy (µJ/image)"}
-
-
-PERCENT = ("test_acc", "val_acc", "train_acc", "spike_rate")
-
-
-PRINT_SCALE = {"synops": 1e-6}  # besides PERCENT (x100): printed in millions
-
-
 DASH = "—"
 
 
 def scaled(value: float, metric: str) -> float:
-    return value * 100 if metric in PERCENT else value * PRINT_SCALE.get(metric, 1.0)
+    return METRICS[metric].shown(value)
 
 
 def number(value: float, metric: str) -> str:
-    return f"{value:.2f}" if metric in PERCENT or metric in PRINT_SCALE else f"{value:.4f}"
+    return METRICS[metric].text(value)
 
 
 def signed(value: float, metric: str) -> str:
-    return f"{value:+.2f}" if metric in PERCENT or metric in PRINT_SCALE else f"{value:+.4f}"
+    return METRICS[metric].signed(value)
+
+
+def unit(metric: str) -> str:
+    """A difference's unit: percentage points for a metric printed in percent."""
+    return " (pp)" if METRICS[metric].percent else ""
 
 
 def label(table: Table, value: Any) -> str:
@@ -63,8 +57,8 @@ def extra_text(cell: Cell, metric: str) -> str:
     """An `extra` column's cell: the final `metric` over the cell's seeds; energy with its ratio to the ANN's."""
     values = cell.extras.get(metric, [])
     text = cell_text(values, cell.planned, metric)
-    ann = cell.extras.get("energy_ann", [])
-    if metric == "energy" and values and ann:
+    ann = cell.extras.get(metrics.ENERGY_ANN, [])
+    if metric == metrics.ENERGY and values and ann:
         text += f" ({mean_std(values)[0] / mean_std(ann)[0]:.2f}× ANN)"
     return text
 
@@ -94,13 +88,13 @@ def render_table(cells: list[Cell], table: Table, metric: str, split_value: tupl
     offset = len(split_value)
     n_rows = len(table.row_keys)
     has_paper = any(paper_figure(paper, c.key) is not None for c in cells)
-    beside = table.eval_timesteps and metric == "test_acc"  # they are test accuracies: beside test_acc only
+    beside = table.eval_timesteps and metric == metrics.TEST_ACC  # they are test accuracies: beside test_acc only
     evaluated = sorted({t for c in cells for t in c.at_timesteps}) if beside else []
     header = (["Method"] if table.method else []) + [HEADERS.get(k, k) for k in table.row_keys + table.column_keys]
-    header += [METRIC_HEADERS[metric]] + (["Paper (%)", "Δ"] if has_paper else [])
-    header += [f"Accuracy at T={t} (%)" for t in evaluated] + [METRIC_HEADERS[m] for m in table.extra]
+    header += [METRICS[metric].header] + (["Paper (%)", "Δ"] if has_paper else [])
+    header += [f"Accuracy at T={t} (%)" for t in evaluated] + [METRICS[m].header for m in table.extra]
     means = {c.key: mean_std([scaled(v, metric) for v in c.values])[0] for c in cells if c.values}
-    best = (max if metric in MAXIMIZED else min)(means.values()) if means else None
+    best = (max if METRICS[metric].maximize else min)(means.values()) if means else None
     lines, previous = [], None
     for cell in cells:
         own = cell.key[offset:]
@@ -145,8 +139,7 @@ def render_welch(cells: list[Cell], metric: str) -> Optional[str]:
     if len(cells) < 2 or len(first.values) < 2:
         return None
     rows = [[str(cell.key[-1]), *welch_cells(first, cell, metric)] for cell in cells[1:]]
-    unit = " (pp)" if metric in PERCENT else ""
-    header = ["Method", f"Δ vs {first.key[-1]}{unit}", f"95% CI{unit}", "p (Welch)"]
+    header = ["Method", f"Δ vs {first.key[-1]}{unit(metric)}", f"95% CI{unit(metric)}", "p (Welch)"]
     return markdown_table(header, rows)
 
 
@@ -164,9 +157,9 @@ def render_column_welch(cells: list[Cell], table: Table, metric: str) -> Optiona
     lines = [[label(table, v) for v in key] + welch_cells(first, second, metric) for key, (first, second) in rows.items()]
     if all(line[-1] == DASH for line in lines):
         return None
-    unit = " (pp)" if metric in PERCENT else ""
     first, second = (label(table, v) for v in columns)
-    header = [HEADERS.get(k, k) for k in table.row_keys] + [f"Δ {second} − {first}{unit}", f"95% CI{unit}", "p (Welch)"]
+    header = [HEADERS.get(k, k) for k in table.row_keys] + [f"Δ {second} − {first}{unit(metric)}",
+                                                           f"95% CI{unit(metric)}", "p (Welch)"]
     return markdown_table(header, lines)
 
 

@@ -9,7 +9,6 @@ commit, uncommitted diff, numeric package, device, thread count or data it is cl
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import TYPE_CHECKING
 
 from study.errors import StudyError, user_error_exit
@@ -39,6 +38,3 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         return user_error_exit(exc)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,37 +4,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import yaml
 
+from isnm import metrics
 from study.errors import StudyError
 from study.markdown import markdown_table
-from study.tracking.provenance import (
-    CONFIG_ARTIFACT,
-    DIFF_ARTIFACT,
-    CodeState,
-    code_state,
-    differences,
-    environment,
-    environment_tags,
-    recorded_environment,
-)
+from study.records import REPRODUCED, Artifact, Kind, RunRecord, Tag
+from study.tracking.provenance import (CodeState, code_state, differences, environment, environment_tags,
+                                       recorded_environment)
 from study.tracking.recorded import recorded_run
 
-if TYPE_CHECKING:
-    pass
-
-
-COMPARED = ("train_loss", "train_acc", "val_acc", "test_acc", "spike_rate", "beta", "alpha")  # not epoch_seconds
-
-
-SHOWN = ("train_loss", "test_acc")  # the side-by-side columns; the verdict covers every compared metric
-
-
+SHOWN = (metrics.TRAIN_LOSS, metrics.TEST_ACC)  # the side-by-side columns; the verdict covers every REPRODUCED one
 NOT_NUMERIC = ("ray", "mlflow", "optuna")  # versions that cannot change a trained number
-
-
 DEFAULT_TOLERANCE = 0.02  # absolute, on accuracies (fractions), losses and rates alike
 
 
@@ -59,7 +42,7 @@ def code_differences(recorded: CodeState, here: CodeState) -> list[tuple[str, st
 def histories(client, run_id: str, epochs: int) -> dict[str, dict[int, float]]:
     """metric -> {epoch: value} as logged, for the compared metrics the run has."""
     out = {}
-    for key in COMPARED:
+    for key in REPRODUCED:
         values = {m.step: m.value for m in client.get_metric_history(run_id, key) if 1 <= m.step <= epochs}
         if values:
             out[key] = values
@@ -69,12 +52,12 @@ def histories(client, run_id: str, epochs: int) -> dict[str, dict[int, float]]:
 def first_mismatch(recorded: dict[str, dict[int, float]], here: list[dict], tolerance: Optional[float]
                    ) -> Optional[Mismatch]:
     """The first epoch (then metric) where the reproduction differs: at all (tolerance None) or by more."""
-    for metrics in here:
-        epoch = metrics["epoch"]
+    for measured in here:
+        epoch = measured[metrics.EPOCH]
         for key, values in recorded.items():
             if epoch not in values:
                 continue
-            a, b = values[epoch], float(metrics[key])
+            a, b = values[epoch], float(measured[key])
             if (a != b) if tolerance is None else abs(a - b) > tolerance:
                 return Mismatch(epoch, key, a, b)
     return None
@@ -82,14 +65,14 @@ def first_mismatch(recorded: dict[str, dict[int, float]], here: list[dict], tole
 
 def side_by_side(recorded: dict[str, dict[int, float]], here: list[dict]) -> str:
     shown = [k for k in SHOWN if k in recorded]
-    header = ["epoch"] + [f"{k} {side}" for k in shown for side in ("recorded", "here")] + ["largest Δ of all metrics"]
+    header = [metrics.EPOCH] + [f"{k} {side}" for k in shown for side in ("recorded", "here")] + ["largest Δ of all metrics"]
     rows = []
-    for metrics in here:
-        epoch = metrics["epoch"]
+    for measured in here:
+        epoch = measured[metrics.EPOCH]
         cells = [str(epoch)]
         for key in shown:
-            cells += [f"{recorded[key].get(epoch, float('nan')):.6f}", f"{float(metrics[key]):.6f}"]
-        gaps = [abs(v[epoch] - float(metrics[k])) for k, v in recorded.items() if epoch in v]
+            cells += [f"{recorded[key].get(epoch, float('nan')):.6f}", f"{float(measured[key]):.6f}"]
+        gaps = [abs(v[epoch] - float(measured[k])) for k, v in recorded.items() if epoch in v]
         cells.append(f"{max(gaps):.2e}" if gaps else "-")
         rows.append(cells)
     return markdown_table(header, rows)
@@ -98,17 +81,17 @@ def side_by_side(recorded: dict[str, dict[int, float]], here: list[dict]) -> str
 def log_reproduction(client, run, config: dict, here: list[dict], code: CodeState, env: dict, verdict: str) -> str:
     from study.tracking.writers import code_tags, log_epoch, log_text
 
-    tags = {"kind": "reproduction", "reproduces": run.info.run_id, "verdict": verdict, **code_tags(code),
-            **environment_tags(env), "config_hash": run.data.tags.get("config_hash", "")}
+    tags = {Tag.KIND: Kind.REPRODUCTION, Tag.REPRODUCES: run.info.run_id, Tag.VERDICT: verdict, **code_tags(code),
+            **environment_tags(env), Tag.CONFIG_HASH: run.data.tags.get(Tag.CONFIG_HASH, "")}
     if here:
-        tags["data_fingerprint"] = str(here[-1]["data_fingerprint"])
+        tags[Tag.DATA_FINGERPRINT] = str(here[-1][metrics.DATA_FINGERPRINT])
     new = client.create_run(run.info.experiment_id, run_name=f"reproduce {run.info.run_name}", tags=tags)
     run_id = new.info.run_id
-    for metrics in here:
-        log_epoch(client, run_id, metrics)
-    log_text(client, run_id, CONFIG_ARTIFACT, yaml.safe_dump(config, sort_keys=False))
+    for measured in here:
+        log_epoch(client, run_id, measured)
+    log_text(client, run_id, Artifact.CONFIG, yaml.safe_dump(config, sort_keys=False))
     if code.dirty:
-        log_text(client, run_id, DIFF_ARTIFACT, code.diff)
+        log_text(client, run_id, Artifact.DIFF, code.diff)
     client.set_terminated(run_id, "FINISHED")
     return run_id
 
@@ -118,8 +101,8 @@ def reproduce(client, run_id: str, epochs: Optional[int], tolerance: float) -> i
     from study.tracking.cache import source_code
 
     run, config, cfg = recorded_run(client, run_id)
-    recorded_hash, hash_here = run.data.tags.get("config_hash"), config_hash(to_dict(cfg))
-    logged = max((m.step for m in client.get_metric_history(run_id, "test_acc")), default=0)
+    recorded_hash, hash_here = run.data.tags.get(Tag.CONFIG_HASH), config_hash(to_dict(cfg))
+    logged = max((m.step for m in client.get_metric_history(run_id, metrics.TEST_ACC)), default=0)
     if logged == 0:
         raise StudyError(f"run {run_id} logged no epoch; nothing to compare")
     last = min(epochs or logged, logged)
@@ -129,22 +112,23 @@ def reproduce(client, run_id: str, epochs: Optional[int], tolerance: float) -> i
     if recorded_hash and recorded_hash != hash_here:
         print(f"note: this code hashes the config as {hash_here}, the run recorded {recorded_hash}")
 
-    code, recorded_code = code_state(), source_code(client, run)
+    code, recorded_code = code_state(), source_code(client, RunRecord.of(run))
     here: list[dict] = []
     began = time.perf_counter()
 
-    def collect(metrics: dict, state: dict) -> None:
-        here.append(metrics)
-        print(f"  epoch {metrics['epoch']}/{last}  train_loss {metrics['train_loss']:.6f}  "
-              f"test_acc {metrics['test_acc']:.6f}  {metrics['epoch_seconds']:.1f}s", flush=True)
+    def collect(measured: dict, state: dict) -> None:
+        here.append(measured)
+        print(f"  epoch {measured[metrics.EPOCH]}/{last}  {metrics.TRAIN_LOSS} {measured[metrics.TRAIN_LOSS]:.6f}  "
+              f"{metrics.TEST_ACC} {measured[metrics.TEST_ACC]:.6f}  {measured[metrics.EPOCH_SECONDS]:.1f}s",
+              flush=True)
 
     try:
         train(config, on_epoch=collect, last_epoch=last)
     except DataError as exc:
         raise StudyError(str(exc)) from None
     env = environment(str(resolve_device(cfg.device)))
-    recorded_env = {**recorded_env, "data": run.data.tags.get("data_fingerprint", "-")}
-    env_here = {**env, "data": str(here[-1]["data_fingerprint"])}
+    recorded_env = {**recorded_env, "data": run.data.tags.get(Tag.DATA_FINGERPRINT, "-")}
+    env_here = {**env, "data": str(here[-1][metrics.DATA_FINGERPRINT])}
     changes = code_differences(recorded_code, code) + differences(recorded_env, env_here)
     print(f"trained {len(here)} epoch(s) in {time.perf_counter() - began:.0f}s\n")
     if changes:
@@ -158,7 +142,7 @@ def reproduce(client, run_id: str, epochs: Optional[int], tolerance: float) -> i
     exact = not numeric
     recorded = histories(client, run_id, last)
     print("\n" + side_by_side(recorded, here) + "\n")
-    compared = sum(1 for m in here for values in recorded.values() if m["epoch"] in values)
+    compared = sum(1 for m in here for values in recorded.values() if m[metrics.EPOCH] in values)
     mismatch = first_mismatch(recorded, here, None)
     if mismatch is None:
         despite = "" if exact else f", although these differ: {', '.join(numeric)}"

@@ -40,10 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def check_before_start(study: Study, trials: list[Trial], address: Optional[str]) -> None:
     """Mistakes found without starting anything: data that is missing or damaged, GPUs this machine
     lacks, a Ray address where nothing listens. CIFAR is fetched here, once, when the study may."""
-    from isnm import (
-        DataError,  # torch loads only here, after the file itself is known good
-        check_data,
-    )
+    from isnm import DataError, check_data  # torch loads only here, after the file itself is known good
     from study.run.cluster import check_address
 
     check_address(address)
@@ -118,6 +115,3 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         return user_error_exit(exc)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

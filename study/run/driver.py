@@ -12,6 +12,8 @@ from typing import Optional
 import ray
 
 from study.errors import StudyError, first_line, last_line
+from isnm import metrics
+from study.records import Reported, RunRecord
 from study.run.cluster import start_ray
 from study.run.signals import Interrupts
 from study.run.storage import Experiment
@@ -31,16 +33,16 @@ def summary_lines(rows: list[tuple[str, str, str]]) -> list[str]:
 
 
 def result_row(result, describe) -> tuple[str, str, str]:
-    metrics = result.metrics or {}
+    reported = result.metrics or {}
     if result.error:
         status = "failed: " + last_line(str(result.error))[:120]
-    elif metrics.get("diverged"):
-        status = f"failed: {metrics['diverged']}"
-    elif "test_acc" in metrics:
-        status = f"test_acc {metrics['test_acc']:.4f}"
+    elif reported.get(Reported.DIVERGED):
+        status = f"failed: {reported[Reported.DIVERGED]}"
+    elif metrics.TEST_ACC in reported:
+        status = f"{metrics.TEST_ACC} {reported[metrics.TEST_ACC]:.4f}"
     else:
         status = "not started"
-    seconds = metrics.get("time_total_s")
+    seconds = reported.get("time_total_s")
     return describe(result.config).name, status, f"{seconds:.0f}s" if seconds is not None else "-"
 
 
@@ -58,14 +60,12 @@ def fit_failure(exc: BaseException, experiment: Experiment) -> Optional[StudyErr
                       f"once the store works, run the same command again to resume")
 
 
-def warn_if_cached_elsewhere(code: CodeState, sources: list) -> None:
+def warn_if_cached_elsewhere(code: CodeState, sources: list[RunRecord]) -> None:
     """Cached results trained by other code than this tree's: say so, since the table will mix them."""
     others: dict[str, int] = {}
     for run in sources:
-        commit, dirty = run.data.tags.get("git_commit", "unknown"), run.data.tags.get("git_dirty") == "true"
-        if commit != code.commit or dirty or code.dirty:
-            label = commit[:7] + ("+dirty" if dirty else "")
-            others[label] = others.get(label, 0) + 1
+        if run.commit != code.commit or run.dirty or code.dirty:
+            others[run.code] = others.get(run.code, 0) + 1
     if others:
         where = ", ".join(f"{label}: {n}" for label, n in others.items())
         print(f"warning: {sum(others.values())} cached trial(s) were trained by other code than this tree "
@@ -104,7 +104,7 @@ def run_trials(study: Study, trials: list[Trial], args: argparse.Namespace, addr
     warn_if_cached_elsewhere(code, [cached[t.config_hash] for t in trials if t.config_hash in cached])
     for trial in trials:
         source = cached.get(trial.config_hash)
-        if source is not None and source.info.experiment_id != exp_id:
+        if source is not None and source.experiment_id != exp_id:
             copy_cached_run(client, source, exp_id, parent, study.name, trial)
     to_run = [t for t in trials if t.config_hash not in cached]
     rows = {t.name: (t.name, "cached" if t.config_hash in cached else "not started", "-") for t in trials}

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from isnm import HASHED_WHEN_SET
+from isnm import HASHED_WHEN_SET, metrics
 from study.errors import StudyError
 from study.markdown import markdown_table
 from study.spec.config import Study
@@ -27,19 +27,11 @@ from study.spec.plan import Trial
 
 COST_KEYS = ("dataset", "arch", "width", "timesteps", "batch_size", "precision", "device", "kernel", "validation",
              "bn_recalibration", "memory_format", "conv_backward")
-
-
 TIMED_STEPS = 5  # after WARMUP_STEPS: the median of these is a step's time
-
-
 WARMUP_STEPS = 2
-
-
 # Starting Ray and the Tune run before the first trial: measured 8 to 12 s for a local Ray on this 2-core
 # machine (`time python -c "import ray; ray.init()"` and the study's own start, README "Cost estimate")
 RAY_START_S = 10.0
-
-
 CIFAR_SIZES = {"cifar10": (50_000, 10_000, 10), "cifar100": (50_000, 10_000, 100)}  # train, test, classes
 
 
@@ -63,15 +55,15 @@ def setting_label(config: dict) -> str:
 def from_store(client, config: dict) -> Optional[EpochCost]:
     """Seconds per epoch of the finished runs of this setting (the median over runs of each run's mean), None if
     there are none; cached copies are left out (their epochs ran elsewhere, once)."""
-    from study.records import every_run
+    from study.records import Kind, Tag, read_runs
 
     experiments = [e.experiment_id for e in client.search_experiments()]
     means = []
-    for run in every_run(client, experiments, "tags.kind = 'trial' and attributes.status = 'FINISHED'"):
+    for run in read_runs(client, experiments, Kind.TRIAL, "FINISHED"):
         # a key added after the run was made is absent from its params: it ran at that key's old default
-        params = {**{k: str(v) for k, v in HASHED_WHEN_SET.items()}, **run.data.params}
-        if not run.data.tags.get("cached_from") and all(params.get(k) == str(config[k]) for k in COST_KEYS):
-            history = client.get_metric_history(run.info.run_id, "epoch_seconds")
+        params = {**{k: str(v) for k, v in HASHED_WHEN_SET.items()}, **run.params}
+        if Tag.CACHED_FROM not in run.tags and all(params.get(k) == str(config[k]) for k in COST_KEYS):
+            history = client.get_metric_history(run.run_id, metrics.EPOCH_SECONDS)
             if history:
                 means.append(statistics.mean(m.value for m in history))
     if not means:

@@ -20,9 +20,6 @@ from study.errors import StudyError, first_line
 from study.spec.config import Study
 from study.spec.plan import Trial, search_base
 
-STATE_FILE = "state.pt"  # the trial checkpoint: model, optimizer, epoch and RNG states
-
-
 PLAN_FILE = "study_plan.json"  # the trial names a Ray experiment was created with, and each trial's resources
 
 

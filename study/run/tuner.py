@@ -8,7 +8,7 @@ from typing import Optional
 import ray
 from ray import tune
 
-from isnm import config_hash
+from isnm import config_hash, metrics
 from study.errors import StudyError, first_line
 from study.run.storage import Experiment
 from study.run.worker import trainable
@@ -76,7 +76,7 @@ def tune_config(study: Study, max_concurrent: Optional[int]) -> tune.TuneConfig:
     if search.scheduler is not None and search.scheduler.asha is not None:
         options = search.scheduler.asha
         scheduler = tune.schedulers.ASHAScheduler(
-            time_attr="epoch", max_t=study.base["epochs"], grace_period=options.grace_period,
+            time_attr=metrics.EPOCH, max_t=study.base["epochs"], grace_period=options.grace_period,
             reduction_factor=options.reduction_factor)
     return tune.TuneConfig(metric=search.metric, mode=search.mode, num_samples=search.num_samples,
                            search_alg=algorithm, scheduler=scheduler, max_concurrent_trials=max_concurrent,

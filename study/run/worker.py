@@ -15,9 +15,9 @@ import ray
 import torch
 from ray import tune
 
-from isnm import TrainingDiverged, parse_config, resolve_device, train
+from isnm import TrainingDiverged, metrics, parse_config, resolve_device, train
 from study.errors import StudyError, first_line
-from study.run.storage import STATE_FILE
+from study.records import Reported
 from study.tracking.provenance import environment
 
 if TYPE_CHECKING:  # the book travels to this process pickled; study.run.tuner imports this module
@@ -45,7 +45,7 @@ def readable_state(checkpoint: tune.Checkpoint) -> tuple[Optional[dict], str]:
     for candidate in checkpoint_states(checkpoint):
         try:
             with candidate.as_directory() as folder:
-                return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True), "; ".join(notes)
+                return torch.load(Path(folder) / Reported.STATE_FILE, map_location="cpu", weights_only=True), "; ".join(notes)
         except (OSError, EOFError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as exc:
             notes.append(f"{candidate.path.rsplit('/', 1)[-1]} unreadable ({type(exc).__name__}: "
                          f"{first_line(str(exc))[:200]})")
@@ -81,28 +81,29 @@ def trainable(tune_config: dict, book: TrialBook) -> None:
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))  # trials sharing a machine must not fight over cores
     config = book.describe(tune_config).config
-    where = {"node": f"{ray.get_runtime_context().get_node_id()[:12]} {ray.util.get_node_ip_address()}"}
+    node = f"{ray.get_runtime_context().get_node_id()[:12]} {ray.util.get_node_ip_address()}"
+    where = {Reported.NODE: node}
     gpus = usable_gpus(ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count(),
-                       parse_config(config).device, where["node"])
+                       parse_config(config).device, node)
     if gpus:
-        where["gpu_ids"] = gpus
+        where[Reported.GPU_IDS] = gpus
     resume_state, note = None, ""
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         resume_state, note = readable_state(checkpoint)
         if note:
             print(f"warning: {note}")
-            where["checkpoint_note"] = note
+            where[Reported.CHECKPOINT_NOTE] = note
 
-    def report(metrics: dict, state: dict) -> None:
-        if "environment" not in where:  # read once training has set its threads and backends up
-            where["environment"] = json.dumps(environment(str(resolve_device(parse_config(config).device))))
+    def report(measured: dict, state: dict) -> None:
+        if Reported.ENVIRONMENT not in where:  # read once training has set its threads and backends up
+            where[Reported.ENVIRONMENT] = json.dumps(environment(str(resolve_device(parse_config(config).device))))
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(state, Path(folder) / STATE_FILE)
-            tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(folder))
+            torch.save(state, Path(folder) / Reported.STATE_FILE)
+            tune.report({**measured, **where}, checkpoint=tune.Checkpoint.from_directory(folder))
 
     try:
         train(config, on_epoch=report, resume_state=resume_state)
     except TrainingDiverged as exc:
         # Divergence is a result, not a crash: retrying the same seed would diverge again.
-        tune.report({"epoch": exc.epoch, "diverged": str(exc), **where})  # the one wording, isnm.train's (TrainingDiverged)
+        tune.report({metrics.EPOCH: exc.epoch, Reported.DIVERGED: str(exc), **where})  # isnm's one wording of it

@@ -12,41 +12,16 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from isnm import (
-    ConfigError,
-    check,
-    default_config,
-    flat,
-    join,
-    merged,
-    nested,
-    parse_config,
-    parse_dataclass,
-    to_dict,
-    unknown_key_message,
-)
+from isnm import (ConfigError, check, default_config, flat, join, merged, metrics, nested, parse_config,
+                  parse_dataclass, to_dict, unknown_key_message)
 from study.errors import StudyError
-
-# what a trial reports per epoch, and study.report tabulates (isnm.activity: spike_rate, synops and energy per image)
-METRICS = ("test_acc", "val_acc", "train_acc", "train_loss", "spike_rate", "synops", "energy")
-
-
-MAXIMIZED = ("test_acc", "val_acc", "train_acc")
-
-
-# what a search may rank by: never test data (spike_rate is the test pass's; val_spike_rate the validation pass's)
-SELECTABLE = ("val_acc", "train_acc", "train_loss", "val_spike_rate")
-
+from study.records import METRICS, SELECTABLE, TABULATED
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
-
-
 # A study's name and profile name folders (ray_results/<name>-<profile>-<digest>, mlartifacts/<name>)
 # and go into MLflow filters: letters, digits and a few marks, no path separators, no quotes, short
 # enough that the folder name stays far below the 255 bytes a file system allows.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
-
-
 SAFE_NAME_RULE = "1 to 100 letters, digits, '_', '.', '+' or '-', starting with a letter or digit"
 
 
@@ -81,7 +56,7 @@ class Search:
     space: dict[str, dict[str, Any]]  # dotted config key -> {loguniform|uniform|randint: [low, high]} or {choice: [...]}
     algorithm: Literal["optuna", "random"] = "optuna"
     num_samples: int = 16
-    metric: Literal[SELECTABLE] = "val_acc"  # test_acc is refused: a configuration chosen on it is tested on it
+    metric: Literal[SELECTABLE] = metrics.VAL_ACC  # test_acc is refused: a configuration chosen on it is tested on it
     mode: Literal["max", "min"] = "max"
     scheduler: Optional[Schedulers] = None  # {asha: {grace_period: N}}
 
@@ -118,15 +93,16 @@ class Table:
     columns: list[str] = field(default_factory=list)  # keys printed on every line after the rows, and EVAL_TIMESTEPS
     split: Optional[str] = None  # one table per value of this key (paper Tables 2 and 3: dataset)
     method: Optional[str] = None  # a constant first "Method" column, e.g. "This work"
-    metric: Union[Literal[METRICS], list[Literal[METRICS]]] = "test_acc"  # several: one table each
+    metric: Union[Literal[TABULATED], list[Literal[TABULATED]]] = metrics.TEST_ACC  # several: one table each
     paper: dict[str, Any] = field(default_factory=dict)  # published figures of the (first) metric, nested by split, rows, columns
     labels: dict[str, str] = field(default_factory=dict)  # printed names of values, e.g. vgg_small: VGG
-    extra: list[Literal[METRICS]] = field(default_factory=list)  # columns of other final metrics, e.g. spike_rate, energy
+    extra: list[Literal[TABULATED]] = field(default_factory=list)  # columns of other final metrics, e.g. spike_rate, energy
 
     def check(self, path: str) -> None:
         check(len(self.metrics) > 0, join(path, "metric"), self.metric, "a metric or a non-empty list of metrics")
-        check(not self.eval_timesteps or "test_acc" in self.metrics, join(path, "metric"), self.metric,
-              f"test_acc among the metrics: the {EVAL_TIMESTEPS} columns are test accuracies, shown beside it")
+        check(not self.eval_timesteps or metrics.TEST_ACC in self.metrics, join(path, "metric"), self.metric,
+              f"{metrics.TEST_ACC} among the metrics: the {EVAL_TIMESTEPS} columns are test accuracies, shown beside "
+              f"it")
 
     @property
     def metrics(self) -> list[str]:
@@ -205,8 +181,6 @@ def with_overrides(base: dict, overrides: dict[str, Any]) -> dict:
 
 
 TRAIN_KEYS = tuple(flat(default_config()))
-
-
 FIXED_BY_STUDY = {"seed": "seeds are set by the top-level 'seeds:' list"}
 
 
@@ -281,7 +255,7 @@ def load_study(path: str | Path, profile: Optional[str] = None) -> Study:
                     raise ConfigError(f"grid.{key}[{i}]", exc.message) from None
         if spec.search is not None:
             check_override_keys(spec.search.space, "search.space")
-            if spec.search.metric.startswith("val_") and base["validation"] == 0:
+            if METRICS[spec.search.metric].validation and base["validation"] == 0:
                 raise ConfigError("search.metric", f"{spec.search.metric} needs a validation split, but "
                                                    f"base.validation is 0; set base.validation (0.1 is the default)")
         if spec.table is not None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from isnm import config_hash, flat
 from study.errors import StudyError
+from study.records import Tag
 from study.spec.config import Study, with_overrides
 
 SEARCH_VARIANT = "search"  # the variant tag of every trial a search samples
@@ -69,7 +70,7 @@ def search_base(study: Study) -> dict:
 
 def trial_table(trials: list[Trial]) -> str:
     """The dry-run's plain-text table: name, overrides, seed, config hash."""
-    rows = [("trial", "overrides", "seed", "config_hash")]
+    rows = [("trial", "overrides", "seed", Tag.CONFIG_HASH)]
     rows += [(t.name, ", ".join(f"{k}={v}" for k, v in t.overrides.items()) or "-", str(t.seed), t.config_hash)
              for t in trials]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]

@@ -13,24 +13,12 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from study.records import Artifact, Tag, code_label
+
 PACKAGES = ("torch", "torchvision", "ray", "mlflow", "optuna", "numpy")
-
-
-ENVIRONMENT_PREFIX = "env."  # the tags of a run's environment: env.torch, env.device, ...
-
-
-DIFF_ARTIFACT = "code.diff"
-
-
 # What cannot change a trained number: generated reports (make demo rewrites them) and Markdown prose.
 # Left out of the diff, so a tree is dirty only when its code, study files or settings differ.
 NOT_CODE = (":(top,exclude)reports", ":(top,exclude,glob)**/*.md")
-
-
-CONFIG_ARTIFACT = "config.yaml"
-
-
-WEIGHTS_ARTIFACT = "model.pt"  # a finished trial's final state_dict
 
 
 @dataclass(frozen=True)
@@ -41,13 +29,13 @@ class CodeState:
 
     @property
     def short(self) -> str:
-        return self.commit[:7] + ("+dirty" if self.dirty else "")
+        return code_label(self.commit, self.dirty)
 
 
 def warn_if_dirty(code: CodeState) -> None:
     if code.dirty:
         print(f"warning: the working tree has uncommitted changes (on {code.commit[:7]}); each run records them "
-              f"(tag git_dirty, artifact code.diff), but a number from them is hard to trace: commit first",
+              f"(tag {Tag.GIT_DIRTY}, artifact {Artifact.DIFF}), but a number from them is hard to trace: commit first",
               file=sys.stderr)
 
 
@@ -105,11 +93,11 @@ def environment(device: str) -> dict[str, str]:
 
 
 def environment_tags(env: dict[str, str]) -> dict[str, str]:
-    return {ENVIRONMENT_PREFIX + key: value for key, value in env.items()}
+    return {Tag.ENVIRONMENT + key: value for key, value in env.items()}
 
 
 def recorded_environment(tags: dict[str, str]) -> dict[str, str]:
-    return {key[len(ENVIRONMENT_PREFIX):]: value for key, value in tags.items() if key.startswith(ENVIRONMENT_PREFIX)}
+    return {key[len(Tag.ENVIRONMENT):]: value for key, value in tags.items() if key.startswith(Tag.ENVIRONMENT)}
 
 
 def differences(recorded: dict[str, str], here: dict[str, str]) -> list[tuple[str, str, str]]:

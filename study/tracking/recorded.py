@@ -10,7 +10,8 @@ from mlflow.exceptions import MlflowException
 
 from isnm import nested
 from study.errors import StudyError
-from study.tracking.provenance import CONFIG_ARTIFACT, WEIGHTS_ARTIFACT, recorded_environment
+from study.records import Artifact, Tag
+from study.tracking.provenance import recorded_environment
 
 if TYPE_CHECKING:
     from isnm import TrainConfig
@@ -20,11 +21,11 @@ def fetch_config(client, run) -> dict:
     """The run's config: its config.yaml artifact, or, for runs logged before there was one, its params."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = client.download_artifacts(run.info.run_id, CONFIG_ARTIFACT, tmp)
+            path = client.download_artifacts(run.info.run_id, Artifact.CONFIG, tmp)
             return yaml.safe_load(Path(path).read_text())
         except (OSError, MlflowException):  # an older run without the artifact: its params hold the config, flattened
             if not run.data.params:
-                raise StudyError(f"run {run.info.run_id} holds neither {CONFIG_ARTIFACT} nor params; was it made by "
+                raise StudyError(f"run {run.info.run_id} holds neither {Artifact.CONFIG} nor params; was it made by "
                                  f"study.run?") from None
             return nested({k: yaml.safe_load(v) for k, v in run.data.params.items()})
 
@@ -55,11 +56,11 @@ def fetch_weights(client, run) -> dict:
     """The run's final weights; a cached copy's are those of the run it copies (its numbers come from there)."""
     import torch
 
-    source = run.data.tags.get("cached_from") or run.info.run_id
+    source = run.data.tags.get(Tag.CACHED_FROM) or run.info.run_id
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = client.download_artifacts(source, WEIGHTS_ARTIFACT, tmp)
+            path = client.download_artifacts(source, Artifact.WEIGHTS, tmp)
         except (OSError, MlflowException):
-            raise StudyError(f"run {source} holds no {WEIGHTS_ARTIFACT}: only a trial run that finished has its final "
+            raise StudyError(f"run {source} holds no {Artifact.WEIGHTS}: only a trial run that finished has its final "
                              f"weights") from None
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -23,8 +23,6 @@ if TYPE_CHECKING:  # study.run reads the default patience before a study is know
 
 DEFAULT_PATIENCE_S = 600  # a restart or an upgrade of the server; beyond that, someone has to look
 FIRST_WAIT_S, LONGEST_WAIT_S = 1.0, 15.0  # the backoff doubles between these: a server back is seen within 15 s
-
-
 BUSY_STATUS = {429, 502, 503, 504}  # the server, or a proxy before it, asks to be tried again later
 
 

@@ -10,6 +10,7 @@ from typing import Optional
 from mlflow.tracking import MlflowClient
 
 from study.errors import StudyError, first_line, redacted
+from study.records import ExperimentTag, Tag
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -58,42 +59,33 @@ def ui_url(exp_id: str, base: str = "http://127.0.0.1:5000") -> str:
             f"&workflowType=machine_learning")
 
 
-def quoted(value: str) -> str:
-    """`value` as a string in an MLflow search filter, which has no escapes: in the quotes it lacks."""
-    if "'" not in value:
-        return f"'{value}'"
-    if '"' not in value:
-        return f'"{value}"'
-    raise StudyError(f"{value!r}: MLflow search filters cannot hold a value with both kinds of quote; "
-                     f"rename the folder or path")
+def created_store(uri: str) -> MlflowClient:
+    """A client of the store at `uri`, made now if it is not there yet: MLflow creates a database's tables, and
+    migrates them, on the first call that reads it (seconds for sqlite). The one place a store is created."""
+    client = MlflowClient(uri)
+    client.search_experiments(max_results=1)
+    return client
 
 
 def open_store(uri: str, study_name: str) -> tuple[MlflowClient, str]:
-    """(a client, the study's experiment id) for the store at `uri`; one line if it cannot be used."""
+    """(a client, the study's experiment id) for the store at `uri`, created if need be; one line if it cannot
+    be used."""
     try:
-        client = MlflowClient(uri)
+        client = created_store(uri)
         return client, experiment_id(client, study_name, uri)
     except Exception as exc:  # a store fails in its own ways (sqlalchemy, http, permissions); each is the user's setting
         raise StudyError(f"MLflow store {uri} cannot be used ({type(exc).__name__}: "
                          f"{first_line(str(exc))}); check --tracking-uri or MLFLOW_TRACKING_URI") from None
 
 
-EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI opens an experiment without it in its GenAI layout
-
-
-MODEL_TRAINING = "custom_model_development"
-
-
-VIEW_KEY = "by-variant"  # the saved view `ui_url` opens: tag mlflow.sharedViewState.<key> on the experiment
-
-
-VIEW_TAG = "mlflow.sharedViewState."
+MODEL_TRAINING = "custom_model_development"  # the experiment kind whose UI shows runs and charts
+VIEW_KEY = "by-variant"  # the saved view `ui_url` opens: tag ExperimentTag.VIEW + VIEW_KEY on the experiment
 
 
 def variant_view() -> str:
     """The UI's saved-view envelope for a view grouping the runs by their `variant` tag (MLflow 3.17's
     `{name, createdAt, updatedAt, state}`, the state being its search facets and UI state as JSON)."""
-    state = {"groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "variant"}]},
+    state = {"groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": Tag.VARIANT}]},
              "useGroupedValuesInCharts": True, "runsHiddenMode": "SHOW_ALL",
              "chartsSearchFilter": "acc"}  # the accuracy charts first; the rest: the UI's defaults
     now = int(time.time() * 1000)
@@ -105,7 +97,7 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     model training (MLflow's UI then shows runs and charts, not traces and prompts), and holds the saved view
     `ui_url` opens; an experiment made before either is given what it lacks, never overwritten."""
     found = client.get_experiment_by_name(name)
-    tags = {EXPERIMENT_KIND: MODEL_TRAINING, VIEW_TAG + VIEW_KEY: variant_view()}
+    tags = {ExperimentTag.KIND: MODEL_TRAINING, ExperimentTag.VIEW + VIEW_KEY: variant_view()}
     if found is None:
         db = sqlite_path(uri)
         location = (db.resolve().parent / "mlartifacts" / name).as_uri() if db is not None else None

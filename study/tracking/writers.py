@@ -10,25 +10,17 @@ import yaml
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from isnm import flat
-from isnm.metrics import LAYER_RATE
-from study.records import every_run
-from study.spec.config import METRICS, Study
+from isnm import flat, metrics
+from study.records import Artifact, Kind, Tag, logged_per_epoch, mean_metric, newest_finished, read_runs
+from study.spec.config import Study
 from study.spec.plan import Trial
-from study.tracking.provenance import CONFIG_ARTIFACT, DIFF_ARTIFACT, CodeState
-from study.tracking.store import quoted
-
-PARENT = "mlflow.parentRunId"
-
-
-LOGGED_METRICS = METRICS + ("energy_ann", "beta", "alpha", "epoch_seconds")  # and LAYER_RATE + each spiking layer
-
+from study.tracking.provenance import CodeState
 
 MAX_PARAM_LENGTH = 6000
 
 
 def code_tags(code: CodeState) -> dict[str, str]:
-    return {"git_commit": code.commit, "git_dirty": str(code.dirty).lower()}
+    return {Tag.GIT_COMMIT: code.commit, Tag.GIT_DIRTY: str(code.dirty).lower()}
 
 
 def log_text(client: MlflowClient, run_id: str, name: str, text: str) -> None:
@@ -39,12 +31,12 @@ def log_text(client: MlflowClient, run_id: str, name: str, text: str) -> None:
 
 
 def start_parent_run(client: MlflowClient, exp_id: str, study: Study, code: CodeState, ray_path: str) -> str:
-    tags = {"kind": "study", "study": study.name, "profile": study.profile or "", **code_tags(code),
-            "ray_experiment": ray_path, "mlflow.note.content": study.spec.description}
+    tags = {Tag.KIND: Kind.STUDY, Tag.STUDY: study.name, Tag.PROFILE: study.profile or "", **code_tags(code),
+            Tag.RAY_EXPERIMENT: ray_path, Tag.NOTE: study.spec.description}
     run = client.create_run(exp_id, run_name=f"{study.name} {time.strftime('%Y-%m-%d %H:%M:%S')}", tags=tags)
     client.log_artifact(run.info.run_id, study.path)
     if code.dirty:
-        log_text(client, run.info.run_id, DIFF_ARTIFACT, code.diff)
+        log_text(client, run.info.run_id, Artifact.DIFF, code.diff)
     return run.info.run_id
 
 
@@ -52,22 +44,22 @@ def create_trial_run(client: MlflowClient, exp_id: str, parent_id: str, study_na
                      extra_tags: dict | None = None) -> str:
     """A child run for one trial: its readable name, tags, the flat config as params, the
     config as `config.yaml` (what `python -m isnm --config` takes) and, from a dirty tree, its diff."""
-    tags = {PARENT: parent_id, "kind": "trial", "study": study_name, "variant": trial.variant, "seed": str(trial.seed),
-            "config_hash": trial.config_hash, **code_tags(code), **(extra_tags or {})}
+    tags = {Tag.PARENT: parent_id, Tag.KIND: Kind.TRIAL, Tag.STUDY: study_name, Tag.VARIANT: trial.variant,
+            Tag.SEED: str(trial.seed), Tag.CONFIG_HASH: trial.config_hash, **code_tags(code), **(extra_tags or {})}
     run_id = client.create_run(exp_id, run_name=trial.name, tags=tags).info.run_id
     params = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flat(trial.config).items()]
     client.log_batch(run_id, params=params)
-    log_text(client, run_id, CONFIG_ARTIFACT, yaml.safe_dump(trial.config, sort_keys=False))
+    log_text(client, run_id, Artifact.CONFIG, yaml.safe_dump(trial.config, sort_keys=False))
     if code.dirty:
-        log_text(client, run_id, DIFF_ARTIFACT, code.diff)
+        log_text(client, run_id, Artifact.DIFF, code.diff)
     return run_id
 
 
-def log_epoch(client: MlflowClient, run_id: str, metrics: dict) -> None:
-    """One epoch's metrics, at step = epoch."""
+def log_epoch(client: MlflowClient, run_id: str, reported: dict) -> None:
+    """One epoch's metrics from what a trial reported, at step = epoch."""
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(metrics[k]), now, int(metrics["epoch"]))
-                                      for k in metrics if k in LOGGED_METRICS or k.startswith(LAYER_RATE)])
+    epoch = int(reported[metrics.EPOCH])
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in reported.items() if logged_per_epoch(k)])
 
 
 def close_dangling_runs(client: MlflowClient, exp_id: str, ray_path: str) -> int:
@@ -75,16 +67,10 @@ def close_dangling_runs(client: MlflowClient, exp_id: str, ray_path: str) -> int
 
     A restored trial reopens its own run; the count of closed runs is returned.
     """
-    runs = client.search_runs([exp_id], f"tags.ray_experiment = {quoted(ray_path)} and attributes.status = 'RUNNING'")
+    runs = list(read_runs(client, [exp_id], status="RUNNING", ray_experiment=ray_path))
     for run in runs:
-        client.set_terminated(run.info.run_id, "KILLED")
+        client.set_terminated(run.run_id, "KILLED")
     return len(runs)
-
-
-def metric_name(text: str) -> str:
-    """`text` as (part of) an MLflow metric name, which takes letters, digits and `_ - . / space` only (a colon
-    too, but not on Windows): anything else, `+` in "ISNM+GSG" say, becomes `_`, and `/` too (a path)."""
-    return "".join(c if c.isascii() and (c.isalnum() or c in "_-. ") else "_" for c in text)
 
 
 def log_summary(client: MlflowClient, exp_id: str, parent_id: str, hashes: set[str]) -> dict[str, float]:
@@ -92,19 +78,15 @@ def log_summary(client: MlflowClient, exp_id: str, parent_id: str, hashes: set[s
     to chart (named so that the UI, which orders charts by name, draws the trials' `test_acc` before them). Over
     the newest FINISHED trial run of each config hash that is a child of this parent (run now, or a cached copy)
     or a planned trial's (a trial cached in this same experiment is not copied). Returns them by name."""
-    newest: dict[str, object] = {}
-    for run in every_run(client, [exp_id], "tags.kind = 'trial' and attributes.status = 'FINISHED'",
-                         ["attributes.start_time DESC"]):
-        key = run.data.tags.get("config_hash")
-        if (run.data.tags.get(PARENT) == parent_id or key in hashes) and key not in newest:
-            newest[key] = run
+    mine = (run for run in read_runs(client, [exp_id], Kind.TRIAL, "FINISHED")
+            if run.parent_id == parent_id or run.config_hash in hashes)
     finals: dict[str, list[float]] = {}
-    for run in newest.values():
-        if "test_acc" in run.data.metrics:
-            finals.setdefault(run.data.tags.get("variant", ""), []).append(run.data.metrics["test_acc"])
+    for run in newest_finished(mine).values():
+        if metrics.TEST_ACC in run.metrics:
+            finals.setdefault(run.variant, []).append(run.metrics[metrics.TEST_ACC])
     summary: dict[str, float] = {}
     for variant in sorted(finals):
-        name = base = f"test_acc.mean.{metric_name(variant)}"
+        name = base = mean_metric(variant)
         for n in range(2, len(finals) + 2):  # variants that differ only in what `metric_name` replaced
             if name not in summary:
                 break
