@@ -245,7 +245,7 @@ class TrainConfig:
     # before each evaluation, to set batch norm's running statistics to the current weights' (a cumulative
     # average, "precise BN"). Running averages lag the weights; while they still move fast (few steps an
     # epoch, as on digits), the lag costs a deep spiking network up to 90 points of test accuracy
-    # (README, "Batch-norm statistics"). 0 keeps nn.BatchNorm2d's running averages, as the paper does.
+    # (docs/model.md, "Batch-norm statistics"). 0 keeps nn.BatchNorm2d's running averages, as the paper does.
     bn_recalibration: int = 2048
     device: str = "auto"  # auto = CUDA when present, else CPU
     kernel: Literal["auto", "eager", "compiled"] = "auto"  # the ISNM loops and fused BN-ISNM; auto =

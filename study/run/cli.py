@@ -105,10 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         with Interrupts() as interrupts:
             check_before_start(study, trials, address)
             experiment = experiment_for(study, trials, args.storage)
-            from study.run.driver import run  # Ray and MLflow load only now: a bad file fails in a second
+            from study.run.driver import RunOptions, run  # Ray and MLflow load only now: a bad file fails in a second
+            from study.tracking.store import tracking_uri
 
+            options = RunOptions(tracking_uri(args.tracking_uri), address, args.max_concurrent,
+                                 args.tracking_patience, args.fresh, args.rerun)
             with study_lock(experiment, study.name):
-                return run(study, trials, args, address, experiment, interrupts, code)
+                return run(study, trials, options, experiment, interrupts, code)
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -4,12 +4,13 @@ runs, run the rest on Ray Tune, summarise.
 Imports Ray and MLflow: `study.run.cli` loads it only once the study file is known to be valid."""
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from dataclasses import dataclass
 from typing import Optional
 
 import ray
+from mlflow.tracking import MlflowClient
 
 from study.errors import StudyError, first_line, last_line
 from isnm import metrics
@@ -23,7 +24,7 @@ from study.spec.plan import Trial
 from study.tracking.cache import copy_cached_run, finished_runs
 from study.tracking.callback import MlflowTracker
 from study.tracking.provenance import CodeState, warn_if_dirty
-from study.tracking.store import open_store, tracking_uri, ui_base, ui_command, ui_url
+from study.tracking.store import open_store, ui_base, ui_command, ui_url
 from study.tracking.writers import close_dangling_runs, log_summary, start_parent_run
 
 
@@ -72,86 +73,127 @@ def warn_if_cached_elsewhere(code: CodeState, sources: list[RunRecord]) -> None:
               f"({code.short}): {where}; --rerun trains them again with it", file=sys.stderr)
 
 
-def run(study: Study, trials: list[Trial], args: argparse.Namespace, address: Optional[str], experiment: Experiment,
-        interrupts: Interrupts, code: CodeState) -> int:
+@dataclass(frozen=True)
+class RunOptions:
+    """What the command line decides for one invocation (study.run.cli fills it in)."""
+    tracking_uri: str
+    address: Optional[str]  # a Ray cluster to join; None: start Ray here
+    max_concurrent: Optional[int]
+    tracking_patience: float  # seconds a tracking server may be away before the study stops
+    fresh: bool  # start the Ray experiment over rather than resume it
+    rerun: bool  # train every trial, also those with a finished run of their config
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What this invocation writes to: the store, the study's experiment in it, its parent run."""
+    client: MlflowClient
+    exp_id: str
+    parent: str
+    code: CodeState
+    experiment: Experiment
+
+
+def run(study: Study, trials: list[Trial], options: RunOptions, experiment: Experiment, interrupts: Interrupts,
+        code: CodeState) -> int:
     """Open the store, start this invocation's parent run, run the trials; the parent run ends KILLED,
     FAILED or FINISHED with them, whatever stops the invocation."""
-    uri = tracking_uri(args.tracking_uri)
     with interrupts.deferred():
-        client, exp_id = open_store(uri, study.name)
+        client, exp_id = open_store(options.tracking_uri, study.name)
     warn_if_dirty(code)
     closed = close_dangling_runs(client, exp_id, experiment.uri)
     if closed:
         print(f"closed {closed} run(s) left RUNNING by an interrupted driver")
-    parent = start_parent_run(client, exp_id, study, code, experiment.uri)
+    here = Invocation(client, exp_id, start_parent_run(client, exp_id, study, code, experiment.uri), code, experiment)
     try:
-        status = run_trials(study, trials, args, address, interrupts, client, exp_id, parent, code, uri, experiment)
+        status = run_trials(study, trials, options, here, interrupts)
     except BaseException as exc:
         try:  # best effort: the store itself may be what failed
-            client.set_terminated(parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            client.set_terminated(here.parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         except Exception:
             pass
         raise
-    client.set_terminated(parent, {0: "FINISHED", 130: "KILLED"}.get(status, "FAILED"))
+    client.set_terminated(here.parent, {0: "FINISHED", 130: "KILLED"}.get(status, "FAILED"))
     return status
 
 
-def run_trials(study: Study, trials: list[Trial], args: argparse.Namespace, address: Optional[str],
-               interrupts: Interrupts, client, exp_id: str, parent: str, code: CodeState, uri: str,
-               experiment: Experiment) -> int:
+def run_trials(study: Study, trials: list[Trial], options: RunOptions, here: Invocation, interrupts: Interrupts) -> int:
     """Cached trials copied, the rest run on Ray Tune; prints the summary; returns the exit code."""
-    cached = {} if args.rerun else finished_runs(client, {t.config_hash for t in trials})
-    warn_if_cached_elsewhere(code, [cached[t.config_hash] for t in trials if t.config_hash in cached])
+    began = time.perf_counter()
+    cached = set() if options.rerun else copy_cached(study, trials, here)
+    rows = {t.name: (t.name, "cached" if t.config_hash in cached else "not started", "-") for t in trials}
+    to_run = [t for t in trials if t.config_hash not in cached]
+    if to_run or study.spec.search is not None:
+        rows.update(run_on_tune(study, trials, to_run, options, here, interrupts))
+    log_summary(here.client, here.exp_id, here.parent, {t.config_hash for t in trials})  # also when all were cached
+    return summarise(study, rows, options, here, interrupts, time.perf_counter() - began)
+
+
+def copy_cached(study: Study, trials: list[Trial], here: Invocation) -> set[str]:
+    """The config hashes of the trials with a finished run in the store; runs of another study's are copied into
+    this one's experiment (said when another code trained them)."""
+    cached = finished_runs(here.client, {t.config_hash for t in trials})
+    warn_if_cached_elsewhere(here.code, [cached[t.config_hash] for t in trials if t.config_hash in cached])
     for trial in trials:
         source = cached.get(trial.config_hash)
-        if source is not None and source.experiment_id != exp_id:
-            copy_cached_run(client, source, exp_id, parent, study.name, trial)
-    to_run = [t for t in trials if t.config_hash not in cached]
-    rows = {t.name: (t.name, "cached" if t.config_hash in cached else "not started", "-") for t in trials}
-    began = time.perf_counter()
-    if to_run or study.spec.search is not None:
-        book = TrialBook(study, trials)
-        resume, why_not = (False, "") if args.fresh or args.rerun else resumable(
-            experiment, to_run, study.spec.search is not None)
-        if why_not:
-            print(why_not)
-        tracker = MlflowTracker(uri, exp_id, parent, study, code, book.describe, experiment.uri,
-                                         args.tracking_patience)
+        if source is not None and source.experiment_id != here.exp_id:
+            copy_cached_run(here.client, source, here.exp_id, here.parent, study.name, trial)
+    return set(cached)
+
+
+def run_on_tune(study: Study, trials: list[Trial], to_run: list[Trial], options: RunOptions, here: Invocation,
+                interrupts: Interrupts) -> dict[str, tuple[str, str, str]]:
+    """Run `to_run` (or the search) on Ray Tune, resuming the interrupted experiment of this plan when there is
+    one; the summary's row of each trial Tune returned, and of each it left unfinished."""
+    experiment = here.experiment
+    book = TrialBook(study, trials)
+    resume, why_not = (False, "") if options.fresh or options.rerun else resumable(
+        experiment, to_run, study.spec.search is not None)
+    if why_not:
+        print(why_not)
+    tracker = MlflowTracker(options.tracking_uri, here.exp_id, here.parent, study, here.code, book.describe,
+                            experiment.uri, options.tracking_patience)
+    try:
+        with interrupts.deferred():  # cut inside ray.init, Ray is left half started and the driver crashes at exit
+            start_ray(options.address, study.spec.resources)
+            interrupts.take_back_sigterm()
+        tuner = build_tuner(study, to_run, book, experiment, [tracker], options.max_concurrent, resume)
+        interrupts.raise_if_received()
+        interrupts.in_fit = True
         try:
-            with interrupts.deferred():  # cut inside ray.init, Ray is left half started and the driver crashes at exit
-                start_ray(address, study.spec.resources)
-                interrupts.take_back_sigterm()
-            tuner = build_tuner(study, to_run, book, experiment, [tracker], args.max_concurrent, resume)
-            interrupts.raise_if_received()
-            interrupts.in_fit = True
-            try:
-                results = tuner.fit()
-            except Exception as exc:
-                stopped = fit_failure(exc, experiment)
-                if stopped is None:
-                    raise
-                raise stopped from None
-            finally:
-                interrupts.in_fit = False
-            unfinished = tracker.reconcile(results)
+            results = tuner.fit()
+        except Exception as exc:
+            stopped = fit_failure(exc, experiment)
+            if stopped is None:
+                raise
+            raise stopped from None
         finally:
-            ray.shutdown()
-        # a restored experiment also returns trials that finished before: their result replaces "cached"
-        # (a trial cut off before it reported anything comes back without its config: it stays "not started")
-        rows.update((row[0], row) for row in (result_row(r, book.describe) for r in results if r.config is not None))
-        for name in unfinished:
-            rows[name] = (name, "unfinished", rows.get(name, (name, "", "-"))[2])
-    log_summary(client, exp_id, parent, {t.config_hash for t in trials})  # also when every trial was cached
+            interrupts.in_fit = False
+        unfinished = tracker.reconcile(results)
+    finally:
+        ray.shutdown()
+    # a restored experiment also returns trials that finished before: their result replaces "cached"
+    # (a trial cut off before it reported anything comes back without its config: it stays "not started")
+    rows = {row[0]: row for row in (result_row(r, book.describe) for r in results if r.config is not None)}
+    for name in unfinished:
+        rows[name] = (name, "unfinished", rows.get(name, (name, "", "-"))[2])
+    return rows
+
+
+def summarise(study: Study, rows: dict[str, tuple[str, str, str]], options: RunOptions, here: Invocation,
+              interrupts: Interrupts, seconds: float) -> int:
+    """Print the summary (a line per trial, where the runs are); the exit code: 0, 1 if a trial failed, 130 if
+    some were left unfinished."""
     failed = sum(1 for _, status, _ in rows.values() if status.startswith("failed"))
     reused = sum(1 for _, status, _ in rows.values() if status == "cached")
     incomplete = sum(1 for _, status, _ in rows.values() if status in ("unfinished", "not started"))
-    print(f"\n{study.name}: {len(rows)} trials ({reused} cached) in {time.perf_counter() - began:.0f}s, "
+    print(f"\n{study.name}: {len(rows)} trials ({reused} cached) in {seconds:.0f}s, "
           f"{failed} failed{f', {incomplete} unfinished' if incomplete else ''}")
     print("\n".join(summary_lines(list(rows.values()))))
-    print(f"\nruns: {ui_command(uri)}   (experiment {study.name!r})\n"
-          f"then open {ui_url(exp_id, ui_base(uri))}   (the trials' charts, grouped by variant)")
+    print(f"\nruns: {ui_command(options.tracking_uri)}   (experiment {study.name!r})\n"
+          f"then open {ui_url(here.exp_id, ui_base(options.tracking_uri))}   (the trials' charts, grouped by variant)")
     if incomplete:
         print(f"\ninterrupted ({interrupts.received or 'trials left unfinished'}); run the same command again "
-              f"to resume ({experiment.uri})", file=sys.stderr)
+              f"to resume ({here.experiment.uri})", file=sys.stderr)
         return 130
     return 1 if failed else 0

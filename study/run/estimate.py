@@ -30,7 +30,7 @@ COST_KEYS = ("dataset", "arch", "width", "timesteps", "batch_size", "precision",
 TIMED_STEPS = 5  # after WARMUP_STEPS: the median of these is a step's time
 WARMUP_STEPS = 2
 # Starting Ray and the Tune run before the first trial: measured 8 to 12 s for a local Ray on this 2-core
-# machine (`time python -c "import ray; ray.init()"` and the study's own start, README "Cost estimate")
+# machine (`time python -c "import ray; ray.init()"` and the study's own start, docs/running.md, "Cost estimate before launch")
 RAY_START_S = 10.0
 CIFAR_SIZES = {"cifar10": (50_000, 10_000, 10), "cifar100": (50_000, 10_000, 100)}  # train, test, classes
 

@@ -1,7 +1,7 @@
 """Where Ray Tune keeps a study's experiments and checkpoints: a local folder, or any URI pyarrow
 opens (`s3://`, `gs://`, `abfs://`, `hdfs://`, `file://`), as Ray itself does.
 
-Every node of a cluster must reach it (README, "Running on a cluster"); the driver reads and moves
+Every node of a cluster must reach it (docs/clusters.md, "Shared storage"); the driver reads and moves
 experiment folders through pyarrow, so the same code serves a folder and a bucket.
 """
 from __future__ import annotations

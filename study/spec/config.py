@@ -88,7 +88,7 @@ EVAL_TIMESTEPS = "eval_timesteps"  # in a table's columns: a column per T that s
 
 @dataclass
 class Table:
-    """How `study.report` lays out the study's table (see README, "Tables")."""
+    """How `study.report` lays out the study's table (docs/reports.md, "Tables")."""
     rows: Union[str, list[str]] = "variant"  # keys printed first, repeats left blank ("variant" or dotted config keys)
     columns: list[str] = field(default_factory=list)  # keys printed on every line after the rows, and EVAL_TIMESTEPS
     split: Optional[str] = None  # one table per value of this key (paper Tables 2 and 3: dataset)
