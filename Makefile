@@ -38,4 +38,4 @@ test-fast: venv
 
 # docs/ as a site in site/ (mkdocs, material theme); a broken link or a page missing from the nav fails it
 docs: venv
-	$(PY) -m mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
