@@ -29,8 +29,11 @@ demo: venv
 	$(PY) -m study.run search_spaces/ablation.yaml --profile demo
 	$(PY) -m study.report ablation
 
+# Two worker processes, a test file each at a time (a file's module fixtures are made once), then the
+# timing-sensitive tests alone (docs/testing.md)
 test: venv
-	$(PY) -m pytest -q --durations=40
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not serial" --durations=40
+	$(PY) -m pytest -q -m serial --durations=10
 
 # Everything but the tests marked slow (real Ray, MLflow, processes, training runs): about a minute and a half.
 test-fast: venv

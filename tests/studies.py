@@ -1,5 +1,6 @@
 """Helpers for tests that run real studies: small study files and `python -m study.run` as a process."""
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parent.parent
+STORE_TEMPLATE: Path | None = None  # a migrated empty store (tests/conftest.py sets it): copied, not made again
 
 
 def small_study(tmp_path: Path, name: str = "itest", epochs: int = 2, **extra) -> Path:
@@ -32,11 +34,27 @@ def loopback_env() -> dict:
     return env
 
 
+def with_store(cwd: Path) -> None:
+    """The folder's default store (sqlite:///mlflow.db) made from the template if it has none: a test of a study
+    does not pay MLflow's migrations each time (a test of a store's creation passes its own --tracking-uri)."""
+    if STORE_TEMPLATE is not None and not (cwd / "mlflow.db").exists():
+        shutil.copy(STORE_TEMPLATE, cwd / "mlflow.db")
+
+
+def on(cluster) -> tuple[tuple[str, ...], dict]:
+    """(study.run's arguments, its environment) to join `cluster` (tests.ray_cluster.Cluster), or a local Ray."""
+    return (("--address", cluster.address), cluster.env) if cluster is not None else ((), {})
+
+
 def run_study(cwd: Path, *args: str, timeout: float = 600, check: bool = True, env: dict | None = None,
-              where: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """`python -m study.run ARGS`, run by the command `where` (e.g. `ip netns exec NS`: on another host) if given."""
-    done = subprocess.run([*where, sys.executable, "-m", "study.run", *args], cwd=cwd,
-                          env={**loopback_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout)
+              where: tuple[str, ...] = (), cluster=None) -> subprocess.CompletedProcess:
+    """`python -m study.run ARGS`, run by the command `where` (e.g. `ip netns exec NS`: on another host) if given,
+    on `cluster` if given (tests.ray_cluster.Cluster), else on a Ray of its own."""
+    with_store(cwd)
+    joining, cluster_env = on(cluster)
+    done = subprocess.run([*where, sys.executable, "-m", "study.run", *args, *joining], cwd=cwd,
+                          env={**loopback_env(), **cluster_env, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
     if check and done.returncode != 0:
         raise AssertionError(f"study.run exited {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return done
@@ -65,6 +83,7 @@ def checkpoints(cwd: Path) -> list[Path]:
 def start_study(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     """`python -m study.run` in the background, its output (stdout and stderr) into cwd/driver.log: a
     file, not a pipe, so the driver never blocks on output nobody reads while the test waits."""
+    with_store(cwd)
     with open(cwd / "driver.log", "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=cwd, env=env or loopback_env(),
                                    stdout=log, stderr=subprocess.STDOUT, text=True)

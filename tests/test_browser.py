@@ -1,12 +1,7 @@
 """The MLflow UI as a user sees it: Debian's Chromium, headless, driven by Playwright, on `mlflow ui` after a
 tiny study, at the URL the end-of-run message gives. Writes reports/mlflow-ui.png (shown in README.md)."""
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -16,44 +11,13 @@ from mlflow.tracking import MlflowClient
 from study.records import ExperimentTag, Tag, metric_name
 from study.tracking.store import VIEW_KEY, ui_url
 from study.tracking.writers import log_summary
-from tests.studies import ROOT, free_port, loopback_env, run_study, small_study
+from tests.servers import start_mlflow, stop
+from tests.studies import ROOT, free_port, run_study, small_study
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (.ci/run installs it); never `playwright install`
 SCREENSHOT = ROOT / "reports" / "mlflow-ui.png"
 TRIALS = ("ISNM seed=0", "ISNM seed=1", "ISNM+GSG seed=0", "ISNM+GSG seed=1")
 WAIT_MS = 60_000  # the longest any one step in the browser may take
-
-
-def start_ui(cwd: Path, port: int) -> subprocess.Popen:
-    """`mlflow ui` on 127.0.0.1:port over cwd's sqlite store, in its own process group; up once /health answers."""
-    env = {**loopback_env(), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--host", "127.0.0.1",
-                               "--port", str(port), "--backend-store-uri", f"sqlite:///{cwd / 'mlflow.db'}",
-                               "--workers", "1"],
-                              cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return server
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                stop(server)
-                raise AssertionError(f"mlflow ui did not answer on 127.0.0.1:{port} (exit code {server.poll()})")
-            time.sleep(0.5)
-
-
-def stop(server: subprocess.Popen) -> None:
-    """The server and its workers (its process group): SIGTERM, then SIGKILL after 30 s."""
-    try:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=30)
-    except ProcessLookupError:
-        server.wait(timeout=30)
 
 
 def loopback_only(route) -> None:
@@ -77,12 +41,13 @@ def test_the_parent_run_gets_each_variants_mean_over_its_newest_runs(mlflow_uri)
     exp = client.create_experiment("summary")
     parent = client.create_run(exp).info.run_id
 
+    started = iter(range(1_000, 2_000))  # start times (ms) order the runs: the newest of a config hash counts
+
     def trial(variant: str, config_hash: str, test_acc: float, under: str = "older") -> None:
         tags = {"kind": "trial", "variant": variant, "config_hash": config_hash, Tag.PARENT: under}
-        run_id = client.create_run(exp, tags=tags).info.run_id
+        run_id = client.create_run(exp, start_time=next(started), tags=tags).info.run_id
         client.log_metric(run_id, "test_acc", test_acc)
         client.set_terminated(run_id, "FINISHED")
-        time.sleep(0.01)  # start times order the runs: the newest of a config hash counts
 
     trial("ISNM+GSG", "h1", 0.1, parent)  # an older run of h1: not counted
     trial("ISNM+GSG", "h1", 0.9, parent)
@@ -97,12 +62,12 @@ def test_the_parent_run_gets_each_variants_mean_over_its_newest_runs(mlflow_uri)
 
 
 @pytest.mark.slow  # a real study, an MLflow server and a browser
-def test_the_printed_url_shows_the_trials_and_their_test_acc_chart(tmp_path):
+def test_the_printed_url_shows_the_trials_and_their_test_acc_chart(tmp_path, shared_ray):
     assert CHROMIUM.is_file(), f"{CHROMIUM} missing: apt-get install chromium (.ci/run does)"
     from playwright.sync_api import expect, sync_playwright
 
     began = time.monotonic()
-    done = run_study(tmp_path, str(small_study(tmp_path, name="browse", epochs=2)))
+    done = run_study(tmp_path, str(small_study(tmp_path, name="browse", epochs=2)), cluster=shared_ray)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("browse")
     # tagged as model training, with the saved view the URL opens, and each variant's mean on the parent run
@@ -119,7 +84,8 @@ def test_the_printed_url_shows_the_trials_and_their_test_acc_chart(tmp_path):
     assert "compareRunsMode=CHART" in url and "viewStateShareKey=by-variant" in url
 
     port = free_port()
-    server = start_ui(tmp_path, port)
+    server = start_mlflow("ui", port, "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                          log=tmp_path / "mlflow-ui.log", cwd=tmp_path)
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,

@@ -61,7 +61,8 @@ def test_estimate_reads_finished_runs_and_skips_cached_trials(tmp_path, capsys, 
     assert rows[trials[0].name] == rows[trials[1].name] == "cached"
     for trial in trials[2:]:
         seconds = int(rows[trial.name].removesuffix(" s"))
-        assert 7 <= seconds <= 10  # 3 epochs of 2.5 s and the setup (data, network), a second or two here
+        # 3 epochs of 2.5 s, and the setup (data, network) timed here: no upper bound, a loaded machine takes longer
+        assert seconds >= 8
     assert any(re.match(r"wall clock: ~.+, 1 trials at a time on this machine: .*, at most 1 at once", line)
                for line in lines)
 

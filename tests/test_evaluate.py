@@ -9,30 +9,13 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from isnm import train
-from isnm.config import default_config, merged
+from isnm.config import merged
 from study.errors import StudyError
 from study.evaluate.cli import main
 from study.report.cli import main as report_main
 from study.spec.config import load_study
-from study.tracking.provenance import code_state, environment
-from study.tracking.store import experiment_id
-from tests.test_report import STUDY, write_store
-from tests.test_reproduce import record
-
-CONFIG = merged(default_config(), {"arch": "tiny", "epochs": 1, "timesteps": 5, "batch_size": 256, "seed": 0})
-
-
-@pytest.fixture(scope="module")
-def trained():
-    epochs, states = [], []
-
-    def keep(metrics: dict, state: dict) -> None:
-        epochs.append(metrics)
-        states.append(state)
-
-    train(CONFIG, on_epoch=keep)
-    return {"epochs": epochs, "env": environment("cpu"), "weights": states[-1]["model"]}
+from study.tracking.provenance import code_state
+from tests.stores import STUDY, TRAINED_CONFIG as CONFIG, record, write_store
 
 
 def log_weights(client: MlflowClient, run_id: str, weights: dict) -> None:
@@ -41,13 +24,6 @@ def log_weights(client: MlflowClient, run_id: str, weights: dict) -> None:
         path = Path(tmp) / "model.pt"
         torch.save(weights, path)
         client.log_artifact(run_id, str(path))
-
-
-@pytest.fixture()
-def store(tmp_path, monkeypatch, mlflow_uri):
-    monkeypatch.chdir(tmp_path)
-    client = MlflowClient(mlflow_uri)
-    return client, experiment_id(client, "evaluate", mlflow_uri), mlflow_uri
 
 
 def test_the_trained_T_gives_the_runs_test_acc_and_every_T_is_logged_on_the_run(store, trained, capsys):
@@ -59,7 +35,7 @@ def test_the_trained_T_gives_the_runs_test_acc_and_every_T_is_logged_on_the_run(
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test_acc_T5"] == run.data.metrics["test_acc"] == trained["epochs"][-1]["test_acc"]
     assert all(0 <= run.data.metrics[f"test_acc_T{t}"] <= 1 for t in (1, 2))
-    assert [m.step for m in client.get_metric_history(run_id, "test_acc_T1")] == [1]  # the weights' epoch
+    assert [m.step for m in client.get_metric_history(run_id, "test_acc_T1")] == [2]  # the weights' epoch
     out = capsys.readouterr().out
     table = out.split("| T | test accuracy (%) |\n|---|---|\n")[1].split("\n\n")[0].splitlines()
     assert [line.split(" | ")[0] for line in table] == ["| 1", "| 2", "| 5 (trained)"]

@@ -129,10 +129,10 @@ def test_sigterm_mid_study_stops_it_as_ctrl_c_does(tmp_path):
     assert run.info.status == "KILLED" and 0 < len(steps(db, run)) < 30
 
 
-def test_wiped_store_beside_a_finished_experiment_on_a_file_uri(tmp_path):
+def test_wiped_store_beside_a_finished_experiment_on_a_file_uri(tmp_path, shared_ray):
     path = small_study(tmp_path, name="wiped", epochs=2, variants={"A": {}}, seeds=[0, 1])
     storage = f"file://{tmp_path / 'shared'}"
-    run_study(tmp_path, str(path), "--storage", storage)
+    run_study(tmp_path, str(path), "--storage", storage, cluster=shared_ray)
     assert list((tmp_path / "shared").glob("wiped-*/*/checkpoint_*")) and not (tmp_path / "file:").exists()
     before = {r.info.run_name: r.data.metrics for r in trial_runs(tmp_path / "mlflow.db", "wiped")}
 
@@ -140,7 +140,8 @@ def test_wiped_store_beside_a_finished_experiment_on_a_file_uri(tmp_path):
         """A store with none of the runs (mlflow.db deleted, or another --tracking-uri). A new file each
         time: this process's MLflow keeps its connection to a deleted one."""
         return tmp_path / name, run_study(tmp_path, str(path), "--storage", storage,
-                                          "--tracking-uri", f"sqlite:///{tmp_path / name}", *extra, check=check)
+                                          "--tracking-uri", f"sqlite:///{tmp_path / name}", *extra, check=check,
+                                          cluster=shared_ray)
 
     db, done = in_new_store("wiped.db")  # the finished Ray experiment is all that is left
     assert "2 trials (0 cached)" in done.stdout
@@ -174,11 +175,12 @@ def test_store_failing_mid_study_stops_with_one_line(tmp_path):
     assert "the study stopped: writing to MLflow failed" in line and "run the same command again" in line
 
 
-def test_relative_data_dir_is_the_drivers(tmp_path):
+def test_relative_data_dir_is_the_drivers(tmp_path, shared_ray):
     write_fake_cifar(tmp_path / "cifar", "cifar10", per_file=20)
     path = small_study(tmp_path, name="cifar", epochs=1, variants={"A": {}}, seeds=[0])
     path.write_text(path.read_text().replace("dataset: digits", "dataset: cifar10\n  data_dir: cifar"))
-    done = run_study(tmp_path, str(path), "--storage", str(tmp_path / "it's here"))  # a quote in MLflow filters
+    done = run_study(tmp_path, str(path), "--storage", str(tmp_path / "it's here"),  # a quote in MLflow filters
+                     cluster=shared_ray)
     assert "0 failed" in done.stdout and list((tmp_path / "it's here").glob("cifar-*/*/checkpoint_*"))
     (run,) = trial_runs(tmp_path / "mlflow.db", "cifar")
     assert run.info.status == "FINISHED" and run.data.params["data_dir"] == str(tmp_path / "cifar")

@@ -23,10 +23,10 @@ EXPERIMENT = "premove-2b480e57"
 
 
 @pytest.mark.slow
-def test_an_experiment_interrupted_before_the_move_resumes_after_it(tmp_path):
+def test_an_experiment_interrupted_before_the_move_resumes_after_it(tmp_path, shared_ray):
     shutil.copytree(FIXTURE / EXPERIMENT, tmp_path / "ray_results" / EXPERIMENT)
     shutil.copy(FIXTURE / "premove.yaml", tmp_path)
-    done = run_study(tmp_path, "premove.yaml")
+    done = run_study(tmp_path, "premove.yaml", cluster=shared_ray)
     assert "starting a new one" not in done.stdout and "cannot resume" not in done.stderr, done.stdout[-3000:]
     assert [p.name for p in (tmp_path / "ray_results").iterdir() if p.is_dir()] == [EXPERIMENT]  # none set aside
     db = tmp_path / "mlflow.db"

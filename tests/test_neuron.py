@@ -4,7 +4,7 @@ from torch import nn
 
 from isnm.config import SURROGATES
 from isnm.neuron import ISNM, isnm_spikes, isnm_spikes_reference, set_surrogate
-from tests.test_surrogate import BY_HAND
+from tests.surrogates import BY_HAND
 
 
 def reference_spikes(current: list[float], tau: float, theta: float, reset: str) -> list[float]:

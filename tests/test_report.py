@@ -1,11 +1,9 @@
 """study.report on real MLflow runs written by the tracking code into a temp sqlite store."""
 import math
 from collections import Counter
-from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from study.records import read_runs
@@ -16,58 +14,22 @@ from study.report.stats import mean_std, welch
 from study.report.tables import counts_line
 from study.spec.config import load_study
 from study.spec.plan import plan_trials
-from study.tracking.provenance import CodeState
-from study.tracking.store import experiment_id
-from study.tracking.writers import create_trial_run, log_epoch, start_parent_run
+from tests.stores import STUDY, write_spec, write_store
 
-CODE = CodeState("0" * 40, False, "")
-
-STUDY = {
-    "name": "tiny_table", "description": "A 3-row study with known values",
-    "base": {"dataset": "digits", "arch": "tiny", "epochs": 2},
-    "variants": {"A": {}, "B": {"neuron.reset": "soft"}, "C": {"surrogate.schedule": "fixed"}},
-    "seeds": [0, 1],
-    "table": {"rows": "variant", "metric": "test_acc", "paper": {"A": 90.0, "B": [95.0, 0.5], "C": 80.0}},
-}
 # final test_acc per trial, or the run's fate
 OUTCOME = {"A seed=0": 0.90, "A seed=1": 0.92, "B seed=0": 0.95, "B seed=1": "FAILED", "C seed=0": "RUNNING",
            "C seed=1": "KILLED"}
 
 
-def write_store(folder: Path, spec: dict, outcome: dict[str, float | str], uri: str,
-                activity: dict[str, dict[str, float]] | None = None) -> str:
-    """The (empty) store at `uri` made to hold one invocation of the study `spec`, as study.run records it: a run
-    per trial named in `outcome`, FINISHED with that final test_acc, or ended FAILED or KILLED, or left
-    RUNNING (0.5), and logging each epoch the metrics `activity` names for it; trials not named never started.
-    Returns the store's URI."""
-    study = load_study(write_spec(folder, spec))
-    client = MlflowClient(uri)
-    exp = experiment_id(client, study.name, uri)
-    parent = start_parent_run(client, exp, study, CODE, "ray-exp")
-    for trial in plan_trials(study):
-        fate = outcome.get(trial.name)
-        if fate is None:
-            continue
-        run = create_trial_run(client, exp, parent, study.name, trial, CODE)
-        final = fate if isinstance(fate, float) else 0.5
-        # epoch 1 has the best test_acc, epoch 2 the best val_acc
-        for epoch, acc, val in ((1, final + 0.01, final - 0.05), (2, final, final)):
-            log_epoch(client, run, {"epoch": epoch, "test_acc": acc, "val_acc": val, "train_loss": 1 - val,
-                                    "beta": 5.0, "alpha": 1.0, **(activity or {}).get(trial.name, {})})
-        if fate != "RUNNING":
-            client.set_terminated(run, fate if fate in ("FAILED", "KILLED") else "FINISHED")
-    client.set_terminated(parent, "FINISHED")
-    return uri
-
-
 @pytest.fixture()
-def store(tmp_path, monkeypatch, mlflow_uri):
+def tiny_table_store(tmp_path, monkeypatch, mlflow_uri):
+    """(this test's folder, the store's URI): one invocation of STUDY recorded with OUTCOME, the test in that folder."""
     monkeypatch.chdir(tmp_path)
     return tmp_path, write_store(tmp_path, STUDY, OUTCOME, mlflow_uri)
 
 
-def test_table_is_exact(store, capsys):
-    folder, uri = store
+def test_table_is_exact(tiny_table_store, capsys):
+    folder, uri = tiny_table_store
     global_uri = mlflow.get_tracking_uri()
     assert main(["--tracking-uri", uri, "--out", str(folder / "reports")]) == 0
     assert mlflow.get_tracking_uri() == global_uri  # the report reads through its own client only
@@ -88,8 +50,8 @@ Final test_acc, mean ± sample std over seeds; n = finished seeds where fewer th
     assert "![test_acc per epoch](tiny_table-curves.png)" in text
 
 
-def test_best_stat_chooses_each_runs_epoch_by_val_acc_not_test_acc(store):
-    folder, uri = store
+def test_best_stat_chooses_each_runs_epoch_by_val_acc_not_test_acc(tiny_table_store):
+    folder, uri = tiny_table_store
     assert main(["--tracking-uri", uri, "--out", str(folder / "r"), "--stat", "best", "--format", "csv"]) == 0
     assert "| A | 91.00 ± 1.41 |" in (folder / "r/tiny_table.md").read_text()  # epoch 2's test_acc, not 92.00
     assert main(["--tracking-uri", uri, "--out", str(folder / "v"), "--stat", "best", "--metric", "val_acc"]) == 0
@@ -97,8 +59,8 @@ def test_best_stat_chooses_each_runs_epoch_by_val_acc_not_test_acc(store):
     assert (folder / "r/tiny_table.csv").read_text().count("\n") == 7  # header + 6 trial runs
 
 
-def test_plots_are_logged_to_the_parent_run(store):
-    folder, uri = store
+def test_plots_are_logged_to_the_parent_run(tiny_table_store):
+    folder, uri = tiny_table_store
     main(["--tracking-uri", uri, "--out", str(folder / "reports")])
     client = MlflowClient(uri)
     parent = client.search_runs([client.get_experiment_by_name("tiny_table").experiment_id], "tags.kind = 'study'")[0]
@@ -137,14 +99,8 @@ def test_function_by_schedule_table_with_firing_and_energy_columns(tmp_path, mon
     assert (tmp_path / "reports/shapes-schedule.png").stat().st_size > 0  # the per-step cosine curve
 
 
-def write_spec(folder: Path, spec: dict) -> Path:
-    path = folder / f"{spec['name']}.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
-
-
-def test_unknown_study_and_missing_store_are_one_line_errors(store, tmp_path, capsys):
-    folder, uri = store
+def test_unknown_study_and_missing_store_are_one_line_errors(tiny_table_store, tmp_path, capsys):
+    folder, uri = tiny_table_store
     assert main(["nope", "--tracking-uri", uri]) == 2
     assert "no study 'nope'" in capsys.readouterr().err
     assert main(["--tracking-uri", f"sqlite:///{tmp_path / 'absent.db'}"]) == 2
@@ -169,8 +125,8 @@ def test_sample_std():
     assert math.isnan(mean_std([5.0])[1])
 
 
-def test_several_metrics_are_a_table_each_with_their_differences(store):
-    folder, uri = store
+def test_several_metrics_are_a_table_each_with_their_differences(tiny_table_store):
+    folder, uri = tiny_table_store
     path = folder / "tiny_table.yaml"
     path.write_text(path.read_text().replace("metric: test_acc", "metric: [test_acc, train_loss]"))
     client = MlflowClient(uri)
@@ -189,10 +145,10 @@ def test_several_metrics_are_a_table_each_with_their_differences(store):
     assert "![test_acc, train_loss per epoch](tiny_table-curves.png)" in text
 
 
-def test_the_runs_sidecar_lists_every_run_used_as_mlflow_holds_it(store):
+def test_the_runs_sidecar_lists_every_run_used_as_mlflow_holds_it(tiny_table_store):
     import csv
 
-    folder, uri = store
+    folder, uri = tiny_table_store
     assert main(["--tracking-uri", uri, "--out", str(folder / "p")]) == 0
     client = MlflowClient(uri)
     with (folder / "p/tiny_table.runs.csv").open() as file:
@@ -207,8 +163,8 @@ def test_the_runs_sidecar_lists_every_run_used_as_mlflow_holds_it(store):
     assert "Provenance: 3 runs; commit 0000000; torch unknown;" in text and "`tiny_table.runs.csv`" in text
 
 
-def test_cells_from_several_commits_are_flagged(store):
-    folder, uri = store
+def test_cells_from_several_commits_are_flagged(tiny_table_store):
+    folder, uri = tiny_table_store
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("tiny_table").experiment_id
     run = client.search_runs([exp], "attributes.run_name = 'A seed=1'")[0]
@@ -219,8 +175,8 @@ def test_cells_from_several_commits_are_flagged(store):
     assert "**cells come from 2 commits**: 0000000 (2 runs), 1111111+dirty (1 runs)" in text
 
 
-def test_the_csv_of_every_run_is_what_mlflow_search_runs_gives(store, monkeypatch):
-    folder, uri = store
+def test_the_csv_of_every_run_is_what_mlflow_search_runs_gives(tiny_table_store, monkeypatch):
+    folder, uri = tiny_table_store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # mlflow.search_runs takes no store: it reads this
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("tiny_table").experiment_id

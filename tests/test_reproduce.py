@@ -2,49 +2,13 @@
 import sqlite3
 from pathlib import Path
 
-import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
-from isnm import train
 from isnm.__main__ import main as train_main
-from isnm.config import config_hash, default_config, merged, parse_config, to_dict
+from isnm.config import config_hash, parse_config, to_dict
 from study.reproduce.cli import main
-from study.spec.plan import Trial
-from study.tracking.provenance import CodeState, code_state, environment, environment_tags
-from study.tracking.store import experiment_id
-from study.tracking.writers import create_trial_run, log_epoch
-
-CONFIG = merged(default_config(), {"arch": "tiny", "epochs": 2, "timesteps": 2, "batch_size": 128, "seed": 0,
-                                   "kernel": "eager"})
-
-
-def record(client: MlflowClient, exp: str, config: dict, trained: dict, code: CodeState, name: str = "A seed=0") -> str:
-    """A FINISHED trial run holding `trained`'s epochs (a config trained elsewhere) under `config`."""
-    trial = Trial(name, "A", {}, config["seed"], config, config_hash(config))
-    run_id = create_trial_run(client, exp, "parent", "repro", trial, code)
-    for metrics in trained["epochs"]:
-        log_epoch(client, run_id, metrics)
-    tags = {**environment_tags(trained["env"]), "data_fingerprint": trained["epochs"][-1]["data_fingerprint"]}
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
-    client.set_terminated(run_id, "FINISHED")
-    return run_id
-
-
-@pytest.fixture(scope="module")
-def trained():
-    epochs = []
-    train(CONFIG, on_epoch=lambda m, s: epochs.append(m))
-    return {"epochs": epochs, "env": environment("cpu")}
-
-
-@pytest.fixture()
-def store(tmp_path, monkeypatch, mlflow_uri):
-    monkeypatch.chdir(tmp_path)
-    uri = mlflow_uri
-    client = MlflowClient(uri)
-    return client, experiment_id(client, "repro", uri), uri
+from study.tracking.provenance import CodeState, code_state
+from tests.stores import TRAINED_CONFIG as CONFIG, record
 
 
 def test_a_recorded_run_reproduces_bit_for_bit_and_is_logged(store, trained, capsys):

@@ -35,6 +35,7 @@ def trial_workers(driver: int) -> list[int]:
     return mine
 
 
+@pytest.mark.serial  # the worker must be found and killed before its trial's 5 epochs end: alone on the machine
 def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
     path = small_study(tmp_path, name="killworker", epochs=5, variants={"GSG": {"surrogate.schedule": "gradual"}},
                        seeds=[3])
@@ -59,6 +60,7 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
     assert run.data.metrics["train_loss"] == pytest.approx(reference["train_loss"], rel=0, abs=1e-12)
 
 
+@pytest.mark.serial  # the driver must be killed between two trials' ends: alone on the machine
 def test_killed_driver_resumes_on_rerun_without_repeating_work(tmp_path):
     # one trial at a time: the kill follows the first trial's end, and three trials of 4 epochs remain
     path = small_study(tmp_path, name="killdriver", epochs=4, max_concurrent=1)
@@ -86,31 +88,31 @@ def test_killed_driver_resumes_on_rerun_without_repeating_work(tmp_path):
     assert "0 failed" in done.stdout
 
 
-def test_finished_configs_are_cached_across_invocations_and_study_files(tmp_path):
+def test_finished_configs_are_cached_across_invocations_and_study_files(tmp_path, shared_ray):
     first = small_study(tmp_path, name="first", epochs=1)
     db = tmp_path / "mlflow.db"
-    run_study(tmp_path, str(first))
-    again = run_study(tmp_path, str(first))
+    run_study(tmp_path, str(first), cluster=shared_ray)
+    again = run_study(tmp_path, str(first), cluster=shared_ray)
     assert "4 trials (4 cached)" in again.stdout and "Trial status" not in again.stdout
     assert len(trial_runs(db, "first")) == 4
 
     second = small_study(tmp_path, name="second", epochs=1, seeds=[1, 2])  # seed 1 overlaps
-    out = run_study(tmp_path, str(second)).stdout
+    out = run_study(tmp_path, str(second), cluster=shared_ray).stdout
     assert "4 trials (2 cached)" in out
     runs = trial_runs(db, "second")
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
     copies = [r for r in runs if "cached_from" in r.data.tags]
     assert len(copies) == 2 and all(steps(db, r) == [1] for r in copies)
 
-    rerun = run_study(tmp_path, str(first), "--rerun")
+    rerun = run_study(tmp_path, str(first), "--rerun", cluster=shared_ray)
     assert "4 trials (0 cached)" in rerun.stdout
     assert len([r for r in trial_runs(db, "first") if r.info.status == "FINISHED"]) == 8
 
 
-def test_diverged_trial_fails_alone_and_is_counted(tmp_path):
+def test_diverged_trial_fails_alone_and_is_counted(tmp_path, shared_ray):
     path = small_study(tmp_path, name="diverge", epochs=2, seeds=[0],
                        variants={"sane": {}, "wild": {"lr": 1e37}})
-    done = run_study(tmp_path, str(path), check=False)
+    done = run_study(tmp_path, str(path), check=False, cluster=shared_ray)
     assert done.returncode == 1
     assert "failed: training diverged: loss nan at epoch 1, step 2" in done.stdout and "1 failed" in done.stdout
     runs = {r.info.run_name: r for r in trial_runs(tmp_path / "mlflow.db", "diverge")}

@@ -26,7 +26,8 @@ def test_a_server_that_never_answers_is_given_up_after_the_patience_in_one_line(
     began = time.monotonic()
     with pytest.raises(ServerAway) as raised:
         client.get_experiment_by_name("any")
-    assert 1.5 <= time.monotonic() - began < 10
+    # the patience is the point: not given up before it (no upper bound: a loaded machine only waits longer)
+    assert time.monotonic() - began >= 1.5
     assert str(raised.value) == (f"the MLflow server {client.uri} did not answer for 1.5 s (--tracking-patience); "
                                  f"the study stopped; run it again")
     waiting = capsys.readouterr().err.strip().splitlines()
@@ -36,20 +37,19 @@ def test_a_server_that_never_answers_is_given_up_after_the_patience_in_one_line(
 
 def test_a_request_the_store_refuses_is_raised_at_once(mlflow_uri, capsys):
     client = PatientClient(MlflowClient(mlflow_uri), mlflow_uri, 60)
-    began = time.monotonic()
     with pytest.raises(MlflowException, match="not found"):
         client.get_run("0" * 32)
-    assert time.monotonic() - began < 5 and capsys.readouterr().err == ""
+    assert not client.away and capsys.readouterr().err == ""  # never waited: no "does not answer" line
 
 
 def test_a_backlog_returns_at_once_while_the_server_is_away_and_raises_its_failure_later():
     client = away_client(2)
     backlog = Backlog(lambda: client.away)
     done = []
-    began = time.monotonic()
+    # a submit that waited for its task would raise ServerAway itself, once the 2 s patience ran out
     backlog.submit(client.get_experiment_by_name, "any")
     backlog.submit(done.append, "after")  # queued behind the one waiting
-    assert time.monotonic() - began < 2 and client.away and done == []
+    assert client.away and done == []
     with pytest.raises(ServerAway):
         backlog.drain()
     assert done == []  # the first failure stops the rest

@@ -8,7 +8,7 @@ import yaml
 
 from study.run.cli import main
 from tests.studies import free_port, loopback_env
-from tests.test_config import BAD, GOOD
+from tests.study_files import BAD, GOOD
 
 CLI_ONLY = [
     ("missing file", None, ["nope.yaml"], "nope.yaml: no such study file"),

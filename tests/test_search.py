@@ -18,10 +18,10 @@ STUDY = {
 }
 
 
-def test_a_search_samples_stops_early_and_ranks_on_validation(tmp_path):
+def test_a_search_samples_stops_early_and_ranks_on_validation(tmp_path, shared_ray):
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(STUDY, sort_keys=False))
-    run_study(tmp_path, str(path))
+    run_study(tmp_path, str(path), cluster=shared_ray)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("search").experiment_id
@@ -44,13 +44,13 @@ def test_a_search_samples_stops_early_and_ranks_on_validation(tmp_path):
     assert overlay == {"base": {"lr": float(best["lr"]), "surrogate": {"alpha": best["surrogate.alpha"]}}}
 
 
-def test_a_search_for_sparse_networks_ranks_on_the_validation_passs_firing(tmp_path):
+def test_a_search_for_sparse_networks_ranks_on_the_validation_passs_firing(tmp_path, shared_ray):
     study = {**STUDY, "name": "sparse", "search": {"algorithm": "random", "num_samples": 3, "metric": "val_spike_rate",
                                                    "mode": "min", "space": {"neuron.tau": {"uniform": [1.5, 4.0]}}}}
     study["base"] = {**STUDY["base"], "epochs": 2}
     path = tmp_path / "sparse.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
-    run_study(tmp_path, str(path))
+    run_study(tmp_path, str(path), cluster=shared_ray)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     trials = client.search_runs([client.get_experiment_by_name("sparse").experiment_id], "tags.kind = 'trial'")

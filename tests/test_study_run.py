@@ -1,17 +1,14 @@
 """End to end on real Ray and a real MLflow sqlite store: local Ray, a Ray cluster, an MLflow server."""
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from tests.servers import start_mlflow, stop
 from tests.studies import free_port, loopback_env, run_study, small_study
 
 pytestmark = pytest.mark.slow  # real Ray, MLflow and processes
@@ -100,22 +97,12 @@ def test_summary_names_each_trial_and_where_the_runs_are(finished_study):
 def test_runs_are_browsable_through_an_mlflow_server(finished_study):
     cwd, _ = finished_study
     port = free_port()
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    server = subprocess.Popen([str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{cwd / 'mlflow.db'}", "--workers", "1"],
-                              cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = start_mlflow("server", port, "--backend-store-uri", f"sqlite:///{cwd / 'mlflow.db'}",
+                          log=cwd / "mlflow-server.log", cwd=cwd)
     try:
         base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/experiments/get-by-name?experiment_name=itest", timeout=2) as r:
-                    exp_id = json.load(r)["experiment"]["experiment_id"]
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(0.5)
+        with urllib.request.urlopen(f"{base}/experiments/get-by-name?experiment_name=itest", timeout=10) as r:
+            exp_id = json.load(r)["experiment"]["experiment_id"]
         request = urllib.request.Request(f"{base}/runs/search", method="POST",
                                          data=json.dumps({"experiment_ids": [exp_id]}).encode(),
                                          headers={"Content-Type": "application/json"})
@@ -124,8 +111,7 @@ def test_runs_are_browsable_through_an_mlflow_server(finished_study):
         names = sorted(run["info"]["run_name"] for run in runs)
         assert len(runs) == 5 and "ISNM+GSG seed=0" in names
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop(server)
 
 
 def test_a_trial_reproduces_bit_for_bit_from_its_run(finished_study):

@@ -1,0 +1,80 @@
+"""A corpus of study files for the checks of a study file, run both in-process (tests/test_config.py) and at the
+command line (tests/test_run_errors.py): GOOD, a valid one, and BAD, the mistakes a user makes, each with the
+words its one-line error holds."""
+import copy
+
+from isnm.config import merged, nested
+
+GOOD = {"name": "t", "base": {"dataset": "digits", "arch": "tiny", "epochs": 2},
+        "variants": {"A": {}, "B": {"neuron.reset": "soft"}}, "seeds": [0, 1], "resources": {"cpu": 1}}
+
+
+def with_change(**changes) -> dict:
+    """GOOD with `changes`: top=v replaces a top-level key, top__a__b=v sets one key inside it."""
+    data = copy.deepcopy(GOOD)
+    for dotted, value in changes.items():
+        top, *rest = dotted.split("__")
+        data[top] = merged(data.get(top, {}), nested({".".join(rest): value})) if rest else value
+    return data
+
+
+# (id, the study file: a mapping or YAML text, or "PROFILE" for GOOD run with a profile it lacks ("fast"), a regular
+# expression its one-line error matches)
+BAD = [
+    ("yaml", "name: t\nbase: {dataset: digits\n", "YAML syntax error at line 3"),
+    ("unknown top key", with_change(seed=[0]), "seed: unknown key 'seed'.*did you mean 'seeds'"),
+    ("unknown config key", with_change(base__epocs=3), "base.epocs: unknown key 'epocs'.*did you mean 'epochs'"),
+    ("wrong type", with_change(base__epochs="ten"), "base.epochs: got 'ten', expected an integer"),
+    ("epochs < 1", with_change(base__epochs=0), "base.epochs: got 0, expected an integer >= 1"),
+    ("timesteps < 1", with_change(variants={"A": {"timesteps": 0}}), "variants.A.timesteps: got 0"),
+    ("beta_min <= 0", with_change(base__surrogate={"beta_min": 0}), "base.surrogate.beta_min: got 0"),
+    ("beta_min > beta_max", with_change(variants={"G": {"surrogate.beta_min": 9.0}}),
+     "variants.G.surrogate.beta_max: got 5.0, expected a number >= beta_min"),
+    ("tau <= 0", with_change(variants={"A": {"neuron.tau": -1}}), "variants.A.neuron.tau: got -1"),
+    ("threshold <= 0", with_change(base__neuron={"threshold": 0}), "base.neuron.threshold: got 0"),
+    ("reset", with_change(variants={"A": {"neuron.reset": "medium"}}),
+     "variants.A.neuron.reset: got 'medium', expected 'hard' or 'soft'"),
+    ("dataset", with_change(base__dataset="mnist"), "base.dataset: got 'mnist', expected 'digits'"),
+    ("arch", with_change(base__arch="vgg16"), "base.arch: got 'vgg16', expected 'tiny' or 'vgg_small'"),
+    ("override key missing", with_change(variants={"A": {"neuron.rest": "soft"}}),
+     "variants.A.neuron.rest: unknown key.*did you mean 'neuron.reset'"),
+    ("seed set by variant", with_change(variants={"A": {"seed": 3}}), "variants.A.seed: seeds are set by"),
+    ("grid key", with_change(grid={"timestep": [1, 5]}), "grid.timestep: unknown key.*'timesteps'"),
+    ("grid value", with_change(grid={"timesteps": [1, 0]}), r"grid.timesteps\[1\]: got 0"),
+    ("seeds empty", with_change(seeds=[]), "seeds: got \\[\\], expected a non-empty list"),
+    ("seeds duplicated", with_change(seeds=[0, 1, 0]), r"seeds\[2\]: got 0, expected a seed not listed before"),
+    ("negative cpu", with_change(resources={"cpu": -1}), "resources.cpu: got -1"),
+    ("non-numeric gpu", with_change(resources={"gpu": "lots"}), "resources.gpu: got 'lots', expected a number"),
+    ("unknown profile", "PROFILE", "profiles: no profile 'fast'"),
+    ("empty file", "", "the file is empty"),
+    ("not a mapping", "- a\n- b\n", "expected a mapping"),
+    ("search with variants", with_change(search={"space": {"lr": {"loguniform": [1e-4, 1e-2]}}}),
+     "search: .*either a search or variants/grid"),
+    ("bad distribution", {**GOOD, "variants": {}, "search": {"space": {"lr": {"lognormal": [1, 2]}}}},
+     r"search.space.lr: got .*, expected one of \{loguniform"),
+    ("loguniform low", {**GOOD, "variants": {}, "search": {"space": {"lr": {"loguniform": [0, 1]}}}},
+     "search.space.lr.loguniform: got \\[0, 1\\], expected \\[low, high\\] with 0 < low"),
+    ("same config twice", with_change(variants={"A": {}, "B": {"neuron.reset": "hard"}}),
+     "trials 'A seed=0' and 'B seed=0' have the same config"),
+    ("search ranked on the test set", {**GOOD, "variants": {}, "search": {"metric": "test_acc",
+                                                                         "space": {"lr": {"loguniform": [1e-4, 1e-2]}}}},
+     "search.metric: got 'test_acc', expected 'train_loss' or 'train_acc' or 'val_acc'"),
+    ("search ranked on the test pass's firing", {**GOOD, "variants": {}, "search": {
+        "metric": "spike_rate", "mode": "min", "space": {"lr": {"loguniform": [1e-4, 1e-2]}}}},
+     "search.metric: got 'spike_rate', expected 'train_loss' or 'train_acc' or 'val_acc' or 'val_spike_rate'"),
+    ("search on val_spike_rate without validation", {**GOOD, "variants": {}, "base": {**GOOD["base"], "validation": 0},
+                                                     "search": {"metric": "val_spike_rate", "mode": "min",
+                                                                "space": {"lr": {"loguniform": [1e-4, 1e-2]}}}},
+     "search.metric: val_spike_rate needs a validation split, but base.validation is 0"),
+    ("search on val_acc without validation", {**GOOD, "variants": {}, "base": {**GOOD["base"], "validation": 0},
+                                              "search": {"space": {"lr": {"loguniform": [1e-4, 1e-2]}}}},
+     "search.metric: val_acc needs a validation split, but base.validation is 0"),
+    ("validation 1", with_change(base__validation=1.0), "base.validation: got 1.0, expected a fraction >= 0 and < 1"),
+    # names become folders (ray_results/<name>-<profile>-..., mlartifacts/<name>) and MLflow filter values
+    ("name ..", with_change(name=".."), "name: got '..', expected 1 to 100 letters"),
+    ("name with a quote", with_change(name="it's"), "name: got \"it's\", expected 1 to 100 letters"),
+    ("name with a slash", with_change(name="a/b"), "name: got 'a/b'"),
+    ("name too long", with_change(name="n" * 241), "name: got 'nnn.*', expected 1 to 100 letters"),
+    ("profile escapes storage", with_change(profiles={"../up": {"seeds": [1]}}),
+     "profiles: got '../up', expected a profile name of 1 to 100 letters"),
+]
