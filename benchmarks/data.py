@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from benchmarks.common import print_table
-from isnm.data import CIFAR, augmented, normalized
+from isnm.data import augmented, normalized
+from isnm.datafiles import CIFAR
 
 
 def batched(images_uint8: torch.Tensor, batch: int) -> float:

@@ -3,6 +3,7 @@
 config     the training config: its dataclasses, validation into them, its hash, KEY=VALUE overrides (no torch)
 metrics    the names of what training reports (no torch)
 schedule   the surrogate's schedule: beta and alpha over training (no torch)
+datafiles  data sets on disk: CIFAR's files found, fetched, read safely; a study's data check (no torch)
 data       data sets as whole tensors on the device, augmentation as batched tensor ops
 surrogate  the surrogate gradients and the spike op
 neuron     the ISNM neuron and its kernels (eager, compiled)
@@ -29,10 +30,11 @@ EXPORTS = {
                      "HASHED_WHEN_SET", "with_setting"), "isnm.config"),
     "metrics": "isnm.metrics",
     "surrogate_at": "isnm.schedule",
-    **dict.fromkeys(("DataError", "Dataset", "load_dataset"), "isnm.data"),
+    **dict.fromkeys(("DataError", "check_data"), "isnm.datafiles"),
+    **dict.fromkeys(("Dataset", "load_dataset"), "isnm.data"),
     **dict.fromkeys(("resolve_device", "resolve_kernel", "channels_last", "precision_of", "reuse_freed_memory",
                      "prepared_model"), "isnm.runtime"),
-    **dict.fromkeys(("train", "train_step", "TrainingDiverged", "check_data", "evaluate", "recalibrate_batch_norm",
+    **dict.fromkeys(("train", "train_step", "TrainingDiverged", "evaluate", "recalibrate_batch_norm",
                      "EVAL_BATCH_SIZE"), "isnm.training"),
 }
 __all__ = list(EXPORTS)

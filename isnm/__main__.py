@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from isnm.config import ConfigError, config_hash, parse_config, to_dict, with_setting
-from isnm.data import DataError
+from isnm.datafiles import DataError
 from isnm.metrics import BETA, EPOCH, EPOCH_SECONDS, TEST_ACC, TRAIN_LOSS
 from isnm.training import train
 

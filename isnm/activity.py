@@ -13,7 +13,8 @@ The encoder sees the image, not spikes: its convolution is multiply-accumulates 
 The ANN it is held against is the same network with ReLU for ISNM, run once: every conv and linear
 layer's MACs per image. Batch norm is folded into the weights at inference in both, pooling is free.
 Energies are 45 nm CMOS figures (Horowitz, ISSCC 2014), 0.9 pJ per 32-bit float AC, 4.6 pJ per MAC:
-the usual assumptions of SNN papers, which leave out memory access and data movement (docs/model.md, "Firing and energy").
+the usual assumptions of SNN papers, which leave out memory access and data movement (docs/model.md, "Firing
+and energy").
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from isnm.activity import Activity, ActivityMonitor
 from isnm.config import parse_config
-from isnm.data import CIFAR, batches, check_cifar, fingerprint, load_dataset, train_batches
+from isnm.data import batches, fingerprint, load_dataset, train_batches
 from isnm.metrics import (ALPHA, BETA, DATA_FINGERPRINT, EPOCH, EPOCH_SECONDS, KERNEL, KERNEL_FALLBACK, TEST_ACC,
                           TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_SPIKE_RATE)
 from isnm.neuron import kernel_fallback, set_surrogate
@@ -20,16 +20,6 @@ from isnm.runtime import precision_of, prepared_model, resolve_device, reuse_fre
 from isnm.schedule import surrogate_at
 
 EVAL_BATCH_SIZE = 1000
-
-
-def check_data(config: dict) -> None:
-    """Make sure this config's data set can be read, fetching it first where allowed; raises DataError.
-
-    Run before any trial starts, so a missing or damaged data set is one line rather than a failed
-    trial (and, with download on, so that one process fetches it, not every trial)."""
-    cfg = parse_config(config)
-    if cfg.dataset in CIFAR:
-        check_cifar(cfg.dataset, cfg.data_dir, cfg.download)
 
 
 class TrainingDiverged(RuntimeError):

@@ -190,7 +190,8 @@ class RunRecord:
         tags = run.data.tags
         seed = tags.get(Tag.SEED, "")
         return cls(run.info.run_id, run.info.experiment_id, run.info.run_name or "", run.info.status,
-                   run.info.start_time or 0, run.info.end_time, run.info.artifact_uri, tags.get(Tag.KIND, ""), tags.get(Tag.VARIANT, ""),
+                   run.info.start_time or 0, run.info.end_time, run.info.artifact_uri, tags.get(Tag.KIND, ""),
+                   tags.get(Tag.VARIANT, ""),
                    int(seed) if seed.lstrip("-").isdigit() else None, tags.get(Tag.CONFIG_HASH, ""),
                    tags.get(Tag.GIT_COMMIT, "unknown"), tags.get(Tag.GIT_DIRTY) == "true",
                    dict(run.data.metrics), dict(run.data.params), dict(tags))

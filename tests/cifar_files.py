@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from isnm.data import CIFAR
+from isnm.datafiles import CIFAR
 
 
 def write_fake_cifar(root: Path, name: str = "cifar10", per_file: int = 20, seed: int = 0) -> Path:

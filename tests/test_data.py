@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from isnm.data import DataError, augmented, load_dataset, train_batches
+from isnm.data import augmented, load_dataset, train_batches
+from isnm.datafiles import DataError
 from tests.cifar_files import write_fake_cifar
 
 
@@ -122,7 +123,7 @@ def test_a_cifar_file_naming_another_global_is_refused_and_nothing_runs(tmp_path
 def test_a_download_waits_for_the_one_under_way_and_then_finds_the_files(tmp_path):
     import threading
 
-    from isnm.data import cifar_folder, download_lock
+    from isnm.datafiles import cifar_folder, download_lock
 
     found = {}
     with download_lock(tmp_path):  # another trial is fetching CIFAR into the shared folder

@@ -51,3 +51,11 @@ def test_a_trial_process_loads_neither_mlflow_nor_the_reporting_side():
     probe = "import sys, study.run.worker; print(*(m in sys.modules for m in ('mlflow', 'study.report')))"
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["False", "False"], done.stderr[-2000:]
+
+
+def test_a_driver_loads_no_torch():
+    """study.run's driver checks its data and runs Tune without torch (1.5 s of every launch); the trials load it."""
+    probe = ("import sys, study.run.cli, study.run.driver; from isnm import check_data; check_data({}); "
+             "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["False"], done.stderr[-2000:]

@@ -1,5 +1,8 @@
 """What runs in a trial's own Ray worker process: the trainable, which calls `isnm.train` and reports
-every epoch with a checkpoint, resuming from Tune's checkpoint."""
+every epoch with a checkpoint, resuming from Tune's checkpoint.
+
+torch (and isnm's training) load inside the functions, in the worker: the driver imports this module for
+the trainable's name and stays without torch."""
 from __future__ import annotations
 
 import json
@@ -12,10 +15,9 @@ from typing import TYPE_CHECKING, Optional
 
 import pyarrow.fs as pafs
 import ray
-import torch
 from ray import tune
 
-from isnm import TrainingDiverged, metrics, parse_config, resolve_device, train
+from isnm import metrics, parse_config
 from study.errors import StudyError, first_line
 from study.records import Reported
 from study.tracking.provenance import environment
@@ -41,6 +43,8 @@ def readable_state(checkpoint: tune.Checkpoint) -> tuple[Optional[dict], str]:
     and every rerun the same way; the older kept checkpoint costs an epoch. None when none loads:
     the trial then starts over, which on the CPU reproduces the same epochs.
     """
+    import torch
+
     notes = []
     for candidate in checkpoint_states(checkpoint):
         try:
@@ -68,6 +72,8 @@ def usable_gpus(ids: list, visible: Optional[str], torch_sees: int, device: str,
         raise StudyError(f"CUDA_VISIBLE_DEVICES is {visible!r} on node {node}, but Ray gave this trial GPU {gpus}: "
                          f"it would use other trials' GPUs; unset RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES")
     if device != "cpu" and torch_sees < len(ids):
+        import torch
+
         remedy = ("its torch is a CPU build: install a CUDA build there" if torch.version.cuda is None else
                   f"its torch is built for CUDA {torch.version.cuda}: check the node's NVIDIA driver (nvidia-smi)")
         raise StudyError(f"torch sees {torch_sees} GPU(s) on node {node}, but Ray gave this trial GPU {gpus}; "
@@ -77,6 +83,10 @@ def usable_gpus(ids: list, visible: Optional[str], torch_sees: int, device: str,
 
 def trainable(tune_config: dict, book: TrialBook) -> None:
     """One trial: train, report metrics and a checkpoint every epoch, resume from Tune's checkpoint."""
+    import torch
+
+    from isnm import TrainingDiverged, resolve_device, train
+
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch is noise
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))  # trials sharing a machine must not fight over cores

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-import torch
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback, Checkpoint
 
@@ -251,6 +250,8 @@ class MlflowTracker(Callback):
         self.client.set_terminated(run_id, "FAILED")
 
     def log_weights(self, run_id: str, state_file: Path) -> None:
+        import torch  # only here, on the driver: the weights' file is extracted from the checkpoint
+
         state = torch.load(state_file, map_location="cpu", weights_only=True)
         with tempfile.TemporaryDirectory() as tmp:
             weights = Path(tmp) / Artifact.WEIGHTS
