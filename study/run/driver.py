@@ -141,6 +141,17 @@ def copy_cached(study: Study, trials: list[Trial], here: Invocation) -> set[str]
     return set(cached)
 
 
+def close_quietly(tracker: MlflowTracker) -> None:
+    """A Ctrl-C that reached fit itself (before Tune could take it, or a second one): the runs of the trials begun
+    end KILLED now rather than RUNNING until the next invocation; best effort, since the store may be what
+    failed, and a second signal must not be held up by it."""
+    try:
+        tracker.backlog.drain()  # a run still being made is made first, then closed with the others
+        tracker.close_interrupted()
+    except Exception:
+        pass
+
+
 def run_on_tune(study: Study, trials: list[Trial], to_run: list[Trial], options: RunOptions, here: Invocation,
                 interrupts: Interrupts) -> dict[str, tuple[str, str, str]]:
     """Run `to_run` (or the search) on Ray Tune, resuming the interrupted experiment of this plan when there is
@@ -162,6 +173,9 @@ def run_on_tune(study: Study, trials: list[Trial], to_run: list[Trial], options:
         interrupts.in_fit = True
         try:
             results = tuner.fit()
+        except KeyboardInterrupt:
+            close_quietly(tracker)
+            raise
         except Exception as exc:
             stopped = fit_failure(exc, experiment)
             if stopped is None:

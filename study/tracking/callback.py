@@ -224,8 +224,14 @@ class MlflowTracker(Callback):
             for row in rows + [result.metrics]:
                 self.record(trial_id, result.config, finite_metrics(row))
             self.finish(trial_id, result.config, result.checkpoint)
+        return self.close_interrupted()
+
+    def close_interrupted(self) -> list[str]:
+        """The runs of the trials cut off (some before their first epoch) ended KILLED, with how far they got, so
+        that the same command resumes them; their trials' names. After `reconcile`, or on its own when fit
+        itself was interrupted (a Ctrl-C before Tune could take it, or a second one)."""
         unfinished = []
-        for log in self.trials.values():  # trials cut off, some before their first epoch
+        for log in self.trials.values():
             if log.finished_before or self.client.get_run(log.run_id).info.status != "RUNNING":
                 continue
             logged = log.planned_epochs - len(log.missing_epochs)
