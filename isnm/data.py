@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from isnm.config import DATASETS
-from isnm.datafiles import CIFAR, cifar_folder, read_cifar
+from isnm.datafiles import CIFAR, cifar_folder, read_cifar, read_digits
 
 DIGITS_SPLIT_SEED = 0  # fixed, so every run of every study sees the same digits test set
 DIGITS_TEST_FRACTION = 0.25
@@ -53,11 +53,9 @@ def validation_split(n: int, fraction: float) -> tuple[torch.Tensor, torch.Tenso
 
 
 def load_digits(device: torch.device, validation: float = 0.0) -> Dataset:
-    from sklearn.datasets import load_digits as sk_digits
-
-    bunch = sk_digits()
-    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(bunch.target, dtype=torch.int64)
+    images, labels = read_digits()
+    x = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(labels, dtype=torch.int64)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
     n_test = int(len(y) * DIGITS_TEST_FRACTION)
     test, rest = order[:n_test], order[n_test:]

@@ -34,33 +34,27 @@ class Cluster:
         # loopback_env turns multi-node clusters off, so that a local Ray stays on 127.0.0.1; these nodes
         # resolve 127.0.0.1 to this host's own address, as every Ray cluster on Linux does
         del self.env[ENABLE_CLUSTERS]
-        # a lost node is declared dead after 5 missed health checks a second apart, not Ray's 15 s or more
-        self.env.update(RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="5")
         self.address = ""
         self.nodes: dict[str, tuple[str, subprocess.Popen]] = {}  # role -> (node id, 12 hex digits; its process)
-        self.options: dict[str, tuple[str, ...]] = {}  # role -> its `ray start` options
-        self.lost: list[str] = []  # roles of nodes killed, started again by `replace_lost_nodes`
 
     def node_id(self, role: str) -> str:
         return self.nodes[role][0]
 
     def start_nodes(self, roles: dict[str, tuple[str, ...]]) -> None:
-        """Nodes by role with their `ray start` options, started together (a head alone, first), once the head
-        has registered each. `ray start` gives up when its node has not registered within 30 s (fixed in Ray
-        2.60), which a loaded machine can take: such a node is started again, three times at most."""
-        pending = dict(roles)
-        for _ in range(3):
-            for role, options in pending.items():
+        """Nodes by role with their `ray start` options, one at a time (a head first), each once the head has
+        registered it. Two nodes of one host started at once sometimes race for their node info until `ray start`
+        gives up (it waits 30 s, fixed in Ray 2.60; a loaded machine can take that long too): such a node is
+        started again, three times at most."""
+        for role, options in roles.items():
+            for _ in range(3):
                 self.launch(role, options)
-            for role in list(pending):
                 node_id = wait_for(lambda: self.registered(role), 120, f"the {role} node to join or give up")
                 if node_id != GAVE_UP:
                     self.nodes[role] = (node_id[:12], self.nodes[role][1])
-                    del pending[role]
-            if not pending:
-                return
-        raise AssertionError(f"ray start ({', '.join(pending)}) gave up three times:\n"
-                             f"{(self.log_dir / f'{next(iter(pending))}.log').read_text()[-3000:]}")
+                    break
+            else:
+                raise AssertionError(f"ray start ({role}) gave up three times:\n"
+                                     f"{(self.log_dir / f'{role}.log').read_text()[-3000:]}")
 
     def launch(self, role: str, options: tuple[str, ...]) -> None:
         node_ip, run_there = self.host(role)
@@ -76,7 +70,7 @@ class Cluster:
             process = subprocess.Popen([*run_there, str(RAY), "start", "--block", "--node-ip-address", node_ip,
                                         "--disable-usage-stats", *where, *options], env=self.env, stdout=out,
                                        stderr=subprocess.STDOUT, start_new_session=True)
-        self.nodes[role], self.options[role] = ("", process), options
+        self.nodes[role] = ("", process)
 
     def host(self, role: str) -> tuple[str, tuple[str, ...]]:
         return self.hosts.get(role, ("127.0.0.1", ()))
@@ -97,12 +91,12 @@ class Cluster:
         _, process = self.nodes.pop(role)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
-        self.lost.append(role)
         wait_for(lambda: not group_alive(process.pid), 30, f"the {role} node's processes to end")
 
-    def replace_lost_nodes(self) -> None:
-        self.start_nodes({role: self.options[role] for role in self.lost})
-        self.lost.clear()
+    def study_options(self, mlflow_uri: str, tmp_path: Path) -> tuple[str, ...]:
+        """study.run's options for this cluster, with a test's store and a storage folder every node reaches (any
+        folder does, on one host)."""
+        return "--address", self.address, "--tracking-uri", mlflow_uri, "--storage", str(tmp_path / "shared")
 
     def stop(self) -> None:
         """Every node's processes SIGKILLed (nothing of a test cluster needs a clean stop), its files removed."""

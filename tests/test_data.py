@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from isnm.data import augmented, load_dataset, train_batches
-from isnm.datafiles import DataError
+from isnm.datafiles import DataError, read_digits
 from tests.cifar_files import write_fake_cifar
 
 
@@ -21,6 +21,15 @@ def test_digits_split_is_fixed_and_disjoint():
     train = {tuple(r) for r in a.train_x.flatten(1).tolist()}
     assert not any(tuple(r) in train for r in a.test_x.flatten(1).tolist()[:50])
     assert abs(a.train_x.mean().item()) < 1e-5 and a.num_classes == 10 and not a.augment
+
+
+def test_digits_are_scikit_learns_own():
+    from sklearn.datasets import load_digits
+
+    images, labels = read_digits()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images) and images.dtype == bunch.images.dtype
+    assert np.array_equal(labels, bunch.target) and labels.dtype == bunch.target.dtype
 
 
 @pytest.mark.parametrize("name, classes, train_files", [("cifar10", 10, 5), ("cifar100", 100, 1)])

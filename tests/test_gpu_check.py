@@ -10,7 +10,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.slow  # trains 8 small networks and starts 7 processes
+@pytest.mark.slow  # trains 8 small networks and starts 3 processes
 def test_cpu_mode_checks_times_packs_and_estimates(tmp_path):
     out = tmp_path / "gpu-check.md"
     done = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--device", "cpu", "--out", str(out)], cwd=ROOT,
@@ -25,7 +25,7 @@ def test_cpu_mode_checks_times_packs_and_estimates(tmp_path):
                                                      for p in ("fp32", "bf16")}
     assert all(int(rate) > 0 for *_, rate in speeds)
     packing = re.findall(r"^\| ([124]) \| ([0-9]+) \| ([0-9]+) \|$", text, re.M)
-    assert [k for k, _, _ in packing] == ["1", "2", "4"] and all(int(total) > 0 for _, total, _ in packing)
+    assert [k for k, _, _ in packing] == ["1", "2"] and all(int(total) > 0 for _, total, _ in packing)
     hours = float(re.search(r"\*\*([0-9.]+) device-hours\*\*", text).group(1))
     best = max(int(total) for _, total, _ in packing)
     assert hours == pytest.approx(12 * 200 * 50_000 / best / 3600, rel=0.05)  # from the rounded figures printed

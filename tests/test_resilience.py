@@ -35,7 +35,6 @@ def trial_workers(driver: int) -> list[int]:
     return mine
 
 
-@pytest.mark.serial  # the worker must be found and killed before its trial's 5 epochs end: alone on the machine
 def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
     path = small_study(tmp_path, name="killworker", epochs=5, variants={"GSG": {"surrogate.schedule": "gradual"}},
                        seeds=[3])
@@ -60,7 +59,6 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
     assert run.data.metrics["train_loss"] == pytest.approx(reference["train_loss"], rel=0, abs=1e-12)
 
 
-@pytest.mark.serial  # the driver must be killed between two trials' ends: alone on the machine
 def test_killed_driver_resumes_on_rerun_without_repeating_work(tmp_path):
     # one trial at a time: the kill follows the first trial's end, and three trials of 4 epochs remain
     path = small_study(tmp_path, name="killdriver", epochs=4, max_concurrent=1)

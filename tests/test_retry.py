@@ -1,5 +1,7 @@
 """study.retry against real stores: a loopback port where no server listens, and a sqlite store that refuses.
 A server that goes away and comes back, and answers lost on the way, are in test_server.py (slow)."""
+import socket
+import threading
 import time
 
 import pytest
@@ -33,6 +35,30 @@ def test_a_server_that_never_answers_is_given_up_after_the_patience_in_one_line(
     waiting = capsys.readouterr().err.strip().splitlines()
     assert waiting == [f"MLflow server {client.uri} does not answer (no connection); the trials keep training and "
                        f"their results wait here; retrying for up to 1.5 s (--tracking-patience)"]
+
+
+def test_an_answer_cut_short_is_waited_out_as_a_server_away(capsys):
+    # a server that dies while it answers: headers promising a body, then the connection closed
+    listener = socket.create_server(("127.0.0.1", 0))
+    uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+    def cut_short() -> None:
+        for _ in range(50):  # a few requests at most; bounded all the same
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n")
+
+    threading.Thread(target=cut_short, daemon=True).start()
+    try:
+        with pytest.raises(ServerAway):
+            PatientClient(MlflowClient(uri), uri, 1.5).set_tag("0" * 32, "k", "v")
+    finally:
+        listener.close()
+    assert "does not answer (connection broken)" in capsys.readouterr().err
 
 
 def test_a_request_the_store_refuses_is_raised_at_once(mlflow_uri, capsys):

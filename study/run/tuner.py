@@ -3,10 +3,12 @@ interrupted experiment."""
 from __future__ import annotations
 
 import json
+import os
 from typing import Optional
 
 import ray
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from isnm import config_hash, metrics
 from study.errors import StudyError, first_line
@@ -153,9 +155,18 @@ class TrialResources:
                 f"were: {shown}; new trials take the new resources, and --fresh starts every trial over with them")
 
 
+def with_loggers(callbacks: list) -> list:
+    """`callbacks` and the result files Tune's ExperimentAnalysis reads (result.json, progress.csv), without the
+    TensorBoard logger Tune adds by default: tensorboardX imports torch into the driver (about 2 s of every launch)
+    and Tune then prints a TensorBoard hint; the runs are in MLflow."""
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # read when fit() builds its callbacks
+    return [*callbacks, JsonLoggerCallback(), CSVLoggerCallback()]
+
+
 def build_tuner(study: Study, to_run: list[Trial], book: TrialBook, experiment: Experiment, callbacks: list,
                 max_concurrent: Optional[int], resume: bool) -> tune.Tuner:
     """The restored Tuner of this plan's interrupted experiment, or a new one over `to_run`."""
+    callbacks = with_loggers(callbacks)
     now = {"cpu": study.spec.resources.cpu, "gpu": study.spec.resources.gpu}
     if resume:
         try:

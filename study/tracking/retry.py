@@ -39,6 +39,8 @@ def unreachable_reason(exc: BaseException) -> str:
             return "timed out"
         if isinstance(seen, requests.exceptions.ConnectionError):
             return "no connection"
+        if isinstance(seen, requests.exceptions.ChunkedEncodingError):  # the server went away while it answered
+            return "connection broken"
         if isinstance(seen, MlflowException) and seen.get_http_status_code() in BUSY_STATUS:
             return f"HTTP {seen.get_http_status_code()}"
         seen = seen.__cause__ or seen.__context__
