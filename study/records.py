@@ -115,6 +115,10 @@ class Metric:
     def signed(self, value: float) -> str:
         return f"{value:+.{self.decimals}f}"
 
+    def printed(self, value: float) -> str:
+        """A value as a run holds it, as the paper prints it (0.9087 -> 90.87)."""
+        return self.text(self.shown(value))
+
 
 METRICS = {metric.name: metric for metric in (  # in the order of an epoch: training, validation, test, schedule
     Metric(m.TRAIN_LOSS, "Train loss", selectable=True, reproduced=True),

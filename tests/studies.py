@@ -80,13 +80,16 @@ def checkpoints(cwd: Path) -> list[Path]:
     return list(cwd.glob("ray_results/*/*/checkpoint_*"))
 
 
-def start_study(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    """`python -m study.run` in the background, its output (stdout and stderr) into cwd/driver.log: a
-    file, not a pipe, so the driver never blocks on output nobody reads while the test waits."""
+def start_study(cwd: Path, *args: str, env: dict | None = None, cluster=None) -> subprocess.Popen:
+    """`python -m study.run` in the background (on `cluster` if given, as `run_study`), its output (stdout and
+    stderr) into cwd/driver.log: a file, not a pipe, so the driver never blocks on output nobody reads while the
+    test waits. `env`, if given, is the driver's whole environment."""
     with_store(cwd)
+    joining, cluster_env = on(cluster)
     with open(cwd / "driver.log", "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=cwd, env=env or loopback_env(),
-                                   stdout=log, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen([sys.executable, "-m", "study.run", *args, *joining], cwd=cwd,
+                                   env=env or {**loopback_env(), **cluster_env}, stdout=log, stderr=subprocess.STDOUT,
+                                   text=True)
     process.log = cwd / "driver.log"
     return process
 

@@ -40,12 +40,13 @@ def one_line_error(stderr: str) -> str:
     return lines[-1]
 
 
-def test_sigint_leaves_unfinished_trials_unfinished_and_the_rerun_completes_them_on_their_own_resources(tmp_path):
-    epochs = 8
+def test_sigint_leaves_unfinished_trials_unfinished_and_the_rerun_completes_them_on_their_own_resources(
+        tmp_path, shared_ray):
+    epochs = 5  # the interrupt follows the second epoch: three are left to cut
     path = small_study(tmp_path, name="sigint", epochs=epochs, variants={"A": {}, "B": {"neuron.reset": "soft"}},
                        seeds=[0], max_concurrent=1)
     db = tmp_path / "mlflow.db"
-    driver = start_study(tmp_path, str(path))
+    driver = start_study(tmp_path, str(path), cluster=shared_ray)  # the signal goes to the driver, a process of its own
     try:
         wait_for(lambda: [r for r in trial_runs(db, "sigint") if len(steps(db, r)) >= 2], 240,
                  "two epochs of a trial", driver)
@@ -58,7 +59,7 @@ def test_sigint_leaves_unfinished_trials_unfinished_and_the_rerun_completes_them
     runs = trial_runs(db, "sigint")
     assert all(steps(db, r) == list(range(1, epochs + 1)) for r in runs if r.info.status == "FINISHED")
     killed = [r for r in runs if r.info.status == "KILLED"]
-    assert killed and all("of 8 epochs logged" in r.data.tags["interrupted"] for r in killed)
+    assert killed and all(f"of {epochs} epochs logged" in r.data.tags["interrupted"] for r in killed)
     assert [p.info.status for p in parent_runs(db, "sigint")] == ["KILLED"]
 
     # the checkpoint the interrupted trial resumes from (its last logged epoch's; Tune numbers them from 0)
@@ -72,7 +73,7 @@ def test_sigint_leaves_unfinished_trials_unfinished_and_the_rerun_completes_them
     # had not started trains all of its epochs on 2
     path.write_text(path.read_text().replace("cpu: 1", "cpu: 2"))
 
-    done = run_study(tmp_path, str(path))
+    done = run_study(tmp_path, str(path), cluster=shared_ray)
     runs = trial_runs(db, "sigint")
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     for run in runs:  # one run per trial, every epoch exactly once
@@ -106,12 +107,12 @@ def test_sigint_before_any_trial_is_one_line_and_exit_130(tmp_path):
                + trial_runs(tmp_path / "mlflow.db", "early"))
 
 
-def hit_after_the_first_epoch(tmp_path: Path, name: str, hit) -> tuple[int, str, Path]:
+def hit_after_the_first_epoch(tmp_path: Path, name: str, hit, cluster) -> tuple[int, str, Path]:
     """A one-trial study of 30 epochs, `hit(driver, db)` once its first epoch is logged:
     (the driver's exit code, its output, the store)."""
     path = small_study(tmp_path, name=name, epochs=30, variants={"A": {}}, seeds=[0])
     db = tmp_path / "mlflow.db"
-    driver = start_study(tmp_path, str(path))
+    driver = start_study(tmp_path, str(path), cluster=cluster)
     try:
         wait_for(lambda: [r for r in trial_runs(db, name) if steps(db, r)], 240, "an epoch logged", driver)
         hit(driver, db)
@@ -121,9 +122,10 @@ def hit_after_the_first_epoch(tmp_path: Path, name: str, hit) -> tuple[int, str,
     return driver.returncode, output, db
 
 
-def test_sigterm_mid_study_stops_it_as_ctrl_c_does(tmp_path):
+def test_sigterm_mid_study_stops_it_as_ctrl_c_does(tmp_path, shared_ray):
     # a batch system's stop, after ray.init set a SIGTERM handler of its own
-    code, output, db = hit_after_the_first_epoch(tmp_path, "term", lambda driver, _: driver.send_signal(signal.SIGTERM))
+    code, output, db = hit_after_the_first_epoch(
+        tmp_path, "term", lambda driver, _: driver.send_signal(signal.SIGTERM), shared_ray)
     assert code == 130 and "interrupted (SIGTERM)" in output, output[-3000:]
     (run,) = trial_runs(db, "term")
     assert run.info.status == "KILLED" and 0 < len(steps(db, run)) < 30
@@ -164,12 +166,12 @@ def test_wiped_store_beside_a_finished_experiment_on_a_file_uri(tmp_path, shared
         name: metrics["test_acc"] for name, metrics in before.items()}
 
 
-def test_store_failing_mid_study_stops_with_one_line(tmp_path):
+def test_store_failing_mid_study_stops_with_one_line(tmp_path, shared_ray):
     def break_the_store(driver, db: Path) -> None:
         with open(db, "r+b") as store:
             store.write(b"\0" * 16384)
 
-    code, output, _ = hit_after_the_first_epoch(tmp_path, "broken", break_the_store)
+    code, output, _ = hit_after_the_first_epoch(tmp_path, "broken", break_the_store, shared_ray)
     assert code == 2, output[-3000:]
     line = one_line_error(output)
     assert "the study stopped: writing to MLflow failed" in line and "run the same command again" in line

@@ -87,24 +87,25 @@ def test_killed_driver_resumes_on_rerun_without_repeating_work(tmp_path):
 
 
 def test_finished_configs_are_cached_across_invocations_and_study_files(tmp_path, shared_ray):
-    first = small_study(tmp_path, name="first", epochs=1)
+    one_variant = {"GSG": {"surrogate.schedule": "gradual"}}
+    first = small_study(tmp_path, name="first", epochs=1, variants=one_variant)
     db = tmp_path / "mlflow.db"
     run_study(tmp_path, str(first), cluster=shared_ray)
     again = run_study(tmp_path, str(first), cluster=shared_ray)
-    assert "4 trials (4 cached)" in again.stdout and "Trial status" not in again.stdout
-    assert len(trial_runs(db, "first")) == 4
+    assert "2 trials (2 cached)" in again.stdout and " started\n" not in again.stdout  # nothing trained
+    assert len(trial_runs(db, "first")) == 2
 
-    second = small_study(tmp_path, name="second", epochs=1, seeds=[1, 2])  # seed 1 overlaps
+    second = small_study(tmp_path, name="second", epochs=1, variants=one_variant, seeds=[1, 2])  # seed 1 overlaps
     out = run_study(tmp_path, str(second), cluster=shared_ray).stdout
-    assert "4 trials (2 cached)" in out
+    assert "2 trials (1 cached)" in out
     runs = trial_runs(db, "second")
-    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     copies = [r for r in runs if "cached_from" in r.data.tags]
-    assert len(copies) == 2 and all(steps(db, r) == [1] for r in copies)
+    assert len(copies) == 1 and all(steps(db, r) == [1] for r in copies)
 
     rerun = run_study(tmp_path, str(first), "--rerun", cluster=shared_ray)
-    assert "4 trials (0 cached)" in rerun.stdout
-    assert len([r for r in trial_runs(db, "first") if r.info.status == "FINISHED"]) == 8
+    assert "2 trials (0 cached)" in rerun.stdout
+    assert len([r for r in trial_runs(db, "first") if r.info.status == "FINISHED"]) == 4
 
 
 def test_diverged_trial_fails_alone_and_is_counted(tmp_path, shared_ray):

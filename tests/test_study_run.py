@@ -1,5 +1,6 @@
 """End to end on real Ray and a real MLflow sqlite store: local Ray, a Ray cluster, an MLflow server."""
 import json
+import re
 import subprocess
 import sys
 import urllib.request
@@ -88,10 +89,26 @@ def test_a_compiler_that_fails_is_tagged_on_the_run(tmp_path):
 
 def test_summary_names_each_trial_and_where_the_runs_are(finished_study):
     _, done = finished_study
-    assert "itest: 4 trials" in done.stdout and "0 failed" in done.stdout
+    summary = done.stdout[done.stdout.index("\nitest: 4 trials (0 cached) in "):]
+    assert "0 failed" in summary.splitlines()[1]
+    for name in ("ISNM seed=0", "ISNM+GSG seed=1"):  # test_acc in percent, as the report prints it
+        assert any(re.fullmatch(rf"  {re.escape(name)} +test_acc \d+\.\d\d  \d+s", line) for line in summary.splitlines())
+    assert "mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///mlflow.db" in summary
+
+
+def test_the_terminal_shows_each_trials_events_and_nothing_of_rays(finished_study):
+    _, done = finished_study
+    lines = (done.stdout + done.stderr).splitlines()
+    assert len(lines) <= 4 * (2 + 3) + 15, done.stdout  # trials x (epochs + 3) + 15 at most
+    running = done.stdout[:done.stdout.index("\nitest: 4 trials")].splitlines()  # before the summary
     for name in ("ISNM seed=0", "ISNM+GSG seed=1"):
-        assert any(line.strip().startswith(name) and "test_acc 0." in line for line in done.stdout.splitlines())
-    assert "mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///mlflow.db" in done.stdout
+        events = [line.split(name, 1)[1].strip() for line in running if line.startswith(f"  {name} ")]
+        assert events[0] == "started" and len(events) == 4, events
+        assert re.fullmatch(r"epoch 1/2  test_acc \d+\.\d\d", events[1]) and events[2].startswith("epoch 2/2  ")
+        assert re.fullmatch(r"finished  test_acc \d+\.\d\d  \d+s  \[[1-4] of 4 done(, ETA \d+s)?\]", events[3])
+    assert any(line.endswith("[4 of 4 done]") for line in running)
+    for noise in ("Trial status", "╭", "WARNING", "TensorBoard", "No CUDA runtime", "bottleneck", "trainable_"):
+        assert noise not in done.stdout + done.stderr, noise
 
 
 def test_runs_are_browsable_through_an_mlflow_server(finished_study):

@@ -75,17 +75,20 @@ def token_refusal(exc: BaseException) -> Optional[str]:
     return None
 
 
-def start_ray(address: Optional[str], resources) -> None:
+def start_ray(address: Optional[str], resources, verbose: bool = False) -> None:
     """Join `address`, else start Ray on this machine; fail early on resources the cluster lacks.
 
     A local Ray cannot be confined to 127.0.0.1: Ray 2.60 binds its servers to every interface and
     resolves a loopback node address to the routable one. Token authentication (on by default) is
-    what keeps other hosts out; the dashboard stays off.
+    what keeps other hosts out; the dashboard stays off. Unless `verbose`, Ray's warnings (that token
+    authentication is on, that a callback took a while) and the trials' own output stay off the terminal:
+    what a trial has to say reaches its run and the progress lines.
     """
     import ray
 
     try:
-        ray.init(address=address, include_dashboard=False, logging_level="WARNING")
+        ray.init(address=address, include_dashboard=False, logging_level="WARNING" if verbose else "ERROR",
+                 log_to_driver=verbose)
     except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
         refused = token_refusal(exc)
         if refused is None:

@@ -14,12 +14,13 @@ from mlflow.tracking import MlflowClient
 
 from study.errors import StudyError, first_line, last_line
 from isnm import metrics
-from study.records import Reported, RunRecord
+from study.records import METRICS, Reported, RunRecord
 from study.run.cluster import start_ray
+from study.run.progress import Progress
 from study.run.signals import Interrupts
 from study.run.storage import Experiment
 from study.run.tuner import TrialBook, build_tuner, resumable
-from study.spec.config import Study
+from study.spec.config import Study, Table
 from study.spec.plan import Trial
 from study.tracking.cache import copy_cached_run, finished_runs
 from study.tracking.callback import MlflowTracker
@@ -40,7 +41,7 @@ def result_row(result, describe) -> tuple[str, str, str]:
     elif reported.get(Reported.DIVERGED):
         status = f"failed: {reported[Reported.DIVERGED]}"
     elif metrics.TEST_ACC in reported:
-        status = f"{metrics.TEST_ACC} {reported[metrics.TEST_ACC]:.4f}"
+        status = f"{metrics.TEST_ACC} {METRICS[metrics.TEST_ACC].printed(reported[metrics.TEST_ACC])}"
     else:
         status = "not started"
     seconds = reported.get("time_total_s")
@@ -82,6 +83,7 @@ class RunOptions:
     tracking_patience: float  # seconds a tracking server may be away before the study stops
     fresh: bool  # start the Ray experiment over rather than resume it
     rerun: bool  # train every trial, also those with a finished run of their config
+    verbose: bool = False  # Ray's and Tune's own output, and the trials', beside the progress lines
 
 
 @dataclass(frozen=True)
@@ -166,9 +168,14 @@ def run_on_tune(study: Study, trials: list[Trial], to_run: list[Trial], options:
                             experiment.uri, options.tracking_patience)
     try:
         with interrupts.deferred():  # cut inside ray.init, Ray is left half started and the driver crashes at exit
-            start_ray(options.address, study.spec.resources)
+            start_ray(options.address, study.spec.resources, options.verbose)
             interrupts.take_back_sigterm()
-        tuner = build_tuner(study, to_run, book, experiment, [tracker], options.max_concurrent, resume)
+        search = study.spec.search
+        progress = (Progress(search.num_samples, 0, search.metric, book.describe) if search else
+                    Progress(len(trials), len(trials) - len(to_run), (study.spec.table or Table()).metrics[0],
+                             book.describe, max(len(t.name) for t in trials)))
+        tuner = build_tuner(study, to_run, book, experiment, [tracker, progress], options.max_concurrent, resume,
+                            options.verbose)
         interrupts.raise_if_received()
         interrupts.in_fit = True
         try:

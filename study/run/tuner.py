@@ -105,14 +105,15 @@ def resumable(experiment: Experiment, to_run: list[Trial], search: bool) -> tupl
     return True, ""
 
 
-def replace_callbacks(tuner: tune.Tuner, callbacks: list) -> None:
-    """Restore unpickles the callbacks of the interrupted driver; this invocation's tracker (its own parent
-    run) replaces them. Ray offers no public setter for this (ray-project/ray#41364), so this is the one place
-    that reaches into the Tuner's private parts, and a Ray that changed them ends in one line saying so."""
+def replace_callbacks(tuner: tune.Tuner, callbacks: list, verbose: Optional[int]) -> None:
+    """Restore unpickles the callbacks and the verbosity of the interrupted driver; this invocation's (its tracker
+    writes to its own parent run) replace them. Ray offers no public setter for this (ray-project/ray#41364), so
+    this is the one place that reaches into the Tuner's private parts, and a Ray that changed them ends in one line
+    saying so."""
     try:
-        local = tuner._local_tuner
-        local.get_run_config().callbacks = callbacks
-        took = local.get_run_config().callbacks is callbacks  # a Ray that hands out a copy would drop them silently
+        run_config = tuner._local_tuner.get_run_config()
+        run_config.callbacks, run_config.verbose = callbacks, verbose
+        took = tuner._local_tuner.get_run_config().callbacks is callbacks  # a copy handed out would drop them
     except AttributeError:
         took = False
     if not took:
@@ -164,9 +165,13 @@ def with_loggers(callbacks: list) -> list:
 
 
 def build_tuner(study: Study, to_run: list[Trial], book: TrialBook, experiment: Experiment, callbacks: list,
-                max_concurrent: Optional[int], resume: bool) -> tune.Tuner:
-    """The restored Tuner of this plan's interrupted experiment, or a new one over `to_run`."""
+                max_concurrent: Optional[int], resume: bool, verbose: bool) -> tune.Tuner:
+    """The restored Tuner of this plan's interrupted experiment, or a new one over `to_run`. Tune prints nothing
+    of its own unless `verbose` (study.run.progress prints the trials' events)."""
     callbacks = with_loggers(callbacks)
+    verbosity = None if verbose else 0  # None: Tune's default tables
+    if not verbose:  # Tune's newer output prints its header box and results folder even at verbose=0
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     now = {"cpu": study.spec.resources.cpu, "gpu": study.spec.resources.gpu}
     if resume:
         try:
@@ -183,14 +188,14 @@ def build_tuner(study: Study, to_run: list[Trial], book: TrialBook, experiment: 
         note = resources.kept_note([book.describe(t.config).name for t in resumed])
         if note:
             print(note)
-        replace_callbacks(tuner, callbacks)
+        replace_callbacks(tuner, callbacks, verbosity)
         return tuner
     fn = tune.with_resources(tune.with_parameters(trainable, book=book), now)
     if experiment.exists():  # an earlier, finished or abandoned, experiment of this plan: keep it aside
         experiment.set_aside()
     experiment.write_plan([t.name for t in to_run], now)
     run_config = tune.RunConfig(
-        name=experiment.name, storage_path=experiment.storage, callbacks=callbacks,
+        name=experiment.name, storage_path=experiment.storage, callbacks=callbacks, verbose=verbosity,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=study.spec.retries))
     return tune.Tuner(fn, param_space=param_space(study, to_run), tune_config=tune_config(study, max_concurrent),

@@ -1,0 +1,96 @@
+"""What a study prints while it runs: one line per trial event, in place of Ray Tune's own tables.
+
+    A seed=1    started
+    A seed=1    epoch 2/3  test_acc 84.19
+    A seed=1    finished  test_acc 85.02  12s  [4 of 18 done, ETA 1m10s]
+
+`--verbose` brings Tune's tables and the trials' own output back beside these lines.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable, Optional, TextIO
+
+from ray.tune import Callback
+
+from isnm import metrics
+from study.errors import first_line
+from study.records import METRICS, Reported
+from study.spec.plan import Trial
+from study.tracking.callback import trial_error
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def duration(seconds: float) -> str:
+    """12s, 3m05s, 2h07m."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Progress(Callback):
+    """Prints, on the driver, a line when a trial starts, ends an epoch, finishes, fails or is retried, and with each
+    trial that ends how many of the `total` are done (`done_before` were cached) and the time left at the pace so
+    far. `shown` is the metric on each epoch's line (the table's, or the search's); `describe` gives the trial a
+    Tune config stands for; names are padded to `width`, the longest planned trial name."""
+
+    def __init__(self, total: int, done_before: int, shown: str, describe: Callable[[dict], Trial], width: int = 0,
+                 out: Optional[TextIO] = None):
+        self.total, self.done = total, done_before
+        self.shown, self.describe, self.width = shown, describe, width
+        self.out = out or sys.stdout
+        self.began = time.monotonic()
+        self.ended_here = 0  # trials this invocation saw end: the pace of the estimate
+        self.started: dict[str, float] = {}  # Ray trial id -> when it started here
+        self.notes: dict[str, set[str]] = {}  # Ray trial id -> the warnings printed for it (a checkpoint skipped)
+
+    def say(self, trial, text: str) -> None:
+        print(f"  {self.describe(trial.config).name.ljust(self.width)}  {text}", file=self.out, flush=True)
+
+    def value(self, result: dict) -> str:
+        if self.shown not in result:
+            return ""
+        return f"  {self.shown} {METRICS[self.shown].printed(result[self.shown])}"
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.started[trial.trial_id] = time.monotonic()
+        self.say(trial, "started")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        for note in (result.get(Reported.CHECKPOINT_NOTE), result.get(metrics.KERNEL_FALLBACK)):
+            if note and note not in self.notes.setdefault(trial.trial_id, set()):  # each once, as the trial's run tags it
+                self.notes[trial.trial_id].add(note)
+                self.say(trial, f"warning: {note}")
+        if result.get(Reported.DIVERGED) or metrics.EPOCH not in result:
+            return
+        epochs = self.describe(trial.config).config["epochs"]
+        self.say(trial, f"epoch {result[metrics.EPOCH]}/{epochs}{self.value(result)}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self.say(trial, f"failed, retrying from its last checkpoint (retry {trial.num_failures})")
+
+    def ended(self, trial, text: str) -> None:
+        self.done += 1
+        self.ended_here += 1
+        spent = time.monotonic() - self.started.get(trial.trial_id, self.began)
+        left = self.total - self.done
+        pace = (time.monotonic() - self.began) / self.ended_here
+        eta = f", ETA {duration(pace * left)}" if left else ""
+        self.say(trial, f"{text}  {duration(spent)}  [{self.done} of {self.total} done{eta}]")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        result = trial.last_result or {}
+        if result.get(Reported.DIVERGED):
+            self.ended(trial, f"failed: {result[Reported.DIVERGED]}")
+        else:
+            self.ended(trial, f"finished{self.value(result)}")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.ended(trial, f"failed: {first_line(trial_error(trial))[:200]}")
