@@ -44,7 +44,9 @@ def join(path: str, key: str) -> str:
 
 
 def unknown_key_message(key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
+    """'unknown key ...', with the known key meant: a close spelling, or the dotted key it is the last part of
+    ('reset' for 'neuron.reset')."""
+    close = difflib.get_close_matches(key, known, n=1) or [k for k in known if k.endswith("." + key)][:1]
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"unknown key {key!r} (known: {', '.join(known)}){hint}"
 
@@ -57,7 +59,8 @@ def describe(tp: Any) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join(describe(a) for a in typing.get_args(tp) if a is not type(None))
     if origin in (list, tuple):
-        return f"a list of {describe(typing.get_args(tp)[0])}"
+        item = typing.get_args(tp)[0]
+        return "a list of values" if item is Any else f"a list of {describe(item)}"
     if origin is dict:
         return f"a mapping of {describe(typing.get_args(tp)[1])}"
     if dataclasses.is_dataclass(tp):
@@ -88,7 +91,8 @@ def parse(tp: Any, value: Any, path: str = "") -> Any:
                 continue
         raise ConfigError(path, f"got {value!r}, expected {describe(tp)}")
     if origin is list:
-        check(isinstance(value, list), path, value, describe(tp))
+        one = "" if isinstance(value, (dict, type(None))) else f" (one value too: [{value}])"
+        check(isinstance(value, list), path, value, describe(tp) + one)
         (item,) = typing.get_args(tp)
         return [parse(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict:

@@ -84,12 +84,14 @@ def test_function_by_schedule_table_with_firing_and_energy_columns(tmp_path, mon
     uri = write_store(tmp_path, spec, outcome, mlflow_uri, activity)
     assert main(["--tracking-uri", uri, "--out", str(tmp_path / "reports")]) == 0
     text = (tmp_path / "reports/shapes.md").read_text()
-    assert """| Surrogate | Schedule | Accuracy (%) | Spike rate (%) | Energy (µJ/image) |
-|---|---|---|---|---|
-| tanh | fixed | 52.50 ± 3.54 | 20.50 ± 0.71 | 2.0000 ± 1.4142 (0.20× ANN) |
-|  | gradual | 62.50 ± 3.54 | 20.50 ± 0.71 | 2.0000 ± 1.4142 (0.20× ANN) |
-| arctan | fixed | 72.50 ± 3.54 | 20.50 ± 0.71 | 2.0000 ± 1.4142 (0.20× ANN) |
-|  | gradual | **80.00 (n=1)** | 20.00 (n=1) | 1.0000 (n=1) (0.10× ANN) |""" in text
+    # a pivot: a column per schedule, then the extra metrics for each schedule in turn
+    assert """| Surrogate | fixed | gradual | Spike rate (%), fixed | Spike rate (%), gradual | Energy (µJ/image), fixed | \
+Energy (µJ/image), gradual |
+|---|---|---|---|---|---|---|
+| tanh | 52.50 ± 3.54 | 62.50 ± 3.54 | 20.50 ± 0.71 | 20.50 ± 0.71 | 2.0000 ± 1.4142 (0.20× ANN) | \
+2.0000 ± 1.4142 (0.20× ANN) |
+| arctan | 72.50 ± 3.54 | **80.00 (n=1)** | 20.50 ± 0.71 | 20.00 (n=1) | 2.0000 ± 1.4142 (0.20× ANN) | \
+1.0000 (n=1) (0.10× ANN) |""" in text
     assert """| Surrogate | Δ gradual − fixed (pp) | 95% CI (pp) | p (Welch) |
 |---|---|---|---|
 | tanh | +10.00 | [-5.21, +25.21] | 0.106 |
@@ -199,10 +201,10 @@ COMPARISON = {
     "variants": {"digits": {"dataset": "digits"}, "CIFAR-10": {"dataset": "cifar10"}},
     "grid": {"arch": ["tiny", "vgg_small"]},
     "seeds": [0, 1],
-    "table": {"split": "dataset", "method": "This work", "rows": ["arch"], "columns": ["timesteps"],
+    "table": {"split": "dataset", "method": "This work", "rows": ["arch"], "constants": ["timesteps"],
               "labels": {"digits": "Digits", "cifar10": "CIFAR-10", "tiny": "Tiny", "vgg_small": "VGG-small"},
-              "paper": {"digits": {"tiny": {5: [91.7, 0.31]}, "vgg_small": {5: 93.0}},
-                        "cifar10": {"vgg_small": {5: [90.83, 0.26]}}}},
+              "paper": {"digits": {"tiny": [91.7, 0.31], "vgg_small": 93.0},
+                        "cifar10": {"vgg_small": [90.83, 0.26]}}},
 }
 COMPARISON_OUTCOME = {
     "digits arch=tiny seed=0": 0.90, "digits arch=tiny seed=1": 0.92,
@@ -238,6 +240,12 @@ Ours: digits/cifar10, tiny/vgg_small, T=5, 2 epochs, seeds 0, 1.
 Final test_acc, mean ± sample std over seeds; n = finished seeds where fewer than planned; best in bold; \
 Δ = ours − paper.
 
+### Differences to the first row (Digits)
+
+| Architecture | Δ vs Tiny (pp) | 95% CI (pp) | p (Welch) |
+|---|---|---|---|
+| VGG-small | +4.50 | [-2.42, +11.42] | 0.092 |
+
 8 trials planned: 7 finished, 1 failed, 0 running, 0 not run.
 
 Provenance: 7 runs; commit 0000000; torch unknown; unknown. Each run, its id and config hash: \
@@ -256,7 +264,7 @@ TIMESTEPS = {
     "variants": {"digits": {"dataset": "digits"}, "CIFAR-10": {"dataset": "cifar10"}},
     "grid": {"arch": ["tiny", "vgg_small"], "timesteps": [1, 5]},
     "seeds": [0],
-    "table": {"rows": ["dataset", "arch"], "columns": ["timesteps"],
+    "table": {"rows": ["dataset", "arch", "timesteps"],
               "labels": {"digits": "Digits", "cifar10": "CIFAR-10", "tiny": "Tiny", "vgg_small": "VGG"},
               "paper": {"cifar10": {"vgg_small": {1: 91.25, 5: 91.7}}}},
 }
@@ -298,3 +306,33 @@ Final test_acc, mean ± sample std over seeds; n = finished seeds where fewer th
         assert [line.split(",")[0] for line in file][1:] == [
             "Digits / Tiny / 1", "Digits / Tiny / 5", "Digits / VGG / 1", "Digits / VGG / 5", "CIFAR-10 / Tiny / 5",
             "CIFAR-10 / VGG / 1"]  # the sidecar names every cell in full
+
+
+# tau x reset over two seeds, grid only: rows grouped by tau whatever the grid's order, a column per reset
+TAU_RESET = {
+    "name": "tau_reset", "base": {"dataset": "digits", "arch": "tiny", "epochs": 2},
+    "grid": {"neuron.reset": ["hard", "soft"], "neuron.tau": [1.5, 2.0, 3.0]}, "seeds": [0, 1],
+    "table": {"rows": "neuron.tau", "columns": ["neuron.reset"], "labels": {"neuron.tau": "τ"}},
+}
+
+
+def test_rows_and_columns_are_a_pivot_with_each_rows_differences(tmp_path, monkeypatch, mlflow_uri):
+    monkeypatch.chdir(tmp_path)
+    trials = plan_trials(load_study(write_spec(tmp_path, TAU_RESET)))
+    tau = {1.5: 0.80, 2.0: 0.85, 3.0: 0.90}
+    outcome = {t.name: tau[t.config["neuron"]["tau"]] + (0.04 if t.config["neuron"]["reset"] == "soft" else 0)
+               + 0.01 * t.seed for t in trials}
+    uri = write_store(tmp_path, TAU_RESET, outcome, mlflow_uri)
+    assert main(["--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r/tau_reset.md").read_text()
+    assert """| τ | hard | soft |
+|---|---|---|
+| 1.5 | 80.50 ± 0.71 | 84.50 ± 0.71 |
+| 2.0 | 85.50 ± 0.71 | 89.50 ± 0.71 |
+| 3.0 | 90.50 ± 0.71 | **94.50 ± 0.71** |""" in text
+    assert """### Differences between the neuron.reset columns, row by row
+
+| τ | Δ soft − hard (pp) | 95% CI (pp) | p (Welch) |
+|---|---|---|---|
+| 1.5 | +4.00 | [+0.96, +7.04] | 0.030 |""" in text
+

@@ -107,14 +107,19 @@ def team_server(tmp_path_factory):
         shutil.rmtree(root, ignore_errors=True)
 
 
+# Both studies' four trials at once on the session's Ray cluster of 2 CPUs: half a CPU each (a thread each)
+AT_ONCE = {"cpu": 0.5}
+
+
 def study_a(cwd: Path) -> Path:
     """Two variants, one seed, epochs enough to be training still while the server is away."""
-    return small_study(cwd, name="teamA", epochs=6, seeds=[0])
+    return small_study(cwd, name="teamA", epochs=6, seeds=[0], resources=AT_ONCE)
 
 
 def study_b(cwd: Path) -> Path:
     """Another study: one variant (soft reset), two seeds."""
-    return small_study(cwd, name="teamB", epochs=4, variants={"ISNM+Soft Reset": {"neuron.reset": "soft"}})
+    return small_study(cwd, name="teamB", epochs=4, variants={"ISNM+Soft Reset": {"neuron.reset": "soft"}},
+                       resources=AT_ONCE)
 
 
 def ray_results(cwd: Path) -> dict[str, list[dict]]:
@@ -146,15 +151,15 @@ class Scenario:
 
 
 @pytest.fixture(scope="module")
-def scenario(team_server, tmp_path_factory) -> Scenario:
+def scenario(team_server, shared_ray, tmp_path_factory) -> Scenario:
     """Both studies started together; once each has logged an epoch, the server is killed, and started again on
     its port once B has given up and A has trained AWAY_EPOCHS epochs meanwhile; B is run again with the same
     command while A finishes."""
     done = Scenario(team_server, tmp_path_factory.mktemp("a"), tmp_path_factory.mktemp("b"))
     client = MlflowClient(team_server.uri)
     args_b = [str(study_b(done.b)), "--tracking-uri", team_server.uri, "--tracking-patience", str(PATIENCE_B)]
-    driver_a = start_study(done.a, str(study_a(done.a)), "--tracking-uri", team_server.uri)
-    drivers_b = [start_study(done.b, *args_b)]
+    driver_a = start_study(done.a, str(study_a(done.a)), "--tracking-uri", team_server.uri, cluster=shared_ray)
+    drivers_b = [start_study(done.b, *args_b, cluster=shared_ray)]
     try:
         def logged_epoch(name: str) -> bool:
             exp = client.get_experiment_by_name(name)
@@ -172,7 +177,7 @@ def scenario(team_server, tmp_path_factory) -> Scenario:
         team_server.start()
         done.code_b = drivers_b[0].wait(timeout=120)  # its patience ran out while the server was away
         done.first_b = drivers_b[0].log.read_text()
-        drivers_b.append(start_study(done.b, *args_b))
+        drivers_b.append(start_study(done.b, *args_b, cluster=shared_ray))
         done.rerun_code_b = drivers_b[1].wait(timeout=600)
         done.rerun_b = drivers_b[1].log.read_text()
         done.code_a = driver_a.wait(timeout=600)

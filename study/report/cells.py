@@ -55,6 +55,7 @@ class Cell:
     sources: list[Source] = field(default_factory=list)  # one per finished seed
     at_timesteps: dict[int, list[float]] = field(default_factory=dict)  # T -> its finished seeds' test_acc at T
     extras: dict[str, list[float]] = field(default_factory=dict)  # metric -> its finished seeds' final values
+    constants: dict[str, Any] = field(default_factory=dict)  # the table's constants: key -> the study's one value
 
     @property
     def values(self) -> list[float]:
@@ -120,7 +121,7 @@ def table_cells(client: MlflowClient, study: Study, children: list[RunRecord], t
     finished = newest_finished(children)
     for trial in plan_trials(study):
         key = tuple(key_value(trial, k) for k in table.keys)
-        cell = cells.setdefault(key, Cell(key))
+        cell = cells.setdefault(key, Cell(key, constants={k: key_value(trial, k) for k in table.constants}))
         cell.planned += 1
         run = finished.get(trial.config_hash)
         status = trial_status(by_hash.get(trial.config_hash, []), run)

@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING, Optional
 
 from study.errors import StudyError, user_error_exit
 from study.records import METRICS, TABULATED, Artifact, Kind, Tag, read_runs
-from study.report.cells import ROW_KEY, Cell, table_cells
+from study.report.cells import Cell, table_cells
 from study.report.leaderboard import leaderboard
 from study.report.plots import plot_curves, plot_firing, plot_schedule
 from study.report.sources import provenance_line, runs_frame, write_sources
-from study.report.tables import (HEADERS, counts_line, label, paper_figure, render_column_welch, render_table,
-                                 render_welch, setting_line)
+from study.report.tables import counts_line, differences, label, paper_figure, render_table, setting_line
 from study.spec.config import Study, Table, load_study
 from study.spec.plan import plan_trials
 
@@ -75,20 +74,18 @@ def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: O
             paper = table.paper if metric == table.metrics[0] else {}
             compared = any(paper_figure(paper, c.key) is not None for c in cells)
             splits = list(dict.fromkeys(c.key[:1] for c in cells)) if table.split else [()]
+            found = []
             for split_value in splits:
                 mine = [c for c in cells if c.key[:len(split_value)] == split_value]
                 title = f"{level} {label(table, split_value[0])}\n\n" if split_value else ""
                 parts.append(title + render_table(mine, table, metric, split_value, paper))
+                compared_here = differences(mine, table, metric, split_value)
+                if compared_here:
+                    where = f" ({label(table, split_value[0])})" if split_value else ""
+                    found.append(f"### {compared_here[0]}{where}\n\n{compared_here[1]}")
             parts.append(f"{stat.capitalize()} {metric}, mean ± sample std over seeds; n = finished seeds where "
                          f"fewer than planned; best in bold" + ("; Δ = ours − paper." if compared else "."))
-            if table.keys == [ROW_KEY]:
-                differences = render_welch(cells, metric)
-                if differences:
-                    parts.append("### Differences to the first row\n\n" + differences)
-            by_column = render_column_welch(cells, table, metric)
-            if by_column:
-                parts.append(f"### Differences between the {HEADERS.get(table.column_keys[0], table.column_keys[0])} "
-                             f"columns, row by row\n\n" + by_column)
+            parts += found
         parts.append(counts_line(counts))
         sidecar = out / f"{study.name}.runs.csv"
         write_sources(sidecar, table, by_metric)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from isnm import metrics
@@ -42,6 +43,46 @@ def unit(metric: str) -> str:
 def label(table: Table, value: Any) -> str:
     """A key's value as the table prints it: its `labels:` name, else itself."""
     return table.labels.get(str(value), str(value))
+
+
+def header(table: Table, key: str) -> str:
+    """A key's column header: its `labels:` name (one map renames keys and values alike), else the paper's word for
+    it, else the key."""
+    return table.labels.get(key) or HEADERS.get(key, key)
+
+
+def column_label(table: Table, keys: list[str], values: tuple) -> str:
+    """A pivot column's header: its values' labels (a number with its key: TimeStep=5), joined by " · "."""
+    return " · ".join(table.labels[str(v)] if str(v) in table.labels else
+                      str(v) if isinstance(v, str) else f"{header(table, k)}={v}" for k, v in zip(keys, values))
+
+
+@dataclass
+class Layout:
+    """A table's cells placed: its lines (the row keys' values, grouped by the leading keys, each key's values in the
+    order the plan first meets them) and its columns (the column keys' values; one, (), for a table of rows)."""
+    lines: list[tuple]
+    columns: list[tuple]
+    cells: dict[tuple[tuple, tuple], Cell]
+
+    @property
+    def pivot(self) -> bool:
+        return self.columns != [()]
+
+
+def layout(cells: list[Cell], table: Table, offset: int) -> Layout:
+    """`cells` (keys: `offset` split values, then row and column values) as lines and columns."""
+    n_rows = len(table.row_keys)
+    seen: list[dict] = [{} for _ in range(n_rows)]
+    placed: dict[tuple[tuple, tuple], Cell] = {}
+    for cell in cells:
+        line, column = cell.key[offset:offset + n_rows], cell.key[offset + n_rows:]
+        for level, value in enumerate(line):
+            seen[level].setdefault(value, len(seen[level]))
+        placed[line, column] = cell
+    lines = sorted(dict.fromkeys(line for line, _ in placed),
+                   key=lambda line: tuple(seen[level][v] for level, v in enumerate(line)))
+    return Layout(lines, list(dict.fromkeys(column for _, column in placed)), placed)
 
 
 def cell_text(values: list[float], planned: int, metric: str) -> str:
@@ -83,44 +124,58 @@ def paper_figure(paper: dict, key: tuple) -> Optional[tuple[float, Optional[floa
 
 
 def render_table(cells: list[Cell], table: Table, metric: str, split_value: tuple, paper: dict) -> str:
-    """One Markdown table in the paper's shape: method?, rows (repeats blank), columns, value, paper, Δ, and
-    with `eval_timesteps` the test accuracy at each T that study.evaluate measured."""
-    offset = len(split_value)
-    n_rows = len(table.row_keys)
+    """One Markdown table in the paper's shape (docs/reports.md, "Tables"): Method?, the row keys (a value repeated
+    from the line above left blank), the constants, then for each column (a table of rows has one) the cell's value,
+    the paper's figure and Δ, the test accuracy at each T study.evaluate measured, and the extra metrics."""
+    placed = layout(cells, table, len(split_value))
     has_paper = any(paper_figure(paper, c.key) is not None for c in cells)
     beside = table.eval_timesteps and metric == metrics.TEST_ACC  # they are test accuracies: beside test_acc only
     evaluated = sorted({t for c in cells for t in c.at_timesteps}) if beside else []
-    header = (["Method"] if table.method else []) + [HEADERS.get(k, k) for k in table.row_keys + table.column_keys]
-    header += [METRICS[metric].header] + (["Paper (%)", "Δ"] if has_paper else [])
-    header += [f"Accuracy at T={t} (%)" for t in evaluated] + [METRICS[m].header for m in table.extra]
     means = {c.key: mean_std([scaled(v, metric) for v in c.values])[0] for c in cells if c.values}
     best = (max if METRICS[metric].maximize else min)(means.values()) if means else None
-    lines, previous = [], None
-    for cell in cells:
-        own = cell.key[offset:]
-        shown = [label(table, v) for v in own]
-        if previous is not None:  # blank repeated leading row values, as the paper prints them
-            for i in range(n_rows):
-                if own[:i + 1] != previous[:i + 1]:
-                    break
-                shown[i] = ""
-        previous = own
+    names = ([METRICS[metric].header] + (["Paper (%)", "Δ"] if has_paper else [])
+             + [f"Accuracy at T={t} (%)" for t in evaluated] + [METRICS[m].header for m in table.extra])
+
+    def shown(cell: Optional[Cell]) -> list[str]:
+        """A cell's group of columns; dashes where the plan has no such cell."""
+        if cell is None:
+            return [DASH] * len(names)
         value = cell_text(cell.values, cell.planned, metric)
-        if best is not None and cell.key in means and means[cell.key] == best:
-            value = f"**{value}**"
-        line = ([table.method] if table.method else []) + shown + [value]
+        out = [f"**{value}**" if best is not None and means.get(cell.key) == best else value]
         if has_paper:
             figure = paper_figure(paper, cell.key)
             if figure is None:
-                line += [DASH, DASH]
+                out += [DASH, DASH]
             else:
                 mean, std = figure
-                line.append(f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}")
-                line.append(DASH if cell.key not in means else f"{means[cell.key] - mean:+.2f}")
-        line += [cell_text(cell.at_timesteps.get(t, []), cell.planned, metric) for t in evaluated]
-        line += [extra_text(cell, m) for m in table.extra]
-        lines.append(line)
-    return markdown_table(header, lines)
+                out.append(f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}")
+                out.append(DASH if cell.key not in means else f"{means[cell.key] - mean:+.2f}")
+        out += [cell_text(cell.at_timesteps.get(t, []), cell.planned, metric) for t in evaluated]
+        return out + [extra_text(cell, m) for m in table.extra]
+
+    head = ((["Method"] if table.method else []) + [header(table, k) for k in table.row_keys]
+            + [header(table, k) for k in table.constants])
+    if placed.pivot:  # the columns side by side, then each other part (paper, Δ, extras) for each column in turn
+        columns = [column_label(table, table.column_keys, c) for c in placed.columns]
+        head += columns + [f"{n}, {c}" for n in names[1:] for c in columns]
+    else:
+        head += names
+    lines, previous = [], None
+    for line in placed.lines:
+        labels = [label(table, v) for v in line]
+        if previous is not None:  # blank repeated leading row values, as the paper prints them
+            for i in range(len(line)):
+                if line[:i + 1] != previous[:i + 1]:
+                    break
+                labels[i] = ""
+        previous = line
+        row = [placed.cells.get((line, column)) for column in placed.columns]
+        constants = next(c for c in row if c is not None).constants
+        parts = [shown(c) for c in row]
+        lines.append(([table.method] if table.method else []) + labels
+                     + [label(table, constants[k]) for k in table.constants]
+                     + [part[i] for i in range(len(names)) for part in parts])
+    return markdown_table(head, lines)
 
 
 def welch_cells(reference: Cell, cell: Cell, metric: str) -> list[str]:
@@ -133,34 +188,46 @@ def welch_cells(reference: Cell, cell: Cell, metric: str) -> list[str]:
             "< 0.001" if p < 0.001 else f"{p:.3f}"]
 
 
-def render_welch(cells: list[Cell], metric: str) -> Optional[str]:
-    """Each row against the first: difference, 95% CI (Welch) and p-value; None if too few seeds."""
-    first = cells[0]
-    if len(cells) < 2 or len(first.values) < 2:
+def differences(cells: list[Cell], table: Table, metric: str, split_value: tuple) -> Optional[tuple[str, str]]:
+    """(its title, the Markdown table) of the differences a table makes, by Welch's t, or None when no reference (a
+    first column, a first line) has two seeds. A pivot: each row's columns against its first column. A table of rows: each line against the first line of
+    its group (the lines that share the leading row keys' values; a table of one row key, e.g. variants, is one
+    group)."""
+    placed = layout(cells, table, len(split_value))
+    pp = unit(metric)
+    rows: list[list[str]] = []
+    references: list[Optional[Cell]] = []  # printed when one has two seeds; a side with fewer shows dashes
+    if placed.pivot:
+        first, *others = placed.columns
+        names = [column_label(table, table.column_keys, c) for c in placed.columns]
+        for line in placed.lines:
+            reference = placed.cells.get((line, first))
+            references.append(reference)
+            for column, name in zip(others, names[1:]):
+                cell = placed.cells.get((line, column))
+                compared = welch_cells(reference, cell, metric) if reference and cell else [DASH] * 3
+                rows.append([label(table, v) for v in line] + ([name] if len(others) > 1 else []) + compared)
+        head = [header(table, k) for k in table.row_keys] + (
+            [f"Δ {names[1]} − {names[0]}{pp}"] if len(others) == 1 else ["Column", f"Δ vs {names[0]}{pp}"])
+        title = f"Differences between the {' · '.join(header(table, k) for k in table.column_keys)} columns, row by row"
+    else:
+        groups: dict[tuple, list[tuple]] = {}
+        for line in placed.lines:
+            groups.setdefault(line[:-1], []).append(line)
+        firsts = {column_label(table, table.row_keys[-1:], lines[0][-1:]) for lines in groups.values()}
+        for lines in groups.values():
+            reference = placed.cells[lines[0], ()]
+            references.append(reference)
+            rows += [[label(table, v) for v in line] + welch_cells(reference, placed.cells[line, ()], metric)
+                     for line in lines[1:]]
+        versus = next(iter(firsts)) if len(firsts) == 1 else "the first"
+        head = [header(table, k) for k in table.row_keys] + [f"Δ vs {versus}{pp}"]
+        *leading, last = table.row_keys
+        title = ("Differences to the first row" if not leading else
+                 f"Differences to the first {header(table, last)} of each {' · '.join(header(table, k) for k in leading)}")
+    if not rows or not any(r is not None and len(r.values) >= 2 for r in references):
         return None
-    rows = [[str(cell.key[-1]), *welch_cells(first, cell, metric)] for cell in cells[1:]]
-    header = ["Method", f"Δ vs {first.key[-1]}{unit(metric)}", f"95% CI{unit(metric)}", "p (Welch)"]
-    return markdown_table(header, rows)
-
-
-def render_column_welch(cells: list[Cell], table: Table, metric: str) -> Optional[str]:
-    """With one column key of two values (fixed, gradual), each row's second value against its first: difference,
-    95% CI (Welch), p-value. None for other layouts, or if no row has both with 2 seeds or more."""
-    if table.split or len(table.column_keys) != 1:
-        return None
-    rows: dict[tuple, list[Cell]] = {}
-    for cell in cells:
-        rows.setdefault(cell.key[:-1], []).append(cell)
-    columns = list(dict.fromkeys(c.key[-1] for c in cells))
-    if len(columns) != 2 or any(len(pair) != 2 for pair in rows.values()):
-        return None
-    lines = [[label(table, v) for v in key] + welch_cells(first, second, metric) for key, (first, second) in rows.items()]
-    if all(line[-1] == DASH for line in lines):
-        return None
-    first, second = (label(table, v) for v in columns)
-    header = [HEADERS.get(k, k) for k in table.row_keys] + [f"Δ {second} − {first}{unit(metric)}",
-                                                           f"95% CI{unit(metric)}", "p (Welch)"]
-    return markdown_table(header, lines)
+    return title, markdown_table(head + [f"95% CI{pp}", "p (Welch)"], rows)
 
 
 def setting_line(study: Study) -> str:

@@ -6,7 +6,7 @@ file, the key path, the bad value and what was expected.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -89,8 +89,9 @@ EVAL_TIMESTEPS = "eval_timesteps"  # in a table's columns: a column per T that s
 @dataclass
 class Table:
     """How `study.report` lays out the study's table (docs/reports.md, "Tables")."""
-    rows: Union[str, list[str]] = "variant"  # keys printed first, repeats left blank ("variant" or dotted config keys)
-    columns: list[str] = field(default_factory=list)  # keys printed on every line after the rows, and EVAL_TIMESTEPS
+    rows: Union[str, list[str]] = "variant"  # a line per value of these keys, grouped in order; repeats left blank
+    columns: Optional[list[str]] = None  # a column per value of these keys (a pivot); EVAL_TIMESTEPS: a column per T
+    constants: list[str] = field(default_factory=list)  # keys the study holds fixed, a column of their value each
     split: Optional[str] = None  # one table per value of this key (paper Tables 2 and 3: dataset)
     method: Optional[str] = None  # a constant first "Method" column, e.g. "This work"
     metric: Union[Literal[TABULATED], list[Literal[TABULATED]]] = metrics.TEST_ACC  # several: one table each
@@ -114,11 +115,11 @@ class Table:
 
     @property
     def column_keys(self) -> list[str]:
-        return [c for c in self.columns if c != EVAL_TIMESTEPS]
+        return [c for c in self.columns or [] if c != EVAL_TIMESTEPS]
 
     @property
     def eval_timesteps(self) -> bool:
-        return EVAL_TIMESTEPS in self.columns
+        return EVAL_TIMESTEPS in (self.columns or [])
 
     @property
     def keys(self) -> list[str]:
@@ -143,8 +144,6 @@ class StudyFile:
 
     def check(self, path: str) -> None:
         check(SAFE_NAME.fullmatch(self.name) is not None, "name", self.name, SAFE_NAME_RULE)
-        for profile in self.profiles:
-            check_profile_name(profile)
         check(len(self.seeds) > 0, "seeds", self.seeds, "a non-empty list of integers")
         for i, seed in enumerate(self.seeds):
             check(self.seeds.index(seed) == i, f"seeds[{i}]", seed, "a seed not listed before")
@@ -192,16 +191,35 @@ def check_override_keys(overrides: dict[str, Any], path: str) -> None:
             raise ConfigError(join(path, key), unknown_key_message(key, list(TRAIN_KEYS)))
 
 
+class StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key repeated in one mapping, where YAML would keep the last silently."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice in one mapping (YAML "
+                                                        f"would keep the last one silently)", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise StudyError(f"{path}: no such study file")
+    text = path.read_text()
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(text, Loader=StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        where, line = "", ""
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+            lines = text.splitlines()
+            line = f": {lines[mark.line].strip()!r}" if mark.line < len(lines) and lines[mark.line].strip() else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise StudyError(f"{path}: YAML syntax error{where}: {problem}") from None
+        raise StudyError(f"{path}: YAML error{where}{line}: {problem}") from None
     if data is None:
         raise StudyError(f"{path}: the file is empty; expected a study (name, base, variants, seeds, ...)")
     if not isinstance(data, dict):
@@ -212,8 +230,30 @@ def read_yaml(path: Path) -> dict:
 REPLACED_BY_PROFILE = ("variants", "grid", "seeds")
 
 
-def check_profile_name(profile: str) -> None:
-    check(SAFE_NAME.fullmatch(profile) is not None, "profiles", profile, f"a profile name of {SAFE_NAME_RULE}")
+def check_profile_name(profile: Any) -> None:
+    check(isinstance(profile, str) and SAFE_NAME.fullmatch(profile) is not None, "profiles", profile,
+          f"a profile name of {SAFE_NAME_RULE}")
+
+
+def check_profiles(data: dict) -> None:
+    """Every profile's name, and its keys: the study's own (a training setting goes under its base:), whichever
+    profile this run uses, so that a mistake in one is found before someone runs it."""
+    profiles = data.get("profiles") or {}
+    check(isinstance(profiles, dict), "profiles", profiles, "a mapping of profile name to study keys")
+    study_keys = [f.name for f in fields(StudyFile) if f.name not in ("name", "profiles")]
+    for profile, overlay in profiles.items():
+        check_profile_name(profile)
+        path = join("profiles", profile)
+        check(isinstance(overlay, dict), path, overlay, "a mapping of study keys")
+        for key in overlay:
+            if key in study_keys:
+                continue
+            if key in ("name", "profiles"):
+                raise ConfigError(join(path, key), f"got {overlay[key]!r}, expected not set by a profile")
+            if key in TRAIN_KEYS or key in default_config():
+                raise ConfigError(join(path, key), f"a profile overlays the study's keys, and {key!r} is a training "
+                                                   f"setting: put it under base: ({join(join(path, 'base'), key)})")
+            raise ConfigError(join(path, key), unknown_key_message(str(key), study_keys))
 
 
 def with_profile(data: dict, profile: Optional[str]) -> dict:
@@ -221,16 +261,37 @@ def with_profile(data: dict, profile: Optional[str]) -> dict:
         return data
     check_profile_name(profile)
     profiles = data.get("profiles") or {}
-    if not isinstance(profiles, dict) or profile not in profiles:
-        known = ", ".join(profiles) if isinstance(profiles, dict) and profiles else "none"
+    if profile not in profiles:  # (a mapping: check_profiles)
+        known = ", ".join(profiles) or "none"
         raise ConfigError("profiles", f"no profile {profile!r} (profiles in this file: {known})")
     overlay = profiles[profile]
-    check(isinstance(overlay, dict), join("profiles", profile), overlay, "a mapping of study keys")
-    for key in ("name", "profiles"):
-        check(key not in overlay, join(join("profiles", profile), key), overlay.get(key), "not set by a profile")
     # the keys that define the set of trials are replaced whole, so a profile can run fewer rows
     replaced = {k: v for k, v in overlay.items() if k in REPLACED_BY_PROFILE}
     return {**merged(data, {k: v for k, v in overlay.items() if k not in REPLACED_BY_PROFILE}), **replaced}
+
+
+def check_table_keys(spec: StudyFile) -> None:
+    """Each key of the table's split, rows and columns is one the study varies, and appears once."""
+    table = spec.table
+    varied = ["variant", *spec.grid, *dict.fromkeys(k for o in spec.variants.values() for k in flat(o))]
+    check(table.columns != [], "table.columns", table.columns,
+          "the keys to lay out as columns; leave columns: out for a table of rows only")
+    placed: dict[str, str] = {}
+    for part, keys in (("split", [table.split] if table.split else []), ("rows", table.row_keys),
+                       ("columns", table.column_keys), ("constants", table.constants)):
+        for key in keys:
+            path = f"table.{part}"
+            if key != "variant" and key not in TRAIN_KEYS:
+                raise ConfigError(path, unknown_key_message(key, ["variant", *TRAIN_KEYS]))
+            if key in placed:
+                raise ConfigError(path, f"{key!r} is already in table.{placed[key]}; a key goes in one place")
+            if part == "constants" and key in varied:
+                raise ConfigError(path, f"{key!r} is varied by this study; put it in table.rows or table.columns")
+            if part != "constants" and key not in varied:
+                raise ConfigError(path, f"{key!r} is not varied by this study (no grid: key or variant sets it), so "
+                                        f"it has one value (table.constants shows such a key); the keys it varies: "
+                                        f"{', '.join(varied)}")
+            placed[key] = part
 
 
 def load_study(path: str | Path, profile: Optional[str] = None) -> Study:
@@ -238,6 +299,7 @@ def load_study(path: str | Path, profile: Optional[str] = None) -> Study:
     path = Path(path)
     data = read_yaml(path)
     try:
+        check_profiles(data)
         data = with_profile(data, profile)
         spec: StudyFile = parse_dataclass(StudyFile, data)
         base = to_dict(parse_config(spec.base, "base"))
@@ -258,10 +320,8 @@ def load_study(path: str | Path, profile: Optional[str] = None) -> Study:
             if METRICS[spec.search.metric].validation and base["validation"] == 0:
                 raise ConfigError("search.metric", f"{spec.search.metric} needs a validation split, but "
                                                    f"base.validation is 0; set base.validation (0.1 is the default)")
-        if spec.table is not None:
-            for key in spec.table.keys:
-                if key != "variant" and key not in TRAIN_KEYS:
-                    raise ConfigError("table", unknown_key_message(key, ["variant", *TRAIN_KEYS]))
+        if spec.table is not None and spec.search is None:
+            check_table_keys(spec)
     except ConfigError as exc:
         raise StudyError(f"{path}: {exc}") from None
     return Study(str(path), profile, spec, base)
