@@ -40,6 +40,7 @@ class Tag:
     KIND = "kind"
     STUDY = "study"
     PROFILE = "profile"
+    STUDY_FILE = "study_file"  # the study file's path as study.run was given it (made absolute), on the parent run
     VARIANT = "variant"
     SEED = "seed"
     CONFIG_HASH = "config_hash"

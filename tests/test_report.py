@@ -4,6 +4,7 @@ from collections import Counter
 
 import mlflow
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from study.records import read_runs
@@ -336,3 +337,21 @@ def test_rows_and_columns_are_a_pivot_with_each_rows_differences(tmp_path, monke
 |---|---|---|---|
 | 1.5 | +4.00 | [+0.96, +7.04] | 0.030 |""" in text
 
+
+
+def test_an_edited_table_is_reported_and_rendered_with_file(tmp_path, monkeypatch, mlflow_uri, capsys):
+    monkeypatch.chdir(tmp_path)
+    trials = plan_trials(load_study(write_spec(tmp_path, TAU_RESET)))
+    uri = write_store(tmp_path, TAU_RESET, {t.name: 0.8 + 0.01 * t.seed for t in trials}, mlflow_uri)
+    edited = yaml.safe_load((tmp_path / "tau_reset.yaml").read_text())  # the file study.run was given (tag study_file)
+    edited["table"] = {"rows": "neuron.reset", "columns": ["neuron.tau"]}
+    (tmp_path / "tau_reset.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+    assert main(["--tracking-uri", uri, "--out", str(tmp_path / "stored")]) == 0
+    out, err = capsys.readouterr()
+    assert "| τ | hard | soft |" in out  # the layout stored with the runs
+    assert err == (f"note: the table: in {tmp_path / 'tau_reset.yaml'} has changed since study.run stored it with "
+                   f"these runs; this report uses the stored one, and `python -m study.report tau_reset --file "
+                   f"{tmp_path / 'tau_reset.yaml'}` the file's (nothing trains again)\n")
+    assert main(["--tracking-uri", uri, "--out", str(tmp_path / "edited"), "--file", "tau_reset.yaml"]) == 0
+    out, err = capsys.readouterr()
+    assert "| neuron.reset | neuron.tau=1.5 | neuron.tau=2.0 | neuron.tau=3.0 |" in out and err == ""

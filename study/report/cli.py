@@ -8,6 +8,7 @@ sample std over seeds of one planned cell. The parts: `cells` (runs to cells), `
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -19,7 +20,7 @@ from study.report.leaderboard import leaderboard
 from study.report.plots import plot_curves, plot_firing, plot_schedule
 from study.report.sources import provenance_line, runs_frame, write_sources
 from study.report.tables import counts_line, differences, label, paper_figure, render_table, setting_line
-from study.spec.config import Study, Table, load_study
+from study.spec.config import Study, Table, read_yaml, study_from
 from study.spec.plan import plan_trials
 
 if TYPE_CHECKING:
@@ -32,27 +33,44 @@ def study_names(client: MlflowClient) -> list[str]:
                   if next(read_runs(client, [exp.experiment_id], Kind.STUDY, limit=1), None))
 
 
-def latest_study(client: MlflowClient, exp_id: str, workdir: Path) -> tuple[Study, str]:
-    """The study file (and profile) of the latest invocation, from its parent run's artifacts."""
+def latest_study(client: MlflowClient, exp_id: str, workdir: Path, layout: Optional[Path]) -> tuple[Study, str, str]:
+    """(the study of the latest invocation, from the study file its parent run holds, with `layout`'s `table:` when
+    given; that parent run; a note when the file study.run was given has another `table:` now, else "")."""
     parent = next(read_runs(client, [exp_id], Kind.STUDY, newest_first=True, limit=1), None)
     if parent is None:
         raise StudyError(f"experiment {client.get_experiment(exp_id).name!r} has no run of study.run")
     files = [a.path for a in client.list_artifacts(parent.run_id) if a.path.endswith((".yaml", ".yml"))]
     if not files:
         raise StudyError(f"run {parent.run_id} holds no study file; was it made by study.run?")
-    local = client.download_artifacts(parent.run_id, files[0], str(workdir))
-    return load_study(local, parent.tags.get(Tag.PROFILE) or None), parent.run_id
+    local = Path(client.download_artifacts(parent.run_id, files[0], str(workdir)))
+    data, profile = read_yaml(local), parent.tags.get(Tag.PROFILE) or None
+    if layout is not None:  # the layout is in no config hash: the runs stay the same, only the table changes
+        data["table"] = read_yaml(layout).get("table")
+        return study_from(data, layout, profile), parent.run_id, ""
+    note = ""
+    given = parent.tags.get(Tag.STUDY_FILE)
+    if given and Path(given).is_file():
+        try:
+            edited = read_yaml(Path(given)).get("table") != data.get("table")
+        except StudyError:  # a file being edited may not parse now: the stored one is what counts
+            edited = False
+        if edited:
+            note = (f"note: the table: in {given} has changed since study.run stored it with these runs; this "
+                    f"report uses the stored one, and `python -m study.report {data.get('name')} --file {given}` "
+                    f"the file's (nothing trains again)")
+    return study_from(data, local, profile), parent.run_id, note
 
 
 def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: Optional[str], stat: str,
-                 write_csv: bool) -> str:
-    """The Markdown report of one study; writes it (and its plots, and the CSV when asked) into `out`. Reads
-    only through `client` (`uri` names the store in messages): nothing process-wide is set."""
+                 write_csv: bool, layout: Optional[Path] = None) -> tuple[str, str]:
+    """(the Markdown report of one study, a note for the terminal or ""); writes the report (and its plots, and the
+    CSV when asked) into `out`. `layout`: a study file whose `table:` replaces the stored one. Reads only through
+    `client` (`uri` names the store in messages): nothing process-wide is set."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
         raise StudyError(f"no study {name!r} in {uri}; studies there: {', '.join(study_names(client)) or 'none'}")
     with tempfile.TemporaryDirectory() as tmp:
-        study, parent_id = latest_study(client, exp.experiment_id, Path(tmp))
+        study, parent_id, note = latest_study(client, exp.experiment_id, Path(tmp), layout)
     children = [run for run in read_runs(client, [exp.experiment_id], Kind.TRIAL) if run.parent_id]
     table = study.spec.table or Table()
     shown = [metric] if metric else table.metrics
@@ -106,7 +124,7 @@ def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: O
         runs_frame(children).to_csv(out / f"{study.name}.csv", index=False)
     for plot in plots:
         client.log_artifact(parent_id, str(plot), Artifact.REPORT)
-    return text
+    return text, note
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stat", choices=("final", "best"), default="final",
                         help="each run's last-epoch value, or its best epoch (default final)")
     parser.add_argument("--format", choices=("md", "csv"), default="md", help="csv also writes every run's row")
+    parser.add_argument("--file", type=Path, metavar="FILE",
+                        help="lay the study out by this study file's table: (its study, by default), not the one "
+                             "stored with the runs; nothing trains again")
     args = parser.parse_args(argv)
 
     import os
@@ -127,12 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     uri = tracking_uri(args.tracking_uri)
     try:
         client = read_client(uri)
-        names = args.studies or study_names(client)
+        names = args.studies or ([str(read_yaml(args.file).get("name"))] if args.file else study_names(client))
         if not names:
             raise StudyError(f"no studies in {uri}; run `python -m study.run FILE` first")
         for name in names:
-            print(report_study(client, uri, name, Path(args.out), args.metric, args.stat, args.format == "csv"))
+            text, note = report_study(client, uri, name, Path(args.out), args.metric, args.stat,
+                                      args.format == "csv", args.file)
+            print(text)
             print(f"(written to {Path(args.out) / (name + '.md')})\n")
+            if note:
+                print(note, file=sys.stderr)
     except Exception as exc:
         return user_error_exit(exc)
     return 0

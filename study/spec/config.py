@@ -297,7 +297,11 @@ def check_table_keys(spec: StudyFile) -> None:
 def load_study(path: str | Path, profile: Optional[str] = None) -> Study:
     """Read, overlay `profile`, validate. Raises StudyError (one line) on any user mistake."""
     path = Path(path)
-    data = read_yaml(path)
+    return study_from(read_yaml(path), path, profile)
+
+
+def study_from(data: dict, path: Path, profile: Optional[str] = None) -> Study:
+    """`data`, a study file's contents, with `profile` overlaid, validated; errors name `path`."""
     try:
         check_profiles(data)
         data = with_profile(data, profile)

@@ -32,7 +32,8 @@ def log_text(client: MlflowClient, run_id: str, name: str, text: str) -> None:
 
 def start_parent_run(client: MlflowClient, exp_id: str, study: Study, code: CodeState, ray_path: str) -> str:
     tags = {Tag.KIND: Kind.STUDY, Tag.STUDY: study.name, Tag.PROFILE: study.profile or "", **code_tags(code),
-            Tag.RAY_EXPERIMENT: ray_path, Tag.NOTE: study.spec.description}
+            Tag.RAY_EXPERIMENT: ray_path, Tag.NOTE: study.spec.description,
+            Tag.STUDY_FILE: str(Path(study.path).resolve())}
     run = client.create_run(exp_id, run_name=f"{study.name} {time.strftime('%Y-%m-%d %H:%M:%S')}", tags=tags)
     client.log_artifact(run.info.run_id, study.path)
     if code.dirty:
