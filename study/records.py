@@ -14,6 +14,8 @@ Standard library and isnm's metric names only, so the pure study-file code can i
 """
 from __future__ import annotations
 
+import hashlib
+
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Iterator, Optional
@@ -42,6 +44,8 @@ class Tag:
     PROFILE = "profile"
     STUDY_FILE = "study_file"  # the study file's path as study.run was given it (made absolute), on the parent run
     VARIANT = "variant"
+    ROW = "row"  # the table row a trial is in, as the report labels it (split and row keys' values)
+    COLUMN = "column"  # and its column, in a table with columns
     SEED = "seed"
     CONFIG_HASH = "config_hash"
     GIT_COMMIT = "git_commit"
@@ -159,10 +163,16 @@ def metric_name(text: str) -> str:
     return "".join(c if c.isascii() and (c.isalnum() or c in "_-. ") else "_" for c in text)
 
 
-def mean_metric(variant: str) -> str:
-    """The parent run's metric of a variant's mean final test_acc (named so that the UI, which orders charts by
-    name, draws the trials' test_acc before them)."""
-    return f"{m.TEST_ACC}.mean.{metric_name(variant)}"
+MAX_METRIC_NAME = 250  # MLflow's limit on a metric name's length
+
+
+def mean_metric(row: str) -> str:
+    """The parent run's metric of a table row's mean final test_acc (named so that the UI, which orders charts by
+    name, draws the trials' test_acc before them); a long row label is cut, with a digest of it kept unique."""
+    name = f"{m.TEST_ACC}.mean.{metric_name(row.replace(' · ', ' - '))}"
+    if len(name) <= MAX_METRIC_NAME:
+        return name
+    return f"{name[:MAX_METRIC_NAME - 9]}-{hashlib.sha256(row.encode()).hexdigest()[:8]}"
 
 
 def code_label(commit: str, dirty: bool) -> str:

@@ -2,13 +2,15 @@
 tiny study, at the URL the end-of-run message gives. Writes reports/mlflow-ui.png (shown in README.md)."""
 import re
 import time
+from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
-from study.records import ExperimentTag, Tag, metric_name
+from study.records import ExperimentTag, Tag, mean_metric, metric_name
 from study.tracking.store import VIEW_KEY, ui_url
 from study.tracking.writers import log_summary
 from tests.servers import start_mlflow, stop
@@ -55,10 +57,26 @@ def test_the_parent_run_gets_each_variants_mean_over_its_newest_runs(mlflow_uri)
     trial("ISNM_GSG", "h3", 0.5, parent)  # another variant, the same metric name
     trial("ISNM", "h4", 0.7)  # planned, cached in this experiment under an older parent
     trial("ISNM", "h9", 0.2)  # neither this parent's child nor planned
-    summary = log_summary(client, exp, parent, {"h4"})
+    summary = log_summary(client, exp, parent, {"h4": {Tag.ROW: "ISNM"}, "h1": {Tag.ROW: "ISNM+GSG", Tag.COLUMN: "soft"}})
     assert summary == pytest.approx({"test_acc.mean.ISNM": 0.7, "test_acc.mean.ISNM_GSG": 0.85,
                                      "test_acc.mean.ISNM_GSG_2": 0.5})
     assert client.get_run(parent).data.metrics == pytest.approx(summary)
+    # each run counted carries its row (and column) in this layout: a planned one's place, else its variant
+    tags = {r.data.tags["config_hash"]: r.data.tags for r in client.search_runs([exp], "attributes.status = 'FINISHED'",
+                                                                                 order_by=["attributes.start_time ASC"])}
+    assert (tags["h1"]["row"], tags["h1"]["column"], tags["h2"]["row"], tags["h4"]["row"]) == (
+        "ISNM+GSG", "soft", "ISNM+GSG", "ISNM")
+    assert "row" not in tags["h9"]  # not counted
+
+
+def test_a_row_label_too_long_for_a_metric_name_is_cut_and_stays_unique():
+    from mlflow.utils.validation import _validate_metric_name
+
+    long_a, long_b = "CIFAR-10 · " + "x" * 300 + "a", "CIFAR-10 · " + "x" * 300 + "b"
+    for row in (long_a, long_b):
+        _validate_metric_name(mean_metric(row))
+        assert len(mean_metric(row)) == 250
+    assert mean_metric(long_a) != mean_metric(long_b) and mean_metric("A · B") == "test_acc.mean.A - B"
 
 
 @pytest.mark.slow  # a real study, an MLflow server and a browser
@@ -78,10 +96,10 @@ def test_the_printed_url_shows_the_trials_and_their_test_acc_chart(tmp_path, sha
     for variant, key in (("ISNM", "test_acc.mean.ISNM"), ("ISNM+GSG", "test_acc.mean.ISNM_GSG")):
         finals = [r.data.metrics["test_acc"] for r in trials if r.data.tags["variant"] == variant]
         assert len(finals) == 2 and parent.data.metrics[key] == pytest.approx(sum(finals) / 2)
-    # the end-of-run message names the page: the experiment's runs, charts, grouped by variant
-    url = ui_url(experiment.experiment_id)
+    # the end-of-run message names the page: the experiment's runs, charts, grouped by table row
+    url = ui_url(experiment.experiment_id, "http://127.0.0.1:5000")
     assert re.search(rf"^then open {re.escape(url)}\s", done.stdout, re.M), done.stdout[-2000:]
-    assert "compareRunsMode=CHART" in url and "viewStateShareKey=by-variant" in url
+    assert "compareRunsMode=CHART" in url and "viewStateShareKey=by-row" in url
 
     port = free_port()
     server = start_mlflow("ui", port, "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -98,7 +116,8 @@ def test_the_printed_url_shows_the_trials_and_their_test_acc_chart(tmp_path, sha
                 # the trial runs, under their readable names, listed under their variant's group
                 for name in TRIALS:
                     expect(page.get_by_text(name, exact=True)).to_be_visible(timeout=WAIT_MS)
-                expect(page.get_by_text("Group by: variant")).to_be_visible()
+                page.screenshot(path=str(tmp_path / "first.png"))
+                expect(page.get_by_text("Group by: row")).to_be_visible()
                 expect(page.get_by_text("Group: ISNM+GSG")).to_be_visible()
                 # the model-training layout (Runs, Models), not the GenAI one (Prompts, Judges)
                 expect(page.get_by_text("Prompts", exact=True)).to_have_count(0)
@@ -125,3 +144,61 @@ def test_the_printed_url_shows_the_trials_and_their_test_acc_chart(tmp_path, sha
         stop(server)
     assert SCREENSHOT.stat().st_size > 10_000
     print(f"browser test: {time.monotonic() - began:.0f}s, screenshot {SCREENSHOT}")
+
+
+# a grid-only study (its one implicit variant, `base`, is no row) and the comparison demo (two networks on digits,
+# which a grouping by variant merged): the runs as study.run tags them, at the end of a run, then the saved view
+GROUPED = {
+    "grid": ({"name": "tau_grid", "base": {"dataset": "digits", "arch": "tiny", "epochs": 2},
+              "grid": {"neuron.tau": [1.5, 2.0, 3.0]}, "seeds": [0, 1], "table": {"rows": "neuron.tau"}},
+             {"neuron.tau=1.5": 2, "neuron.tau=2.0": 2, "neuron.tau=3.0": 2}),
+    "comparison demo": (ROOT / "search_spaces" / "comparison.yaml", {"digits · VGG-small": 3, "digits · ResNet": 3}),
+}
+
+
+@pytest.mark.slow  # an MLflow server and a browser
+@pytest.mark.parametrize("case", GROUPED, ids=list(GROUPED))
+def test_the_view_shows_a_group_per_table_row(case, tmp_path, mlflow_uri):
+    from playwright.sync_api import expect, sync_playwright
+
+    from study.spec.config import load_study, with_profile
+    from study.spec.plan import plan_trials
+    from study.tracking.store import show_layout
+    from study.tracking.writers import place_tags
+    from tests.stores import write_spec, write_store
+
+    spec, groups = GROUPED[case]
+    if isinstance(spec, Path):  # the shipped file as its demo profile makes it
+        spec = {k: v for k, v in with_profile(yaml.safe_load(spec.read_text()), "demo").items() if k != "profiles"}
+    study = load_study(write_spec(tmp_path, spec))
+    trials = plan_trials(study)
+    uri = write_store(tmp_path, spec, {t.name: 0.8 + 0.01 * t.seed for t in trials}, mlflow_uri)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(study.name)
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.kind = 'study'")
+    log_summary(client, experiment.experiment_id, parent.info.run_id, {t.config_hash: place_tags(study, t) for t in trials})
+    show_layout(client, experiment.experiment_id, columns=False)
+    port = free_port()
+    server = start_mlflow("ui", port, "--backend-store-uri", uri, log=tmp_path / "mlflow-ui.log", cwd=tmp_path)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                                 args=["--no-sandbox", "--disable-background-networking"])
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 800})
+                page.set_default_timeout(WAIT_MS)
+                page.route("**/*", loopback_only)
+                page.goto(ui_url(experiment.experiment_id, f"http://127.0.0.1:{port}"), timeout=WAIT_MS)
+                expect(page.get_by_text("Group by: row")).to_be_visible()
+                for row in groups:  # one group per table row
+                    expect(page.get_by_text(f"Group: {row}")).to_be_visible()
+                expect(page.get_by_text(re.compile(r"Group: "))).to_have_count(len(groups))
+                page.screenshot(path=str(tmp_path / "groups.png"))
+            finally:
+                browser.close()
+    finally:
+        stop(server)
+    parent = client.get_run(parent.info.run_id)
+    assert set(parent.data.metrics) == {mean_metric(row) for row in groups}  # a mean per row, none per variant
+    runs = client.search_runs([experiment.experiment_id], "tags.kind = 'trial'")
+    assert Counter(r.data.tags[Tag.ROW] for r in runs) == groups  # each group's runs

@@ -22,7 +22,7 @@ RECORD_WORDS = {*constants(Kind).values(), *constants(Tag).values(), *constants(
 # Words of the record that are also the names of other things, each spelled where that thing is defined:
 ALSO_ELSEWHERE = {
     "seed": "a config key (the trial config's seed, set by the study's seeds list)",
-    "variant": "a table key (study.report.cells.ROW_KEY: the rows of a table are the variants)",
+    "variant": "a table key (study.spec.config.VARIANT_KEY: the rows of a table are the variants)",
     "kernel": "a config key (TrainConfig.kernel)",
     "study": "the study itself, in messages and file names",
     "trial": "Tune's param-space key naming a planned trial (study.run.tuner; old experiments hold it)",

@@ -90,5 +90,8 @@ def test_a_backlog_runs_in_place_while_the_server_answers(mlflow_uri):
     for n in range(3):
         backlog.submit(order.append, n)
         assert order == list(range(n + 1))  # done before submit returned
+    backlog.submit(client.get_run, "0" * 32)  # its error is kept for the loop's next check, not raised here,
+    backlog.submit(order.append, "after")  # where Tune would log it with a traceback; the tasks after it do not run
     with pytest.raises(MlflowException):
-        backlog.submit(client.get_run, "0" * 32)  # its error, raised where it was submitted
+        backlog.check()
+    assert order == [0, 1, 2]

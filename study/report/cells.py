@@ -10,17 +10,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
-from isnm import flat, metrics
+from isnm import metrics
 from study.errors import StudyError
 from study.records import AT_TIMESTEPS, METRICS, RunRecord, Tag, newest_finished
 from study.spec.config import Study, Table
-from study.spec.plan import Trial, plan_trials
+from study.spec.plan import Trial, key_value, plan_trials
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
-
-ROW_KEY = "variant"  # the table key whose values are the study's variants (every other key is a config key)
-
 
 class Status(enum.Enum):
     """A planned trial's state, from its runs in any invocation; the value is how the report counts it."""
@@ -64,10 +61,6 @@ class Cell:
     @property
     def run_ids(self) -> list[str]:
         return [s.run_id for s in self.sources]
-
-
-def key_value(trial: Trial, key: str) -> Any:
-    return trial.variant if key == ROW_KEY else flat(trial.config)[key]
 
 
 def metric_value(client: MlflowClient, run: RunRecord, metric: str, stat: str) -> float:

@@ -19,7 +19,7 @@ from study.report.cells import Cell, table_cells
 from study.report.leaderboard import leaderboard
 from study.report.plots import plot_curves, plot_firing, plot_schedule
 from study.report.sources import provenance_line, runs_frame, write_sources
-from study.report.tables import counts_line, differences, label, paper_figure, render_table, setting_line
+from study.report.tables import counts_line, differences, paper_figure, render_table, setting_line
 from study.spec.config import Study, Table, read_yaml, study_from
 from study.spec.plan import plan_trials
 
@@ -95,11 +95,11 @@ def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: O
             found = []
             for split_value in splits:
                 mine = [c for c in cells if c.key[:len(split_value)] == split_value]
-                title = f"{level} {label(table, split_value[0])}\n\n" if split_value else ""
+                title = f"{level} {table.label(split_value[0])}\n\n" if split_value else ""
                 parts.append(title + render_table(mine, table, metric, split_value, paper))
                 compared_here = differences(mine, table, metric, split_value)
                 if compared_here:
-                    where = f" ({label(table, split_value[0])})" if split_value else ""
+                    where = f" ({table.label(split_value[0])})" if split_value else ""
                     found.append(f"### {compared_here[0]}{where}\n\n{compared_here[1]}")
             parts.append(f"{stat.capitalize()} {metric}, mean ± sample std over seeds; n = finished seeds where "
                          f"fewer than planned; best in bold" + ("; Δ = ours − paper." if compared else "."))

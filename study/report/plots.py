@@ -11,7 +11,7 @@ import pandas as pd
 from isnm import metrics
 from study.records import LAYER_RATE, METRICS, RunRecord
 from study.report.cells import Cell
-from study.report.tables import label, scaled
+from study.report.tables import scaled
 from study.spec.config import Table
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def plot_curves(client: MlflowClient, cells: list[Cell], table: Table, metrics: 
             data = np.array([s[:length] for s in series])
             epochs = np.arange(1, length + 1)
             mean = data.mean(0)
-            line, = ax.plot(epochs, mean, label=" ".join(label(table, v) for v in cell.key))
+            line, = ax.plot(epochs, mean, label=" ".join(table.label(v) for v in cell.key))
             if len(series) > 1:
                 std = data.std(0, ddof=1)
                 ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
@@ -72,7 +72,7 @@ def plot_firing(runs: list[RunRecord], cells: list[Cell], table: Table, path: Pa
         if rates.empty:
             continue
         ax.errorbar(range(len(layers)), rates.mean(), yerr=rates.std(ddof=1) if len(rates) > 1 else None,
-                    marker="o", capsize=3, label=" ".join(label(table, v) for v in cell.key))
+                    marker="o", capsize=3, label=" ".join(table.label(v) for v in cell.key))
     ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=8)
     ax.set_xlabel("spiking layer (input to output)")
     ax.set_ylabel("firing rate, final epoch (% of neurons per step)")

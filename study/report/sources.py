@@ -11,7 +11,6 @@ import pandas as pd
 
 from study.records import RunRecord, Tag
 from study.report.cells import Cell
-from study.report.tables import label
 from study.spec.config import Table
 
 
@@ -42,7 +41,7 @@ def write_sources(path: Path, table: Table, by_metric: dict[str, list[Cell]]) ->
         for cell in cells:
             for source in cell.sources:
                 row = rows.setdefault(source.run_id, {
-                    "cell": " / ".join(label(table, v) for v in cell.key), Tag.VARIANT: source.variant,
+                    "cell": " / ".join(table.label(v) for v in cell.key), Tag.VARIANT: source.variant,
                     Tag.SEED: source.seed, "run_id": source.run_id, Tag.CONFIG_HASH: source.config_hash,
                     Tag.GIT_COMMIT: source.git_commit, "torch": source.torch, "device": source.device})
                 row[metric] = source.value

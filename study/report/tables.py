@@ -13,13 +13,11 @@ from typing import Any, Optional
 from isnm import metrics
 from study.markdown import markdown_table
 from study.records import METRICS
-from study.report.cells import ROW_KEY, Cell, Status
+from study.report.cells import Cell, Status
 from study.report.stats import mean_std, welch
 from study.spec.config import Study, Table
 from study.spec.plan import plan_trials
 
-HEADERS = {ROW_KEY: "Method", "dataset": "Dataset", "arch": "Architecture", "timesteps": "TimeStep",
-           "surrogate.function": "Surrogate", "surrogate.schedule": "Schedule", "surrogate.shape": "Shape"}
 DASH = "—"
 
 
@@ -38,23 +36,6 @@ def signed(value: float, metric: str) -> str:
 def unit(metric: str) -> str:
     """A difference's unit: percentage points for a metric printed in percent."""
     return " (pp)" if METRICS[metric].percent else ""
-
-
-def label(table: Table, value: Any) -> str:
-    """A key's value as the table prints it: its `labels:` name, else itself."""
-    return table.labels.get(str(value), str(value))
-
-
-def header(table: Table, key: str) -> str:
-    """A key's column header: its `labels:` name (one map renames keys and values alike), else the paper's word for
-    it, else the key."""
-    return table.labels.get(key) or HEADERS.get(key, key)
-
-
-def column_label(table: Table, keys: list[str], values: tuple) -> str:
-    """A pivot column's header: its values' labels (a number with its key: TimeStep=5), joined by " · "."""
-    return " · ".join(table.labels[str(v)] if str(v) in table.labels else
-                      str(v) if isinstance(v, str) else f"{header(table, k)}={v}" for k, v in zip(keys, values))
 
 
 @dataclass
@@ -153,16 +134,16 @@ def render_table(cells: list[Cell], table: Table, metric: str, split_value: tupl
         out += [cell_text(cell.at_timesteps.get(t, []), cell.planned, metric) for t in evaluated]
         return out + [extra_text(cell, m) for m in table.extra]
 
-    head = ((["Method"] if table.method else []) + [header(table, k) for k in table.row_keys]
-            + [header(table, k) for k in table.constants])
+    head = ((["Method"] if table.method else []) + [table.header(k) for k in table.row_keys]
+            + [table.header(k) for k in table.constants])
     if placed.pivot:  # the columns side by side, then each other part (paper, Δ, extras) for each column in turn
-        columns = [column_label(table, table.column_keys, c) for c in placed.columns]
+        columns = [table.values_label(table.column_keys, c) for c in placed.columns]
         head += columns + [f"{n}, {c}" for n in names[1:] for c in columns]
     else:
         head += names
     lines, previous = [], None
     for line in placed.lines:
-        labels = [label(table, v) for v in line]
+        labels = [table.label(v) for v in line]
         if previous is not None:  # blank repeated leading row values, as the paper prints them
             for i in range(len(line)):
                 if line[:i + 1] != previous[:i + 1]:
@@ -173,7 +154,7 @@ def render_table(cells: list[Cell], table: Table, metric: str, split_value: tupl
         constants = next(c for c in row if c is not None).constants
         parts = [shown(c) for c in row]
         lines.append(([table.method] if table.method else []) + labels
-                     + [label(table, constants[k]) for k in table.constants]
+                     + [table.label(constants[k]) for k in table.constants]
                      + [part[i] for i in range(len(names)) for part in parts])
     return markdown_table(head, lines)
 
@@ -199,32 +180,32 @@ def differences(cells: list[Cell], table: Table, metric: str, split_value: tuple
     references: list[Optional[Cell]] = []  # printed when one has two seeds; a side with fewer shows dashes
     if placed.pivot:
         first, *others = placed.columns
-        names = [column_label(table, table.column_keys, c) for c in placed.columns]
+        names = [table.values_label(table.column_keys, c) for c in placed.columns]
         for line in placed.lines:
             reference = placed.cells.get((line, first))
             references.append(reference)
             for column, name in zip(others, names[1:]):
                 cell = placed.cells.get((line, column))
                 compared = welch_cells(reference, cell, metric) if reference and cell else [DASH] * 3
-                rows.append([label(table, v) for v in line] + ([name] if len(others) > 1 else []) + compared)
-        head = [header(table, k) for k in table.row_keys] + (
+                rows.append([table.label(v) for v in line] + ([name] if len(others) > 1 else []) + compared)
+        head = [table.header(k) for k in table.row_keys] + (
             [f"Δ {names[1]} − {names[0]}{pp}"] if len(others) == 1 else ["Column", f"Δ vs {names[0]}{pp}"])
-        title = f"Differences between the {' · '.join(header(table, k) for k in table.column_keys)} columns, row by row"
+        title = f"Differences between the {' · '.join(table.header(k) for k in table.column_keys)} columns, row by row"
     else:
         groups: dict[tuple, list[tuple]] = {}
         for line in placed.lines:
             groups.setdefault(line[:-1], []).append(line)
-        firsts = {column_label(table, table.row_keys[-1:], lines[0][-1:]) for lines in groups.values()}
+        firsts = {table.values_label(table.row_keys[-1:], lines[0][-1:]) for lines in groups.values()}
         for lines in groups.values():
             reference = placed.cells[lines[0], ()]
             references.append(reference)
-            rows += [[label(table, v) for v in line] + welch_cells(reference, placed.cells[line, ()], metric)
+            rows += [[table.label(v) for v in line] + welch_cells(reference, placed.cells[line, ()], metric)
                      for line in lines[1:]]
         versus = next(iter(firsts)) if len(firsts) == 1 else "the first"
-        head = [header(table, k) for k in table.row_keys] + [f"Δ vs {versus}{pp}"]
+        head = [table.header(k) for k in table.row_keys] + [f"Δ vs {versus}{pp}"]
         *leading, last = table.row_keys
         title = ("Differences to the first row" if not leading else
-                 f"Differences to the first {header(table, last)} of each {' · '.join(header(table, k) for k in leading)}")
+                 f"Differences to the first {table.header(last)} of each {' · '.join(table.header(k) for k in leading)}")
     if not rows or not any(r is not None and len(r.values) >= 2 for r in references):
         return None
     return title, markdown_table(head + [f"95% CI{pp}", "p (Welch)"], rows)

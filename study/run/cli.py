@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted run")
     parser.add_argument("--rerun", action="store_true",
                         help="run every trial, also those with a FINISHED run of the same config in MLflow")
+    parser.add_argument("--ui-port", type=int, default=5000, metavar="PORT",
+                        help="the port your `mlflow ui` will use, for the page printed at the end (default 5000)")
     parser.add_argument("--verbose", action="store_true",
                         help="also Ray Tune's tables, Ray's warnings and the trials' own output")
     return parser.parse_args(argv)
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             from study.tracking.store import tracking_uri
 
             options = RunOptions(tracking_uri(args.tracking_uri), address, args.max_concurrent,
-                                 args.tracking_patience, args.fresh, args.rerun, args.verbose)
+                                 args.tracking_patience, args.fresh, args.rerun, args.verbose, args.ui_port)
             with study_lock(experiment, study.name):
                 return run(study, trials, options, experiment, interrupts, code)
     except KeyboardInterrupt:

@@ -25,8 +25,8 @@ from study.spec.plan import Trial
 from study.tracking.cache import copy_cached_run, finished_runs
 from study.tracking.callback import MlflowTracker
 from study.tracking.provenance import CodeState, warn_if_dirty
-from study.tracking.store import open_store, ui_base, ui_command, ui_url
-from study.tracking.writers import close_dangling_runs, log_summary, start_parent_run
+from study.tracking.store import UI_PORT, open_store, served, show_layout, ui_base, ui_command, ui_url
+from study.tracking.writers import close_dangling_runs, log_summary, place_tags, start_parent_run
 
 
 def summary_lines(rows: list[tuple[str, str, str]]) -> list[str]:
@@ -84,6 +84,7 @@ class RunOptions:
     fresh: bool  # start the Ray experiment over rather than resume it
     rerun: bool  # train every trial, also those with a finished run of their config
     verbose: bool = False  # Ray's and Tune's own output, and the trials', beside the progress lines
+    ui_port: int = UI_PORT  # where the user's `mlflow ui` will answer, for the page printed at the end
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,9 @@ def run_trials(study: Study, trials: list[Trial], options: RunOptions, here: Inv
     to_run = [t for t in trials if t.config_hash not in cached]
     if to_run or study.spec.search is not None:
         rows.update(run_on_tune(study, trials, to_run, options, here, interrupts))
-    log_summary(here.client, here.exp_id, here.parent, {t.config_hash for t in trials})  # also when all were cached
+    # also when all were cached
+    log_summary(here.client, here.exp_id, here.parent, {t.config_hash: place_tags(study, t) for t in trials})
+    show_layout(here.client, here.exp_id, bool((study.spec.table or Table()).column_keys))
     return summarise(study, rows, options, here, interrupts, time.perf_counter() - began)
 
 
@@ -211,8 +214,10 @@ def summarise(study: Study, rows: dict[str, tuple[str, str, str]], options: RunO
     print(f"\n{study.name}: {len(rows)} trials ({reused} cached) in {seconds:.0f}s, "
           f"{failed} failed{f', {incomplete} unfinished' if incomplete else ''}")
     print("\n".join(summary_lines(list(rows.values()))))
-    print(f"\nruns: {ui_command(options.tracking_uri)}   (experiment {study.name!r})\n"
-          f"then open {ui_url(here.exp_id, ui_base(options.tracking_uri))}   (the trials' charts, grouped by variant)")
+    port = f" (another port: --ui-port)" if not served(options.tracking_uri) else ""
+    print(f"\nruns: {ui_command(options.tracking_uri, options.ui_port)}   (experiment {study.name!r})\n"
+          f"then open {ui_url(here.exp_id, ui_base(options.tracking_uri, options.ui_port))}   (the trials' charts, "
+          f"grouped by table row){port}")
     if incomplete:
         print(f"\ninterrupted ({interrupts.received or 'trials left unfinished'}); run the same command again "
               f"to resume ({here.experiment.uri})", file=sys.stderr)

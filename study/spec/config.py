@@ -84,12 +84,16 @@ def check_distribution(spec: dict, path: str) -> None:
 
 
 EVAL_TIMESTEPS = "eval_timesteps"  # in a table's columns: a column per T that study.evaluate measured
+VARIANT_KEY = "variant"  # the table key whose values are the study's variants (every other key is a config key)
+# a table key's header as the paper words it
+HEADERS = {VARIANT_KEY: "Method", "dataset": "Dataset", "arch": "Architecture", "timesteps": "TimeStep",
+           "surrogate.function": "Surrogate", "surrogate.schedule": "Schedule", "surrogate.shape": "Shape"}
 
 
 @dataclass
 class Table:
     """How `study.report` lays out the study's table (docs/reports.md, "Tables")."""
-    rows: Union[str, list[str]] = "variant"  # a line per value of these keys, grouped in order; repeats left blank
+    rows: Union[str, list[str]] = VARIANT_KEY  # a line per value of these keys, grouped in order; repeats left blank
     columns: Optional[list[str]] = None  # a column per value of these keys (a pivot); EVAL_TIMESTEPS: a column per T
     constants: list[str] = field(default_factory=list)  # keys the study holds fixed, a column of their value each
     split: Optional[str] = None  # one table per value of this key (paper Tables 2 and 3: dataset)
@@ -108,6 +112,21 @@ class Table:
     @property
     def metrics(self) -> list[str]:
         return [self.metric] if isinstance(self.metric, str) else list(dict.fromkeys(self.metric))
+
+    def label(self, value: Any) -> str:
+        """A key's value as the table prints it: its `labels:` name, else itself."""
+        return self.labels.get(str(value), str(value))
+
+    def header(self, key: str) -> str:
+        """A key's column header: its `labels:` name (one map renames keys and values alike), else the paper's word
+        for it, else the key."""
+        return self.labels.get(key) or HEADERS.get(key, key)
+
+    def values_label(self, keys: list[str], values: tuple) -> str:
+        """Several keys' values as one header or group name: their labels (a number with its key: TimeStep=5),
+        joined by " · "."""
+        return " · ".join(self.labels[str(v)] if str(v) in self.labels else str(v) if isinstance(v, str) else
+                          f"{self.header(k)}={v}" for k, v in zip(keys, values))
 
     @property
     def row_keys(self) -> list[str]:
@@ -273,7 +292,7 @@ def with_profile(data: dict, profile: Optional[str]) -> dict:
 def check_table_keys(spec: StudyFile) -> None:
     """Each key of the table's split, rows and columns is one the study varies, and appears once."""
     table = spec.table
-    varied = ["variant", *spec.grid, *dict.fromkeys(k for o in spec.variants.values() for k in flat(o))]
+    varied = [VARIANT_KEY, *spec.grid, *dict.fromkeys(k for o in spec.variants.values() for k in flat(o))]
     check(table.columns != [], "table.columns", table.columns,
           "the keys to lay out as columns; leave columns: out for a table of rows only")
     placed: dict[str, str] = {}
@@ -281,8 +300,8 @@ def check_table_keys(spec: StudyFile) -> None:
                        ("columns", table.column_keys), ("constants", table.constants)):
         for key in keys:
             path = f"table.{part}"
-            if key != "variant" and key not in TRAIN_KEYS:
-                raise ConfigError(path, unknown_key_message(key, ["variant", *TRAIN_KEYS]))
+            if key != VARIANT_KEY and key not in TRAIN_KEYS:
+                raise ConfigError(path, unknown_key_message(key, [VARIANT_KEY, *TRAIN_KEYS]))
             if key in placed:
                 raise ConfigError(path, f"{key!r} is already in table.{placed[key]}; a key goes in one place")
             if part == "constants" and key in varied:

@@ -12,7 +12,7 @@ from typing import Any
 from isnm import config_hash, flat
 from study.errors import StudyError
 from study.records import Tag
-from study.spec.config import Study, with_overrides
+from study.spec.config import VARIANT_KEY, Study, Table, with_overrides
 
 SEARCH_VARIANT = "search"  # the variant tag of every trial a search samples
 
@@ -75,3 +75,17 @@ def trial_table(trials: list[Trial]) -> str:
              for t in trials]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def key_value(trial: Trial, key: str) -> Any:
+    """A trial's value of a table key: its variant, or a config key's value."""
+    return trial.variant if key == VARIANT_KEY else flat(trial.config)[key]
+
+
+def place(table: Table, trial: Trial) -> tuple[str, str]:
+    """(the table row a trial is in, its column; "" without columns) as labels: the split's and the rows' values,
+    the columns' values. Its run is tagged with them, and MLflow's UI groups the runs by them."""
+    row_keys = ([table.split] if table.split else []) + table.row_keys
+    return (table.values_label(row_keys, tuple(key_value(trial, k) for k in row_keys)),
+            table.values_label(table.column_keys, tuple(key_value(trial, k) for k in table.column_keys)))
+

@@ -21,7 +21,7 @@ from study.spec.config import Study
 from study.spec.plan import Trial
 from study.tracking.provenance import CodeState, environment_tags
 from study.tracking.retry import DEFAULT_PATIENCE_S, Backlog, PatientClient
-from study.tracking.writers import create_trial_run, log_epoch
+from study.tracking.writers import create_trial_run, log_epoch, place_tags
 
 
 def finite_metrics(row: dict) -> dict:
@@ -101,7 +101,8 @@ class MlflowTracker(Callback):
         existing = next(read_runs(self.client, [self.exp_id], limit=1, ray_trial_id=trial_id,
                                   ray_experiment=self.ray_path), None)
         if existing is None:
-            extra = {Tag.RAY_TRIAL_ID: trial_id, Tag.RAY_EXPERIMENT: self.ray_path, Tag.PROFILE: self.study.profile or ""}
+            extra = {Tag.RAY_TRIAL_ID: trial_id, Tag.RAY_EXPERIMENT: self.ray_path, Tag.PROFILE: self.study.profile or "",
+                     **place_tags(self.study, trial)}
             log = TrialLog(create_trial_run(self.client, self.exp_id, self.parent_id, self.study.name, trial, self.code,
                                             extra), trial, tune_config)
         elif existing.status == "FINISHED":

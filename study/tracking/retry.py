@@ -160,9 +160,10 @@ class PatientClient:
 
 class Backlog:
     """Tasks run in order on one thread, so that a Tune callback does not hold the trials up while the tracking
-    server is away: `submit` returns when its task is done (its error raised, as if it had run in place), or at
-    once while `away()`, the task then waiting behind the others. The first task that fails stops the rest; its
-    error is raised by the next `submit`, `check` or `drain`."""
+    server is away: `submit` returns when its task is done, or at once while `away()`, the task then waiting behind
+    the others. The first task that fails stops the rest; its error is raised by the next `check` or `drain`, never
+    by `submit`: Tune logs an error raised in a trial's event callback with its traceback, while one raised by the
+    check at the start of its loop's step (`MlflowTracker.on_step_begin`) ends the study as one line."""
 
     def __init__(self, away: Callable[[], bool]):
         self.away = away
@@ -171,13 +172,11 @@ class Backlog:
         threading.Thread(target=self.work, name="mlflow-writes", daemon=True).start()
 
     def submit(self, task: Callable, *args: Any) -> None:
-        self.check()
         done = threading.Event()
         self.tasks.put((task, args, done))
         while not done.wait(0.05):
             if self.away():
                 return
-        self.check()
 
     def work(self) -> None:
         while True:

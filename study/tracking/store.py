@@ -39,22 +39,25 @@ def served(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-def ui_command(uri: str) -> str:
+UI_PORT = 5000  # mlflow ui's own default
+
+
+def ui_command(uri: str, port: int = UI_PORT) -> str:
     if served(uri):
         return f"the tracking server, {redacted(uri)}"
-    return f"mlflow ui --host 127.0.0.1 --backend-store-uri {redacted(uri)}"
+    return f"mlflow ui --host 127.0.0.1{f' --port {port}' if port != UI_PORT else ''} --backend-store-uri {redacted(uri)}"
 
 
-def ui_base(uri: str) -> str:
-    """Where the UI showing the runs of `uri` answers: the tracking server itself, else `mlflow ui`'s default."""
-    return redacted(uri).rstrip("/") if served(uri) else "http://127.0.0.1:5000"
+def ui_base(uri: str, port: int = UI_PORT) -> str:
+    """Where the UI showing the runs of `uri` answers: the tracking server itself, else `mlflow ui` on `port`."""
+    return redacted(uri).rstrip("/") if served(uri) else f"http://127.0.0.1:{port}"
 
 
-def ui_url(exp_id: str, base: str = "http://127.0.0.1:5000") -> str:
+def ui_url(exp_id: str, base: str) -> str:
     """The page of `mlflow ui` (at `base`) that shows a study at first glance: the chart view of its experiment's
-    runs, the trial runs grouped by their `variant` tag (a mean curve with a min-max band per variant, the runs
-    listed under their group) and the accuracy charts; the saved view that `experiment_id` stores on the
-    experiment, in the UI's model-training layout."""
+    runs, the trial runs grouped by their table row and column (tags `row`, `column`: a mean curve with a min-max
+    band per group, the runs listed under it) and the accuracy charts; the saved view that `experiment_id` stores
+    on the experiment, in the UI's model-training layout."""
     return (f"{base}/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}&compareRunsMode=CHART"
             f"&workflowType=machine_learning")
 
@@ -79,17 +82,20 @@ def open_store(uri: str, study_name: str) -> tuple[MlflowClient, str]:
 
 
 MODEL_TRAINING = "custom_model_development"  # the experiment kind whose UI shows runs and charts
-VIEW_KEY = "by-variant"  # the saved view `ui_url` opens: tag ExperimentTag.VIEW + VIEW_KEY on the experiment
+VIEW_KEY = "by-row"  # the saved view `ui_url` opens: tag ExperimentTag.VIEW + VIEW_KEY on the experiment
 
 
-def variant_view() -> str:
-    """The UI's saved-view envelope for a view grouping the runs by their `variant` tag (MLflow 3.17's
-    `{name, createdAt, updatedAt, state}`, the state being its search facets and UI state as JSON)."""
-    state = {"groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": Tag.VARIANT}]},
+def row_view(columns: bool = False) -> str:
+    """The UI's saved-view envelope for a view grouping the runs by their table row tag, and column tag when the table
+    has `columns` (MLflow 3.17's `{name, createdAt, updatedAt, state}`, the state being its search facets and UI
+    state as JSON)."""
+    keys = [Tag.ROW, Tag.COLUMN] if columns else [Tag.ROW]
+    state = {"groupBy": {"aggregateFunction": "average",
+                         "groupByKeys": [{"mode": "tag", "groupByData": key} for key in keys]},
              "useGroupedValuesInCharts": True, "runsHiddenMode": "SHOW_ALL",
              "chartsSearchFilter": "acc"}  # the accuracy charts first; the rest: the UI's defaults
     now = int(time.time() * 1000)
-    return json.dumps({"name": "Trials by variant", "createdAt": now, "updatedAt": now, "state": json.dumps(state)})
+    return json.dumps({"name": "Trials by table cell" if columns else "Trials by table row", "createdAt": now, "updatedAt": now, "state": json.dumps(state)})
 
 
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
@@ -97,7 +103,7 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     model training (MLflow's UI then shows runs and charts, not traces and prompts), and holds the saved view
     `ui_url` opens; an experiment made before either is given what it lacks, never overwritten."""
     found = client.get_experiment_by_name(name)
-    tags = {ExperimentTag.KIND: MODEL_TRAINING, ExperimentTag.VIEW + VIEW_KEY: variant_view()}
+    tags = {ExperimentTag.KIND: MODEL_TRAINING, ExperimentTag.VIEW + VIEW_KEY: row_view()}
     if found is None:
         db = sqlite_path(uri)
         location = (db.resolve().parent / "mlartifacts" / name).as_uri() if db is not None else None
@@ -106,3 +112,9 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
         if key not in found.tags:
             client.set_experiment_tag(found.experiment_id, key, value)
     return found.experiment_id
+
+
+def show_layout(client: MlflowClient, exp_id: str, columns: bool) -> None:
+    """The saved view `ui_url` opens, grouped as this invocation's table lays the study out (its runs' row and column
+    tags follow the same layout: `log_summary`)."""
+    client.set_experiment_tag(exp_id, ExperimentTag.VIEW + VIEW_KEY, row_view(columns))

@@ -12,8 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from isnm import flat, metrics
 from study.records import Artifact, Kind, Tag, logged_per_epoch, mean_metric, newest_finished, read_runs
-from study.spec.config import Study
-from study.spec.plan import Trial
+from study.spec.config import Study, Table
+from study.spec.plan import Trial, place
 from study.tracking.provenance import CodeState
 
 MAX_PARAM_LENGTH = 6000
@@ -74,25 +74,37 @@ def close_dangling_runs(client: MlflowClient, exp_id: str, ray_path: str) -> int
     return len(runs)
 
 
-def log_summary(client: MlflowClient, exp_id: str, parent_id: str, hashes: set[str]) -> dict[str, float]:
-    """Each variant's mean final test_acc, as `test_acc.mean.<variant>` on the parent run, so that it has numbers
-    to chart (named so that the UI, which orders charts by name, draws the trials' `test_acc` before them). Over
-    the newest FINISHED trial run of each config hash that is a child of this parent (run now, or a cached copy)
-    or a planned trial's (a trial cached in this same experiment is not copied). Returns them by name."""
+def place_tags(study: Study, trial: Trial) -> dict[str, str]:
+    """A trial's table row (and column) in `study`'s layout, as tags: MLflow's UI groups the runs by them."""
+    row, column = place(study.spec.table or Table(), trial)
+    return {Tag.ROW: row, **({Tag.COLUMN: column} if column else {})}
+
+
+def log_summary(client: MlflowClient, exp_id: str, parent_id: str, places: dict[str, dict[str, str]]) -> dict[str, float]:
+    """Each table row's mean final test_acc, as `test_acc.mean.<row>` on the parent run, so that it has numbers to
+    chart (named so that the UI, which orders charts by name, draws the trials' `test_acc` before them). Over the
+    newest FINISHED trial run of each config hash that is a child of this parent (run now, or a cached copy) or a
+    planned trial's (a trial cached in this same experiment is not copied), each tagged with its row and column in
+    this invocation's layout (`places`: a planned config hash's `place_tags`), which may have changed since it ran;
+    a search's samples: their variant. Returns the means by metric name."""
     mine = (run for run in read_runs(client, [exp_id], Kind.TRIAL, "FINISHED")
-            if run.parent_id == parent_id or run.config_hash in hashes)
+            if run.parent_id == parent_id or run.config_hash in places)
     finals: dict[str, list[float]] = {}
     for run in newest_finished(mine).values():
+        tags = places.get(run.config_hash, {Tag.ROW: run.variant})
+        for key, value in tags.items():
+            if run.tags.get(key) != value:
+                client.set_tag(run.run_id, key, value)
         if metrics.TEST_ACC in run.metrics:
-            finals.setdefault(run.variant, []).append(run.metrics[metrics.TEST_ACC])
+            finals.setdefault(tags[Tag.ROW], []).append(run.metrics[metrics.TEST_ACC])
     summary: dict[str, float] = {}
-    for variant in sorted(finals):
-        name = base = mean_metric(variant)
-        for n in range(2, len(finals) + 2):  # variants that differ only in what `metric_name` replaced
+    for row in sorted(finals):
+        name = base = mean_metric(row)
+        for n in range(2, len(finals) + 2):  # rows that differ only in what `metric_name` replaced
             if name not in summary:
                 break
             name = f"{base}_{n}"
-        summary[name] = sum(finals[variant]) / len(finals[variant])
+        summary[name] = sum(finals[row]) / len(finals[row])
     now = int(time.time() * 1000)
     if summary:
         client.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in summary.items()])
