@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from isnm.config import ConfigError, config_hash, parse_config, to_dict, with_setting
+from isnm.config import ConfigError, config_hash, default_config, flat, parse_config, to_dict, with_setting
 from isnm.datafiles import DataError
 from isnm.metrics import BETA, EPOCH, EPOCH_SECONDS, TEST_ACC, TRAIN_LOSS
 from isnm.training import train
@@ -30,7 +30,10 @@ def config_file(path: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m isnm", description="Train one ISNM network.")
+    keys = "\n".join(f"  {key}={value}" for key, value in flat(default_config()).items())
+    parser = argparse.ArgumentParser(prog="python -m isnm", description="Train one ISNM network.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=f"config keys, with their defaults (what each does: docs/reference.md):\n{keys}")
     parser.add_argument("--config", metavar="FILE.yaml", help="start from this config (e.g. a run's config.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override on top of --config, dotted keys, e.g. --set surrogate.schedule=fixed")

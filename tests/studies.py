@@ -34,11 +34,13 @@ def loopback_env() -> dict:
     return env
 
 
-def with_store(cwd: Path) -> None:
-    """The folder's default store (sqlite:///mlflow.db) made from the template if it has none: a test of a study
-    does not pay MLflow's migrations each time (a test of a store's creation passes its own --tracking-uri)."""
-    if STORE_TEMPLATE is not None and not (cwd / "mlflow.db").exists():
-        shutil.copy(STORE_TEMPLATE, cwd / "mlflow.db")
+def with_store(cwd: Path, name: str = "mlflow.db") -> Path:
+    """The folder's store `name` (by default the default store, sqlite:///mlflow.db) made from the template if it is
+    not there: a test of a study does not pay MLflow's migrations each time (a test of a store's creation passes a
+    --tracking-uri where none is). Returns its path."""
+    if STORE_TEMPLATE is not None and not (cwd / name).exists():
+        shutil.copy(STORE_TEMPLATE, cwd / name)
+    return cwd / name
 
 
 def on(cluster) -> tuple[tuple[str, ...], dict]:

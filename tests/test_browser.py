@@ -157,8 +157,7 @@ GROUPED = {
 
 
 @pytest.mark.slow  # an MLflow server and a browser
-@pytest.mark.parametrize("case", GROUPED, ids=list(GROUPED))
-def test_the_view_shows_a_group_per_table_row(case, tmp_path, mlflow_uri):
+def test_the_view_shows_a_group_per_table_row(tmp_path, mlflow_uri):
     from playwright.sync_api import expect, sync_playwright
 
     from study.spec.config import load_study, with_profile
@@ -167,19 +166,21 @@ def test_the_view_shows_a_group_per_table_row(case, tmp_path, mlflow_uri):
     from study.tracking.writers import place_tags
     from tests.stores import write_spec, write_store
 
-    spec, groups = GROUPED[case]
-    if isinstance(spec, Path):  # the shipped file as its demo profile makes it
-        spec = {k: v for k, v in with_profile(yaml.safe_load(spec.read_text()), "demo").items() if k != "profiles"}
-    study = load_study(write_spec(tmp_path, spec))
-    trials = plan_trials(study)
-    uri = write_store(tmp_path, spec, {t.name: 0.8 + 0.01 * t.seed for t in trials}, mlflow_uri)
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(study.name)
-    (parent,) = client.search_runs([experiment.experiment_id], "tags.kind = 'study'")
-    log_summary(client, experiment.experiment_id, parent.info.run_id, {t.config_hash: place_tags(study, t) for t in trials})
-    show_layout(client, experiment.experiment_id, columns=False)
+    pages = {}  # case -> (its experiment id, its parent run id)
+    for case, (spec, groups) in GROUPED.items():
+        if isinstance(spec, Path):  # the shipped file as its demo profile makes it
+            spec = {k: v for k, v in with_profile(yaml.safe_load(spec.read_text()), "demo").items() if k != "profiles"}
+        study = load_study(write_spec(tmp_path, spec))
+        trials = plan_trials(study)
+        write_store(tmp_path, spec, {t.name: 0.8 + 0.01 * t.seed for t in trials}, mlflow_uri)
+        client = MlflowClient(mlflow_uri)
+        exp = client.get_experiment_by_name(study.name).experiment_id
+        (parent,) = client.search_runs([exp], "tags.kind = 'study'")
+        log_summary(client, exp, parent.info.run_id, {t.config_hash: place_tags(study, t) for t in trials})
+        show_layout(client, exp, columns=False)
+        pages[case] = exp, parent.info.run_id
     port = free_port()
-    server = start_mlflow("ui", port, "--backend-store-uri", uri, log=tmp_path / "mlflow-ui.log", cwd=tmp_path)
+    server = start_mlflow("ui", port, "--backend-store-uri", mlflow_uri, log=tmp_path / "mlflow-ui.log", cwd=tmp_path)
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
@@ -188,17 +189,21 @@ def test_the_view_shows_a_group_per_table_row(case, tmp_path, mlflow_uri):
                 page = browser.new_page(viewport={"width": 1280, "height": 800})
                 page.set_default_timeout(WAIT_MS)
                 page.route("**/*", loopback_only)
-                page.goto(ui_url(experiment.experiment_id, f"http://127.0.0.1:{port}"), timeout=WAIT_MS)
-                expect(page.get_by_text("Group by: row")).to_be_visible()
-                for row in groups:  # one group per table row
-                    expect(page.get_by_text(f"Group: {row}")).to_be_visible()
-                expect(page.get_by_text(re.compile(r"Group: "))).to_have_count(len(groups))
-                page.screenshot(path=str(tmp_path / "groups.png"))
+                for case, (exp, _) in pages.items():
+                    page.goto(ui_url(exp, f"http://127.0.0.1:{port}"), timeout=WAIT_MS)
+                    expect(page.get_by_text("Group by: row")).to_be_visible()
+                    groups = GROUPED[case][1]
+                    for row in groups:  # one group per table row
+                        expect(page.get_by_text(f"Group: {row}")).to_be_visible()
+                    expect(page.get_by_text(re.compile(r"Group: "))).to_have_count(len(groups))
             finally:
                 browser.close()
     finally:
         stop(server)
-    parent = client.get_run(parent.info.run_id)
-    assert set(parent.data.metrics) == {mean_metric(row) for row in groups}  # a mean per row, none per variant
-    runs = client.search_runs([experiment.experiment_id], "tags.kind = 'trial'")
-    assert Counter(r.data.tags[Tag.ROW] for r in runs) == groups  # each group's runs
+    client = MlflowClient(mlflow_uri)
+    for case, (exp, parent) in pages.items():
+        groups = GROUPED[case][1]
+        # a mean per row, none per variant; each group's runs
+        assert set(client.get_run(parent).data.metrics) == {mean_metric(row) for row in groups}, case
+        runs = client.search_runs([exp], "tags.kind = 'trial'")
+        assert Counter(r.data.tags[Tag.ROW] for r in runs) == groups, case

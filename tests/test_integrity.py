@@ -12,7 +12,7 @@ from isnm import train
 from study.spec.config import load_study
 from study.spec.plan import plan_trials
 from tests.cifar_files import write_fake_cifar
-from tests.studies import finished_output, run_study, small_study, start_study, steps, trial_runs, wait_for
+from tests.studies import finished_output, run_study, small_study, start_study, steps, trial_runs, wait_for, with_store
 
 pytestmark = pytest.mark.slow
 
@@ -141,9 +141,9 @@ def test_wiped_store_beside_a_finished_experiment_on_a_file_uri(tmp_path, shared
     def in_new_store(name: str, *extra: str, check: bool = True):
         """A store with none of the runs (mlflow.db deleted, or another --tracking-uri). A new file each
         time: this process's MLflow keeps its connection to a deleted one."""
-        return tmp_path / name, run_study(tmp_path, str(path), "--storage", storage,
-                                          "--tracking-uri", f"sqlite:///{tmp_path / name}", *extra, check=check,
-                                          cluster=shared_ray)
+        return with_store(tmp_path, name), run_study(tmp_path, str(path), "--storage", storage, "--tracking-uri",
+                                                     f"sqlite:///{tmp_path / name}", *extra, check=check,
+                                                     cluster=shared_ray)
 
     db, done = in_new_store("wiped.db")  # the finished Ray experiment is all that is left
     assert "2 trials (0 cached)" in done.stdout

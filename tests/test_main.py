@@ -2,6 +2,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from isnm.__main__ import main
 
 
@@ -25,3 +27,14 @@ def test_command_line_without_equals_is_one_line_and_exit_2(capsys):
 def test_runs_as_python_dash_m_isnm():
     done = subprocess.run([sys.executable, "-m", "isnm", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("usage: python -m isnm")
+
+
+def test_help_lists_every_config_key_with_its_default(capsys):
+    from isnm.config import default_config, flat
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    for key, value in flat(default_config()).items():
+        assert f"\n  {key}={value}\n" in out + "\n", key

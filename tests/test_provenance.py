@@ -64,13 +64,13 @@ def test_environment_names_versions_device_threads_and_determinism():
 
 
 @pytest.mark.slow
-def test_a_study_run_from_a_dirty_tree_records_it(tmp_path):
+def test_a_study_run_from_a_dirty_tree_records_it(tmp_path, shared_ray):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     with (clone / "isnm/surrogate.py").open("a") as file:
         file.write("# an uncommitted edit\n")
     path = small_study(tmp_path, epochs=1, variants={"ISNM": {}}, seeds=[0])
-    done = run_study(tmp_path, str(path), env={"PYTHONPATH": str(clone)})
+    done = run_study(tmp_path, str(path), env={"PYTHONPATH": str(clone)}, cluster=shared_ray)  # the driver's code
     assert "warning: the working tree has uncommitted changes" in done.stderr
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = [r for r in client.search_runs([client.get_experiment_by_name("itest").experiment_id])

@@ -54,9 +54,12 @@ Final test_acc, mean ± sample std over seeds; n = finished seeds where fewer th
 def test_best_stat_chooses_each_runs_epoch_by_val_acc_not_test_acc(tiny_table_store):
     folder, uri = tiny_table_store
     assert main(["--tracking-uri", uri, "--out", str(folder / "r"), "--stat", "best", "--format", "csv"]) == 0
-    assert "| A | 91.00 ± 1.41 |" in (folder / "r/tiny_table.md").read_text()  # epoch 2's test_acc, not 92.00
+    text = (folder / "r/tiny_table.md").read_text()
+    assert "| A | 91.00 ± 1.41 |" in text  # epoch 2's test_acc, not 92.00
+    assert "test_acc at each run's epoch of best val_acc (chosen on validation data, not on test), mean ± " in text
     assert main(["--tracking-uri", uri, "--out", str(folder / "v"), "--stat", "best", "--metric", "val_acc"]) == 0
     assert "| A | 91.00 ± 1.41 |" in (folder / "v/tiny_table.md").read_text()
+    assert "Best val_acc over each run's epochs, mean ± " in (folder / "v/tiny_table.md").read_text()
     assert (folder / "r/tiny_table.csv").read_text().count("\n") == 7  # header + 6 trial runs
 
 
@@ -355,3 +358,19 @@ def test_an_edited_table_is_reported_and_rendered_with_file(tmp_path, monkeypatc
     assert main(["--tracking-uri", uri, "--out", str(tmp_path / "edited"), "--file", "tau_reset.yaml"]) == 0
     out, err = capsys.readouterr()
     assert "| neuron.reset | neuron.tau=1.5 | neuron.tau=2.0 | neuron.tau=3.0 |" in out and err == ""
+
+
+def test_plots_tick_whole_epochs_and_end_at_the_last(tiny_table_store, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    folder, uri = tiny_table_store
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # each plot, kept for a look once drawn
+    assert main(["--tracking-uri", uri, "--out", str(folder / "reports")]) == 0
+    curves, schedule = figures  # the runs logged 2 epochs (tests/stores.py)
+    for ax in (curves.axes[0], *schedule.axes):
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks and all(t == int(t) for t in ticks), ticks
+        assert high == 2
+    assert curves.axes[0].get_xlim()[0] == 1 and schedule.axes[0].get_xlim()[0] == 0

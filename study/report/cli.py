@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from isnm import metrics
 from study.errors import StudyError, user_error_exit
 from study.records import METRICS, TABULATED, Artifact, Kind, Tag, read_runs
 from study.report.cells import Cell, table_cells
@@ -61,6 +62,16 @@ def latest_study(client: MlflowClient, exp_id: str, workdir: Path, layout: Optio
     return study_from(data, local, profile), parent.run_id, note
 
 
+def what_each_run_gives(stat: str, metric: str) -> str:
+    """How a cell's number is taken from each run, for the caption: the epoch of --stat best is never chosen on the
+    test data (study.report.cells.metric_value)."""
+    if stat == "final":
+        return f"Final {metric}"
+    if metric == metrics.TEST_ACC:
+        return f"{metric} at each run's epoch of best {metrics.VAL_ACC} (chosen on validation data, not on test)"
+    return f"Best {metric} over each run's epochs"
+
+
 def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: Optional[str], stat: str,
                  write_csv: bool, layout: Optional[Path] = None) -> tuple[str, str]:
     """(the Markdown report of one study, a note for the terminal or ""); writes the report (and its plots, and the
@@ -101,7 +112,7 @@ def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: O
                 if compared_here:
                     where = f" ({table.label(split_value[0])})" if split_value else ""
                     found.append(f"### {compared_here[0]}{where}\n\n{compared_here[1]}")
-            parts.append(f"{stat.capitalize()} {metric}, mean ± sample std over seeds; n = finished seeds where "
+            parts.append(f"{what_each_run_gives(stat, metric)}, mean ± sample std over seeds; n = finished seeds where "
                          f"fewer than planned; best in bold" + ("; Δ = ours − paper." if compared else "."))
             parts += found
         parts.append(counts_line(counts))

@@ -42,11 +42,21 @@ def plot_curves(client: MlflowClient, cells: list[Cell], table: Table, metrics: 
                 ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
         ax.set_xlabel("epoch")
         ax.set_ylabel(METRICS[metric].header)
+        whole_epochs(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def whole_epochs(ax) -> None:
+    """Epoch ticks on whole numbers only (matplotlib puts them at 1.25, 1.75 for a few epochs), the axis ending
+    at the data's last epoch."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.margins(x=0)
 
 
 def layer_order(name: str) -> list:
@@ -115,26 +125,28 @@ def plot_schedule(client: MlflowClient, cells: list[Cell], configs: dict[str, di
             if schedule in seen:
                 continue
             seen.add(schedule)
+            # x: epochs trained so far, 0 to `epochs`; epoch e trains over (e - 1, e], and its run logs the value it
+            # ended with at step e
             per_step = cfg.surrogate.update == "step" and cfg.surrogate.schedule == "gradual"
             if per_step:
                 steps = 100  # a smooth curve; the training's steps per epoch are as many as its batches
-                x = np.arange(epochs * steps) / steps + 1
+                x = np.arange(1, epochs * steps + 1) / steps
                 curve = [surrogate_at(cfg.surrogate, i // steps, epochs, i % steps, steps) for i in range(len(x))]
-            else:  # each epoch's beta held through it: a step from epoch e to e + 1
-                x = np.arange(1, epochs + 2)
-                curve = [surrogate_at(cfg.surrogate, min(e, epochs) - 1, epochs) for e in x]
+            else:  # each epoch's value held through it
+                x = np.arange(0, epochs + 1)
+                curve = [surrogate_at(cfg.surrogate, min(e, epochs - 1), epochs) for e in x]
             name = schedule_label(config["surrogate"]) + (f", {epochs} epochs" if len(lengths) > 1 else "")
             for ax, key, values in ((top, metrics.BETA, [b for _, b in curve]),
                                     (bottom, metrics.ALPHA, [a for a, _ in curve])):
-                line, = ax.plot(x, values, drawstyle="default" if len(x) > epochs + 1 else "steps-post", label=name)
+                line, = ax.plot(x, values, drawstyle="default" if per_step else "steps-post", label=name)
                 logged = sorted(client.get_metric_history(source.run_id, key), key=lambda m: m.step)
-                # a run logs each epoch's last beta: per step, that of the epoch's end
-                ax.plot([m.step + per_step for m in logged], [m.value for m in logged], ".", color=line.get_color())
+                ax.plot([m.step for m in logged], [m.value for m in logged], ".", color=line.get_color())
     top.set_ylabel("beta (eq. 7)")
     top.set_yscale("log")
     bottom.set_ylabel("alpha (eq. 8)")
-    bottom.set_xlabel("epoch (dots: the values the runs logged)")
+    bottom.set_xlabel("epochs trained (dots: the values the runs logged, at each epoch's end)")
     for ax in (top, bottom):
+        whole_epochs(ax)
         ax.grid(alpha=0.3)
     top.legend(fontsize=8)
     fig.tight_layout()

@@ -4,6 +4,7 @@ runs, run the rest on Ray Tune, summarise.
 Imports Ray and MLflow: `study.run.cli` loads it only once the study file is known to be valid."""
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -101,6 +102,8 @@ def run(study: Study, trials: list[Trial], options: RunOptions, experiment: Expe
         code: CodeState) -> int:
     """Open the store, start this invocation's parent run, run the trials; the parent run ends KILLED,
     FAILED or FINISHED with them, whatever stops the invocation."""
+    if not options.verbose:  # MLflow's INFO lines (a new store's tables made and migrated) are not the user's business
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     with interrupts.deferred():
         client, exp_id = open_store(options.tracking_uri, study.name)
     warn_if_dirty(code)
@@ -214,7 +217,7 @@ def summarise(study: Study, rows: dict[str, tuple[str, str, str]], options: RunO
     print(f"\n{study.name}: {len(rows)} trials ({reused} cached) in {seconds:.0f}s, "
           f"{failed} failed{f', {incomplete} unfinished' if incomplete else ''}")
     print("\n".join(summary_lines(list(rows.values()))))
-    port = f" (another port: --ui-port)" if not served(options.tracking_uri) else ""
+    port = " (another port: --ui-port)" if not served(options.tracking_uri) else ""
     print(f"\nruns: {ui_command(options.tracking_uri, options.ui_port)}   (experiment {study.name!r})\n"
           f"then open {ui_url(here.exp_id, ui_base(options.tracking_uri, options.ui_port))}   (the trials' charts, "
           f"grouped by table row){port}")

@@ -19,7 +19,7 @@ from ray import tune
 
 from isnm import metrics, parse_config
 from study.errors import StudyError, first_line
-from study.records import Reported
+from study.records import Artifact, Reported
 from study.tracking.provenance import environment
 
 if TYPE_CHECKING:  # the book travels to this process pickled; study.run.tuner imports this module
@@ -110,6 +110,8 @@ def trainable(tune_config: dict, book: TrialBook) -> None:
             where[Reported.ENVIRONMENT] = json.dumps(environment(str(resolve_device(parse_config(config).device))))
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, Path(folder) / Reported.STATE_FILE)
+            if measured[metrics.EPOCH] == config["epochs"]:  # the run's model.pt, which the driver then logs as it is
+                torch.save(state["model"], Path(folder) / Artifact.WEIGHTS)
             tune.report({**measured, **where}, checkpoint=tune.Checkpoint.from_directory(folder))
 
     try:

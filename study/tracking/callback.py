@@ -199,7 +199,11 @@ class MlflowTracker(Callback):
         checkpoint = log.checkpoint or checkpoint
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
-                self.log_weights(log.run_id, Path(folder) / Reported.STATE_FILE)
+                weights = Path(folder) / Artifact.WEIGHTS  # the trial's last planned epoch writes them
+                if weights.is_file():
+                    self.client.log_artifact(log.run_id, str(weights))
+                else:  # stopped early by a scheduler, or a checkpoint of a version that wrote only the state
+                    self.log_weights(log.run_id, Path(folder) / Reported.STATE_FILE)
         if log.stopped_at:
             self.client.set_tag(log.run_id, Tag.STOPPED_EARLY, f"by the scheduler after epoch {log.stopped_at} of "
                                                                f"{log.trial.config['epochs']}")
@@ -257,7 +261,7 @@ class MlflowTracker(Callback):
         self.client.set_terminated(run_id, "FAILED")
 
     def log_weights(self, run_id: str, state_file: Path) -> None:
-        import torch  # only here, on the driver: the weights' file is extracted from the checkpoint
+        import torch  # only here: a checkpoint without the weights' own file
 
         state = torch.load(state_file, map_location="cpu", weights_only=True)
         with tempfile.TemporaryDirectory() as tmp:
