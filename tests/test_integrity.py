@@ -103,8 +103,10 @@ def test_sigint_before_any_trial_is_one_line_and_exit_130(tmp_path):
         driver.kill()
     assert driver.returncode == 130 and "Traceback" not in output, output[-3000:]
     assert "run the same command again to resume" in output.strip().splitlines()[-1]
-    assert all(r.info.status != "RUNNING" for r in parent_runs(tmp_path / "mlflow.db", "early")
-               + trial_runs(tmp_path / "mlflow.db", "early"))
+    runs = {f"{kind} {r.info.run_name}": r.info.status for kind, found in (
+        ("parent", parent_runs(tmp_path / "mlflow.db", "early")), ("trial", trial_runs(tmp_path / "mlflow.db", "early")))
+        for r in found}
+    assert "RUNNING" not in runs.values(), runs
 
 
 def hit_after_the_first_epoch(tmp_path: Path, name: str, hit, cluster) -> tuple[int, str, Path]:

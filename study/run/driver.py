@@ -110,16 +110,19 @@ def run(study: Study, trials: list[Trial], options: RunOptions, experiment: Expe
     closed = close_dangling_runs(client, exp_id, experiment.uri)
     if closed:
         print(f"closed {closed} run(s) left RUNNING by an interrupted driver")
-    here = Invocation(client, exp_id, start_parent_run(client, exp_id, study, code, experiment.uri), code, experiment)
+    parent = None
     try:
-        status = run_trials(study, trials, options, here, interrupts)
+        with interrupts.deferred():  # a Ctrl-C while the parent run is made (its study file logged) waits for it
+            parent = start_parent_run(client, exp_id, study, code, experiment.uri)
+        status = run_trials(study, trials, options, Invocation(client, exp_id, parent, code, experiment), interrupts)
     except BaseException as exc:
-        try:  # best effort: the store itself may be what failed
-            client.set_terminated(here.parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        except Exception:
-            pass
+        if parent is not None:
+            try:  # best effort: the store itself may be what failed
+                client.set_terminated(parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            except Exception:
+                pass
         raise
-    client.set_terminated(here.parent, {0: "FINISHED", 130: "KILLED"}.get(status, "FAILED"))
+    client.set_terminated(parent, {0: "FINISHED", 130: "KILLED"}.get(status, "FAILED"))
     return status
 
 
