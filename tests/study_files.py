@@ -92,6 +92,10 @@ BAD = [
     ("name with a quote", with_change(name="it's"), "name: got \"it's\", expected 1 to 100 letters"),
     ("name with a slash", with_change(name="a/b"), "name: got 'a/b'"),
     ("name too long", with_change(name="n" * 241), "name: got 'nnn.*', expected 1 to 100 letters"),
+    # variant names label table rows, run names and the parent's metrics (MLflow takes 250 characters)
+    ("variant name too long", with_change(variants={"A" * 65: {}}), r"variants: got 'AAA.*', expected a variant name of 1 to 64"),
+    ("variant name with a line break", with_change(variants={"ISNM\nGSG": {}}), r"variants: got 'ISNM\\nGSG', expected a variant name"),
+    ("variant name with a space at its end", with_change(variants={"ISNM ": {}}), "variants: got 'ISNM ', expected"),
     ("profile escapes storage", with_change(profiles={"../up": {"seeds": [1]}}),
      "profiles: got '../up', expected a profile name of 1 to 100 letters"),
 ]

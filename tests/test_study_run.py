@@ -141,3 +141,18 @@ def test_a_trial_reproduces_bit_for_bit_from_its_run(finished_study):
     assert "verdict: bit-identical" in done.stdout
     again = client.search_runs([run.info.experiment_id], f"tags.reproduces = '{run.info.run_id}'")
     assert len(again) == 1 and again[0].data.tags["kind"] == "reproduction"
+
+
+def test_the_longest_variant_name_and_row_label_fit_mlflow(tmp_path, shared_ray):
+    from study.records import mean_metric
+
+    variant = ("ISNM+GSG+Soft Reset/" * 4)[:64]  # the longest name a study file may give, with marks MLflow refuses
+    path = small_study(tmp_path, name="longest", epochs=1, variants={variant: {}}, seeds=[0],
+                       grid={"neuron.tau": [1.5]}, table={"rows": ["variant", "neuron.tau"]})
+    done = run_study(tmp_path, str(path), cluster=shared_ray)
+    assert "0 failed" in done.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (trial,), (parent,) = child_runs(client, "longest")
+    row = f"{variant} · neuron.tau=1.5"
+    assert trial.data.tags["row"] == row and trial.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and parent.data.metrics[mean_metric(row)] == trial.data.metrics["test_acc"]

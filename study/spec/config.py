@@ -23,6 +23,11 @@ DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
 # enough that the folder name stays far below the 255 bytes a file system allows.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
 SAFE_NAME_RULE = "1 to 100 letters, digits, '_', '.', '+' or '-', starting with a letter or digit"
+# A variant's name labels its table row, its trials' run names and the parent run's metric of its mean, each
+# within MLflow's limits (a run name and a metric name take 250 characters; study.records.mean_metric cuts a row
+# label that joins several keys); a line break would split its row of a Markdown table.
+VARIANT_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
+VARIANT_NAME_RULE = "a variant name of 1 to 64 characters, none of them a line break, tab or other control character"
 
 
 @dataclass
@@ -174,6 +179,9 @@ class StudyFile:
                   "either a search or variants/grid, not both")
         for key, values in self.grid.items():
             check(len(values) > 0, join("grid", key), values, "a non-empty list of values")
+        for name in self.variants:
+            check(VARIANT_NAME.fullmatch(name) is not None and name.strip() == name, "variants", name,
+                  VARIANT_NAME_RULE + ", nor a space at either end")
 
 
 @dataclass
