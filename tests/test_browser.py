@@ -3,6 +3,7 @@ tiny study, at the URL the end-of-run message gives. Writes reports/mlflow-ui.pn
 import re
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,6 +29,23 @@ def loopback_only(route) -> None:
         route.continue_()
     else:
         route.abort()
+
+
+@contextmanager
+def browser_page():
+    """A page of Debian's Chromium, headless, that reaches 127.0.0.1 only; closed on the way out."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                             args=["--no-sandbox", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.set_default_timeout(WAIT_MS)
+            page.route("**/*", loopback_only)
+            yield page
+        finally:
+            browser.close()
 
 
 def test_summary_metric_names_are_ones_mlflow_takes():
@@ -82,7 +100,7 @@ def test_a_row_label_too_long_for_a_metric_name_is_cut_and_stays_unique():
 @pytest.mark.slow  # a real study, an MLflow server and a browser
 def test_the_printed_url_shows_the_trials_and_their_test_acc_chart(tmp_path, shared_ray):
     assert CHROMIUM.is_file(), f"{CHROMIUM} missing: apt-get install chromium (.ci/run does)"
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     began = time.monotonic()
     done = run_study(tmp_path, str(small_study(tmp_path, name="browse", epochs=2)), cluster=shared_ray)
@@ -105,41 +123,32 @@ def test_the_printed_url_shows_the_trials_and_their_test_acc_chart(tmp_path, sha
     server = start_mlflow("ui", port, "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
                           log=tmp_path / "mlflow-ui.log", cwd=tmp_path)
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                                 args=["--no-sandbox", "--disable-background-networking"])
-            try:
-                page = browser.new_page(viewport={"width": 1280, "height": 800})
-                page.set_default_timeout(WAIT_MS)
-                page.route("**/*", loopback_only)
-                page.goto(url.replace("http://127.0.0.1:5000", f"http://127.0.0.1:{port}"), timeout=WAIT_MS)
-                # the trial runs, under their readable names, listed under their variant's group
-                for name in TRIALS:
-                    expect(page.get_by_text(name, exact=True)).to_be_visible(timeout=WAIT_MS)
-                page.screenshot(path=str(tmp_path / "first.png"))
-                expect(page.get_by_text("Group by: row")).to_be_visible()
-                expect(page.get_by_text("Group: ISNM+GSG")).to_be_visible()
-                # the model-training layout (Runs, Models), not the GenAI one (Prompts, Judges)
-                expect(page.get_by_text("Prompts", exact=True)).to_have_count(0)
-                close = page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]')
-                if close.count() and close.first.is_visible():
-                    close.first.click()  # MLflow's assistant opens beside a first visit: it hides the charts
-                # the test_acc chart: a drawn plot, one mean curve per variant
-                chart = page.get_by_test_id("experiment-view-compare-runs-card").filter(
-                    has=page.get_by_title("test_acc", exact=True))
-                expect(chart).to_have_count(1)
-                chart.scroll_into_view_if_needed()
-                expect(chart).to_be_visible()
-                expect(chart.locator(".js-plotly-plot")).to_be_visible()
-                for variant in ("ISNM", "ISNM+GSG"):
-                    expect(chart.get_by_text(f"{variant} (test_acc)", exact=True)).to_be_visible()
-                expect(page.get_by_text("No charts in this section")).to_have_count(0)
-                page.wait_for_timeout(1000)  # plotly's transitions, for the picture
-                page.evaluate("window.scrollTo(0, 0)")
-                SCREENSHOT.parent.mkdir(exist_ok=True)
-                page.screenshot(path=str(SCREENSHOT))
-            finally:
-                browser.close()
+        with browser_page() as page:
+            page.goto(url.replace("http://127.0.0.1:5000", f"http://127.0.0.1:{port}"), timeout=WAIT_MS)
+            # the trial runs, under their readable names, listed under their table row's group
+            for name in TRIALS:
+                expect(page.get_by_text(name, exact=True)).to_be_visible(timeout=WAIT_MS)
+            expect(page.get_by_text("Group by: row")).to_be_visible()
+            expect(page.get_by_text("Group: ISNM+GSG")).to_be_visible()
+            # the model-training layout (Runs, Models), not the GenAI one (Prompts, Judges)
+            expect(page.get_by_text("Prompts", exact=True)).to_have_count(0)
+            close = page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]')
+            if close.count() and close.first.is_visible():
+                close.first.click()  # MLflow's assistant opens beside a first visit: it hides the charts
+            # the test_acc chart: a drawn plot, one mean curve per variant
+            chart = page.get_by_test_id("experiment-view-compare-runs-card").filter(
+                has=page.get_by_title("test_acc", exact=True))
+            expect(chart).to_have_count(1)
+            chart.scroll_into_view_if_needed()
+            expect(chart).to_be_visible()
+            expect(chart.locator(".js-plotly-plot")).to_be_visible()
+            for variant in ("ISNM", "ISNM+GSG"):
+                expect(chart.get_by_text(f"{variant} (test_acc)", exact=True)).to_be_visible()
+            expect(page.get_by_text("No charts in this section")).to_have_count(0)
+            page.wait_for_timeout(1000)  # plotly's transitions, for the picture
+            page.evaluate("window.scrollTo(0, 0)")
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT))
     finally:
         stop(server)
     assert SCREENSHOT.stat().st_size > 10_000
@@ -158,7 +167,7 @@ GROUPED = {
 
 @pytest.mark.slow  # an MLflow server and a browser
 def test_the_view_shows_a_group_per_table_row(tmp_path, mlflow_uri):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from study.spec.config import load_study, with_profile
     from study.spec.plan import plan_trials
@@ -182,22 +191,14 @@ def test_the_view_shows_a_group_per_table_row(tmp_path, mlflow_uri):
     port = free_port()
     server = start_mlflow("ui", port, "--backend-store-uri", mlflow_uri, log=tmp_path / "mlflow-ui.log", cwd=tmp_path)
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                                 args=["--no-sandbox", "--disable-background-networking"])
-            try:
-                page = browser.new_page(viewport={"width": 1280, "height": 800})
-                page.set_default_timeout(WAIT_MS)
-                page.route("**/*", loopback_only)
-                for case, (exp, _) in pages.items():
-                    page.goto(ui_url(exp, f"http://127.0.0.1:{port}"), timeout=WAIT_MS)
-                    expect(page.get_by_text("Group by: row")).to_be_visible()
-                    groups = GROUPED[case][1]
-                    for row in groups:  # one group per table row
-                        expect(page.get_by_text(f"Group: {row}")).to_be_visible()
-                    expect(page.get_by_text(re.compile(r"Group: "))).to_have_count(len(groups))
-            finally:
-                browser.close()
+        with browser_page() as page:
+            for case, (exp, _) in pages.items():
+                page.goto(ui_url(exp, f"http://127.0.0.1:{port}"), timeout=WAIT_MS)
+                expect(page.get_by_text("Group by: row")).to_be_visible()
+                groups = GROUPED[case][1]
+                for row in groups:  # one group per table row
+                    expect(page.get_by_text(f"Group: {row}")).to_be_visible()
+                expect(page.get_by_text(re.compile(r"Group: "))).to_have_count(len(groups))
     finally:
         stop(server)
     client = MlflowClient(mlflow_uri)

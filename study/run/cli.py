@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         trials = plan_trials(study) if study.spec.search is None else []
         if args.max_concurrent is not None and args.max_concurrent < 1:
             raise StudyError(f"--max-concurrent: got {args.max_concurrent}, expected an integer >= 1")
+        if not 1 <= args.ui_port <= 65535:
+            raise StudyError(f"--ui-port: got {args.ui_port}, expected a port from 1 to 65535")
         if args.tracking_patience < 0:
             raise StudyError(f"--tracking-patience: got {args.tracking_patience:g}, expected seconds >= 0")
         if args.estimate and not (args.dry_run and trials):

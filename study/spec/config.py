@@ -14,7 +14,7 @@ import yaml
 
 from isnm import (ConfigError, check, default_config, flat, join, merged, metrics, nested, parse_config,
                   parse_dataclass, to_dict, unknown_key_message)
-from study.errors import StudyError
+from study.errors import StudyError, first_line
 from study.records import METRICS, SELECTABLE, TABULATED
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
@@ -235,7 +235,10 @@ class StrictLoader(yaml.SafeLoader):
 def read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise StudyError(f"{path}: no such study file")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:  # unreadable: permissions, not text
+        raise StudyError(f"{path}: cannot be read ({type(exc).__name__}: {first_line(str(exc))})") from None
     try:
         data = yaml.load(text, Loader=StrictLoader)
     except yaml.YAMLError as exc:
