@@ -11,6 +11,7 @@ bn_neuron  batch norm -> (max pool) -> ISNM as one op
 conv       a convolution whose input is spikes, keeping one byte per spike for backward
 models     the networks: tiny, VGG-small, ResNet-18
 activity   what a network does on a test pass: firing rates, synaptic operations, energy
+kernels    what compiling the ISNM kernels costs and saves, measured: which one `kernel: auto` runs (no torch)
 runtime    how a config runs on this machine: device, kernel, memory layout, precision, the prepared network
 training   one training run, its optimizer step, its evaluation
 __main__   the command line: python -m isnm --config FILE.yaml --set KEY=VALUE
@@ -27,11 +28,13 @@ from typing import Any
 EXPORTS = {
     **dict.fromkeys(("ConfigError", "TrainConfig", "check", "default_config", "flat", "join", "merged", "nested",
                      "parse_config", "parse_dataclass", "to_dict", "unknown_key_message", "config_hash",
-                     "HASHED_WHEN_SET", "with_setting"), "isnm.config"),
+                     "HASHED_WHEN_SET", "with_setting", "shown"), "isnm.config"),
     "metrics": "isnm.metrics",
     "surrogate_at": "isnm.schedule",
     **dict.fromkeys(("DataError", "check_data"), "isnm.datafiles"),
     **dict.fromkeys(("Dataset", "load_dataset"), "isnm.data"),
+    **dict.fromkeys(("MEASURED", "compile_note", "compile_seconds", "compiled_here",
+                     "device_type_of", "kernel_for"), "isnm.kernels"),
     **dict.fromkeys(("resolve_device", "resolve_kernel", "channels_last", "precision_of", "reuse_freed_memory",
                      "prepared_model"), "isnm.runtime"),
     **dict.fromkeys(("train", "train_step", "TrainingDiverged", "evaluate", "recalibrate_batch_norm",

@@ -7,6 +7,7 @@ a close-match suggestion for misspelled keys. No torch here, so a study file is 
 from __future__ import annotations
 
 import ast
+import reprlib
 import copy
 import dataclasses
 import difflib
@@ -34,9 +35,21 @@ class ConfigError(ValueError):
         super().__init__(f"{path}: {message}" if path else message)
 
 
+SHOWN_CHARS = 80  # a value quoted in an error: a study file's value can be megabytes (YAML aliases nest lists)
+_short = reprlib.Repr()
+_short.maxlevel, _short.maxlist, _short.maxdict, _short.maxstring, _short.maxother = 3, 6, 6, SHOWN_CHARS, SHOWN_CHARS
+
+
+def shown(value: Any) -> str:
+    """`repr(value)` for an error message, at most SHOWN_CHARS characters (with "..." where cut), in bounded time
+    whatever the value's size."""
+    text = _short.repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 3] + "..."
+
+
 def check(ok: bool, path: str, value: Any, expected: str) -> None:
     if not ok:
-        raise ConfigError(path, f"got {value!r}, expected {expected}")
+        raise ConfigError(path, f"got {shown(value)}, expected {expected}")
 
 
 def join(path: str, key: str) -> str:
@@ -47,8 +60,8 @@ def unknown_key_message(key: str, known: list[str]) -> str:
     """'unknown key ...', with the known key meant: a close spelling, or the dotted key it is the last part of
     ('reset' for 'neuron.reset')."""
     close = difflib.get_close_matches(key, known, n=1) or [k for k in known if k.endswith("." + key)][:1]
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown key {key!r} (known: {', '.join(known)}){hint}"
+    hint = f"; did you mean {shown(close[0])}?" if close else ""
+    return f"unknown key {shown(key)} (known: {', '.join(known)}){hint}"
 
 
 def describe(tp: Any) -> str:
@@ -89,7 +102,7 @@ def parse(tp: Any, value: Any, path: str = "") -> Any:
                 return parse(arg, value, path)
             except ConfigError:
                 continue
-        raise ConfigError(path, f"got {value!r}, expected {describe(tp)}")
+        raise ConfigError(path, f"got {shown(value)}, expected {describe(tp)}")
     if origin is list:
         one = "" if isinstance(value, (dict, type(None))) else f" (one value too: [{value}])"
         check(isinstance(value, list), path, value, describe(tp) + one)
@@ -252,9 +265,10 @@ class TrainConfig:
     # (docs/model.md, "Batch-norm statistics"). 0 keeps nn.BatchNorm2d's running averages, as the paper does.
     bn_recalibration: int = 2048
     device: str = "auto"  # auto = CUDA when present, else CPU
-    kernel: Literal["auto", "eager", "compiled"] = "auto"  # the ISNM loops and fused BN-ISNM; auto =
-    # compiled for CUDA or the CIFAR networks (about 2 min on a cold cache, 2 CPU cores, then cached on
-    # disk; a CPU epoch of VGG-small on CIFAR is about 40 min), eager otherwise
+    kernel: Literal["auto", "eager", "compiled"] = "auto"  # the ISNM loops and fused BN-ISNM; auto = compiled
+    # where it pays for itself: on GPUs, and on the CPU when the epochs save more than a compile costs (measured per
+    # architecture, isnm/kernels.py: VGG-small compiles in about 170 s on 2 cores, then saves 0.4 s of a 1.5 s
+    # quarter-width digits epoch, so such a trial compiles from 401 epochs on, a CIFAR one always), eager otherwise
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast (on the CPU too); potentials stay float32
     # the layout of images and conv weights; auto = channels_last on CUDA (tensor cores' layout, no transposes
     # around cuDNN's convolutions), contiguous on the CPU (oneDNN picks its own layout inside each call)

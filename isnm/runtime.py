@@ -10,6 +10,7 @@ from torch import nn
 from isnm.config import TrainConfig
 from isnm.conv import set_conv_backward
 from isnm.data import Dataset
+from isnm.kernels import kernel_for
 from isnm.models import build_model
 from isnm.neuron import set_kernel
 
@@ -21,10 +22,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_kernel(cfg: TrainConfig, device: torch.device) -> str:
-    """The ISNM loops to run: compiling pays off on GPUs and for the CIFAR networks, not for tiny ones."""
-    if cfg.kernel != "auto":
-        return cfg.kernel
-    return "compiled" if cfg.timesteps > 1 and (device.type == "cuda" or cfg.arch != "tiny") else "eager"
+    """The ISNM loops to run: the config's, or for `auto` compiled where compiling pays for itself
+    (isnm.kernels.compiling_pays: on GPUs, and on the CPU for enough epochs of enough work)."""
+    return kernel_for(cfg, device.type)
 
 
 def channels_last(cfg: TrainConfig, device: torch.device) -> bool:

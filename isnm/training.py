@@ -13,6 +13,7 @@ from torch import nn
 from isnm.activity import Activity, ActivityMonitor
 from isnm.config import parse_config
 from isnm.data import batches, fingerprint, load_dataset, train_batches
+from isnm.kernels import note_compiled
 from isnm.metrics import (ALPHA, BETA, DATA_FINGERPRINT, EPOCH, EPOCH_SECONDS, KERNEL, KERNEL_FALLBACK, TEST_ACC,
                           TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_SPIKE_RATE)
 from isnm.neuron import kernel_fallback, set_surrogate
@@ -163,6 +164,8 @@ def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
                    TEST_ACC: test_acc, BETA: beta, ALPHA: alpha,  # per step: the epoch's last step's
                    EPOCH_SECONDS: time.perf_counter() - began, **activity.metrics(), **ran,
                    DATA_FINGERPRINT: data_fingerprint}
+        if epoch == start + 1 and ran[KERNEL] == "compiled":
+            note_compiled(cfg.arch)
         if on_epoch is not None:
             state = {"model": copy.deepcopy(model.state_dict()),
                      "optimizer": copy.deepcopy(optimizer.state_dict()),

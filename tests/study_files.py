@@ -20,6 +20,9 @@ def with_change(**changes) -> dict:
 
 # (id, the study file: a mapping or YAML text, or "PROFILE" for GOOD run with a profile it lacks ("fast"), a regular
 # expression its one-line error matches)
+GOOD_TEXT = ("name: t\nbase: {dataset: digits, arch: tiny, epochs: 2}\nseeds: [0, 1]\nresources: {cpu: 1}\n"
+             "variants:\n  A: {}\n")
+
 BAD = [
     ("yaml", "name: t\nbase: {dataset: digits\n", "YAML error at line 3"),
     ("yaml with its line", "name: t\nbase:\n  epochs: 2\n   arch: tiny\n",
@@ -98,4 +101,11 @@ BAD = [
     ("variant name with a space at its end", with_change(variants={"ISNM ": {}}), "variants: got 'ISNM ', expected"),
     ("profile escapes storage", with_change(profiles={"../up": {"seeds": [1]}}),
      "profiles: got '../up', expected a profile name of 1 to 100 letters"),
+    ("a value quoted short", GOOD_TEXT + "  C: {lr: &c [&b [&a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1], *a, *a, *a, *a, *a, *a, *a, *a, *a],"
+     " *b, *b, *b, *b, *b, *b, *b, *b, *b]}\n",
+     r"variants\.C\.lr: got \[\[\[1, 1, 1, 1, 1, 1, \.\.\.\], \[1, 1, 1, 1, 1, 1, \.\.\.\], .*\.\.\., expected a number$"),
+    ("an alias bomb", "name: t\n" + "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else '1'] * 10)}]\n"
+                                            for i in range(9)),
+     "more than 100,000 values once its YAML aliases"),
+
 ]

@@ -68,7 +68,10 @@ def test_unknown_run_a_T_below_1_and_missing_artifacts_are_one_line_exit_2(store
     assert main([run_id, "--timesteps", "1", "0", "--tracking-uri", uri]) == 2
     assert one_line_error(capsys) == "error: --timesteps: got 0, expected integers >= 1\n"
     assert main([run_id, "--timesteps", "1", "--tracking-uri", uri]) == 2
-    assert f"run {run_id} holds no model.pt" in one_line_error(capsys)
+    assert f"run {run_id} finished, but its model.pt is missing from the store's artifacts" in one_line_error(capsys)
+    client.set_terminated(run_id, "KILLED")
+    assert main([run_id, "--timesteps", "1", "--tracking-uri", uri]) == 2
+    assert f"run {run_id} holds no model.pt: it ended KILLED" in one_line_error(capsys)
     bare = client.create_run(exp).info.run_id  # neither config.yaml nor params
     assert main([bare, "--timesteps", "1", "--tracking-uri", uri]) == 2
     assert f"run {bare} holds neither config.yaml nor params" in one_line_error(capsys)

@@ -2,6 +2,7 @@
 a store that fails mid-study, a relative data folder. Real processes, real signals, real Ray and MLflow."""
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,20 @@ def test_sigterm_mid_study_stops_it_as_ctrl_c_does(tmp_path, shared_ray):
     assert code == 130 and "interrupted (SIGTERM)" in output, output[-3000:]
     (run,) = trial_runs(db, "term")
     assert run.info.status == "KILLED" and 0 < len(steps(db, run)) < 30
+
+
+def test_a_second_ctrl_c_stops_at_once_and_leaves_no_run_running(tmp_path, shared_ray):
+    def twice(driver, _):
+        driver.send_signal(signal.SIGINT)  # the first asks Tune to stop after the trials' checkpoints
+        time.sleep(0.5)
+        driver.send_signal(signal.SIGINT)  # the second, impatient: at once
+
+    code, output, db = hit_after_the_first_epoch(tmp_path, "twice", twice, shared_ray)
+    assert code == 130 and "Traceback" not in output, output[-3000:]
+    assert "run the same command again to resume" in output.strip().splitlines()[-1]
+    (run,) = trial_runs(db, "twice")
+    assert run.info.status == "KILLED" and 0 < len(steps(db, run)) < 30
+    assert [p.info.status for p in parent_runs(db, "twice")] == ["KILLED"]
 
 
 def test_wiped_store_beside_a_finished_experiment_on_a_file_uri(tmp_path, shared_ray):

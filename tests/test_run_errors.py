@@ -93,3 +93,43 @@ def test_parent_run_ends_failed_when_ray_cannot_serve_the_study(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (parent,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
     assert parent.info.status == "FAILED"
+
+
+@pytest.mark.slow  # real processes
+def test_an_alias_bomb_is_refused_in_bounded_memory_and_time(tmp_path):
+    import resource
+
+    bomb = next(data for name, data, _ in BAD if name == "an alias bomb")
+    path = tmp_path / "bomb.yaml"
+    path.write_text(bomb)
+    limit = 1 << 30  # expanded, the file is 10^9 values: gigabytes and minutes
+
+    def capped():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    done = subprocess.run([sys.executable, "-m", "study.run", str(path), "--dry-run"], cwd=tmp_path, env=loopback_env(),
+                          capture_output=True, text=True, timeout=20, preexec_fn=capped)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert "more than 100,000 values once its YAML aliases" in done.stderr
+
+
+def test_a_grid_of_a_million_trials_is_refused_in_under_a_second_and_a_large_dry_run_is_summarised(tmp_path, capsys):
+    import time
+
+    grid = {f"surrogate.beta_{end}": [float(v) for v in range(1, 11)] for end in ("min",)}
+    grid |= {"lr": [10.0 ** -k for k in range(1, 11)], "batch_size": list(range(16, 26)), "neuron.tau": [1.5 + k for k in range(10)],
+             "neuron.threshold": [0.5 + 0.1 * k for k in range(10)]}
+    path = tmp_path / "huge.yaml"
+    path.write_text(yaml.safe_dump({**GOOD, "variants": {"A": {}}, "grid": grid, "seeds": list(range(10)),
+                                    "base": {**GOOD["base"], "surrogate": {"beta_max": 20.0}}}))
+    began = time.perf_counter()
+    assert main([str(path), "--dry-run"]) == 2
+    assert time.perf_counter() - began < 1
+    assert capsys.readouterr().err == (f"error: {path}: 1,000,000 trials (1 variant x 10 batch_size x 10 lr x "
+                                       "10 neuron.tau x 10 neuron.threshold x 10 surrogate.beta_min x 10 seeds), more than "
+                                       "10,000; pass --max-trials 1000000 if you mean it\n")
+    path.write_text(yaml.safe_dump({**GOOD, "grid": {"lr": [10.0 ** -k for k in range(1, 31)]}, "seeds": list(range(5))}))
+    assert main([str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "t: 300 trials (too many to list: the values of each key)" and len(out) == 4, out
+    assert out[1].split()[:3] == ["variant", "2", "values"] and out[3].split()[:3] == ["seed", "5", "values"]

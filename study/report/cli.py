@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from isnm import metrics
-from study.errors import StudyError, user_error_exit
+from study.errors import StudyError, store_message, user_error_exit
 from study.records import METRICS, TABULATED, Artifact, Kind, Tag, read_runs
 from study.report.cells import Cell, table_cells
 from study.report.leaderboard import leaderboard
@@ -85,7 +85,6 @@ def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: O
     children = [run for run in read_runs(client, [exp.experiment_id], Kind.TRIAL) if run.parent_id]
     table = study.spec.table or Table()
     shown = [metric] if metric else table.metrics
-    out.mkdir(parents=True, exist_ok=True)
     parts = [f"# {study.name}", study.spec.description, setting_line(study)]
     plots: list[Path] = []
     if study.spec.search is not None:
@@ -133,16 +132,36 @@ def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: O
     (out / f"{study.name}.md").write_text(text)
     if write_csv:
         runs_frame(children).to_csv(out / f"{study.name}.csv", index=False)
-    for plot in plots:
-        client.log_artifact(parent_id, str(plot), Artifact.REPORT)
+    try:
+        for plot in plots:
+            client.log_artifact(parent_id, str(plot), Artifact.REPORT)
+    except Exception as exc:  # the report is written; attaching its plots to the parent run is a convenience
+        print(f"warning: the plots were not attached to the study's parent run in MLflow ({type(exc).__name__}: "
+              f"{store_message(exc)}); the report's files are in {out}", file=sys.stderr)
     return text, note
+
+
+def report_folder(out: Optional[Path], uri: str) -> Path:
+    """--out, else reports/ beside a sqlite store's file (the working directory for a tracking server), made now:
+    one line if it cannot be written, before a run is read."""
+    from study.tracking.store import sqlite_path
+
+    db = sqlite_path(uri)
+    folder = out or ((db.parent if db is not None else Path()) / "reports")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise StudyError(f"--out {folder}: the report cannot be written there ({exc.strerror}); pass --out DIR") from None
+    return folder
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.report", description=__doc__.splitlines()[0])
     parser.add_argument("studies", nargs="*", metavar="STUDY", help="study names (default: every study in the store)")
     parser.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    parser.add_argument("--out", default="reports", help="folder for <study>.md and plots (default reports/)")
+    parser.add_argument("--out", type=Path, help="folder for <study>.md and plots (default: reports/ beside a sqlite "
+                                                 "store's file, else in the working directory)")
     parser.add_argument("--metric", choices=TABULATED, help="metric to tabulate (default: the study file's)")
     parser.add_argument("--stat", choices=("final", "best"), default="final",
                         help="each run's last-epoch value, or its best epoch (default final)")
@@ -159,14 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     uri = tracking_uri(args.tracking_uri)
     try:
         client = read_client(uri)
+        out = report_folder(args.out, uri)
         names = args.studies or ([str(read_yaml(args.file).get("name"))] if args.file else study_names(client))
         if not names:
             raise StudyError(f"no studies in {uri}; run `python -m study.run FILE` first")
         for name in names:
-            text, note = report_study(client, uri, name, Path(args.out), args.metric, args.stat,
+            text, note = report_study(client, uri, name, out, args.metric, args.stat,
                                       args.format == "csv", args.file)
             print(text)
-            print(f"(written to {Path(args.out) / (name + '.md')})\n")
+            print(f"(written to {out / (name + '.md')})\n")
             if note:
                 print(note, file=sys.stderr)
     except Exception as exc:

@@ -5,13 +5,13 @@ import argparse
 import sys
 from typing import Optional
 
-from study.errors import StudyError, user_error_exit
+from study.errors import StudyError, plural, user_error_exit
 from study.run.cluster import cluster_address, set_ray_environment
 from study.run.lock import study_lock
 from study.run.signals import Interrupts
-from study.run.storage import experiment_for
+from study.run.storage import experiment_for, writable_storage
 from study.spec.config import Study, load_study
-from study.spec.plan import Trial, plan_trials, trial_table
+from study.spec.plan import Trial, plan_summary, plan_trials, trial_count, trial_table
 from study.tracking.provenance import code_state, warn_if_dirty
 from study.tracking.retry import DEFAULT_PATIENCE_S
 
@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tracking-patience", type=float, default=DEFAULT_PATIENCE_S, metavar="SECONDS",
                         help=f"how long the tracking server may not answer before the study stops, resumable; "
                              f"the trials train on meanwhile (default {DEFAULT_PATIENCE_S})")
+    parser.add_argument("--max-trials", type=int, metavar="N",
+                        help=f"allow a plan of up to N trials (default {MAX_TRIALS:,}: a larger one is refused)")
     parser.add_argument("--max-concurrent", type=int, help="at most N trials at once (default: as resources allow)")
     parser.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted run")
     parser.add_argument("--rerun", action="store_true",
@@ -39,6 +41,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--verbose", action="store_true",
                         help="also Ray Tune's tables, Ray's warnings and the trials' own output")
     return parser.parse_args(argv)
+
+
+MAX_TRIALS = 10_000  # a plan larger than this is more likely a typo in a grid than a study; --max-trials allows it
+LISTED_TRIALS = 200  # a dry run lists every trial up to this many, else how many values each key takes
+
+
+def planned(study: Study, max_trials: Optional[int]) -> list[Trial]:
+    """The study's trials (none for a search, which samples them as it runs), counted before they are made."""
+    if study.spec.search is not None:
+        return []
+    n, limit = trial_count(study), max_trials or MAX_TRIALS
+    if n > limit:
+        raise StudyError(f"{study.path}: {n:,} trials ({plural(len(study.variants), 'variant')} x "
+                         + "".join(f"{len(v)} {k} x " for k, v in study.spec.grid.items())
+                         + f"{plural(len(study.spec.seeds), 'seed')}), more than {limit:,}; pass --max-trials {n} if "
+                         "you mean it")
+    return plan_trials(study)
 
 
 def check_before_start(study: Study, trials: list[Trial], address: Optional[str]) -> None:
@@ -80,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         study = load_study(args.file, args.profile)
-        trials = plan_trials(study) if study.spec.search is None else []
+        trials = planned(study, args.max_trials)
         if args.max_concurrent is not None and args.max_concurrent < 1:
             raise StudyError(f"--max-concurrent: got {args.max_concurrent}, expected an integer >= 1")
         if not 1 <= args.ui_port <= 65535:
@@ -97,8 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         code = code_state()
         if args.dry_run:
             warn_if_dirty(code)
-            if trials:
-                print(f"{study.name}: {len(trials)} trials\n{trial_table(trials)}")
+            if len(trials) > LISTED_TRIALS:
+                print(f"{study.name}: {len(trials):,} trials (too many to list: the values of each key)\n"
+                      f"{plan_summary(study, trials)}")
+            elif trials:
+                print(f"{study.name}: {plural(len(trials), 'trial')}\n{trial_table(trials)}")
             else:
                 search = study.spec.search
                 print(f"{study.name}: search, {search.num_samples} samples ({search.algorithm}) over "
@@ -112,10 +134,12 @@ def main(argv: list[str] | None = None) -> int:
             check_before_start(study, trials, address)
             experiment = experiment_for(study, trials, args.storage)
             from study.run.driver import RunOptions, run  # Ray and MLflow load only now: a bad file fails in a second
-            from study.tracking.store import tracking_uri
+            from study.tracking.store import tracking_uri, writable_store
 
             options = RunOptions(tracking_uri(args.tracking_uri), address, args.max_concurrent,
                                  args.tracking_patience, args.fresh, args.rerun, args.verbose, args.ui_port)
+            writable_store(options.tracking_uri)  # before the lock file is made, and before Ray starts
+            writable_storage(experiment)
             with study_lock(experiment, study.name):
                 return run(study, trials, options, experiment, interrupts, code)
     except KeyboardInterrupt:

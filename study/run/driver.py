@@ -13,7 +13,7 @@ from typing import Optional
 import ray
 from mlflow.tracking import MlflowClient
 
-from study.errors import StudyError, first_line, last_line
+from study.errors import StudyError, first_line, last_line, plural
 from isnm import metrics
 from study.records import METRICS, Reported, RunRecord
 from study.run.cluster import start_ray
@@ -140,15 +140,23 @@ def run_trials(study: Study, trials: list[Trial], options: RunOptions, here: Inv
     return summarise(study, rows, options, here, interrupts, time.perf_counter() - began)
 
 
+COPIES_PER_LINE = 100  # a progress line while copying cached runs: a thousand take minutes
+
+
 def copy_cached(study: Study, trials: list[Trial], here: Invocation) -> set[str]:
     """The config hashes of the trials with a finished run in the store; runs of another study's are copied into
     this one's experiment (said when another code trained them)."""
     cached = finished_runs(here.client, {t.config_hash for t in trials})
     warn_if_cached_elsewhere(here.code, [cached[t.config_hash] for t in trials if t.config_hash in cached])
-    for trial in trials:
-        source = cached.get(trial.config_hash)
-        if source is not None and source.experiment_id != here.exp_id:
-            copy_cached_run(here.client, source, here.exp_id, here.parent, study.name, trial)
+    copies = [(t, cached[t.config_hash]) for t in trials
+              if t.config_hash in cached and cached[t.config_hash].experiment_id != here.exp_id]
+    if copies:
+        print(f"copying {plural(len(copies), 'finished run')} of the same configs from other studies", flush=True)
+    began = time.monotonic()
+    for done, (trial, source) in enumerate(copies, start=1):
+        copy_cached_run(here.client, source, here.exp_id, here.parent, study.name, trial)
+        if done % COPIES_PER_LINE == 0 and done < len(copies):
+            print(f"  {done} of {len(copies)} copied, {time.monotonic() - began:.0f}s", flush=True)
     return set(cached)
 
 
@@ -180,9 +188,10 @@ def run_on_tune(study: Study, trials: list[Trial], to_run: list[Trial], options:
             start_ray(options.address, study.spec.resources, options.verbose)
             interrupts.take_back_sigterm()
         search = study.spec.search
-        progress = (Progress(search.num_samples, 0, search.metric, book.describe) if search else
+        on = {"gpus": study.spec.resources.gpu, "local": options.address is None}
+        progress = (Progress(search.num_samples, 0, search.metric, book.describe, **on) if search else
                     Progress(len(trials), len(trials) - len(to_run), (study.spec.table or Table()).metrics[0],
-                             book.describe, max(len(t.name) for t in trials)))
+                             book.describe, max(len(t.name) for t in trials), **on))
         tuner = build_tuner(study, to_run, book, experiment, [tracker, progress], options.max_concurrent, resume,
                             options.verbose)
         interrupts.raise_if_received()

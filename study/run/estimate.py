@@ -5,8 +5,11 @@ A setting's seconds per epoch come from the finished runs of that setting in the
 logged `epoch_seconds`) when there are any, else from timing training steps and an evaluation pass here, at
 the trial's thread count. A trial then costs its epochs times that, plus its start (loading the data,
 building the network); the study's wall-clock time is its trials placed in plan order on as many slots as
-the resources allow, plus starting Ray and its workers (each imports torch once, then trains trial after trial). Compiling (kernel: compiled, about
-2 minutes a process on a cold cache) is left out: it is paid once per worker, not per epoch.
+the resources allow, plus starting Ray and its workers (each imports torch once, then trains trial after trial),
+plus compiling where trials run the compiled kernels: each worker compiles once, for as long as the figures
+measured for that architecture say (isnm.kernels: on an empty cache, or on the one this machine has filled).
+Nothing is compiled for the estimate itself: a compiled setting's steps are timed eager and scaled by the
+measured ratio of a compiled epoch to an eager one.
 """
 from __future__ import annotations
 
@@ -19,8 +22,9 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from isnm import HASHED_WHEN_SET, metrics
-from study.errors import StudyError
+from isnm import (HASHED_WHEN_SET, MEASURED, compile_seconds, compiled_here, device_type_of, kernel_for,
+                  metrics, parse_config)
+from study.errors import plural
 from study.markdown import markdown_table
 from study.spec.config import Study
 from study.spec.plan import Trial
@@ -63,9 +67,9 @@ def from_store(client, config: dict) -> Optional[EpochCost]:
         # a key added after the run was made is absent from its params: it ran at that key's old default
         params = {**{k: str(v) for k, v in HASHED_WHEN_SET.items()}, **run.params}
         if Tag.CACHED_FROM not in run.tags and all(params.get(k) == str(config[k]) for k in COST_KEYS):
-            history = client.get_metric_history(run.run_id, metrics.EPOCH_SECONDS)
-            if history:
-                means.append(statistics.mean(m.value for m in history))
+            history = sorted(client.get_metric_history(run.run_id, metrics.EPOCH_SECONDS), key=lambda m: m.step)
+            if history:  # a first epoch carries a worker's one-off costs (compiling): counted apart, where it is known
+                means.append(statistics.mean(m.value for m in history[1:] or history))
     if not means:
         return None
     return EpochCost(statistics.median(means), setup(config)[2], f"{len(means)} finished runs")
@@ -85,7 +89,7 @@ def setup(config: dict) -> tuple:
     here yet is stood in for by random images of its shape, which is all a timing needs."""
     import torch
 
-    from isnm import DataError, Dataset, load_dataset, parse_config, prepared_model, resolve_device
+    from isnm import DataError, Dataset, load_dataset, prepared_model, resolve_device
 
     cfg = parse_config(config)
     device = resolve_device(cfg.device)
@@ -102,18 +106,19 @@ def setup(config: dict) -> tuple:
     return data, model, time.perf_counter() - began
 
 
-def timed_here(config: dict, threads: float) -> EpochCost:
+def timed_here(config: dict, threads: float, gpus: float) -> EpochCost:
     """Seconds per epoch of this setting from a few training steps and an evaluation pass timed here, on the
     trial's thread count."""
     import torch
 
-    from isnm import EVAL_BATCH_SIZE, evaluate, parse_config, precision_of, train_step
+    from isnm import EVAL_BATCH_SIZE, evaluate, precision_of, train_step
 
     cfg = parse_config(config)
+    compiled = kernel_for(cfg, device_type_of(cfg, gpus)) == "compiled"
     previous = torch.get_num_threads()
     torch.set_num_threads(max(1, int(threads)))
     try:
-        data, model, start = setup(config)
+        data, model, start = setup({**config, "kernel": "eager"})
         device = data.train_x.device
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         autocast, loss_fn = precision_of(cfg, device), torch.nn.CrossEntropyLoss()
@@ -133,7 +138,11 @@ def timed_here(config: dict, threads: float) -> EpochCost:
         torch.set_num_threads(previous)
     steps = math.ceil(len(data.train_y) / cfg.batch_size)
     evaluated = len(data.test_y) + len(data.val_y) + min(cfg.bn_recalibration, len(data.train_y))
-    return EpochCost(steps * statistics.median(times[WARMUP_STEPS:]) + evaluated * per_image, start, "timed here")
+    seconds = steps * statistics.median(times[WARMUP_STEPS:]) + evaluated * per_image
+    if not compiled:
+        return EpochCost(seconds, start, "timed here")
+    f = MEASURED[cfg.arch]
+    return EpochCost(seconds * f.compiled / f.eager, start, f"timed here eager, x {f.compiled / f.eager:.2f} compiled")
 
 
 def slots(study: Study, max_concurrent: Optional[int], address: Optional[str]) -> tuple[int, str]:
@@ -162,9 +171,10 @@ def slots(study: Study, max_concurrent: Optional[int], address: Optional[str]) -
                + (f", at most {cap} at once" if cap else ""))
 
 
-def wall_clock(durations: list[float], n_slots: int) -> float:
-    """Seconds until the last trial ends when each starts, in order, on the first slot to come free."""
-    free = [0.0] * n_slots
+def wall_clock(durations: list[float], n_slots: int, first: float = 0.0) -> float:
+    """Seconds until the last trial ends when each starts, in order, on the first slot to come free, the slots
+    free after `first` seconds (compiling)."""
+    free = [first] * n_slots
     for seconds in durations:
         free[free.index(min(free))] += seconds
     return max(free, default=0.0)
@@ -180,13 +190,12 @@ def duration(seconds: float) -> str:
 
 
 def store_client(uri: str):
-    """A client of the tracking store, or None where there is none yet (a sqlite file not made)."""
-    from study.tracking.store import read_client
+    """A client of the tracking store, or None where there is none yet (a sqlite file not made); a store that is
+    there and cannot be read is one line (StudyError)."""
+    from study.tracking.store import read_client, sqlite_path
 
-    try:
-        return read_client(uri)
-    except StudyError:
-        return None
+    db = sqlite_path(uri)
+    return None if db is not None and not db.is_file() else read_client(uri)
 
 
 def estimate(study: Study, trials: list[Trial], client, cached: set[str], max_concurrent: Optional[int],
@@ -199,7 +208,8 @@ def estimate(study: Study, trials: list[Trial], client, cached: set[str], max_co
     for trial in trials:
         key = setting_of(trial.config)
         if trial.config_hash not in cached and key not in costs:
-            costs[key] = (client and from_store(client, trial.config)) or timed_here(trial.config, threads)
+            costs[key] = ((client and from_store(client, trial.config))
+                          or timed_here(trial.config, threads, study.spec.resources.gpu))
     per_trial = {t.name: 0.0 if t.config_hash in cached else
                  costs[setting_of(t.config)].start + t.config["epochs"] * costs[setting_of(t.config)].seconds
                  for t in trials}
@@ -210,12 +220,37 @@ def estimate(study: Study, trials: list[Trial], client, cached: set[str], max_co
     rows = [[t.name, str(t.config["epochs"]), "cached" if t.config_hash in cached else duration(per_trial[t.name])]
             for t in trials]
     to_run = [per_trial[t.name] for t in trials if t.config_hash not in cached]
-    compute = sum(to_run)
     resources = study.spec.resources
-    wall = wall_clock(to_run, n_slots) + (RAY_START_S + worker_start_seconds() if to_run else 0.0)
+    workers = min(n_slots, len(to_run))
+    compiling, compile_line = compile_cost([t.config for t in trials if t.config_hash not in cached],
+                                           resources.gpu, workers, address is None)
+    compute = sum(to_run) + compiling * workers
+    wall = wall_clock(to_run, n_slots, compiling) + (RAY_START_S + worker_start_seconds() if to_run else 0.0)
     return "\n\n".join([
-        f"estimate for {study.name}: {len(to_run)} trials to run, {len(trials) - len(to_run)} cached",
+        f"estimate for {study.name}: {plural(len(to_run), 'trial')} to run, {len(trials) - len(to_run)} cached",
         settings, markdown_table(["trial", "epochs", "estimated"], rows),
-        f"compute: {duration(compute)} of trials ({compute * resources.cpu / 3600:.2f} CPU-hours"
+        f"compute: {duration(compute)} of trials{' and compiling' if compiling else ''} "
+        f"({compute * resources.cpu / 3600:.2f} CPU-hours"
         + (f", {compute * resources.gpu / 3600:.2f} GPU-hours" if resources.gpu else "") + ")",
-        f"wall clock: ~{duration(wall)}, {n_slots} trials at a time on {why} (compiling not included)"])
+        f"wall clock: ~{duration(wall)}, {plural(n_slots, 'trial')} at a time on {why}" + (f"; {compile_line}" if compile_line else "")])
+
+
+def compile_cost(configs: list[dict], gpus: float, workers: int, local: bool) -> tuple[float, str]:
+    """(seconds each worker compiles before it trains, what they are made of): each
+    architecture the trials run compiled costs each worker its measured compile (isnm.kernels), on the cache this
+    machine has (`local`) or an empty one. Workers compile at once without slowing each other: two cold VGG-small
+    compiles on 2 cores took 168 s each, as one alone does (a compile waits on its compiler processes more than
+    it computes)."""
+    archs = {}
+    for config in configs:
+        cfg = parse_config(config)
+        if kernel_for(cfg, device_type_of(cfg, gpus)) == "compiled":
+            archs[cfg.arch] = compile_seconds(cfg.arch, cached=local and compiled_here(cfg.arch))
+    if not archs:
+        return 0.0, ""
+    seconds = sum(archs.values())
+    parts = ", ".join(f"{arch} {duration(s)}" for arch, s in archs.items())
+    cache = "" if not local else (" (cached on this machine)" if all(compiled_here(a) for a in archs)
+                                  else " (first run on this machine)")
+    return seconds, (f"compiling first: {parts} per worker{cache}, {plural(workers, 'worker')} at once: "
+                     f"~{duration(seconds)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,18 @@ def experiment_at(storage: str, name: str) -> Experiment:
         raise StudyError(f"--storage {storage}: pyarrow cannot open it ({type(exc).__name__}: "
                          f"{first_line(str(exc))}); expected a folder or a URI such as s3://bucket/path") from None
     return Experiment(storage.rstrip("/"), name, fs, root.rstrip("/"))
+
+
+def writable_storage(experiment: Experiment) -> None:
+    """One line if a local --storage cannot be made or written (a bucket is pyarrow's and Ray's to reach)."""
+    if not isinstance(experiment.fs, pafs.LocalFileSystem):
+        return
+    try:
+        Path(experiment.fs_root).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=experiment.fs_root).close()
+    except OSError as exc:
+        raise StudyError(f"--storage {experiment.storage}: the trials' checkpoints cannot be written there "
+                         f"({exc.strerror or type(exc).__name__}); pass --storage DIR") from None
 
 
 def experiment_for(study: Study, trials: list[Trial], storage: str) -> Experiment:

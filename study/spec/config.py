@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from isnm import (ConfigError, check, default_config, flat, join, merged, metrics, nested, parse_config,
-                  parse_dataclass, to_dict, unknown_key_message)
+                  parse_dataclass, shown, to_dict, unknown_key_message)
 from study.errors import StudyError, first_line
 from study.records import METRICS, SELECTABLE, TABULATED
 
@@ -226,10 +226,45 @@ class StrictLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice in one mapping (YAML "
+                raise yaml.constructor.ConstructorError(None, None, f"key {shown(key)} appears twice in one mapping (YAML "
                                                         f"would keep the last one silently)", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+MAX_NODES = 100_000  # a study file's values, counted with YAML's aliases expanded: studies are hundreds
+
+
+def expanded_nodes(node: yaml.Node, counted: dict[int, int], open_nodes: set[int]) -> int:
+    """How many nodes `node` is with every alias in it expanded, without expanding them: an alias is the node it names,
+    counted once (`counted`); a node that holds itself counts as too many."""
+    if id(node) in counted:
+        return counted[id(node)]
+    if id(node) in open_nodes:
+        return MAX_NODES + 1
+    open_nodes.add(id(node))
+    children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else (
+        node.value if isinstance(node, yaml.SequenceNode) else [])
+    total = 1
+    for child in children:
+        total = min(total + expanded_nodes(child, counted, open_nodes), MAX_NODES + 1)
+    open_nodes.discard(id(node))
+    counted[id(node)] = total
+    return total
+
+
+def bounded_yaml(text: str, path: Path):
+    """The YAML document in `text`, refused when its aliases would expand it past MAX_NODES (an "alias bomb": a few
+    lines that are gigabytes once walked)."""
+    loader = StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and expanded_nodes(node, {}, set()) > MAX_NODES:
+            raise StudyError(f"{path}: more than {MAX_NODES:,} values once its YAML aliases (*name) are expanded; "
+                             "a study file is hundreds")
+        return None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: Path) -> dict:
@@ -240,14 +275,14 @@ def read_yaml(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:  # unreadable: permissions, not text
         raise StudyError(f"{path}: cannot be read ({type(exc).__name__}: {first_line(str(exc))})") from None
     try:
-        data = yaml.load(text, Loader=StrictLoader)
+        data = bounded_yaml(text, path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where, line = "", ""
         if mark is not None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
             lines = text.splitlines()
-            line = f": {lines[mark.line].strip()!r}" if mark.line < len(lines) and lines[mark.line].strip() else ""
+            line = f": {shown(lines[mark.line].strip())}" if mark.line < len(lines) and lines[mark.line].strip() else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise StudyError(f"{path}: YAML error{where}{line}: {problem}") from None
     if data is None:
@@ -279,9 +314,9 @@ def check_profiles(data: dict) -> None:
             if key in study_keys:
                 continue
             if key in ("name", "profiles"):
-                raise ConfigError(join(path, key), f"got {overlay[key]!r}, expected not set by a profile")
+                raise ConfigError(join(path, key), f"got {shown(overlay[key])}, expected not set by a profile")
             if key in TRAIN_KEYS or key in default_config():
-                raise ConfigError(join(path, key), f"a profile overlays the study's keys, and {key!r} is a training "
+                raise ConfigError(join(path, key), f"a profile overlays the study's keys, and {shown(key)} is a training "
                                                    f"setting: put it under base: ({join(join(path, 'base'), key)})")
             raise ConfigError(join(path, key), unknown_key_message(str(key), study_keys))
 
@@ -293,7 +328,7 @@ def with_profile(data: dict, profile: Optional[str]) -> dict:
     profiles = data.get("profiles") or {}
     if profile not in profiles:  # (a mapping: check_profiles)
         known = ", ".join(profiles) or "none"
-        raise ConfigError("profiles", f"no profile {profile!r} (profiles in this file: {known})")
+        raise ConfigError("profiles", f"no profile {shown(profile)} (profiles in this file: {known})")
     overlay = profiles[profile]
     # the keys that define the set of trials are replaced whole, so a profile can run fewer rows
     replaced = {k: v for k, v in overlay.items() if k in REPLACED_BY_PROFILE}
@@ -314,11 +349,11 @@ def check_table_keys(spec: StudyFile) -> None:
             if key != VARIANT_KEY and key not in TRAIN_KEYS:
                 raise ConfigError(path, unknown_key_message(key, [VARIANT_KEY, *TRAIN_KEYS]))
             if key in placed:
-                raise ConfigError(path, f"{key!r} is already in table.{placed[key]}; a key goes in one place")
+                raise ConfigError(path, f"{shown(key)} is already in table.{placed[key]}; a key goes in one place")
             if part == "constants" and key in varied:
-                raise ConfigError(path, f"{key!r} is varied by this study; put it in table.rows or table.columns")
+                raise ConfigError(path, f"{shown(key)} is varied by this study; put it in table.rows or table.columns")
             if part != "constants" and key not in varied:
-                raise ConfigError(path, f"{key!r} is not varied by this study (no grid: key or variant sets it), so "
+                raise ConfigError(path, f"{shown(key)} is not varied by this study (no grid: key or variant sets it), so "
                                         f"it has one value (table.constants shows such a key); the keys it varies: "
                                         f"{', '.join(varied)}")
             placed[key] = part

@@ -5,11 +5,12 @@ Pure: no Ray, no MLflow, so `--dry-run` and the tests see exactly what would run
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from isnm import config_hash, flat
+from isnm import config_hash, flat, shown
 from study.errors import StudyError
 from study.records import Tag
 from study.spec.config import VARIANT_KEY, Study, Table, with_overrides
@@ -44,6 +45,21 @@ def cell_label(cell: dict[str, Any]) -> str:
                     else f"{key.rsplit('.', 1)[-1]}={value}" for key, value in cell.items())
 
 
+def trial_count(study: Study) -> int:
+    """How many trials `plan_trials` makes, counted without making them (a grid can be millions)."""
+    return len(study.variants) * math.prod(len(values) for values in study.spec.grid.values()) * len(study.spec.seeds)
+
+
+def plan_summary(study: Study, trials: list[Trial]) -> str:
+    """The dry-run's summary of a plan too long to list: how many values each varied key takes."""
+    keys = {VARIANT_KEY: [t.variant for t in trials], **{k: list(v) for k, v in study.spec.grid.items()},
+            "seed": list(study.spec.seeds)}
+    rows = [(key, f"{len(dict.fromkeys(map(str, values)))} values", ", ".join(dict.fromkeys(map(str, values)))[:100])
+            for key, values in keys.items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    return "\n".join(f"  {key.ljust(widths[0])}  {n.ljust(widths[1])}  {shown}" for key, n, shown in rows)
+
+
 def plan_trials(study: Study) -> list[Trial]:
     """Every trial of a grid study, in file order: variant, then grid cell, then seed."""
     trials = []
@@ -57,7 +73,7 @@ def plan_trials(study: Study) -> list[Trial]:
     seen: dict[str, str] = {}
     for trial in trials:
         if trial.config_hash in seen:
-            raise StudyError(f"{study.path}: trials {seen[trial.config_hash]!r} and {trial.name!r} have the same "
+            raise StudyError(f"{study.path}: trials {shown(seen[trial.config_hash])} and {shown(trial.name)} have the same "
                              f"config; expected every variant and grid cell to differ")
         seen[trial.config_hash] = trial.name
     return trials

@@ -40,8 +40,15 @@ def copy_cached_run(client: MlflowClient, source: RunRecord, exp_id: str, parent
     kept = {k: v for k, v in source.tags.items() if k.startswith(Tag.ENVIRONMENT) or k in PROVENANCE_TAGS}
     run_id = create_trial_run(client, exp_id, parent_id, study_name, trial, source_code(client, source),
                               {Tag.CACHED_FROM: source.run_id, **kept})
-    history = [m for key in source.metrics for m in client.get_metric_history(source.run_id, key)]
-    for start in range(0, len(history), METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=history[start:start + METRICS_PER_BATCH])
-    client.set_terminated(run_id, "FINISHED")
+    try:
+        history = [m for key in source.metrics for m in client.get_metric_history(source.run_id, key)]
+        for start in range(0, len(history), METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=history[start:start + METRICS_PER_BATCH])
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:  # a copy is whole or not there: a half one would read as a run that stopped
+        try:
+            client.delete_run(run_id)
+        except Exception:
+            pass  # the store is what failed: the next invocation removes it (close_dangling_runs)
+        raise
     return run_id

@@ -61,6 +61,11 @@ def fetch_weights(client, run) -> dict:
         try:
             path = client.download_artifacts(source, Artifact.WEIGHTS, tmp)
         except (OSError, MlflowException):
-            raise StudyError(f"run {source} holds no {Artifact.WEIGHTS}: only a trial run that finished has its final "
-                             f"weights") from None
+            status = client.get_run(source).info.status
+            if status == "FINISHED":
+                raise StudyError(f"run {source} finished, but its {Artifact.WEIGHTS} is missing from the store's "
+                                 f"artifacts ({client.get_run(source).info.artifact_uri}): deleted or moved; "
+                                 f"`python -m study.run FILE --rerun` trains the trial again") from None
+            raise StudyError(f"run {source} holds no {Artifact.WEIGHTS}: it ended {status}, and only a trial run that "
+                             f"finished has its final weights") from None
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,15 +1,17 @@
 """The MLflow store: where it is, opening it, the study's experiment in it, and the UI page that shows it."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
 from mlflow.tracking import MlflowClient
 
-from study.errors import StudyError, first_line, redacted
+from study.errors import StudyError, redacted, store_message
 from study.records import ExperimentTag, Tag
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -31,7 +33,54 @@ def read_client(uri: str) -> MlflowClient:
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise StudyError(f"no MLflow store at {db.resolve()}; run `python -m study.run FILE` first, or pass --tracking-uri")
-    return MlflowClient(uri)
+    refuse_damaged(uri)
+    client = MlflowClient(uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # a server that refuses, a database of another program: nothing can be read
+        raise StudyError(f"the MLflow store {redacted(uri)} cannot be read ({type(exc).__name__}: "
+                         f"{store_message(exc)}); check --tracking-uri or MLFLOW_TRACKING_URI") from None
+    return client
+
+
+def writable_store(uri: str) -> None:
+    """One line if `uri` is a sqlite file that cannot be written, or made (its folder, where sqlite writes its journal
+    and the runs' artifacts go): MLflow would retry for minutes before it failed."""
+    db = sqlite_path(uri)
+    if db is None:
+        return
+    folder = db.resolve().parent
+    try:
+        if not folder.is_dir():
+            raise FileNotFoundError(2, f"no folder {folder}")
+        tempfile.TemporaryFile(dir=folder).close()
+        if db.exists() and not os.access(db, os.W_OK):
+            raise PermissionError(13, f"{db.name} is read-only")
+    except OSError as exc:
+        raise StudyError(f"--tracking-uri {uri}: the MLflow store cannot be written ({exc.strerror}); pass "
+                         "--tracking-uri sqlite:///PATH/mlflow.db in a folder you can write") from None
+
+
+def refuse_damaged(uri: str) -> None:
+    """One line (StudyError) if `uri` is a sqlite file that sqlite finds damaged, before MLflow reads or migrates it."""
+    db = sqlite_path(uri)
+    problem = db is not None and db.is_file() and damage(db)
+    if problem:
+        raise StudyError(f"the MLflow store {db.resolve()} is damaged ({problem}); nothing was written to it: restore it "
+                         "from a copy, or pass --tracking-uri")
+
+
+def damage(db: Path) -> Optional[str]:
+    """What sqlite finds wrong with the database file `db` (read-only, its pages' structure: a file cut short,
+    overwritten), or None; a read of every page, a fraction of a second for a year of a lab's runs."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:
+            found = [row[0] for row in con.execute("PRAGMA quick_check(3)")]
+    except sqlite3.Error as exc:
+        return str(exc)
+    return None if found == ["ok"] else "; ".join(found)[:200]
 
 
 def served(uri: str) -> bool:
@@ -64,10 +113,39 @@ def ui_url(exp_id: str, base: str) -> str:
 
 def created_store(uri: str) -> MlflowClient:
     """A client of the store at `uri`, made now if it is not there yet: MLflow creates a database's tables, and
-    migrates them, on the first call that reads it (seconds for sqlite). The one place a store is created."""
-    client = MlflowClient(uri)
-    client.search_experiments(max_results=1)
+    migrates them, on the first call that reads it (seconds for sqlite). The one place a store is created: for a
+    sqlite file under an flock beside it, since two migrations at once on one file fail one of them."""
+    refuse_damaged(uri)
+    db = sqlite_path(uri)
+    with creation_lock(db) if db is not None else contextlib.nullcontext():
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
     return client
+
+
+CREATION_WAIT_S = 300.0  # a migration takes seconds; one that holds the lock this long has hung
+
+
+@contextlib.contextmanager
+def creation_lock(db: Path):
+    """Hold `<db>.lock` (the OS drops it with its process, however that ends) while the store is made or checked."""
+    import fcntl
+
+    fd = os.open(db.with_name(db.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + CREATION_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StudyError(f"the MLflow store {db} was being made by another process for over "
+                                     f"{CREATION_WAIT_S:.0f} s (lock {db.name}.lock); check that process") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
 
 
 def open_store(uri: str, study_name: str) -> tuple[MlflowClient, str]:
@@ -76,9 +154,11 @@ def open_store(uri: str, study_name: str) -> tuple[MlflowClient, str]:
     try:
         client = created_store(uri)
         return client, experiment_id(client, study_name, uri)
+    except StudyError:
+        raise
     except Exception as exc:  # a store fails in its own ways (sqlalchemy, http, permissions); each is the user's setting
-        raise StudyError(f"MLflow store {uri} cannot be used ({type(exc).__name__}: "
-                         f"{first_line(str(exc))}); check --tracking-uri or MLFLOW_TRACKING_URI") from None
+        raise StudyError(f"MLflow store {uri} cannot be used ({type(exc).__name__}: {store_message(exc)}); "
+                         "check --tracking-uri or MLFLOW_TRACKING_URI") from None
 
 
 MODEL_TRAINING = "custom_model_development"  # the experiment kind whose UI shows runs and charts

@@ -64,14 +64,18 @@ def log_epoch(client: MlflowClient, run_id: str, reported: dict) -> None:
 
 
 def close_dangling_runs(client: MlflowClient, exp_id: str, ray_path: str) -> int:
-    """Runs of this Ray experiment still RUNNING belong to a driver that died: mark them KILLED.
+    """Runs of this Ray experiment still RUNNING belong to a driver that died: mark them KILLED; a cached copy still
+    RUNNING is one whose copying was cut short: remove it (the next copy is whole).
 
     A restored trial reopens its own run; the count of closed runs is returned.
     """
     runs = list(read_runs(client, [exp_id], status="RUNNING", ray_experiment=ray_path))
     for run in runs:
         client.set_terminated(run.run_id, "KILLED")
-    return len(runs)
+    half_copies = [run for run in read_runs(client, [exp_id], Kind.TRIAL, "RUNNING") if Tag.CACHED_FROM in run.tags]
+    for run in half_copies:
+        client.delete_run(run.run_id)
+    return len(runs) + len(half_copies)
 
 
 def place_tags(study: Study, trial: Trial) -> dict[str, str]:

@@ -1,0 +1,121 @@
+"""What compiling the ISNM kernels costs and saves, from figures measured on this project's 2-core CPU: which kernel
+`kernel: auto` runs, how long a compile will take, and whether this machine has compiled an architecture before.
+
+No torch: the study driver announces a compile and the estimate counts it without loading torch or compiling.
+"""
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from isnm.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class KernelFigures:
+    """Seconds of training epochs of the measured setting, per kernel."""
+    cold_first: float  # the first compiled epoch in a process, on an empty Inductor cache: compiling included
+    warm_first: float  # the same on a cache that already holds the kernels: tracing, and loading them
+    compiled: float  # a later compiled epoch
+    eager_first: float  # the first eager epoch (its one-off start: allocations, oneDNN's primitives)
+    eager: float  # a later eager epoch
+
+
+# digits, VGG-small's and ResNet-18's layers at a quarter of their channels, T=5, the default batch (64)
+MEASURED_SETTING = {"dataset": "digits", "width": 0.25, "timesteps": 5, "validation": 0.1, "device": "cpu"}
+# python -m benchmarks.compile on the 2-core CPU machine this project is built on (docs/performance.md)
+MEASURED = {
+    "tiny": KernelFigures(cold_first=51.2, warm_first=12.3, compiled=0.29, eager_first=0.41, eager=0.37),
+    "vgg_small": KernelFigures(cold_first=169.5, warm_first=31.8, compiled=1.12, eager_first=1.57, eager=1.54),
+    "resnet18": KernelFigures(cold_first=104.2, warm_first=25.7, compiled=2.43, eager_first=3.60, eager=3.30),
+}
+# training images and pixels an epoch sees, per data set (before the validation split): the work an epoch of
+# another setting does relative to the measured one, which its seconds saved scale with
+EPOCH_IMAGES = {"digits": (1348, 64), "cifar10": (50_000, 1024), "cifar100": (50_000, 1024)}
+
+
+def epoch_scale(cfg: TrainConfig) -> float:
+    """An epoch of `cfg`'s neuron steps (images x pixels x channels x T) over the measured setting's."""
+    def work(dataset: str, width: float, timesteps: int, validation: float) -> float:
+        images, pixels = EPOCH_IMAGES[dataset]
+        return images * (1 - validation) * pixels * width * timesteps
+
+    m = MEASURED_SETTING
+    return (work(cfg.dataset, cfg.width, cfg.timesteps, cfg.validation)
+            / work(m["dataset"], m["width"], m["timesteps"], m["validation"]))
+
+
+def compile_seconds(arch: str, cached: bool) -> float:
+    """Seconds a process spends compiling `arch`'s kernels, on a cache that holds them or an empty one: the one-off
+    part of its first compiled epoch (over a later one) beyond the one-off part of a first eager epoch."""
+    f = MEASURED[arch]
+    return max(0.0, (f.warm_first if cached else f.cold_first) - f.compiled - (f.eager_first - f.eager))
+
+
+def compiling_pays(cfg: TrainConfig, device_type: str) -> bool:
+    """Whether `kernel: auto` compiles: always on a GPU (eager, the time loops are one small kernel launch after
+    another), never at T=1 (no time loop), and on the CPU when the epochs save more than the compile costs on an
+    empty cache: epochs x (eager - compiled) x epoch_scale >= compile_seconds. A pure function of the config, so
+    that the same config runs the same kernel whatever this machine's cache holds."""
+    if cfg.timesteps == 1:
+        return False
+    if device_type == "cuda":
+        return True
+    f = MEASURED[cfg.arch]
+    return cfg.epochs * (f.eager - f.compiled) * epoch_scale(cfg) >= compile_seconds(cfg.arch, cached=False)
+
+
+def kernel_for(cfg: TrainConfig, device_type: str) -> str:
+    """The ISNM loops `cfg` runs on a device of `device_type`: its `kernel`, or for auto as `compiling_pays` says."""
+    if cfg.kernel != "auto":
+        return cfg.kernel
+    return "compiled" if compiling_pays(cfg, device_type) else "eager"
+
+
+def device_type_of(cfg: TrainConfig, gpus: float) -> str:
+    """The device a trial of `cfg` given `gpus` GPUs trains on, known before it starts: `device: auto` takes CUDA
+    exactly when it can see a GPU, and a trial sees those it is given."""
+    return cfg.device.split(":")[0] if cfg.device != "auto" else ("cuda" if gpus > 0 else "cpu")
+
+
+def inductor_cache() -> Path:
+    """The folder where torch.compile keeps its kernels on this machine: TORCHINDUCTOR_CACHE_DIR, else torch's
+    default (torch._inductor.runtime.cache_dir_utils.default_cache_dir, spelled out: it is torch's)."""
+    user = re.sub(r'[\\/:*?"<>|]', "_", getpass.getuser())
+    return Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or Path(tempfile.gettempdir()) / f"torchinductor_{user}")
+
+
+def compiled_marker(arch: str) -> Path:
+    """A file in the Inductor cache that training leaves once `arch`'s kernels compiled: gone with the cache."""
+    return inductor_cache() / "isnm" / f"{arch}.compiled"
+
+
+def note_compiled(arch: str) -> None:
+    """Leave `compiled_marker(arch)`: the kernels are in the cache now. Best effort: a cache folder that cannot be
+    written only makes the next announcement say "first run"."""
+    try:
+        compiled_marker(arch).parent.mkdir(parents=True, exist_ok=True)
+        compiled_marker(arch).touch()
+    except OSError:
+        pass
+
+
+def compiled_here(arch: str) -> bool:
+    """Whether this machine's Inductor cache holds `arch`'s compiled kernels."""
+    return compiled_marker(arch).is_file()
+
+
+def compile_note(arch: str, here: bool = True) -> str:
+    """What compiling `arch` will take: on this machine (`here`), "first run on this machine: about 168 s; cached
+    afterwards" or "cached on this machine: about 31 s"; on a cluster's nodes, whose caches this machine cannot see,
+    both figures."""
+    cold, warm = compile_seconds(arch, cached=False), compile_seconds(arch, cached=True)
+    if not here:
+        return f"on each node: about {cold:.0f} s the first time, {warm:.0f} s once cached, on 2 CPU cores"
+    if compiled_here(arch):
+        return f"cached on this machine: about {warm:.0f} s"
+    return f"first run on this machine: about {cold:.0f} s; cached afterwards"
