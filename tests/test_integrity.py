@@ -148,6 +148,52 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_no_run_running(tmp_path, share
     assert [p.info.status for p in parent_runs(db, "twice")] == ["KILLED"]
 
 
+def interrupted_after_an_epoch(tmp_path: Path, name: str, cluster) -> tuple[Path, Path]:
+    """(the study file, the store) of a one-trial study of 4 epochs (variant A, seed 0) stopped with Ctrl-C once
+    an epoch is logged."""
+    path = small_study(tmp_path, name=name, epochs=4, variants={"A": {}}, seeds=[0])
+    db = tmp_path / "mlflow.db"
+    driver = start_study(tmp_path, str(path), cluster=cluster)
+    try:
+        wait_for(lambda: [r for r in trial_runs(db, name) if steps(db, r)], 240, "an epoch logged", driver)
+        driver.send_signal(signal.SIGINT)
+        output = finished_output(driver, 120)
+    finally:
+        driver.kill()
+    assert driver.returncode == 130, output[-3000:]
+    (run,) = trial_runs(db, name)
+    assert run.info.status == "KILLED" and len(steps(db, run)) < 4
+    return path, db
+
+
+def test_an_edited_study_file_carries_on_the_unchanged_interrupted_trials_in_their_runs(tmp_path, shared_ray):
+    path, db = interrupted_after_an_epoch(tmp_path, "edited", shared_ray)
+    (interrupted,) = trial_runs(db, "edited")
+    logged = len(steps(db, interrupted))
+    # a seed added and the variant renamed: another plan, so another Ray experiment; the trial's config is the same
+    path.write_text(path.read_text().replace("  A: {}", "  Base: {}").replace("- 0\n", "- 0\n- 1\n"))
+    done = run_study(tmp_path, str(path), cluster=shared_ray)
+    assert (f"but not the configs of 1 trial: carrying on from the last checkpoint, in the same run: Base seed=0 "
+            f"({logged} of 4 epochs)" in done.stdout), done.stdout[-3000:]
+    assert "  Base seed=0  epoch 1/4" not in done.stdout  # it trained on from its checkpoint, not from the start
+    runs = {r.info.run_name: r for r in trial_runs(db, "edited")}
+    assert sorted(runs) == ["Base seed=0", "Base seed=1"] and {r.info.status for r in runs.values()} == {"FINISHED"}
+    assert runs["Base seed=0"].info.run_id == interrupted.info.run_id  # one run per trial
+    assert all(steps(db, r) == [1, 2, 3, 4] for r in runs.values())  # each epoch exactly once
+    assert runs["Base seed=0"].data.tags["variant"] == "Base" and "interrupted" not in runs["Base seed=0"].data.tags
+
+
+def test_a_renamed_variant_resumes_its_experiment(tmp_path, shared_ray):
+    path, db = interrupted_after_an_epoch(tmp_path, "renamed", shared_ray)
+    (interrupted,) = trial_runs(db, "renamed")
+    path.write_text(path.read_text().replace("  A: {}", "  Base: {}"))  # the same configs: the same plan
+    done = run_study(tmp_path, str(path), cluster=shared_ray)
+    assert "lost their runs" not in done.stdout and "carrying on" not in done.stdout, done.stdout[-3000:]
+    (run,) = trial_runs(db, "renamed")
+    assert run.info.run_id == interrupted.info.run_id and run.info.run_name == "Base seed=0"
+    assert run.info.status == "FINISHED" and steps(db, run) == [1, 2, 3, 4]
+
+
 def test_wiped_store_beside_a_finished_experiment_on_a_file_uri(tmp_path, shared_ray):
     path = small_study(tmp_path, name="wiped", epochs=2, variants={"A": {}}, seeds=[0, 1])
     storage = f"file://{tmp_path / 'shared'}"

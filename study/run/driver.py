@@ -15,11 +15,11 @@ from mlflow.tracking import MlflowClient
 
 from study.errors import StudyError, first_line, last_line, plural
 from isnm import metrics
-from study.records import METRICS, Reported, RunRecord
+from study.records import METRICS, Kind, Reported, RunRecord, Tag, read_runs
 from study.run.cluster import start_ray
 from study.run.progress import Progress
 from study.run.signals import Interrupts
-from study.run.storage import Experiment
+from study.run.storage import Experiment, experiment_at
 from study.run.tuner import TrialBook, build_tuner, resumable
 from study.spec.config import Study, Table
 from study.spec.plan import Trial
@@ -160,6 +160,54 @@ def copy_cached(study: Study, trials: list[Trial], here: Invocation) -> set[str]
     return set(cached)
 
 
+def carried_over(here: Invocation, study: Study, trials: list[Trial],
+                 to_run: list[Trial]) -> tuple[dict[str, tuple[str, str]], Optional[dict[str, float]]]:
+    """({trial name: (its run, its checkpoint)}, the resources those trials started with) for each trial to run whose
+    config an interrupted trial of an earlier Ray experiment of this study had: the study file changed since (a seed
+    added, another trial's value, a variant renamed), so this invocation has a plan, and an experiment, of its own,
+    but that trial's config is unchanged. It carries on from the checkpoint of its last logged epoch, in its own run,
+    on the resources it started with (its thread count is its CPUs: study.run.tuner.TrialResources). What the
+    previous invocation left interrupted and no longer planned (its config changed, or its trial was removed) is
+    said, and stays KILLED.
+
+    "The same trial" is the same config hash, whatever its name: that is what a run is cached and resumed by."""
+    wanted = {t.config_hash: t for t in to_run}
+    carried: dict[str, tuple[str, str]] = {}
+    epochs: dict[str, int] = {}
+    started_with: Optional[dict[str, float]] = None
+    now = {"cpu": study.spec.resources.cpu, "gpu": study.spec.resources.gpu}
+    for run in read_runs(here.client, [here.exp_id], Kind.TRIAL, "KILLED", newest_first=True):
+        source, trial_id = run.tags.get(Tag.RAY_EXPERIMENT), run.tags.get(Tag.RAY_TRIAL_ID)
+        trial = wanted.get(run.config_hash)
+        if trial is None or trial.name in carried or not source or not trial_id or source == here.experiment.uri:
+            continue
+        earlier = experiment_at(*source.rsplit("/", 1))
+        resources = earlier.planned_resources() or now
+        logged = len(here.client.get_metric_history(run.run_id, metrics.TEST_ACC))
+        # the checkpoint of the last epoch logged: a later one's epochs never reached the run (the interrupt came
+        # first), and are trained again, to the same numbers on the same machine
+        checkpoint = earlier.checkpoint_at(trial_id, logged) if logged else None
+        if checkpoint is not None and resources == (started_with or resources):
+            carried[trial.name] = (run.run_id, checkpoint)
+            epochs[trial.name] = logged
+            started_with = resources
+    if carried:
+        by_name = {t.name: t for t in to_run}
+        print(f"the study file changed since it was interrupted, but not the configs of {plural(len(carried), 'trial')}: "
+              f"carrying on from the last checkpoint, in the same run: "
+              + ", ".join(f"{name} ({epochs[name]} of {by_name[name].config['epochs']} epochs)" for name in carried))
+    planned = {t.config_hash for t in trials}
+    invocations = list(read_runs(here.client, [here.exp_id], Kind.STUDY, newest_first=True, limit=2))
+    previous = next((p for p in invocations if p.run_id != here.parent), None)
+    if previous is not None:
+        dropped = [run.name for run in read_runs(here.client, [here.exp_id], Kind.TRIAL, "KILLED")
+                   if run.parent_id == previous.run_id and run.config_hash not in planned]
+        if dropped:
+            print(f"no longer planned (the study file changed their configs, or removed them): "
+                  f"{', '.join(dropped)}; their runs stay KILLED, with the epochs they logged")
+    return carried, started_with
+
+
 def close_quietly(tracker: MlflowTracker) -> None:
     """A Ctrl-C that reached fit itself (before Tune could take it, or a second one): the runs of the trials begun
     end KILLED now rather than RUNNING until the next invocation; best effort, since the store may be what
@@ -183,6 +231,13 @@ def run_on_tune(study: Study, trials: list[Trial], to_run: list[Trial], options:
         print(why_not)
     tracker = MlflowTracker(options.tracking_uri, here.exp_id, here.parent, study, here.code, book.describe,
                             experiment.uri, options.tracking_patience)
+    if resume:
+        book.alias(experiment.planned_hashes() or {})
+    elif not (options.fresh or options.rerun or study.spec.search):
+        carried, started_with = carried_over(here, study, trials, to_run)
+        book.carried = {name: checkpoint for name, (_, checkpoint) in carried.items()}
+        book.carried_with = started_with
+        tracker.carried = {name: run_id for name, (run_id, _) in carried.items()}
     try:
         with interrupts.deferred():  # cut inside ray.init, Ray is left half started and the driver crashes at exit
             start_ray(options.address, study.spec.resources, options.verbose)

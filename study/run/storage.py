@@ -50,10 +50,12 @@ class Experiment:
         self.fs.move(self.fs_path, aside)
         return aside
 
-    def write_plan(self, trial_names: list[str], resources: dict[str, float]) -> None:
+    def write_plan(self, trials: list[Trial], resources: dict[str, float]) -> None:
         self.fs.create_dir(self.fs_path, recursive=True)
+        plan = {"trials": [t.name for t in trials], "hashes": {t.name: t.config_hash for t in trials},
+                "resources": resources}
         with self.fs.open_output_stream(f"{self.fs_path}/{PLAN_FILE}") as out:
-            out.write(json.dumps({"trials": trial_names, "resources": resources}).encode())
+            out.write(json.dumps(plan).encode())
 
     def plan(self) -> dict:
         """The plan file's contents; {} when the experiment holds none (or it does not read)."""
@@ -68,6 +70,22 @@ class Experiment:
         """The trial names this experiment was created with; None when it holds no plan (or a search)."""
         trials = self.plan().get("trials")
         return set(trials) if isinstance(trials, list) else None
+
+    def planned_hashes(self) -> Optional[dict[str, str]]:
+        """Each trial name's config hash as the experiment was created; None for one made before they were recorded."""
+        hashes = self.plan().get("hashes")
+        return hashes if isinstance(hashes, dict) else None
+
+    def checkpoint_at(self, ray_trial_id: str, epoch: int) -> Optional[str]:
+        """The newest checkpoint a trial of this experiment (its folder: `study.run.tuner.trial_folder`) saved at or
+        before `epoch` (Tune numbers them from 0), as a URI (a path for a local storage); None if there is none."""
+        try:
+            found = self.fs.get_file_info(pafs.FileSelector(f"{self.fs_path}/{ray_trial_id}"))
+        except (OSError, FileNotFoundError):
+            return None
+        names = sorted(i.base_name for i in found if i.type == pafs.FileType.Directory
+                       and i.base_name.startswith("checkpoint_") and i.base_name <= f"checkpoint_{epoch - 1:06d}")
+        return f"{self.uri}/{ray_trial_id}/{names[-1]}" if names else None
 
     def planned_resources(self) -> Optional[dict[str, float]]:
         """Each trial's resources ({"cpu": 1.0, "gpu": 0.0}) as the experiment was created with them; None for

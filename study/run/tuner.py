@@ -29,6 +29,16 @@ class TrialBook:
     def __init__(self, study: Study, trials: list[Trial]):
         self.base = search_base(study) if study.spec.search is not None else {}
         self.trials = {t.name: t for t in trials}
+        self.carried: dict[str, str] = {}  # trial name -> the checkpoint (storage URI) its interrupted trial left
+        self.carried_with: Optional[dict[str, float]] = None  # the resources the carried trials started with
+
+    def alias(self, hashes: dict[str, str]) -> None:
+        """Let the names a restored experiment was planned with (name -> config hash) stand for the trials of the
+        same configs now: a variant renamed in the study file is the same trial."""
+        by_hash = {t.config_hash: t for t in self.trials.values()}
+        for name, digest in hashes.items():
+            if name not in self.trials and digest in by_hash:
+                self.trials[name] = by_hash[digest]
 
     def describe(self, tune_config: dict) -> Trial:
         """The trial a Tune config stands for: a planned one, or a search sample made a Trial."""
@@ -96,8 +106,9 @@ def resumable(experiment: Experiment, to_run: list[Trial], search: bool) -> tupl
         return False, ""
     if search:
         return True, ""
-    planned = experiment.planned_trials()
-    left_out = [t.name for t in to_run if planned is None or t.name not in planned]
+    hashes = experiment.planned_hashes()
+    planned = set(hashes.values()) if hashes is not None else experiment.planned_trials()
+    left_out = [t.name for t in to_run if planned is None or (t.config_hash if hashes is not None else t.name) not in planned]
     if left_out:
         return False, (f"the Ray experiment {experiment.uri} was made for fewer trials than are to run now "
                        f"({', '.join(left_out[:3])}{' ...' if len(left_out) > 3 else ''} not among them; "
@@ -190,10 +201,15 @@ def build_tuner(study: Study, to_run: list[Trial], book: TrialBook, experiment: 
             print(note)
         replace_callbacks(tuner, callbacks, verbosity)
         return tuner
-    fn = tune.with_resources(tune.with_parameters(trainable, book=book), now)
+    # trials carrying on from an earlier experiment's checkpoints keep that experiment's resources, as restored ones do
+    resources = TrialResources(now, book.carried_with, tuple({"trial": name} for name in book.carried))
+    note = resources.kept_note(list(book.carried))
+    if note:
+        print(note)
+    fn = tune.with_resources(tune.with_parameters(trainable, book=book), resources)
     if experiment.exists():  # an earlier, finished or abandoned, experiment of this plan: keep it aside
         experiment.set_aside()
-    experiment.write_plan([t.name for t in to_run], now)
+    experiment.write_plan(to_run, now)
     run_config = tune.RunConfig(
         name=experiment.name, storage_path=experiment.storage, callbacks=callbacks, verbose=verbosity,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),

@@ -36,6 +36,15 @@ def checkpoint_states(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
     return [checkpoint] + [tune.Checkpoint(path, fs) for path in sorted(older, reverse=True)]
 
 
+def carried_checkpoint(uri: Optional[str]) -> Optional[tune.Checkpoint]:
+    """The checkpoint at `uri` (a storage URI or path), of an interrupted trial of an earlier Ray experiment this
+    trial carries on from (the study file changed, its config did not), or None."""
+    if uri is None:
+        return None
+    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+    return tune.Checkpoint(path, fs)
+
+
 def readable_state(checkpoint: tune.Checkpoint) -> tuple[Optional[dict], str]:
     """(the newest checkpoint state that loads, a note naming each newer one that did not, or "").
 
@@ -98,7 +107,7 @@ def trainable(tune_config: dict, book: TrialBook) -> None:
     if gpus:
         where[Reported.GPU_IDS] = gpus
     resume_state, note = None, ""
-    checkpoint = tune.get_checkpoint()
+    checkpoint = tune.get_checkpoint() or carried_checkpoint(book.carried.get(book.describe(tune_config).name))
     if checkpoint is not None:
         resume_state, note = readable_state(checkpoint)
         if note:

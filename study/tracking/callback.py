@@ -16,7 +16,7 @@ from ray.tune import Callback, Checkpoint
 
 from isnm import metrics
 from study.errors import last_line
-from study.records import Artifact, Reported, Tag, read_runs
+from study.records import Artifact, Reported, RunRecord, Tag, read_runs
 from study.spec.config import Study
 from study.spec.plan import Trial
 from study.tracking.provenance import CodeState, environment_tags
@@ -86,6 +86,7 @@ class MlflowTracker(Callback):
         self.client: Optional[PatientClient] = None
         self.backlog: Optional[Backlog] = None
         self.trials: dict[str, TrialLog] = {}  # by Ray trial id
+        self.carried: dict[str, str] = {}  # trial name -> the run of its interrupted trial in an earlier experiment
 
     def setup(self, **info) -> None:
         advice = (f", and its checkpoints are kept in {self.ray_path}: once the server answers, run the same command "
@@ -100,6 +101,10 @@ class MlflowTracker(Callback):
         trial = self.describe(tune_config)
         existing = next(read_runs(self.client, [self.exp_id], limit=1, ray_trial_id=trial_id,
                                   ray_experiment=self.ray_path), None)
+        if existing is None and trial.name in self.carried:  # carries on from a checkpoint of an earlier plan
+            existing = RunRecord.of(self.client.get_run(self.carried[trial.name]))
+            self.client.set_tag(existing.run_id, Tag.RAY_TRIAL_ID, trial_id)
+            self.client.set_tag(existing.run_id, Tag.RAY_EXPERIMENT, self.ray_path)
         if existing is None:
             extra = {Tag.RAY_TRIAL_ID: trial_id, Tag.RAY_EXPERIMENT: self.ray_path, Tag.PROFILE: self.study.profile or "",
                      **place_tags(self.study, trial)}
@@ -112,6 +117,9 @@ class MlflowTracker(Callback):
         else:  # the experiment was restored after its driver stopped: continue that run
             self.client.update_run(existing.run_id, status="RUNNING")
             self.client.set_tag(existing.run_id, Tag.PARENT, self.parent_id)
+            if existing.name != trial.name:  # a variant renamed in the study file: the same config, so the same trial
+                self.client.update_run(existing.run_id, name=trial.name)
+                self.client.set_tag(existing.run_id, Tag.VARIANT, trial.variant)
             if Tag.INTERRUPTED in existing.tags:
                 self.client.delete_tag(existing.run_id, Tag.INTERRUPTED)
             nodes = existing.tags.get(Tag.RAY_NODES)
