@@ -126,3 +126,26 @@ def test_newest_finished_takes_each_hash_newest_finished_trial_run():
 def test_code_labels():
     assert code_label("0123456789" * 4, False) == "0123456"
     assert record("r", 1, dirty=True).code == "aaaaaaa+dirty"
+
+
+def test_histories_read_in_bulk_equal_a_run_a_call(store):
+    from study.records import histories
+
+    client, exp, _ = store
+    runs = [client.create_run(exp).info.run_id for _ in range(3)]
+    for i, run in enumerate(runs):
+        for step in (3, 1, 2):  # logged out of order: histories come back by step
+            client.log_metric(run, "test_acc", 0.1 * step + i, step=step)
+    empty = client.create_run(exp).info.run_id
+    one_call_each = {r: sorted(client.get_metric_history(r, "test_acc"), key=lambda m: m.step) for r in runs + [empty]}
+
+    class OneRunACall:  # a client whose store reads no bulk (a tracking server's)
+        get_metric_history = staticmethod(client.get_metric_history)
+
+    for reader in (client, OneRunACall()):
+        read = histories(reader, runs + [empty], "test_acc")
+        assert {r: [(m.step, m.value) for m in h] for r, h in read.items()} == {
+            r: [(m.step, m.value) for m in h] for r, h in one_call_each.items()}
+    assert [m.step for m in histories(client, runs, "test_acc")[runs[0]]] == [1, 2, 3]
+    # the bulk read a report on a sqlite or PostgreSQL store takes; gone in a new MLflow, reports slow down 2x
+    assert callable(client._tracking_client.store.get_metric_history_bulk)

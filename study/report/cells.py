@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from isnm import metrics
 from study.errors import StudyError
-from study.records import AT_TIMESTEPS, METRICS, RunRecord, Tag, newest_finished
-from study.spec.config import Study, Table
-from study.spec.plan import Trial, key_value, plan_trials
+from study.records import AT_TIMESTEPS, METRICS, RunRecord, Tag, histories, newest_finished
+from study.spec.config import Table
+from study.spec.plan import Trial, key_value
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -63,21 +63,29 @@ class Cell:
         return [s.run_id for s in self.sources]
 
 
-def metric_value(client: MlflowClient, run: RunRecord, metric: str, stat: str) -> float:
-    """A run's final value of `metric`, or its best epoch's. The best epoch of test_acc is the one with the
-    best val_acc (the earliest of ties): choosing it by test accuracy would report a number selected on
-    the very data that measures it."""
+def needed_histories(metric: str, stat: str) -> list[str]:
+    """The metrics whose histories `metric_value` reads: none for the final value."""
+    if stat == "final":
+        return []
+    return [metrics.VAL_ACC, metrics.TEST_ACC] if metric == metrics.TEST_ACC else [metric]
+
+
+def metric_value(logged: dict[str, dict[str, list]], run: RunRecord, metric: str, stat: str) -> float:
+    """A run's final value of `metric`, or its best epoch's, from the histories `logged` ({metric: {run id:
+    history}}, those `needed_histories` names). The best epoch of test_acc is the one with the best val_acc (the
+    earliest of ties): choosing it by test accuracy would report a number selected on the very data that measures
+    it."""
     if stat == "final":
         return run.metrics[metric]
     if metric != metrics.TEST_ACC:
-        history = [m.value for m in client.get_metric_history(run.run_id, metric)]
+        history = [m.value for m in logged[metric][run.run_id]]
         return max(history) if METRICS[metric].maximize else min(history)
-    val = sorted(client.get_metric_history(run.run_id, metrics.VAL_ACC), key=lambda m: m.step)
+    val = logged[metrics.VAL_ACC][run.run_id]
     if not val:
         raise StudyError(f"--stat best picks each run's epoch by {metrics.VAL_ACC}, which run {run.run_id} lacks "
                          f"(trained with validation: 0); use --stat final")
     chosen = max(val, key=lambda m: m.value).step  # max keeps the first of equal values
-    test = {m.step: m.value for m in client.get_metric_history(run.run_id, metrics.TEST_ACC)}
+    test = {m.step: m.value for m in logged[metrics.TEST_ACC][run.run_id]}
     return test[chosen]
 
 
@@ -101,10 +109,10 @@ def extra_metrics(table: Table) -> list[str]:
     return table.extra + ([metrics.ENERGY_ANN] if metrics.ENERGY in table.extra else [])
 
 
-def table_cells(client: MlflowClient, study: Study, children: list[RunRecord], table: Table, metric: str,
+def table_cells(client: MlflowClient, trials: list[Trial], children: list[RunRecord], table: Table, metric: str,
                 stat: str) -> tuple[list[Cell], Counter[Status]]:
     """The table's cells in plan order, each with its finished runs' values of `metric` (and of test_acc at each
-    T they were evaluated at, and the final `extra_metrics`), and how many of the planned trials are in each
+    T they were evaluated at, and the final `extra_metrics`), and how many of the planned `trials` are in each
     state. `children` are the study's trial runs."""
     cells: dict[tuple, Cell] = {}
     counts: Counter[Status] = Counter()
@@ -112,7 +120,9 @@ def table_cells(client: MlflowClient, study: Study, children: list[RunRecord], t
     for run in children:
         by_hash.setdefault(run.config_hash, []).append(run)
     finished = newest_finished(children)
-    for trial in plan_trials(study):
+    wanted = [finished[t.config_hash].run_id for t in trials if t.config_hash in finished]
+    logged = {key: histories(client, wanted, key) for key in needed_histories(metric, stat)}
+    for trial in trials:
         key = tuple(key_value(trial, k) for k in table.keys)
         cell = cells.setdefault(key, Cell(key, constants={k: key_value(trial, k) for k in table.constants}))
         cell.planned += 1
@@ -122,7 +132,7 @@ def table_cells(client: MlflowClient, study: Study, children: list[RunRecord], t
         if run is None:
             continue
         if metric in run.metrics:
-            cell.sources.append(source_of(run, trial, metric_value(client, run, metric, stat)))
+            cell.sources.append(source_of(run, trial, metric_value(logged, run, metric, stat)))
         for name in extra_metrics(table):
             if name in run.metrics:
                 cell.extras.setdefault(name, []).append(run.metrics[name])

@@ -85,7 +85,8 @@ def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: O
     children = [run for run in read_runs(client, [exp.experiment_id], Kind.TRIAL) if run.parent_id]
     table = study.spec.table or Table()
     shown = [metric] if metric else table.metrics
-    parts = [f"# {study.name}", study.spec.description, setting_line(study)]
+    trials = plan_trials(study) if study.spec.search is None else []
+    parts = [f"# {study.name}", study.spec.description, setting_line(study, trials)]
     plots: list[Path] = []
     if study.spec.search is not None:
         parts.append(f"## Leaderboard (ranked by final {study.spec.search.metric}; test accuracy of the final "
@@ -94,7 +95,7 @@ def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: O
         level = "###" if len(shown) > 1 else "##"  # with several metrics, a section each above the splits
         by_metric: dict[str, list[Cell]] = {}
         for metric in shown:
-            cells, counts = table_cells(client, study, children, table, metric, stat)
+            cells, counts = table_cells(client, trials, children, table, metric, stat)
             by_metric[metric] = cells
             if len(shown) > 1:
                 parts.append(f"## {METRICS[metric].header}")
@@ -122,7 +123,7 @@ def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: O
         firing = out / f"{study.name}-firing.png"
         if any(c.run_ids for c in cells):
             plot_curves(client, cells, table, shown, curves)
-            plot_schedule(client, cells, {t.config_hash: t.config for t in plan_trials(study)}, schedule)
+            plot_schedule(client, cells, {t.config_hash: t.config for t in trials}, schedule)
             plots = [curves, schedule]
             parts.append(f"![{', '.join(shown)} per epoch]({curves.name})\n\n![surrogate schedule]({schedule.name})")
             if plot_firing(children, cells, table, firing):

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from isnm import metrics
-from study.records import LAYER_RATE, METRICS, RunRecord
+from study.records import LAYER_RATE, METRICS, RunRecord, histories
 from study.report.cells import Cell
 from study.report.tables import scaled
 from study.spec.config import Table
@@ -27,11 +27,11 @@ def plot_curves(client: MlflowClient, cells: list[Cell], table: Table, metrics: 
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(7 * len(metrics), 4.2), squeeze=False)
     for metric, ax in zip(metrics, axes[0]):
+        logged = histories(client, [r for cell in cells for r in cell.run_ids], metric)
         for cell in cells:
             if not cell.run_ids:
                 continue
-            histories = [sorted(client.get_metric_history(r, metric), key=lambda m: m.step) for r in cell.run_ids]
-            series = [[scaled(m.value, metric) for m in history] for history in histories]
+            series = [[scaled(m.value, metric) for m in logged[r]] for r in cell.run_ids]
             length = min(len(s) for s in series)
             data = np.array([s[:length] for s in series])
             epochs = np.arange(1, length + 1)

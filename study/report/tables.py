@@ -16,7 +16,7 @@ from study.records import METRICS
 from study.report.cells import Cell, Status
 from study.report.stats import mean_std, welch
 from study.spec.config import Study, Table
-from study.spec.plan import plan_trials
+from study.spec.plan import Trial
 
 DASH = "—"
 
@@ -211,9 +211,9 @@ def differences(cells: list[Cell], table: Table, metric: str, split_value: tuple
     return title, markdown_table(head + [f"95% CI{pp}", "p (Welch)"], rows)
 
 
-def setting_line(study: Study) -> str:
-    """What our numbers were trained on, over all planned trials (a search: its base)."""
-    configs = [t.config for t in plan_trials(study)] if study.spec.search is None else [study.base]
+def setting_line(study: Study, trials: list[Trial]) -> str:
+    """What our numbers were trained on, over the planned `trials` (a search, which plans none: its base)."""
+    configs = [t.config for t in trials] or [study.base]
 
     def values(key: str) -> str:
         return "/".join(str(v) for v in dict.fromkeys(c[key] for c in configs))
