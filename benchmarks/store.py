@@ -4,9 +4,10 @@ python -m benchmarks.store [--runs 1500 3000] [--folder DIR]
 
 For each size it builds (once, kept in --folder) a sqlite store holding one study of that many finished trial runs,
 written by the tool's own writers (`create_trial_run`, `log_epoch`) with synthetic values: 20 epochs of the 13
-metrics a trial logs. Then, each in a fresh process, it times `python -m study.report` (its peak memory too) and
-the cache lookup `study.run` makes (`finished_runs` over every planned config hash), and prints the seconds, the
-memory and the growth ratio t(larger) / t(smaller): 2 is linear in the runs.
+metrics a trial logs. Then, each in a fresh process, it times `python -m study.report` (its peak memory too), the
+cache lookup `study.run` makes (`finished_runs` over every planned config hash), and, in a copy of the store,
+copying every run into another study of the same configs as `study.run` does, and prints the seconds, the memory
+and the growth ratio t(larger) / t(smaller): 2 is linear in the runs.
 """
 from __future__ import annotations
 
@@ -106,6 +107,34 @@ def report_cost(uri: str, out: Path) -> tuple[float, float]:
     return float(seconds), float(memory)
 
 
+COPIES = """
+import shutil, sys, tempfile, time
+from pathlib import Path
+import yaml
+from mlflow.tracking import MlflowClient
+from study.spec.config import load_study
+from study.spec.plan import plan_trials
+from study.tracking.cache import copy_cached_runs, finished_runs
+from study.tracking.provenance import CodeState
+from study.tracking.store import experiment_id
+from study.tracking.writers import start_parent_run
+folder = Path(tempfile.mkdtemp())
+shutil.copy(sys.argv[1], folder / "mlflow.db")  # the benchmark's store stays as built
+uri = f"sqlite:///{folder / 'mlflow.db'}"
+spec = {**yaml.safe_load(Path(sys.argv[2]).read_text()), "name": "another"}
+(folder / "another.yaml").write_text(yaml.safe_dump(spec))
+study, client = load_study(folder / "another.yaml"), MlflowClient(uri)
+trials = plan_trials(study)
+began = time.perf_counter()
+cached = finished_runs(client, {t.config_hash for t in trials})
+parent = start_parent_run(client, experiment_id(client, "another", uri), study, CodeState("0" * 40, False, ""), "x")
+copy_cached_runs(client, [(t, cached[t.config_hash]) for t in trials], client.get_experiment_by_name("another").experiment_id,
+                 parent, "another")
+print(time.perf_counter() - began)
+shutil.rmtree(folder)
+"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, nargs=2, default=[1500, 3000])
@@ -118,11 +147,14 @@ def main() -> None:
         report, memory = report_cost(uri, args.folder / "reports")
         lookup = float(subprocess.run([sys.executable, "-c", CACHE_LOOKUP, uri, str(path)], check=True,
                                       capture_output=True, text=True, timeout=1800).stdout.split()[-1])
-        rows.append((runs, report, memory, lookup))
-        print(f"{runs} runs: study.report {report:.1f} s (peak {memory:.0f} MiB), cache lookup {lookup:.2f} s",
-              flush=True)
-    (small, t_small, _, l_small), (large, t_large, _, l_large) = rows
-    print(f"growth t({large}) / t({small}): study.report {t_large / t_small:.2f}, cache lookup {l_large / l_small:.2f}")
+        copies = float(subprocess.run([sys.executable, "-c", COPIES, str(uri[len("sqlite:///"):]), str(path)],
+                                      check=True, capture_output=True, text=True, timeout=3600).stdout.split()[-1])
+        rows.append((runs, report, memory, lookup, copies))
+        print(f"{runs} runs: study.report {report:.1f} s (peak {memory:.0f} MiB), cache lookup {lookup:.2f} s, "
+              f"every run copied into another study {copies:.0f} s ({1000 * copies / runs:.0f} ms a copy)", flush=True)
+    (small, t_small, _, l_small, c_small), (large, t_large, _, l_large, c_large) = rows
+    print(f"growth t({large}) / t({small}): study.report {t_large / t_small:.2f}, cache lookup {l_large / l_small:.2f}, "
+          f"copies {c_large / c_small:.2f}")
 
 
 if __name__ == "__main__":

@@ -271,6 +271,8 @@ def histories(client: MlflowClient, run_ids: list[str], key: str) -> dict[str, l
     once, as it does for its UI, so those are read HISTORY_RUNS_PER_QUERY runs a query. The store is reached through
     the client's `_tracking_client.store`, which MLflow does not document: any other store, or an MLflow without
     it, is read a run a call."""
+    from mlflow.entities import Metric as Logged
+
     store = getattr(getattr(client, "_tracking_client", None), "store", None)
     bulk = getattr(store, "get_metric_history_bulk", None)
     found: dict[str, list] = {run_id: [] for run_id in run_ids}
@@ -280,8 +282,8 @@ def histories(client: MlflowClient, run_ids: list[str], key: str) -> dict[str, l
     else:
         ids = list(found)
         for start in range(0, len(ids), HISTORY_RUNS_PER_QUERY):
-            for row in bulk(ids[start:start + HISTORY_RUNS_PER_QUERY], key, None):
-                found[row.run_id].append(row)  # a Metric that also names its run
+            for row in bulk(ids[start:start + HISTORY_RUNS_PER_QUERY], key, None):  # Metrics that name their run
+                found[row.run_id].append(Logged(row.key, row.value, row.timestamp, row.step))
     return {run_id: sorted(history, key=lambda metric: metric.step) for run_id, history in found.items()}
 
 

@@ -4,7 +4,7 @@ import pytest
 from study.records import Kind, Tag, read_runs
 from study.spec.config import load_study
 from study.spec.plan import plan_trials
-from study.tracking.cache import copy_cached_run, finished_runs
+from study.tracking.cache import copy_cached_runs, finished_runs
 from study.tracking.store import experiment_id
 from study.tracking.writers import close_dangling_runs, start_parent_run
 from tests.stores import CODE, STUDY, write_spec, write_store
@@ -30,7 +30,7 @@ def test_a_copy_cut_short_is_removed_and_one_left_running_is_removed_by_the_next
 
     client.log_batch = interrupted
     with pytest.raises(KeyboardInterrupt):
-        copy_cached_run(client, source, exp, parent, "other", trial)
+        copy_cached_runs(client, [(trial, source)], exp, parent, "other")
     client.log_batch = log_batch
     assert calls["n"] == 2 and list(read_runs(client, [exp], Kind.TRIAL)) == []  # nothing half made is left
 
@@ -38,14 +38,15 @@ def test_a_copy_cut_short_is_removed_and_one_left_running_is_removed_by_the_next
     client.delete_run = lambda run_id: (_ for _ in ()).throw(ConnectionError("store away"))
     with pytest.raises(KeyboardInterrupt):
         client.log_batch = interrupted
-        copy_cached_run(client, source, exp, parent, "other", trial)
+        copy_cached_runs(client, [(trial, source)], exp, parent, "other")
     client.log_batch = log_batch
     del client.delete_run
     (half,) = read_runs(client, [exp], Kind.TRIAL)
     assert half.status == "RUNNING" and half.tags[Tag.CACHED_FROM] == source.run_id
     assert close_dangling_runs(client, exp, "a later ray experiment") == 1
     assert list(read_runs(client, [exp], Kind.TRIAL)) == []
-    copy = copy_cached_run(client, source, exp, parent, "other", trial)
+    copy_cached_runs(client, [(trial, source)], exp, parent, "other")
+    (copy,) = [run.run_id for run in read_runs(client, [exp], Kind.TRIAL)]
     assert client.get_run(copy).info.status == "FINISHED"
     assert [(m.step, m.value) for m in client.get_metric_history(copy, "test_acc")] == [
         (m.step, m.value) for m in client.get_metric_history(source.run_id, "test_acc")]

@@ -23,7 +23,7 @@ from study.run.storage import Experiment, experiment_at
 from study.run.tuner import TrialBook, build_tuner, resumable
 from study.spec.config import Study, Table
 from study.spec.plan import Trial
-from study.tracking.cache import copy_cached_run, finished_runs
+from study.tracking.cache import copy_cached_runs, finished_runs
 from study.tracking.callback import MlflowTracker
 from study.tracking.provenance import CodeState, warn_if_dirty
 from study.tracking.store import UI_PORT, open_store, served, show_layout, ui_base, ui_command, ui_url
@@ -153,10 +153,12 @@ def copy_cached(study: Study, trials: list[Trial], here: Invocation) -> set[str]
     if copies:
         print(f"copying {plural(len(copies), 'finished run')} of the same configs from other studies", flush=True)
     began = time.monotonic()
-    for done, (trial, source) in enumerate(copies, start=1):
-        copy_cached_run(here.client, source, here.exp_id, here.parent, study.name, trial)
+
+    def copied(done: int) -> None:
         if done % COPIES_PER_LINE == 0 and done < len(copies):
             print(f"  {done} of {len(copies)} copied, {time.monotonic() - began:.0f}s", flush=True)
+
+    copy_cached_runs(here.client, copies, here.exp_id, here.parent, study.name, copied)
     return set(cached)
 
 
