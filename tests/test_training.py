@@ -123,3 +123,32 @@ def test_evaluation_measures_the_network_that_trained():
         batch_stats = sum((model(x).argmax(1) == y).sum().item() for x, y in batches(data.test_x, data.test_y, 64))
     assert final["test_acc"] > 0.9
     assert abs(final["test_acc"] - batch_stats / len(data.test_y)) < 0.03
+
+
+def test_a_seed_pairs_two_variants_same_initial_weights_same_batches(monkeypatch):
+    """What makes the report's paired test right (study.report.cells.pairing_of): variants of one seed, network and
+    data start from identical weights and see identical batches, in the same order."""
+    import isnm.training
+
+    seen = []
+
+    def step(model, optimizer, x, y, loss_fn, precision):
+        if not seen[-1]["weights"]:  # the weights before the first step
+            seen[-1]["weights"] = {k: v.clone() for k, v in model.state_dict().items()}
+        seen[-1]["batches"].append((x.clone(), y.clone()))
+        return train_step(model, optimizer, x, y, loss_fn, precision)
+
+    train_step = isnm.training.train_step
+    monkeypatch.setattr(isnm.training, "train_step", step)
+    base = {"dataset": "digits", "arch": "tiny", "width": 0.25, "timesteps": 2, "epochs": 2, "batch_size": 256,
+            "kernel": "eager", "bn_recalibration": 0}
+    for overrides in ({"seed": 3}, {"seed": 3, "neuron": {"reset": "soft"}, "surrogate": {"schedule": "fixed"}},
+                      {"seed": 4}):
+        seen.append({"weights": {}, "batches": []})
+        train({**base, **overrides})
+    hard, soft, other_seed = seen
+    for a, b, same in ((hard, soft, True), (hard, other_seed, False)):
+        assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"]) == same
+        assert len(a["batches"]) == len(b["batches"]) == 2 * 5  # 2 epochs of 5 batches (1,213 images, 256 a batch)
+        assert all(torch.equal(xa, xb) and torch.equal(ya, yb)
+                   for (xa, ya), (xb, yb) in zip(a["batches"], b["batches"])) == same

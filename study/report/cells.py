@@ -43,6 +43,7 @@ class Source:
     torch: str
     device: str
     value: float
+    pairing: tuple = ()  # what must agree for two runs of one seed to be a matched pair (`pairing_of`)
 
 
 @dataclass
@@ -89,9 +90,21 @@ def metric_value(logged: dict[str, dict[str, list]], run: RunRecord, metric: str
     return test[chosen]
 
 
+PAIRING_KEYS = ("arch", "width", "dataset", "batch_size", "validation")
+
+
+def pairing_of(config: dict, device: str) -> tuple:
+    """What a seed fixes only together with: the network (its initial weights are drawn from the seed), the data and
+    its split, the batches (their order is drawn from the seed by a generator on the device trained on, so a GPU's
+    order is not a CPU's). Two runs of one seed that agree on these start from the same weights and see the same
+    batches (tests/test_training.py), so the seed pairs them."""
+    return (*(config[k] for k in PAIRING_KEYS), "cpu" if device.startswith("CPU") else "cuda")
+
+
 def source_of(run: RunRecord, trial: Trial, value: float) -> Source:
+    device = run.tag(Tag.ENVIRONMENT + "device")
     return Source(run.run_id, trial.variant, trial.seed, trial.config_hash, run.code,
-                  run.tag(Tag.ENVIRONMENT + "torch"), run.tag(Tag.ENVIRONMENT + "device"), value)
+                  run.tag(Tag.ENVIRONMENT + "torch"), device, value, pairing_of(trial.config, device))
 
 
 def trial_status(runs: list[RunRecord], finished: Optional[RunRecord]) -> Status:

@@ -1,7 +1,18 @@
-"""The statistics a report prints: mean ± sample std over seeds, and Welch's t between two rows."""
+"""The statistics a report prints: mean ± sample std over seeds; the difference of two rows with its 95% CI and
+p-value, by a paired t-test where the seeds pair the runs and by Welch's t otherwise; Holm's adjustment of a
+table's p-values; the smallest difference a table could detect.
+
+Student's t and the noncentral t come from `scipy.special` (what `scipy.stats` calls, without the 50 MB and the
+second `scipy.stats` takes to import); tests/test_stats.py holds each result to scipy.stats and statsmodels'
+published answers.
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+ALPHA = 0.05
+POWER = 0.8  # of the smallest detectable difference
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -12,16 +23,70 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
-def welch(a: list[float], b: list[float]) -> tuple[float, float, float, float]:
-    """mean(b) - mean(a), its 95% confidence interval (low, high) and the two-sided p-value, by Welch's t."""
-    from scipy.special import stdtr, stdtrit  # Student's t CDF and its inverse: what scipy.stats.t calls, without
-    # the 50 MB and the second scipy.stats takes to import
+@dataclass(frozen=True)
+class Difference:
+    """mean(b) - mean(a), its 95% confidence interval, the two-sided p-value, and how they were made."""
+    diff: float
+    low: float
+    high: float
+    p: float
+    test: str  # "paired" or "Welch"
+    df: float  # the t-test's degrees of freedom
+    se: float  # the difference's standard error
 
+
+def from_t(diff: float, se: float, df: float, test: str) -> Difference:
+    from scipy.special import stdtr, stdtrit  # Student's t CDF and its inverse
+
+    if se == 0:
+        return Difference(diff, diff, diff, 1.0 if diff == 0 else 0.0, test, df, se)
+    half = float(stdtrit(df, 1 - ALPHA / 2)) * se
+    return Difference(diff, diff - half, diff + half, float(2 * stdtr(df, -abs(diff / se))), test, df, se)
+
+
+def welch(a: list[float], b: list[float]) -> Difference:
+    """mean(b) - mean(a) by Welch's t (unequal variances, independent samples; each at least 2 values)."""
     (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
     va, vb = sa ** 2 / len(a), sb ** 2 / len(b)
-    diff, se = mb - ma, math.sqrt(va + vb)
-    if se == 0:
-        return diff, diff, diff, (1.0 if diff == 0 else 0.0)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    half = float(stdtrit(df, 0.975)) * se
-    return diff, diff - half, diff + half, float(2 * stdtr(df, -abs(diff / se)))
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if se else len(a) + len(b) - 2
+    return from_t(mb - ma, se, df, "Welch")
+
+
+def paired(a: list[float], b: list[float]) -> Difference:
+    """mean(b - a) by the paired t-test: a[i] and b[i] are one seed's two runs (at least 2 pairs)."""
+    mean, std = mean_std([y - x for x, y in zip(a, b)])
+    return from_t(mean, std / math.sqrt(len(a)), len(a) - 1, "paired")
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the order given: the i-th smallest of m times (m - i + 1), never
+    below an adjusted one before it, at most 1."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    adjusted, running = [1.0] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def detectable(d: Difference, alpha: float, power: float = POWER) -> float:
+    """The smallest true difference the test of `d` detects with probability `power` at level `alpha`, two-sided,
+    with `d`'s standard error and degrees of freedom: the noncentral t's noncentrality at that power, times se."""
+    from scipy.optimize import brentq
+    from scipy.special import nctdtr, stdtrit
+
+    if d.se == 0:
+        return 0.0
+    critical = float(stdtrit(d.df, 1 - alpha / 2))
+
+    def short_of(ncp: float) -> float:  # power at noncentrality ncp, less the power wanted
+        below = float(nctdtr(d.df, ncp, -critical))  # the far tail: nan once it underflows
+        return 1 - float(nctdtr(d.df, ncp, critical)) + (0.0 if math.isnan(below) else below) - power
+
+    high = critical + 10.0  # enough unless df is tiny (heavy tails): then widened, at most 20 times
+    for _ in range(20):
+        if short_of(high) > 0:
+            break
+        high *= 2
+    return brentq(short_of, 0.0, high) * d.se

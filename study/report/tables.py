@@ -14,7 +14,7 @@ from isnm import metrics
 from study.markdown import markdown_table
 from study.records import METRICS
 from study.report.cells import Cell, Status
-from study.report.stats import mean_std, welch
+from study.report.stats import ALPHA, Difference, detectable, holm, mean_std, paired, welch
 from study.spec.config import Study, Table
 from study.spec.plan import Trial
 
@@ -159,25 +159,57 @@ def render_table(cells: list[Cell], table: Table, metric: str, split_value: tupl
     return markdown_table(head, lines)
 
 
-def welch_cells(reference: Cell, cell: Cell, metric: str) -> list[str]:
-    """[difference of cell's mean to reference's, its 95% CI (Welch), p-value], dashes if either has < 2 seeds."""
-    a, b = ([scaled(v, metric) for v in c.values] for c in (reference, cell))
-    if len(a) < 2 or len(b) < 2:
-        return [DASH, DASH, DASH]
-    diff, low, high, p = welch(a, b)
-    return [signed(diff, metric), f"[{signed(low, metric)}, {signed(high, metric)}]",
-            "< 0.001" if p < 0.001 else f"{p:.3f}"]
+def compared(reference: Cell, cell: Cell, metric: str) -> Optional[Difference]:
+    """cell's mean less reference's, with its CI and p: paired where the two rows have the same seeds and each seed
+    pairs its two runs (`pairing_of`), by Welch's t otherwise; None if either has fewer than 2 seeds."""
+    if len(reference.sources) < 2 or len(cell.sources) < 2:
+        return None
+    a, b = ({s.seed: s for s in c.sources} for c in (reference, cell))
+    if a.keys() == b.keys() and all(a[seed].pairing == b[seed].pairing for seed in a):
+        seeds = sorted(a)
+        return paired([scaled(a[s].value, metric) for s in seeds], [scaled(b[s].value, metric) for s in seeds])
+    return welch([scaled(v, metric) for v in reference.values], [scaled(v, metric) for v in cell.values])
+
+
+def p_text(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def comparison_cells(d: Optional[Difference], adjusted: Optional[float], metric: str) -> list[str]:
+    if d is None:
+        return [DASH] * 5
+    return [signed(d.diff, metric), f"[{signed(d.low, metric)}, {signed(d.high, metric)}]", p_text(d.p),
+            p_text(adjusted), d.test]
+
+
+def detectable_line(found: list[Difference], metric: str) -> str:
+    """The smallest difference every comparison of the table detects with 80% power at Holm's strictest level
+    (alpha / k), from each comparison's observed spread and seeds; and how many differences are smaller."""
+    k = len(found)
+    smallest = max(detectable(d, ALPHA / k) for d in found)
+    strictest = f"α = {ALPHA:g}" if k == 1 else f"Holm's strictest α = {ALPHA:g}/{k}"
+    pp = " pp" if unit(metric) else ""
+    line = (f"Smallest difference each comparison detects with 80% power ({strictest}, two-sided; from the observed "
+            f"spread and seeds): {number(smallest, metric)}{pp}.")
+    under = sum(abs(d.diff) < smallest for d in found)
+    if under:
+        which = "The difference is" if k == 1 else ("All the differences are" if under == k else
+                                                     f"{under} of the {k} differences are")
+        line += (f" {which} smaller: with these seeds a real difference of that size is missed more often than "
+                 f"not, so a p-value above the level says little.")
+    return line
 
 
 def differences(cells: list[Cell], table: Table, metric: str, split_value: tuple) -> Optional[tuple[str, str]]:
-    """(its title, the Markdown table) of the differences a table makes, by Welch's t, or None when no reference (a
-    first column, a first line) has two seeds. A pivot: each row's columns against its first column. A table of rows: each line against the first line of
-    its group (the lines that share the leading row keys' values; a table of one row key, e.g. variants, is one
-    group)."""
+    """(its title, the Markdown table and the detectable-difference line) of the differences a table makes, or None
+    when no reference (a first column, a first line) has two seeds. A pivot: each row's columns against its first
+    column. A table of rows: each line against the first line of its group (the lines that share the leading row
+    keys' values; a table of one row key, e.g. variants, is one group). Each comparison is paired or Welch
+    (`compared`); the table's p-values are adjusted together (Holm)."""
     placed = layout(cells, table, len(split_value))
     pp = unit(metric)
-    rows: list[list[str]] = []
-    references: list[Optional[Cell]] = []  # printed when one has two seeds; a side with fewer shows dashes
+    rows: list[tuple[list[str], Optional[Difference]]] = []
+    references: list[Optional[Cell]] = []  # the table is printed when one has two seeds; a side with fewer: dashes
     if placed.pivot:
         first, *others = placed.columns
         names = [table.values_label(table.column_keys, c) for c in placed.columns]
@@ -186,8 +218,8 @@ def differences(cells: list[Cell], table: Table, metric: str, split_value: tuple
             references.append(reference)
             for column, name in zip(others, names[1:]):
                 cell = placed.cells.get((line, column))
-                compared = welch_cells(reference, cell, metric) if reference and cell else [DASH] * 3
-                rows.append([table.label(v) for v in line] + ([name] if len(others) > 1 else []) + compared)
+                rows.append(([table.label(v) for v in line] + ([name] if len(others) > 1 else []),
+                             compared(reference, cell, metric) if reference and cell else None))
         head = [table.header(k) for k in table.row_keys] + (
             [f"Δ {names[1]} − {names[0]}{pp}"] if len(others) == 1 else ["Column", f"Δ vs {names[0]}{pp}"])
         title = f"Differences between the {' · '.join(table.header(k) for k in table.column_keys)} columns, row by row"
@@ -199,7 +231,7 @@ def differences(cells: list[Cell], table: Table, metric: str, split_value: tuple
         for lines in groups.values():
             reference = placed.cells[lines[0], ()]
             references.append(reference)
-            rows += [[table.label(v) for v in line] + welch_cells(reference, placed.cells[line, ()], metric)
+            rows += [([table.label(v) for v in line], compared(reference, placed.cells[line, ()], metric))
                      for line in lines[1:]]
         versus = next(iter(firsts)) if len(firsts) == 1 else "the first"
         head = [table.header(k) for k in table.row_keys] + [f"Δ vs {versus}{pp}"]
@@ -208,7 +240,11 @@ def differences(cells: list[Cell], table: Table, metric: str, split_value: tuple
                  f"Differences to the first {table.header(last)} of each {' · '.join(table.header(k) for k in leading)}")
     if not rows or not any(r is not None and len(r.values) >= 2 for r in references):
         return None
-    return title, markdown_table(head + [f"95% CI{pp}", "p (Welch)"], rows)
+    found = [d for _, d in rows if d is not None]
+    adjusted = iter(holm([d.p for d in found]))
+    body = [labels + comparison_cells(d, next(adjusted) if d is not None else None, metric) for labels, d in rows]
+    table_text = markdown_table(head + [f"95% CI{pp}", "p", "p (Holm)", "test"], body)
+    return title, table_text + (f"\n\n{detectable_line(found, metric)}" if found else "")
 
 
 def setting_line(study: Study, trials: list[Trial]) -> str:
