@@ -73,7 +73,6 @@ def holm(pvalues: list[float]) -> list[float]:
 def detectable(d: Difference, alpha: float, power: float = POWER) -> float:
     """The smallest true difference the test of `d` detects with probability `power` at level `alpha`, two-sided,
     with `d`'s standard error and degrees of freedom: the noncentral t's noncentrality at that power, times se."""
-    from scipy.optimize import brentq
     from scipy.special import nctdtr, stdtrit
 
     if d.se == 0:
@@ -84,9 +83,12 @@ def detectable(d: Difference, alpha: float, power: float = POWER) -> float:
         below = float(nctdtr(d.df, ncp, -critical))  # the far tail: nan once it underflows
         return 1 - float(nctdtr(d.df, ncp, critical)) + (0.0 if math.isnan(below) else below) - power
 
-    high = critical + 10.0  # enough unless df is tiny (heavy tails): then widened, at most 20 times
+    low, high = 0.0, critical + 10.0  # enough unless df is tiny (heavy tails): then widened, at most 20 times
     for _ in range(20):
         if short_of(high) > 0:
             break
-        high *= 2
-    return brentq(short_of, 0.0, high) * d.se
+        low, high = high, 2 * high
+    for _ in range(60):  # power grows with the noncentrality: bisection (scipy.optimize would cost 21 MB to import)
+        middle = (low + high) / 2
+        low, high = (low, middle) if short_of(middle) > 0 else (middle, high)
+    return (low + high) / 2 * d.se
