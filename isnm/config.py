@@ -97,6 +97,9 @@ def parse(tp: Any, value: Any, path: str = "") -> Any:
         options = [a for a in args if a is not type(None)]
         if len(options) == 1:  # Optional[X]: X's own error says more than "expected X"
             return parse(options[0], value, path)
+        mappings = [a for a in options if dataclasses.is_dataclass(a) or typing.get_origin(a) is dict]
+        if isinstance(value, dict) and len(mappings) == 1:  # the one option a mapping can be: its error says more
+            return parse(mappings[0], value, path)
         for arg in options:
             try:
                 return parse(arg, value, path)

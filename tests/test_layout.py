@@ -9,8 +9,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = {"run", "report", "reproduce", "evaluate"}
 # each part of study/ and the parts it may import (besides itself)
-PARTS = {"errors": set(), "markdown": set(), "moved": set(), "records": {"errors"},
-         "spec": {"errors", "records", "markdown"}, "tracking": {"errors", "records", "moved", "spec", "markdown"}}
+PARTS = {"errors": set(), "markdown": set(), "moved": set(), "stats": set(), "records": {"errors"},
+         "spec": {"errors", "records", "markdown", "stats"},
+         "tracking": {"errors", "records", "moved", "spec", "markdown", "stats"}}
 
 
 def unit(module: str) -> str:

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from study.report.stats import Difference, detectable, holm, mean_std, paired, welch
+from study.stats import Difference, detectable, holm, mean_std, paired, welch
 
 SAMPLES = [([90.1, 91.3, 90.7], [92.0, 91.1, 93.4]), ([1.0, 2.0, 4.0, 8.0], [3.0, 3.5, 1.0, 9.5]),
            ([46.2, 44.0, 49.9, 41.3, 50.1], [93.1, 95.0, 92.2, 94.9, 93.8])]

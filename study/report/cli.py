@@ -21,7 +21,7 @@ from study.report.leaderboard import leaderboard
 from study.report.plots import plot_curves, plot_firing, plot_schedule
 from study.report.sources import provenance_line, runs_frame, write_sources
 from study.report.tables import counts_line, differences, paper_figure, render_table, setting_line
-from study.spec.config import Study, Table, read_yaml, study_from
+from study.spec.config import Study, read_yaml, study_from
 from study.spec.plan import plan_trials
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: O
     with tempfile.TemporaryDirectory() as tmp:
         study, parent_id, note = latest_study(client, exp.experiment_id, Path(tmp), layout)
     children = [run for run in read_runs(client, [exp.experiment_id], Kind.TRIAL) if run.parent_id]
-    table = study.spec.table or Table()
+    table = study.table
     shown = [metric] if metric else table.metrics
     trials = plan_trials(study) if study.spec.search is None else []
     parts = [f"# {study.name}", study.spec.description, setting_line(study, trials)]

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from isnm import metrics
 from study.markdown import markdown_table
 from study.records import METRICS
 from study.report.cells import Cell, Status
-from study.report.stats import ALPHA, Difference, detectable, holm, mean_std, paired, welch
+from study.spec.layout import comparisons, layout
+from study.stats import ALPHA, Difference, Seeded, compared, detectable, holm, mean_std
 from study.spec.config import Study, Table
 from study.spec.plan import Trial
 
@@ -36,34 +36,6 @@ def signed(value: float, metric: str) -> str:
 def unit(metric: str) -> str:
     """A difference's unit: percentage points for a metric printed in percent."""
     return " (pp)" if METRICS[metric].percent else ""
-
-
-@dataclass
-class Layout:
-    """A table's cells placed: its lines (the row keys' values, grouped by the leading keys, each key's values in the
-    order the plan first meets them) and its columns (the column keys' values; one, (), for a table of rows)."""
-    lines: list[tuple]
-    columns: list[tuple]
-    cells: dict[tuple[tuple, tuple], Cell]
-
-    @property
-    def pivot(self) -> bool:
-        return self.columns != [()]
-
-
-def layout(cells: list[Cell], table: Table, offset: int) -> Layout:
-    """`cells` (keys: `offset` split values, then row and column values) as lines and columns."""
-    n_rows = len(table.row_keys)
-    seen: list[dict] = [{} for _ in range(n_rows)]
-    placed: dict[tuple[tuple, tuple], Cell] = {}
-    for cell in cells:
-        line, column = cell.key[offset:offset + n_rows], cell.key[offset + n_rows:]
-        for level, value in enumerate(line):
-            seen[level].setdefault(value, len(seen[level]))
-        placed[line, column] = cell
-    lines = sorted(dict.fromkeys(line for line, _ in placed),
-                   key=lambda line: tuple(seen[level][v] for level, v in enumerate(line)))
-    return Layout(lines, list(dict.fromkeys(column for _, column in placed)), placed)
 
 
 def cell_text(values: list[float], planned: int, metric: str) -> str:
@@ -108,7 +80,8 @@ def render_table(cells: list[Cell], table: Table, metric: str, split_value: tupl
     """One Markdown table in the paper's shape (docs/reports.md, "Tables"): Method?, the row keys (a value repeated
     from the line above left blank), the constants, then for each column (a table of rows has one) the cell's value,
     the paper's figure and Δ, the test accuracy at each T study.evaluate measured, and the extra metrics."""
-    placed = layout(cells, table, len(split_value))
+    placed = layout([c.key for c in cells], table, len(split_value))
+    by_key = {c.key: c for c in cells}
     has_paper = any(paper_figure(paper, c.key) is not None for c in cells)
     beside = table.eval_timesteps and metric == metrics.TEST_ACC  # they are test accuracies: beside test_acc only
     evaluated = sorted({t for c in cells for t in c.at_timesteps}) if beside else []
@@ -150,7 +123,7 @@ def render_table(cells: list[Cell], table: Table, metric: str, split_value: tupl
                     break
                 labels[i] = ""
         previous = line
-        row = [placed.cells.get((line, column)) for column in placed.columns]
+        row = [by_key.get(placed.keys.get((line, column))) for column in placed.columns]
         constants = next(c for c in row if c is not None).constants
         parts = [shown(c) for c in row]
         lines.append(([table.method] if table.method else []) + labels
@@ -159,16 +132,8 @@ def render_table(cells: list[Cell], table: Table, metric: str, split_value: tupl
     return markdown_table(head, lines)
 
 
-def compared(reference: Cell, cell: Cell, metric: str) -> Optional[Difference]:
-    """cell's mean less reference's, with its CI and p: paired where the two rows have the same seeds and each seed
-    pairs its two runs (`pairing_of`), by Welch's t otherwise; None if either has fewer than 2 seeds."""
-    if len(reference.sources) < 2 or len(cell.sources) < 2:
-        return None
-    a, b = ({s.seed: s for s in c.sources} for c in (reference, cell))
-    if a.keys() == b.keys() and all(a[seed].pairing == b[seed].pairing for seed in a):
-        seeds = sorted(a)
-        return paired([scaled(a[s].value, metric) for s in seeds], [scaled(b[s].value, metric) for s in seeds])
-    return welch([scaled(v, metric) for v in reference.values], [scaled(v, metric) for v in cell.values])
+def seeded(cell: Cell, metric: str) -> Seeded:
+    return {s.seed: (scaled(s.value, metric), s.pairing) for s in cell.sources}
 
 
 def p_text(p: float) -> str:
@@ -201,43 +166,35 @@ def detectable_line(found: list[Difference], metric: str) -> str:
 
 
 def differences(cells: list[Cell], table: Table, metric: str, split_value: tuple) -> Optional[tuple[str, str]]:
-    """(its title, the Markdown table and the detectable-difference line) of the differences a table makes, or None
-    when no reference (a first column, a first line) has two seeds. A pivot: each row's columns against its first
-    column. A table of rows: each line against the first line of its group (the lines that share the leading row
-    keys' values; a table of one row key, e.g. variants, is one group). Each comparison is paired or Welch
-    (`compared`); the table's p-values are adjusted together (Holm)."""
-    placed = layout(cells, table, len(split_value))
+    """(its title, the Markdown table and the detectable-difference line) of the differences a table makes
+    (`study.spec.layout.comparisons`), or None when no reference has two seeds. Each comparison is paired or Welch
+    (`study.stats.compared`); the table's p-values are adjusted together (Holm)."""
+    placed = layout([c.key for c in cells], table, len(split_value))
+    by_key = {c.key: c for c in cells}
+    made = comparisons(placed)
     pp = unit(metric)
     rows: list[tuple[list[str], Optional[Difference]]] = []
-    references: list[Optional[Cell]] = []  # the table is printed when one has two seeds; a side with fewer: dashes
     if placed.pivot:
-        first, *others = placed.columns
         names = [table.values_label(table.column_keys, c) for c in placed.columns]
-        for line in placed.lines:
-            reference = placed.cells.get((line, first))
-            references.append(reference)
-            for column, name in zip(others, names[1:]):
-                cell = placed.cells.get((line, column))
-                rows.append(([table.label(v) for v in line] + ([name] if len(others) > 1 else []),
-                             compared(reference, cell, metric) if reference and cell else None))
+        several = len(placed.columns) > 2
+        for c in made:
+            reference, cell = by_key.get(c.reference), by_key.get(c.cell)
+            rows.append(([table.label(v) for v in c.line] + ([table.values_label(table.column_keys, c.column)]
+                                                             if several else []),
+                         compared(seeded(reference, metric), seeded(cell, metric)) if reference and cell else None))
         head = [table.header(k) for k in table.row_keys] + (
-            [f"Δ {names[1]} − {names[0]}{pp}"] if len(others) == 1 else ["Column", f"Δ vs {names[0]}{pp}"])
+            [f"Δ {names[1]} − {names[0]}{pp}"] if not several else ["Column", f"Δ vs {names[0]}{pp}"])
         title = f"Differences between the {' · '.join(table.header(k) for k in table.column_keys)} columns, row by row"
     else:
-        groups: dict[tuple, list[tuple]] = {}
-        for line in placed.lines:
-            groups.setdefault(line[:-1], []).append(line)
-        firsts = {table.values_label(table.row_keys[-1:], lines[0][-1:]) for lines in groups.values()}
-        for lines in groups.values():
-            reference = placed.cells[lines[0], ()]
-            references.append(reference)
-            rows += [([table.label(v) for v in line], compared(reference, placed.cells[line, ()], metric))
-                     for line in lines[1:]]
+        rows = [([table.label(v) for v in c.line], compared(seeded(by_key[c.reference], metric),
+                                                             seeded(by_key[c.cell], metric))) for c in made]
+        firsts = {table.values_label(table.row_keys[-1:], c.reference[-1:]) for c in made}
         versus = next(iter(firsts)) if len(firsts) == 1 else "the first"
         head = [table.header(k) for k in table.row_keys] + [f"Δ vs {versus}{pp}"]
         *leading, last = table.row_keys
         title = ("Differences to the first row" if not leading else
                  f"Differences to the first {table.header(last)} of each {' · '.join(table.header(k) for k in leading)}")
+    references = [by_key.get(c.reference) for c in made]
     if not rows or not any(r is not None and len(r.values) >= 2 for r in references):
         return None
     found = [d for _, d in rows if d is not None]

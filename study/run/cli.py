@@ -55,7 +55,7 @@ def planned(study: Study, max_trials: Optional[int]) -> list[Trial]:
     if n > limit:
         raise StudyError(f"{study.path}: {n:,} trials ({plural(len(study.variants), 'variant')} x "
                          + "".join(f"{len(v)} {k} x " for k, v in study.spec.grid.items())
-                         + f"{plural(len(study.spec.seeds), 'seed')}), more than {limit:,}; pass --max-trials {n} if "
+                         + f"{plural(len(study.seeds), 'seed')}), more than {limit:,}; pass --max-trials {n} if "
                          "you mean it")
     return plan_trials(study)
 

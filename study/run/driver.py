@@ -21,7 +21,7 @@ from study.run.progress import Progress
 from study.run.signals import Interrupts
 from study.run.storage import Experiment, experiment_at
 from study.run.tuner import TrialBook, build_tuner, resumable
-from study.spec.config import Study, Table
+from study.spec.config import Study
 from study.spec.plan import Trial
 from study.tracking.cache import copy_cached_runs, finished_runs
 from study.tracking.callback import MlflowTracker
@@ -136,7 +136,7 @@ def run_trials(study: Study, trials: list[Trial], options: RunOptions, here: Inv
         rows.update(run_on_tune(study, trials, to_run, options, here, interrupts))
     # also when all were cached
     log_summary(here.client, here.exp_id, here.parent, {t.config_hash: place_tags(study, t) for t in trials})
-    show_layout(here.client, here.exp_id, bool((study.spec.table or Table()).column_keys))
+    show_layout(here.client, here.exp_id, bool(study.table.column_keys))
     return summarise(study, rows, options, here, interrupts, time.perf_counter() - began)
 
 
@@ -247,7 +247,7 @@ def run_on_tune(study: Study, trials: list[Trial], to_run: list[Trial], options:
         search = study.spec.search
         on = {"gpus": study.spec.resources.gpu, "local": options.address is None}
         progress = (Progress(search.num_samples, 0, search.metric, book.describe, **on) if search else
-                    Progress(len(trials), len(trials) - len(to_run), (study.spec.table or Table()).metrics[0],
+                    Progress(len(trials), len(trials) - len(to_run), study.table.metrics[0],
                              book.describe, max(len(t.name) for t in trials), **on))
         tuner = build_tuner(study, to_run, book, experiment, [tracker, progress], options.max_concurrent, resume,
                             options.verbose)

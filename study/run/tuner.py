@@ -83,7 +83,7 @@ def tune_config(study: Study, max_concurrent: Optional[int]) -> tune.TuneConfig:
     algorithm = None
     if search.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
-        algorithm = OptunaSearch(metric=search.metric, mode=search.mode, seed=study.spec.seeds[0])
+        algorithm = OptunaSearch(metric=search.metric, mode=search.mode, seed=study.seeds[0])
     scheduler = None
     if search.scheduler is not None and search.scheduler.asha is not None:
         options = search.scheduler.asha

@@ -88,6 +88,22 @@ def check_distribution(spec: dict, path: str) -> None:
         check(all(isinstance(v, int) for v in arg), join(path, kind), arg, "[low, high] integers")
 
 
+@dataclass
+class AdaptiveSeeds:
+    """`seeds: {min, max, target}`: `min` seeds of every cell first, then more (the next integers, up to `max`) only to
+    the cells whose comparisons' 95% intervals are still wider than ±`target`, in the table metric's printed unit
+    (study.spec.adaptive; docs/study-files.md, "Adaptive seeds")."""
+    min: int
+    max: int
+    target: float
+
+    def check(self, path: str) -> None:
+        check(self.min >= 2, join(path, "min"), self.min, "an integer >= 2 (a row's spread needs two seeds)")
+        check(self.max >= self.min, join(path, "max"), self.max, f"an integer >= min ({self.min})")
+        check(self.target > 0, join(path, "target"), self.target,
+              "a number > 0: the 95% interval's half-width wanted, in the table metric's printed unit (1.0: ±1 point)")
+
+
 EVAL_TIMESTEPS = "eval_timesteps"  # in a table's columns: a column per T that study.evaluate measured
 VARIANT_KEY = "variant"  # the table key whose values are the study's variants (every other key is a config key)
 # a table key's header as the paper words it
@@ -158,7 +174,7 @@ class StudyFile:
     base: dict[str, Any] = field(default_factory=dict)  # one isnm.train config shared by all trials
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # row name -> dotted-key overrides
     grid: dict[str, list[Any]] = field(default_factory=dict)  # dotted key -> values, crossed with variants
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: Union[list[int], AdaptiveSeeds] = field(default_factory=lambda: [0])  # or {min, max, target}
     resources: Resources = field(default_factory=Resources)
     max_concurrent: Optional[int] = None
     retries: int = 2  # restarts of a failed trial from its last checkpoint
@@ -168,15 +184,18 @@ class StudyFile:
 
     def check(self, path: str) -> None:
         check(SAFE_NAME.fullmatch(self.name) is not None, "name", self.name, SAFE_NAME_RULE)
-        check(len(self.seeds) > 0, "seeds", self.seeds, "a non-empty list of integers")
-        for i, seed in enumerate(self.seeds):
-            check(self.seeds.index(seed) == i, f"seeds[{i}]", seed, "a seed not listed before")
+        if isinstance(self.seeds, list):
+            check(len(self.seeds) > 0, "seeds", self.seeds, "a non-empty list of integers, or {min, max, target}")
+            for i, seed in enumerate(self.seeds):
+                check(self.seeds.index(seed) == i, f"seeds[{i}]", seed, "a seed not listed before")
         check(self.max_concurrent is None or self.max_concurrent >= 1, "max_concurrent",
               self.max_concurrent, "null or an integer >= 1")
         check(self.retries >= 0, "retries", self.retries, "an integer >= 0")
         if self.search is not None:
             check(not self.variants and not self.grid, "search", "with variants/grid",
                   "either a search or variants/grid, not both")
+            check(not isinstance(self.seeds, AdaptiveSeeds), "seeds", "{min, max, target} with search:",
+                  "a list of seeds: a search's Tuner takes one search algorithm, and adaptive seeds are one")
         for key, values in self.grid.items():
             check(len(values) > 0, join("grid", key), values, "a non-empty list of values")
         for name in self.variants:
@@ -200,6 +219,20 @@ class Study:
     def variants(self) -> dict[str, dict[str, Any]]:
         """Row name -> dotted overrides; a study without variants has one row named 'base'."""
         return self.spec.variants or {"base": {}}
+
+    @property
+    def adaptive(self) -> Optional[AdaptiveSeeds]:
+        return self.spec.seeds if isinstance(self.spec.seeds, AdaptiveSeeds) else None
+
+    @property
+    def seeds(self) -> list[int]:
+        """Every seed a trial may run with: the file's list, or 0 .. max - 1 for adaptive seeds."""
+        return list(range(self.adaptive.max)) if self.adaptive else list(self.spec.seeds)
+
+    @property
+    def table(self) -> Table:
+        """The study's table layout: the file's, else a line per variant."""
+        return self.spec.table or Table()
 
 
 def with_overrides(base: dict, overrides: dict[str, Any]) -> dict:

@@ -47,13 +47,13 @@ def cell_label(cell: dict[str, Any]) -> str:
 
 def trial_count(study: Study) -> int:
     """How many trials `plan_trials` makes, counted without making them (a grid can be millions)."""
-    return len(study.variants) * math.prod(len(values) for values in study.spec.grid.values()) * len(study.spec.seeds)
+    return len(study.variants) * math.prod(len(values) for values in study.spec.grid.values()) * len(study.seeds)
 
 
 def plan_summary(study: Study, trials: list[Trial]) -> str:
     """The dry-run's summary of a plan too long to list: how many values each varied key takes."""
     keys = {VARIANT_KEY: [t.variant for t in trials], **{k: list(v) for k, v in study.spec.grid.items()},
-            "seed": list(study.spec.seeds)}
+            "seed": list(study.seeds)}
     rows = [(key, f"{len(dict.fromkeys(map(str, values)))} values", ", ".join(dict.fromkeys(map(str, values)))[:100])
             for key, values in keys.items()]
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
@@ -65,7 +65,7 @@ def plan_trials(study: Study) -> list[Trial]:
     trials = []
     for variant, overrides in study.variants.items():
         for cell in grid_cells(study.spec.grid):
-            for seed in study.spec.seeds:
+            for seed in study.seeds:
                 dotted = {**flat(overrides), **cell}
                 config = with_absolute_data_dir(with_overrides(study.base, {**dotted, "seed": seed}))
                 name = " ".join(part for part in (variant, cell_label(cell), f"seed={seed}") if part)
@@ -81,7 +81,7 @@ def plan_trials(study: Study) -> list[Trial]:
 
 def search_base(study: Study) -> dict:
     """The config every search trial starts from; a search compares its samples on the first seed."""
-    return with_absolute_data_dir(with_overrides(study.base, {"seed": study.spec.seeds[0]}))
+    return with_absolute_data_dir(with_overrides(study.base, {"seed": study.seeds[0]}))
 
 
 def trial_table(trials: list[Trial]) -> str:

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from isnm import flat, metrics
 from study.records import Artifact, Kind, Tag, logged_per_epoch, mean_metric, newest_finished, read_runs
-from study.spec.config import Study, Table
+from study.spec.config import Study
 from study.spec.plan import Trial, place
 from study.tracking.provenance import CodeState
 
@@ -80,7 +80,7 @@ def close_dangling_runs(client: MlflowClient, exp_id: str, ray_path: str) -> int
 
 def place_tags(study: Study, trial: Trial) -> dict[str, str]:
     """A trial's table row (and column) in `study`'s layout, as tags: MLflow's UI groups the runs by them."""
-    row, column = place(study.spec.table or Table(), trial)
+    row, column = place(study.table, trial)
     return {Tag.ROW: row, **({Tag.COLUMN: column} if column else {})}
 
 

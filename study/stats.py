@@ -1,6 +1,7 @@
-"""The statistics a report prints: mean ± sample std over seeds; the difference of two rows with its 95% CI and
-p-value, by a paired t-test where the seeds pair the runs and by Welch's t otherwise; Holm's adjustment of a
-table's p-values; the smallest difference a table could detect.
+"""The statistics of a study: mean ± sample std over seeds; the difference of two rows with its 95% CI and p-value, by
+a paired t-test where the seeds pair the runs and by Welch's t otherwise; Holm's adjustment of a table's p-values;
+the smallest difference a table could detect. The report prints them; adaptive seeds (study.spec.adaptive) decide
+on the same intervals.
 
 Student's t and the noncentral t come from `scipy.special` (what `scipy.stats` calls, without the 50 MB and the
 second `scipy.stats` takes to import); tests/test_stats.py holds each result to scipy.stats and statsmodels'
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 ALPHA = 0.05
 POWER = 0.8  # of the smallest detectable difference
@@ -34,6 +36,11 @@ class Difference:
     df: float  # the t-test's degrees of freedom
     se: float  # the difference's standard error
 
+    @property
+    def half_width(self) -> float:
+        """Of the 95% interval: how precisely the difference is known."""
+        return (self.high - self.low) / 2
+
 
 def from_t(diff: float, se: float, df: float, test: str) -> Difference:
     from scipy.special import stdtr, stdtrit  # Student's t CDF and its inverse
@@ -57,6 +64,22 @@ def paired(a: list[float], b: list[float]) -> Difference:
     """mean(b - a) by the paired t-test: a[i] and b[i] are one seed's two runs (at least 2 pairs)."""
     mean, std = mean_std([y - x for x, y in zip(a, b)])
     return from_t(mean, std / math.sqrt(len(a)), len(a) - 1, "paired")
+
+
+# one row's results: seed -> (its value, what must agree for another row's run of that seed to be its pair)
+Seeded = dict[int, tuple[float, tuple]]
+
+
+def compared(reference: Seeded, cell: Seeded) -> Optional[Difference]:
+    """cell's mean less reference's: paired on the seeds both rows have, when there are at least 2 and each pairs its
+    two runs (one setting, so the seed fixes the initial weights and the batches); by Welch's t over all their values
+    otherwise; None if either row has fewer than 2."""
+    if len(reference) < 2 or len(cell) < 2:
+        return None
+    common = sorted(reference.keys() & cell.keys())
+    if len(common) >= 2 and all(reference[s][1] == cell[s][1] for s in common):
+        return paired([reference[s][0] for s in common], [cell[s][0] for s in common])
+    return welch([v for v, _ in reference.values()], [v for v, _ in cell.values()])
 
 
 def holm(pvalues: list[float]) -> list[float]:

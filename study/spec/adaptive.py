@@ -1,0 +1,99 @@
+"""Adaptive seeds: how many seeds each cell of a study's table needs, from the results so far.
+
+Every cell runs `min` seeds first. A comparison the table makes (study.spec.layout) is judged on its cells' seeds
+0 .. n-1, from n = min: once all of them are done, its 95% interval (study.stats.compared, what the report prints)
+is either within ±target (it stops: "target reached"), or n is `max` (it stops: "max reached"), or it asks for seed
+n of both its cells, so that pairs stay whole, and is judged again on n + 1. A cell runs the most seeds any of its
+comparisons asks for. The rule looks at interval widths only, never at p-values or at which row is ahead, so the
+tests stay honest (tests/test_adaptive.py: the false-positive rate with two identical rows).
+
+A comparison's verdict at n depends only on the values of seeds below n: the same results give the same seeds in
+any order they arrive, on the driver that ran them, after a resume, and in the report. Pure: no Ray, no MLflow.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from study.records import METRICS
+from study.spec.config import AdaptiveSeeds, Study
+from study.spec.layout import Comparison, cell_key, study_comparisons
+from study.spec.plan import Trial
+from study.stats import compared
+
+TARGET = "target reached"
+MAX = "max reached"
+WAITING = "running"
+
+@dataclass(frozen=True)
+class Verdict:
+    """Where one comparison stands: the seeds it is judged on (or waits for), why it stopped, its interval's
+    half-width there (None while waiting, or with fewer than two values a side)."""
+    comparison: Comparison
+    seeds: int
+    state: str
+    half_width: Optional[float]
+
+def judged(rule: AdaptiveSeeds, comparison: Comparison, done: dict[tuple, dict[int, Optional[tuple[float, tuple]]]]
+           ) -> Verdict:
+    """`done`: cell key -> {seed: (value in the printed unit, pairing), or None for a trial that failed}."""
+    reference, cell = done.get(comparison.reference, {}), done.get(comparison.cell, {})
+    n = rule.min
+    while True:
+        if any(s not in reference or s not in cell for s in range(n)):
+            return Verdict(comparison, n, WAITING, None)
+        d = compared(*({s: side[s] for s in range(n) if side[s] is not None} for side in (reference, cell)))
+        half = None if d is None else d.half_width
+        if half is not None and half <= rule.target:
+            return Verdict(comparison, n, TARGET, half)
+        if n >= rule.max:
+            return Verdict(comparison, n, MAX, half)
+        n += 1
+
+@dataclass(frozen=True)
+class Decision:
+    seeds: dict[tuple, int]  # cell key -> how many seeds it needs now (0 .. n-1)
+    verdicts: list[Verdict]
+
+    @property
+    def settled(self) -> bool:
+        """Every comparison has stopped: no more seeds will be asked for."""
+        return all(v.state != WAITING for v in self.verdicts)
+
+class SeedRule:
+    """A study's adaptive seeds over its planned trials (every cell at every seed up to `max`)."""
+
+    def __init__(self, study: Study, trials: list[Trial]):
+        assert study.adaptive is not None
+        self.rule = study.adaptive
+        self.table = study.table
+        self.metric = self.table.metrics[0]
+        self.comparisons = study_comparisons(self.table, trials)
+        self.cell_of = {t.config_hash: cell_key(self.table, t) for t in trials}
+        self.cells = list(dict.fromkeys(self.cell_of.values()))
+        self.trials = trials
+
+    def decide(self, outcomes: dict[str, Optional[tuple[float, tuple]]]) -> Decision:
+        """The seeds each cell needs given `outcomes`: config hash -> (the trial's final value of the table's metric, as
+        logged, and its pairing), or None for a trial that failed. Trials not in it are not done."""
+        shown = METRICS[self.metric].shown
+        done: dict[tuple, dict[int, Optional[tuple[float, tuple]]]] = {}
+        for trial in self.trials:
+            if trial.config_hash in outcomes:
+                outcome = outcomes[trial.config_hash]
+                done.setdefault(self.cell_of[trial.config_hash], {})[trial.seed] = (
+                    None if outcome is None else (shown(outcome[0]), outcome[1]))
+        verdicts = [judged(self.rule, c, done) for c in self.comparisons]
+        seeds = {key: self.rule.min for key in self.cells}
+        for v in verdicts:
+            for key in (v.comparison.reference, v.comparison.cell):
+                seeds[key] = max(seeds[key], v.seeds)
+        return Decision(seeds, verdicts)
+
+    def needed(self, decision: Decision) -> list[Trial]:
+        """The trials the decision asks for, in plan order."""
+        return [t for t in self.trials if t.seed < decision.seeds[self.cell_of[t.config_hash]]]
+
+    def first(self) -> list[Trial]:
+        """The trials every cell runs whatever the results: its first `min` seeds."""
+        return [t for t in self.trials if t.seed < self.rule.min]
