@@ -14,7 +14,7 @@ from isnm import metrics
 from study.errors import StudyError
 from study.records import AT_TIMESTEPS, METRICS, RunRecord, Tag, histories, newest_finished
 from study.spec.config import Table
-from study.spec.plan import Trial, key_value
+from study.spec.plan import Trial, key_value, pairing_of
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -88,17 +88,6 @@ def metric_value(logged: dict[str, dict[str, list]], run: RunRecord, metric: str
     chosen = max(val, key=lambda m: m.value).step  # max keeps the first of equal values
     test = {m.step: m.value for m in logged[metrics.TEST_ACC][run.run_id]}
     return test[chosen]
-
-
-PAIRING_KEYS = ("arch", "width", "dataset", "batch_size", "validation")
-
-
-def pairing_of(config: dict, device: str) -> tuple:
-    """What a seed fixes only together with: the network (its initial weights are drawn from the seed), the data and
-    its split, the batches (their order is drawn from the seed by a generator on the device trained on, so a GPU's
-    order is not a CPU's). Two runs of one seed that agree on these start from the same weights and see the same
-    batches (tests/test_training.py), so the seed pairs them."""
-    return (*(config[k] for k in PAIRING_KEYS), "cpu" if device.startswith("CPU") else "cuda")
 
 
 def source_of(run: RunRecord, trial: Trial, value: float) -> Source:

@@ -10,6 +10,8 @@ from study.run.cluster import cluster_address, set_ray_environment
 from study.run.lock import study_lock
 from study.run.signals import Interrupts
 from study.run.storage import experiment_for, writable_storage
+from study.records import METRICS
+from study.spec.adaptive import SeedRule
 from study.spec.config import Study, load_study
 from study.spec.plan import Trial, plan_summary, plan_trials, trial_count, trial_table
 from study.tracking.provenance import code_state, warn_if_dirty
@@ -58,6 +60,17 @@ def planned(study: Study, max_trials: Optional[int]) -> list[Trial]:
                          + f"{plural(len(study.seeds), 'seed')}), more than {limit:,}; pass --max-trials {n} if "
                          "you mean it")
     return plan_trials(study)
+
+
+def adaptive_plan(study: Study, trials: list[Trial]) -> str:
+    """The dry run of a study with adaptive seeds: the trials it runs at least (every cell's first `min` seeds), and
+    how many it runs at most."""
+    rule, first = study.adaptive, SeedRule(study, trials).first()
+    unit = " pp" if METRICS[study.table.metrics[0]].percent else ""
+    return (f"{study.name}: {len(first)} to {len(trials)} trials (adaptive seeds: {rule.min} to {rule.max} a cell, more "
+            f"only where a comparison's 95% interval of {study.table.metrics[0]} is wider than ±{rule.target:g}{unit})\n"
+            f"{trial_table(first) if len(first) <= LISTED_TRIALS else plan_summary(study, first)}\n"
+            f"then seeds {rule.min} to {rule.max - 1} as the results ask for them (--estimate counts all {len(trials)})")
 
 
 def check_before_start(study: Study, trials: list[Trial], address: Optional[str]) -> None:
@@ -119,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             if len(trials) > LISTED_TRIALS:
                 print(f"{study.name}: {len(trials):,} trials (too many to list: the values of each key)\n"
                       f"{plan_summary(study, trials)}")
+            elif study.adaptive is not None:
+                print(adaptive_plan(study, trials))
             elif trials:
                 print(f"{study.name}: {plural(len(trials), 'trial')}\n{trial_table(trials)}")
             else:

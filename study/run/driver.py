@@ -18,10 +18,12 @@ from isnm import metrics
 from study.records import METRICS, Kind, Reported, RunRecord, Tag, read_runs
 from study.run.cluster import start_ray
 from study.run.progress import Progress
+from study.run.seeds import AdaptiveSeeds, settled_lines
 from study.run.signals import Interrupts
 from study.run.storage import Experiment, experiment_at
 from study.run.tuner import TrialBook, build_tuner, resumable
 from study.spec.config import Study
+from study.spec.adaptive import SeedRule
 from study.spec.plan import Trial
 from study.tracking.cache import copy_cached_runs, finished_runs
 from study.tracking.callback import MlflowTracker
@@ -129,24 +131,43 @@ def run(study: Study, trials: list[Trial], options: RunOptions, experiment: Expe
 def run_trials(study: Study, trials: list[Trial], options: RunOptions, here: Invocation, interrupts: Interrupts) -> int:
     """Cached trials copied, the rest run on Ray Tune; prints the summary; returns the exit code."""
     began = time.perf_counter()
-    cached = set() if options.rerun else copy_cached(study, trials, here)
-    rows = {t.name: (t.name, "cached" if t.config_hash in cached else "not started", "-") for t in trials}
+    cached = {} if options.rerun else finished_runs(here.client, {t.config_hash for t in trials})
     to_run = [t for t in trials if t.config_hash not in cached]
+    seeds = None
+    if study.adaptive is not None:
+        rule = SeedRule(study, trials)
+        seeds = AdaptiveSeeds(rule, rule.recorded(list(cached.values()), failed=False))
+        wanted = rule.needed(seeds.decision)
+        if all(t.config_hash in seeds.outcomes for t in wanted):
+            to_run = []  # the store already settles every comparison
+        copy_cached(study, wanted, cached, here)
+        copied = {t.config_hash for t in wanted}
+    else:
+        copy_cached(study, trials, cached, here)
+    rows = {t.name: (t.name, "cached" if t.config_hash in cached else "not started", "-") for t in trials}
     if to_run or study.spec.search is not None:
-        rows.update(run_on_tune(study, trials, to_run, options, here, interrupts))
+        rows.update(run_on_tune(study, trials, to_run, options, here, interrupts, seeds))
+    if study.adaptive is not None:  # the study is the trials its results asked for, as the report will count them
+        final = rule.decide({**rule.recorded(list(cached.values()), failed=False), **rule.recorded(
+            list(read_runs(here.client, [here.exp_id], Kind.TRIAL)), failed=True)})
+        wanted = rule.needed(final)
+        copy_cached(study, [t for t in wanted if t.config_hash not in copied], cached, here)  # asked for after all
+        trials, rows = wanted, {t.name: rows[t.name] for t in wanted}
     # also when all were cached
     log_summary(here.client, here.exp_id, here.parent, {t.config_hash: place_tags(study, t) for t in trials})
     show_layout(here.client, here.exp_id, bool(study.table.column_keys))
-    return summarise(study, rows, options, here, interrupts, time.perf_counter() - began)
+    notes = [] if study.adaptive is None else [
+        f"adaptive seeds ({study.adaptive.min} to {study.adaptive.max}, target ±{study.adaptive.target:g}{rule.unit}):",
+        *settled_lines(rule, final)]
+    return summarise(study, rows, options, here, interrupts, time.perf_counter() - began, notes)
 
 
 COPIES_PER_LINE = 100  # a progress line while copying cached runs: a thousand take minutes
 
 
-def copy_cached(study: Study, trials: list[Trial], here: Invocation) -> set[str]:
-    """The config hashes of the trials with a finished run in the store; runs of another study's are copied into
-    this one's experiment (said when another code trained them)."""
-    cached = finished_runs(here.client, {t.config_hash for t in trials})
+def copy_cached(study: Study, trials: list[Trial], cached: dict[str, RunRecord], here: Invocation) -> None:
+    """Copy into this study's experiment each of `trials` whose `cached` run (by config hash, in any experiment) is
+    another study's; say when another code trained those it takes from the store."""
     warn_if_cached_elsewhere(here.code, [cached[t.config_hash] for t in trials if t.config_hash in cached])
     copies = [(t, cached[t.config_hash]) for t in trials
               if t.config_hash in cached and cached[t.config_hash].experiment_id != here.exp_id]
@@ -159,7 +180,6 @@ def copy_cached(study: Study, trials: list[Trial], here: Invocation) -> set[str]
             print(f"  {done} of {len(copies)} copied, {time.monotonic() - began:.0f}s", flush=True)
 
     copy_cached_runs(here.client, copies, here.exp_id, here.parent, study.name, copied)
-    return set(cached)
 
 
 def carried_over(here: Invocation, study: Study, trials: list[Trial],
@@ -222,9 +242,10 @@ def close_quietly(tracker: MlflowTracker) -> None:
 
 
 def run_on_tune(study: Study, trials: list[Trial], to_run: list[Trial], options: RunOptions, here: Invocation,
-                interrupts: Interrupts) -> dict[str, tuple[str, str, str]]:
-    """Run `to_run` (or the search) on Ray Tune, resuming the interrupted experiment of this plan when there is
-    one; the summary's row of each trial Tune returned, and of each it left unfinished."""
+                interrupts: Interrupts, seeds: Optional[AdaptiveSeeds] = None) -> dict[str, tuple[str, str, str]]:
+    """Run `to_run` (or the search, or those of `to_run` adaptive `seeds` ask for) on Ray Tune, resuming the
+    interrupted experiment of this plan when there is one; the summary's row of each trial Tune returned, and of
+    each it left unfinished."""
     experiment = here.experiment
     book = TrialBook(study, trials)
     resume, why_not = (False, "") if options.fresh or options.rerun else resumable(
@@ -246,11 +267,16 @@ def run_on_tune(study: Study, trials: list[Trial], to_run: list[Trial], options:
             interrupts.take_back_sigterm()
         search = study.spec.search
         on = {"gpus": study.spec.resources.gpu, "local": options.address is None}
-        progress = (Progress(search.num_samples, 0, search.metric, book.describe, **on) if search else
-                    Progress(len(trials), len(trials) - len(to_run), study.table.metrics[0],
-                             book.describe, max(len(t.name) for t in trials), **on))
+        if search:
+            progress = Progress(search.num_samples, 0, search.metric, book.describe, **on)
+        elif seeds is not None:  # the trials planned grow as the results ask for seeds
+            progress = Progress(lambda: len(seeds.rule.needed(seeds.decision)), seeds.done(),
+                                study.table.metrics[0], book.describe, max(len(t.name) for t in trials), **on)
+        else:
+            progress = Progress(len(trials), len(trials) - len(to_run), study.table.metrics[0], book.describe,
+                                max(len(t.name) for t in trials), **on)
         tuner = build_tuner(study, to_run, book, experiment, [tracker, progress], options.max_concurrent, resume,
-                            options.verbose)
+                            options.verbose, seeds)
         interrupts.raise_if_received()
         interrupts.in_fit = True
         try:
@@ -277,15 +303,15 @@ def run_on_tune(study: Study, trials: list[Trial], to_run: list[Trial], options:
 
 
 def summarise(study: Study, rows: dict[str, tuple[str, str, str]], options: RunOptions, here: Invocation,
-              interrupts: Interrupts, seconds: float) -> int:
-    """Print the summary (a line per trial, where the runs are); the exit code: 0, 1 if a trial failed, 130 if
-    some were left unfinished."""
+              interrupts: Interrupts, seconds: float, notes: tuple[str, ...] = ()) -> int:
+    """Print the summary (a line per trial, `notes`, where the runs are); the exit code: 0, 1 if a trial failed, 130
+    if some were left unfinished."""
     failed = sum(1 for _, status, _ in rows.values() if status.startswith("failed"))
     reused = sum(1 for _, status, _ in rows.values() if status == "cached")
     incomplete = sum(1 for _, status, _ in rows.values() if status in ("unfinished", "not started"))
     print(f"\n{study.name}: {len(rows)} trials ({reused} cached) in {seconds:.0f}s, "
           f"{failed} failed{f', {incomplete} unfinished' if incomplete else ''}")
-    print("\n".join(summary_lines(list(rows.values()))))
+    print("\n".join([*summary_lines(list(rows.values())), *notes]))
     port = " (another port: --ui-port)" if not served(options.tracking_uri) else ""
     print(f"\nruns: {ui_command(options.tracking_uri, options.ui_port)}   (experiment {study.name!r})\n"
           f"then open {ui_url(here.exp_id, ui_base(options.tracking_uri, options.ui_port))}   (the trials' charts, "

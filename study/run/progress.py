@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Optional, TextIO
+from typing import Callable, Optional, TextIO, Union
 
 from ray.tune import Callback
 
@@ -34,12 +34,13 @@ def duration(seconds: float) -> str:
 
 class Progress(Callback):
     """Prints, on the driver, a line when a trial starts, ends an epoch, finishes, fails or is retried, and with each
-    trial that ends how many of the `total` are done (`done_before` were cached) and the time left at the pace so
+    trial that ends how many of the `total` are done (`done_before` were cached; a callable: the total as it is now,
+    which adaptive seeds grow) and the time left at the pace so
     far. `shown` is the metric on each epoch's line (the table's, or the search's); `describe` gives the trial a
     Tune config stands for; names are padded to `width`, the longest planned trial name. The first trial of an
     architecture whose kernels compile (trials get `gpus` GPUs each, on this machine if `local`) says so."""
 
-    def __init__(self, total: int, done_before: int, shown: str, describe: Callable[[dict], Trial], width: int = 0,
+    def __init__(self, total: Union[int, Callable[[], int]], done_before: int, shown: str, describe: Callable[[dict], Trial], width: int = 0,
                  out: Optional[TextIO] = None, gpus: float = 0.0, local: bool = True):
         self.total, self.done = total, done_before
         self.shown, self.describe, self.width = shown, describe, width
@@ -84,10 +85,11 @@ class Progress(Callback):
         self.done += 1
         self.ended_here += 1
         spent = time.monotonic() - self.started.get(trial.trial_id, self.began)
-        left = self.total - self.done
+        total = self.total() if callable(self.total) else self.total
+        left = max(0, total - self.done)
         pace = (time.monotonic() - self.began) / self.ended_here
         eta = f", ETA {duration(pace * left)}" if left else ""
-        self.say(trial, f"{text}  {duration(spent)}  [{self.done} of {self.total} done{eta}]")
+        self.say(trial, f"{text}  {duration(spent)}  [{self.done} of {total} done{eta}]")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}

@@ -12,6 +12,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from isnm import config_hash, metrics
 from study.errors import StudyError, first_line
+from study.run.seeds import AdaptiveSeeds
 from study.run.storage import Experiment
 from study.run.worker import trainable
 from study.spec.config import Study, with_overrides
@@ -70,13 +71,20 @@ def distribution(spec: dict):
 def param_space(study: Study, trials: list[Trial]) -> dict:
     if study.spec.search is not None:
         return {"search": {key: distribution(spec) for key, spec in study.spec.search.space.items()}}
+    if study.adaptive is not None:
+        return {}  # the searcher proposes {"trial": name}
     return {"trial": tune.grid_search([t.name for t in trials])}
 
 
-def tune_config(study: Study, max_concurrent: Optional[int]) -> tune.TuneConfig:
-    """Tune's settings; --max-concurrent, else the study file's max_concurrent, caps trials at once."""
+def tune_config(study: Study, max_concurrent: Optional[int], seeds: Optional[AdaptiveSeeds] = None) -> tune.TuneConfig:
+    """Tune's settings; --max-concurrent, else the study file's max_concurrent, caps trials at once. `seeds`: the
+    searcher of a study with adaptive seeds."""
     max_concurrent = max_concurrent or study.spec.max_concurrent
     search = study.spec.search
+    if seeds is not None:
+        return tune.TuneConfig(search_alg=seeds, num_samples=len(seeds.rule.trials),
+                               max_concurrent_trials=max_concurrent, trial_dirname_creator=trial_folder,
+                               reuse_actors=True)
     if search is None:
         return tune.TuneConfig(max_concurrent_trials=max_concurrent, trial_dirname_creator=trial_folder,
                                reuse_actors=True)
@@ -116,20 +124,25 @@ def resumable(experiment: Experiment, to_run: list[Trial], search: bool) -> tupl
     return True, ""
 
 
-def replace_callbacks(tuner: tune.Tuner, callbacks: list, verbose: Optional[int]) -> None:
-    """Restore unpickles the callbacks and the verbosity of the interrupted driver; this invocation's (its tracker
-    writes to its own parent run) replace them. Ray offers no public setter for this (ray-project/ray#41364), so
-    this is the one place that reaches into the Tuner's private parts, and a Ray that changed them ends in one line
-    saying so."""
+def replace_callbacks(tuner: tune.Tuner, callbacks: list, verbose: Optional[int],
+                      seeds: Optional[AdaptiveSeeds] = None) -> None:
+    """Restore unpickles the callbacks and the verbosity of the interrupted driver, and its searcher; this
+    invocation's replace them (its tracker writes to its own parent run; its searcher, whose progress this driver
+    prints, takes the saved one's state as Tune restores the experiment). Ray offers no public setter for this
+    (ray-project/ray#41364), so this is the one place that reaches into the Tuner's private parts, and a Ray that
+    changed them ends in one line saying so."""
     try:
         run_config = tuner._local_tuner.get_run_config()
         run_config.callbacks, run_config.verbose = callbacks, verbose
         took = tuner._local_tuner.get_run_config().callbacks is callbacks  # a copy handed out would drop them
+        if seeds is not None:
+            tuner._local_tuner._tune_config.search_alg = seeds
+            took = took and tuner._local_tuner._tune_config.search_alg is seeds
     except AttributeError:
         took = False
     if not took:
-        raise StudyError(f"this Ray ({ray.__version__}) no longer lets a restored Tuner's callbacks be replaced "
-                         f"through Tuner._local_tuner.get_run_config(), which resuming needs (tested with Ray "
+        raise StudyError(f"this Ray ({ray.__version__}) no longer lets a restored Tuner's callbacks and searcher be "
+                         f"replaced through Tuner._local_tuner, which resuming needs (tested with Ray "
                          f"{TESTED_RAY}); run with --fresh, or install the tested versions with `make venv`")
 
 
@@ -176,9 +189,11 @@ def with_loggers(callbacks: list) -> list:
 
 
 def build_tuner(study: Study, to_run: list[Trial], book: TrialBook, experiment: Experiment, callbacks: list,
-                max_concurrent: Optional[int], resume: bool, verbose: bool) -> tune.Tuner:
-    """The restored Tuner of this plan's interrupted experiment, or a new one over `to_run`. Tune prints nothing
-    of its own unless `verbose` (study.run.progress prints the trials' events)."""
+                max_concurrent: Optional[int], resume: bool, verbose: bool,
+                seeds: Optional[AdaptiveSeeds] = None) -> tune.Tuner:
+    """The restored Tuner of this plan's interrupted experiment, or a new one over `to_run` (with adaptive `seeds`,
+    over the trials it proposes). Tune prints nothing of its own unless `verbose` (study.run.progress prints the
+    trials' events)."""
     callbacks = with_loggers(callbacks)
     verbosity = None if verbose else 0  # None: Tune's default tables
     if not verbose:  # Tune's newer output prints its header box and results folder even at verbose=0
@@ -199,7 +214,7 @@ def build_tuner(study: Study, to_run: list[Trial], book: TrialBook, experiment: 
         note = resources.kept_note([book.describe(t.config).name for t in resumed])
         if note:
             print(note)
-        replace_callbacks(tuner, callbacks, verbosity)
+        replace_callbacks(tuner, callbacks, verbosity, seeds)
         return tuner
     # trials carrying on from an earlier experiment's checkpoints keep that experiment's resources, as restored ones do
     resources = TrialResources(now, book.carried_with, tuple({"trial": name} for name in book.carried))
@@ -214,5 +229,5 @@ def build_tuner(study: Study, to_run: list[Trial], book: TrialBook, experiment: 
         name=experiment.name, storage_path=experiment.storage, callbacks=callbacks, verbose=verbosity,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=study.spec.retries))
-    return tune.Tuner(fn, param_space=param_space(study, to_run), tune_config=tune_config(study, max_concurrent),
-                      run_config=run_config)
+    return tune.Tuner(fn, param_space=param_space(study, to_run),
+                      tune_config=tune_config(study, max_concurrent, seeds), run_config=run_config)

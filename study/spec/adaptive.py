@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from study.records import METRICS
+from study.records import METRICS, RunRecord, Tag, newest_finished
 from study.spec.config import AdaptiveSeeds, Study
 from study.spec.layout import Comparison, cell_key, study_comparisons
-from study.spec.plan import Trial
+from study.spec.plan import Trial, pairing_of
 from study.stats import compared
 
 TARGET = "target reached"
@@ -27,8 +27,9 @@ WAITING = "running"
 
 @dataclass(frozen=True)
 class Verdict:
-    """Where one comparison stands: the seeds it is judged on (or waits for), why it stopped, its interval's
-    half-width there (None while waiting, or with fewer than two values a side)."""
+    """Where one comparison stands: the seeds it is judged on (or waits for), why it stopped, and its interval's
+    half-width on the seeds judged last (waiting for seed n, on the n - 1 before it, too wide; None before any
+    judgement, or with fewer than two values a side)."""
     comparison: Comparison
     seeds: int
     state: str
@@ -38,10 +39,10 @@ def judged(rule: AdaptiveSeeds, comparison: Comparison, done: dict[tuple, dict[i
            ) -> Verdict:
     """`done`: cell key -> {seed: (value in the printed unit, pairing), or None for a trial that failed}."""
     reference, cell = done.get(comparison.reference, {}), done.get(comparison.cell, {})
-    n = rule.min
+    n, half = rule.min, None
     while True:
         if any(s not in reference or s not in cell for s in range(n)):
-            return Verdict(comparison, n, WAITING, None)
+            return Verdict(comparison, n, WAITING, half)
         d = compared(*({s: side[s] for s in range(n) if side[s] is not None} for side in (reference, cell)))
         half = None if d is None else d.half_width
         if half is not None and half <= rule.target:
@@ -72,6 +73,37 @@ class SeedRule:
         self.cell_of = {t.config_hash: cell_key(self.table, t) for t in trials}
         self.cells = list(dict.fromkeys(self.cell_of.values()))
         self.trials = trials
+        self.by_hash = {t.config_hash: t for t in trials}
+
+    def label(self, key: tuple) -> str:
+        """A cell as the terminal names it: its values of the table's keys."""
+        return self.table.values_label(self.table.keys, key)
+
+    @property
+    def unit(self) -> str:
+        return " pp" if METRICS[self.metric].percent else ""
+
+    def outcome(self, config_hash: str, value: Optional[float], device: str) -> Optional[tuple[float, tuple]]:
+        """A trial's outcome as `decide` takes it, from its final value of the table's metric (None: it failed, or
+        never logged it) and the device it trained on (its environment's "device")."""
+        return None if value is None else (value, pairing_of(self.by_hash[config_hash].config, device))
+
+    def recorded(self, runs: list[RunRecord], failed: bool) -> dict[str, Optional[tuple[float, tuple]]]:
+        """The outcomes of the study's trials in `runs` (MLflow trial runs): each trial's newest FINISHED run, and with
+        `failed` a trial whose runs all FAILED as done without a value (the report, as the driver that ran it saw it;
+        a new invocation retries it instead)."""
+        out: dict[str, Optional[tuple[float, tuple]]] = {}
+        for config_hash, run in newest_finished(runs).items():
+            if config_hash in self.by_hash:
+                out[config_hash] = self.outcome(config_hash, run.metrics.get(self.metric), run.tag(Tag.ENVIRONMENT + "device"))
+        if failed:  # as the report counts a trial failed: a FAILED run, and none running or interrupted
+            states: dict[str, set[str]] = {}
+            for run in runs:
+                if run.config_hash in self.by_hash and run.config_hash not in out:
+                    states.setdefault(run.config_hash, set()).add(run.status)
+            out.update({h: None for h, seen in states.items()
+                        if "FAILED" in seen and not seen & {"RUNNING", "SCHEDULED", "KILLED"}})
+        return out
 
     def decide(self, outcomes: dict[str, Optional[tuple[float, tuple]]]) -> Decision:
         """The seeds each cell needs given `outcomes`: config hash -> (the trial's final value of the table's metric, as

@@ -28,6 +28,17 @@ class Trial:
     config_hash: str
 
 
+PAIRING_KEYS = ("arch", "width", "dataset", "batch_size", "validation")
+
+
+def pairing_of(config: dict, device: str) -> tuple:
+    """What a seed fixes only together with: the network (its initial weights are drawn from the seed), the data and
+    its split, the batches (their order is drawn from the seed by a generator on the device trained on, so a GPU's
+    order is not a CPU's). Two runs of one seed that agree on these start from the same weights and see the same
+    batches (tests/test_training.py), so the seed pairs them."""
+    return (*(config[k] for k in PAIRING_KEYS), "cpu" if device.startswith("CPU") else "cuda")
+
+
 def with_absolute_data_dir(config: dict) -> dict:
     """`data_dir` made absolute against the driver's working directory: Ray runs each trial in a folder
     of its own, where a relative path would name another (empty) place."""
