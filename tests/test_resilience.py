@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 
 from isnm import train
+from study.records import read_runs
+from study.spec.adaptive import MAX, SeedRule
 from study.spec.config import load_study
 from study.spec.plan import plan_trials
 from tests.studies import checkpoints, finished_output, run_study, small_study, start_study, steps, trial_runs, wait_for
@@ -121,3 +124,43 @@ def test_diverged_trial_fails_alone_and_is_counted(tmp_path, shared_ray):
     from study.report.cli import main as report
     assert report(["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path / "r")]) == 0
     assert "2 trials planned: 1 finished, 1 failed" in (tmp_path / "r/diverge.md").read_text()
+
+
+def test_killed_adaptive_study_resumes_and_its_stopping_rule_holds(tmp_path):
+    """A driver SIGKILLed after the searcher asked for seeds beyond `min`: the same command resumes the experiment
+    (its searcher's state restored with it); every trial the results ask for runs once, none twice, and at the end
+    every comparison has stopped where the rule says, on the seeds the store holds."""
+    path = small_study(tmp_path, name="killadaptive", epochs=1, max_concurrent=1,
+                       variants={"hard": {}, "soft": {"neuron.reset": "soft"}},
+                       seeds={"min": 2, "max": 4, "target": 0.01})  # a target no seeds reach: every row runs to max
+    db = tmp_path / "mlflow.db"
+    driver = start_study(tmp_path, str(path))
+    try:
+        wait_for(lambda: "more seeds:" in driver.log.read_text(), 300, "a seed added", driver)
+        wait_for(lambda: len([r for r in trial_runs(db, "killadaptive") if r.info.status == "FINISHED"]) >= 5, 300,
+                 "five finished trials", driver)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        driver.kill()
+    before = {r.data.tags["config_hash"]: r.info.end_time for r in trial_runs(db, "killadaptive")
+              if r.info.status == "FINISHED"}
+    assert 5 <= len(before) < 8, "the kill came too late"
+    done = run_study(tmp_path, str(path))
+    runs = trial_runs(db, "killadaptive")
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    hashes = [r.data.tags["config_hash"] for r in finished]
+    assert len(hashes) == len(set(hashes)) == 8  # none twice; 2 rows x 4 seeds, as the target asks
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    for run in finished:
+        assert steps(db, run) == [1]
+        if run.data.tags["config_hash"] in before:  # finished before the kill: not trained again
+            assert run.info.end_time == before[run.data.tags["config_hash"]]
+    study = load_study(path)
+    rule = SeedRule(study, plan_trials(study))
+    client = MlflowClient(f"sqlite:///{db}")
+    decision = rule.decide(rule.recorded(list(read_runs(client, [client.get_experiment_by_name("killadaptive")
+                                                                 .experiment_id], "trial")), failed=True))
+    assert decision.settled and {t.config_hash for t in rule.needed(decision)} == set(hashes)
+    assert [v.state for v in decision.verdicts] == [MAX]
+    assert "soft vs hard: 4 seeds" in done.stdout and "8 trials" in done.stdout, done.stdout

@@ -21,6 +21,7 @@ from study.report.leaderboard import leaderboard
 from study.report.plots import plot_curves, plot_firing, plot_schedule
 from study.report.sources import provenance_line, runs_frame, write_sources
 from study.report.tables import counts_line, differences, paper_figure, render_table, setting_line
+from study.spec.adaptive import SeedRule
 from study.spec.config import Study, read_yaml, study_from
 from study.spec.plan import plan_trials
 
@@ -86,6 +87,12 @@ def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: O
     table = study.table
     shown = [metric] if metric else table.metrics
     trials = plan_trials(study) if study.spec.search is None else []
+    verdicts = None
+    if study.adaptive is not None:  # the trials are those the study's results asked for, as its driver decided
+        rule = SeedRule(study, trials)
+        decision = rule.decide(rule.recorded(children, failed=True))
+        trials = rule.needed(decision)
+        verdicts = {(v.comparison.reference, v.comparison.cell): v for v in decision.verdicts}
     parts = [f"# {study.name}", study.spec.description, setting_line(study, trials)]
     plots: list[Path] = []
     if study.spec.search is not None:
@@ -108,7 +115,7 @@ def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: O
                 mine = [c for c in cells if c.key[:len(split_value)] == split_value]
                 title = f"{level} {table.label(split_value[0])}\n\n" if split_value else ""
                 parts.append(title + render_table(mine, table, metric, split_value, paper))
-                compared_here = differences(mine, table, metric, split_value)
+                compared_here = differences(mine, table, metric, split_value, verdicts)
                 if compared_here:
                     where = f" ({table.label(split_value[0])})" if split_value else ""
                     found.append(f"### {compared_here[0]}{where}\n\n{compared_here[1]}")

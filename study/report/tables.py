@@ -13,6 +13,7 @@ from isnm import metrics
 from study.markdown import markdown_table
 from study.records import METRICS
 from study.report.cells import Cell, Status
+from study.spec.adaptive import Verdict
 from study.spec.layout import comparisons, layout
 from study.stats import ALPHA, Difference, Seeded, compared, detectable, holm, mean_std
 from study.spec.config import Study, Table
@@ -165,10 +166,12 @@ def detectable_line(found: list[Difference], metric: str) -> str:
     return line
 
 
-def differences(cells: list[Cell], table: Table, metric: str, split_value: tuple) -> Optional[tuple[str, str]]:
+def differences(cells: list[Cell], table: Table, metric: str, split_value: tuple,
+                verdicts: Optional[dict[tuple[tuple, tuple], Verdict]] = None) -> Optional[tuple[str, str]]:
     """(its title, the Markdown table and the detectable-difference line) of the differences a table makes
     (`study.spec.layout.comparisons`), or None when no reference has two seeds. Each comparison is paired or Welch
-    (`study.stats.compared`); the table's p-values are adjusted together (Holm)."""
+    (`study.stats.compared`); the table's p-values are adjusted together (Holm). With adaptive seeds' `verdicts`
+    (by reference and cell key), each line says how many seeds its comparison got, and why it stopped."""
     placed = layout([c.key for c in cells], table, len(split_value))
     by_key = {c.key: c for c in cells}
     made = comparisons(placed)
@@ -200,7 +203,13 @@ def differences(cells: list[Cell], table: Table, metric: str, split_value: tuple
     found = [d for _, d in rows if d is not None]
     adjusted = iter(holm([d.p for d in found]))
     body = [labels + comparison_cells(d, next(adjusted) if d is not None else None, metric) for labels, d in rows]
-    table_text = markdown_table(head + [f"95% CI{pp}", "p", "p (Holm)", "test"], body)
+    head += [f"95% CI{pp}", "p", "p (Holm)", "test"]
+    if verdicts is not None:
+        head += ["seeds", "stopped"]
+        for line, c in zip(body, made):
+            v = verdicts.get((c.reference, c.cell))
+            line += [DASH, DASH] if v is None else [str(v.seeds), v.state]
+    table_text = markdown_table(head, body)
     return title, table_text + (f"\n\n{detectable_line(found, metric)}" if found else "")
 
 
@@ -216,8 +225,12 @@ def setting_line(study: Study, trials: list[Trial]) -> str:
                                       for c in configs))
 
     profile = f" with profile `{study.profile}`" if study.profile else ""
+    rule = study.adaptive
+    seeds = (f"seeds {', '.join(map(str, study.spec.seeds))}" if rule is None else
+             f"adaptive seeds: {rule.min} to {rule.max} a row, more only while a comparison's 95% interval of "
+             f"{study.table.metrics[0]} is wider than ±{rule.target:g}{' pp' if METRICS[study.table.metrics[0]].percent else ''}")
     return (f"Ours{profile}: {values('dataset')}, {networks()}, T={values('timesteps')}, "
-            f"{values('epochs')} epochs, seeds {', '.join(map(str, study.spec.seeds))}.")
+            f"{values('epochs')} epochs, {seeds}.")
 
 
 def counts_line(counts: Counter[Status]) -> str:

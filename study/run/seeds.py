@@ -59,7 +59,8 @@ class AdaptiveSeeds(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             state = pickle.load(f)
-        self.outcomes, self.running = state["outcomes"], state["running"]
+        # what the store holds (this driver's `known`) stands over the saved state, which may be older than the kill
+        self.outcomes, self.running = {**state["outcomes"], **self.outcomes}, state["running"]
         self.decision = self.rule.decide(self.outcomes)
 
 
