@@ -227,7 +227,7 @@ def setting_line(study: Study, trials: list[Trial]) -> str:
     profile = f" with profile `{study.profile}`" if study.profile else ""
     rule = study.adaptive
     seeds = (f"seeds {', '.join(map(str, study.spec.seeds))}" if rule is None else
-             f"adaptive seeds: {rule.min} to {rule.max} a row, more only while a comparison's 95% interval of "
+             f"adaptive seeds: {rule.min} to {rule.max} per table cell, more only while a comparison's 95% interval of "
              f"{study.table.metrics[0]} is wider than ±{rule.target:g}{' pp' if METRICS[study.table.metrics[0]].percent else ''}")
     return (f"Ours{profile}: {values('dataset')}, {networks()}, T={values('timesteps')}, "
             f"{values('epochs')} epochs, {seeds}.")

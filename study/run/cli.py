@@ -67,7 +67,7 @@ def adaptive_plan(study: Study, trials: list[Trial]) -> str:
     how many it runs at most."""
     rule, first = study.adaptive, SeedRule(study, trials).first()
     unit = " pp" if METRICS[study.table.metrics[0]].percent else ""
-    return (f"{study.name}: {len(first)} to {len(trials)} trials (adaptive seeds: {rule.min} to {rule.max} a cell, more "
+    return (f"{study.name}: {len(first)} to {len(trials)} trials (adaptive seeds: {rule.min} to {rule.max} per table cell, more "
             f"only where a comparison's 95% interval of {study.table.metrics[0]} is wider than ±{rule.target:g}{unit})\n"
             f"{trial_table(first) if len(first) <= LISTED_TRIALS else plan_summary(study, first)}\n"
             f"then seeds {rule.min} to {rule.max - 1} as the results ask for them (--estimate counts all {len(trials)})")
