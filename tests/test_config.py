@@ -96,3 +96,14 @@ def test_the_beta_search_ranks_on_val_acc_and_asha_late_in_the_schedule():
 def test_missing_file(tmp_path):
     with pytest.raises(StudyError, match="no such study file"):
         load_study(tmp_path / "nope.yaml")
+
+
+def test_a_yaml_merge_key_may_be_overridden_where_a_repeated_key_may_not(tmp_path):
+    """`base: {<<: *demo, epochs: 4}` (a profile reusing another's settings) is YAML's own override, not a key twice."""
+    path = tmp_path / "merge.yaml"
+    path.write_text("name: t\nbase: &b {dataset: digits, arch: tiny, epochs: 2}\nprofiles:\n"
+                    "  short: {base: {<<: *b, epochs: 1}}\n")
+    assert load_study(path, "short").base["epochs"] == 1 and load_study(path).base["epochs"] == 2
+    path.write_text("name: t\nbase: {<<: {epochs: 3}, epochs: 1, epochs: 2}\n")
+    with pytest.raises(StudyError, match="key 'epochs' appears twice"):
+        load_study(path)

@@ -15,8 +15,8 @@ from study.spec.adaptive import WAITING, Decision, SeedRule
 
 
 class AdaptiveSeeds(Searcher):
-    """Proposes `{"trial": name}` for each trial the rule needs that has neither an outcome nor a trial running;
-    nothing while running trials may still ask for more; FINISHED once every comparison has stopped."""
+    """Proposes `{"trial": name}` for each trial the rule needs that has neither an outcome nor a trial running, lowest
+    seed first; nothing while running trials may still ask for more; FINISHED once every comparison has stopped."""
 
     def __init__(self, rule: SeedRule, known: dict[str, Optional[tuple[float, tuple]]]):
         super().__init__()
@@ -34,7 +34,8 @@ class AdaptiveSeeds(Searcher):
 
     def suggest(self, trial_id: str):
         busy = set(self.running.values())
-        for trial in self.rule.needed(self.decision):
+        # lowest seed first: every cell's first seeds before any comparison's extra ones, so each is judged early
+        for trial in sorted(self.rule.needed(self.decision), key=lambda t: t.seed):
             if trial.config_hash not in self.outcomes and trial.config_hash not in busy:
                 self.running[trial_id] = trial.config_hash
                 return {"trial": trial.name}

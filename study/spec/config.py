@@ -93,9 +93,9 @@ class AdaptiveSeeds:
     """`seeds: {min, max, target}`: `min` seeds of every cell first, then more (the next integers, up to `max`) only to
     the cells whose comparisons' 95% intervals are still wider than ±`target`, in the table metric's printed unit
     (study.spec.adaptive; docs/study-files.md, "Adaptive seeds")."""
-    min: int
-    max: int
-    target: float
+    min: int  # seeds every table cell runs first: 0 .. min-1
+    max: int  # the most seeds a cell gets
+    target: float  # each comparison's 95% interval half-width wanted, in the table metric's printed unit
 
     def check(self, path: str) -> None:
         check(self.min >= 2, join(path, "min"), self.min, "an integer >= 2 (a row's spread needs two seeds)")
@@ -174,7 +174,7 @@ class StudyFile:
     base: dict[str, Any] = field(default_factory=dict)  # one isnm.train config shared by all trials
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # row name -> dotted-key overrides
     grid: dict[str, list[Any]] = field(default_factory=dict)  # dotted key -> values, crossed with variants
-    seeds: Union[list[int], AdaptiveSeeds] = field(default_factory=lambda: [0])  # or {min, max, target}
+    seeds: Union[list[int], AdaptiveSeeds] = field(default_factory=lambda: [0])  # or adaptive: {min, max, target}
     resources: Resources = field(default_factory=Resources)
     max_concurrent: Optional[int] = None
     retries: int = 2  # restarts of a failed trial from its last checkpoint
@@ -257,6 +257,8 @@ class StrictLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden here, as YAML says
+                continue
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"key {shown(key)} appears twice in one mapping (YAML "
