@@ -164,3 +164,8 @@ def test_killed_adaptive_study_resumes_and_its_stopping_rule_holds(tmp_path):
     assert decision.settled and {t.config_hash for t in rule.needed(decision)} == set(hashes)
     assert [v.state for v in decision.verdicts] == [MAX]
     assert "soft vs hard: 4 seeds" in done.stdout and "8 trials" in done.stdout, done.stdout
+    from study.report.cli import main as report
+    assert report(["--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r/killadaptive.md").read_text()
+    assert "adaptive seeds: 2 to 4 per table cell" in text and "8 trials planned: 8 finished" in text
+    assert "| paired | 4 | max reached |" in text  # the comparison's seeds, and why it stopped

@@ -114,13 +114,16 @@ def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: O
             for split_value in splits:
                 mine = [c for c in cells if c.key[:len(split_value)] == split_value]
                 title = f"{level} {table.label(split_value[0])}\n\n" if split_value else ""
-                parts.append(title + render_table(mine, table, metric, split_value, paper))
-                compared_here = differences(mine, table, metric, split_value, verdicts)
+                parts.append(title + render_table(mine, table, metric, split_value, paper, verdicts is not None))
+                compared_here = differences(mine, table, metric, split_value,  # the seeds went by the first metric
+                                            verdicts if metric == table.metrics[0] else None)
                 if compared_here:
                     where = f" ({table.label(split_value[0])})" if split_value else ""
                     found.append(f"### {compared_here[0]}{where}\n\n{compared_here[1]}")
-            parts.append(f"{what_each_run_gives(stat, metric)}, mean ± sample std over seeds; n = finished seeds where "
-                         f"fewer than planned; best in bold" + ("; Δ = ours − paper." if compared else "."))
+            seeds = ("n = seeds, as many as the cell's comparisons needed" if verdicts is not None else
+                     "n = finished seeds where fewer than planned")
+            parts.append(f"{what_each_run_gives(stat, metric)}, mean ± sample std over seeds; {seeds}; best in bold"
+                         + ("; Δ = ours − paper." if compared else "."))
             parts += found
         parts.append(counts_line(counts))
         sidecar = out / f"{study.name}.runs.csv"

@@ -39,13 +39,14 @@ def unit(metric: str) -> str:
     return " (pp)" if METRICS[metric].percent else ""
 
 
-def cell_text(values: list[float], planned: int, metric: str) -> str:
-    """mean ± std over a cell's seeds, n when fewer than the `planned` seeds finished."""
+def cell_text(values: list[float], planned: int, metric: str, counted: bool = False) -> str:
+    """mean ± std over a cell's seeds, n when fewer than the `planned` seeds finished, or always when `counted`
+    (adaptive seeds: cells have as many as their comparisons needed)."""
     if not values:
         return DASH
     mean, std = mean_std([scaled(v, metric) for v in values])
     text = number(mean, metric) if math.isnan(std) else f"{number(mean, metric)} ± {number(std, metric)}"
-    return text if len(values) == planned else f"{text} (n={len(values)})"
+    return text if len(values) == planned and not counted else f"{text} (n={len(values)})"
 
 
 def extra_text(cell: Cell, metric: str) -> str:
@@ -77,10 +78,12 @@ def paper_figure(paper: dict, key: tuple) -> Optional[tuple[float, Optional[floa
     return None
 
 
-def render_table(cells: list[Cell], table: Table, metric: str, split_value: tuple, paper: dict) -> str:
+def render_table(cells: list[Cell], table: Table, metric: str, split_value: tuple, paper: dict,
+                 counted: bool = False) -> str:
     """One Markdown table in the paper's shape (docs/reports.md, "Tables"): Method?, the row keys (a value repeated
     from the line above left blank), the constants, then for each column (a table of rows has one) the cell's value,
-    the paper's figure and Δ, the test accuracy at each T study.evaluate measured, and the extra metrics."""
+    the paper's figure and Δ, the test accuracy at each T study.evaluate measured, and the extra metrics. `counted`:
+    each cell's value says its seeds (n)."""
     placed = layout([c.key for c in cells], table, len(split_value))
     by_key = {c.key: c for c in cells}
     has_paper = any(paper_figure(paper, c.key) is not None for c in cells)
@@ -95,7 +98,7 @@ def render_table(cells: list[Cell], table: Table, metric: str, split_value: tupl
         """A cell's group of columns; dashes where the plan has no such cell."""
         if cell is None:
             return [DASH] * len(names)
-        value = cell_text(cell.values, cell.planned, metric)
+        value = cell_text(cell.values, cell.planned, metric, counted)
         out = [f"**{value}**" if best is not None and means.get(cell.key) == best else value]
         if has_paper:
             figure = paper_figure(paper, cell.key)
