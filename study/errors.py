@@ -11,6 +11,16 @@ def plural(n: int, noun: str) -> str:
     return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
+def duration(seconds: float) -> str:
+    """12s, 3m05s, 2h07m."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 def redacted(text: str) -> str:
     """`text` with the password of every URI in it (`scheme://user:password@host`) replaced by ***."""
     return CREDENTIALS.sub(r"\1:***@", text)

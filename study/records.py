@@ -14,6 +14,7 @@ Standard library and isnm's metric names only, so the pure study-file code can i
 """
 from __future__ import annotations
 
+import enum
 import hashlib
 
 import re
@@ -63,6 +64,8 @@ class Tag:
     INTERRUPTED = "interrupted"  # "E of N epochs logged": the run of a trial its driver was stopped in
     STOPPED_EARLY = "stopped_early"  # by a search's scheduler
     RETRIES = "retries"
+    SLURM_JOB = "slurm_job_id"  # the Slurm job the driver ran in (a requeued job keeps its id)
+    SLURM_RESTARTS = "slurm_restart_count"  # how often that job had been requeued when the run last trained
     ERROR = "error"  # why a FAILED trial failed
     CACHED_FROM = "cached_from"  # the run a copied trial's numbers come from
     REPRODUCES = "reproduces"
@@ -285,6 +288,29 @@ def histories(client: MlflowClient, run_ids: list[str], key: str) -> dict[str, l
             for row in bulk(ids[start:start + HISTORY_RUNS_PER_QUERY], key, None):  # Metrics that name their run
                 found[row.run_id].append(Logged(row.key, row.value, row.timestamp, row.step))
     return {run_id: sorted(history, key=lambda metric: metric.step) for run_id, history in found.items()}
+
+
+class Status(enum.Enum):
+    """A planned trial's state, from its runs in any invocation; the value is how the report counts it."""
+    FINISHED = "finished"
+    FAILED = "failed"
+    RUNNING = "running"
+    INTERRUPTED = "interrupted"  # a KILLED run: its driver was interrupted; the same command resumes it
+    MISSING = "not run"
+
+
+# MLflow run statuses in the order they decide a trial's state, after FINISHED; a trial with runs of none FAILED
+DECIDING = {"RUNNING": Status.RUNNING, "SCHEDULED": Status.RUNNING, "KILLED": Status.INTERRUPTED}
+
+
+def trial_status(runs: list[RunRecord], finished: Optional[RunRecord]) -> Status:
+    """A trial's state from its runs (any invocation), `finished` being the newest FINISHED one, if any."""
+    if finished is not None:
+        return Status.FINISHED
+    if not runs:
+        return Status.MISSING
+    return next((state for status, state in DECIDING.items() if any(r.status == status for r in runs)),
+                Status.FAILED)
 
 
 def newest_finished(runs: Iterable[RunRecord]) -> dict[str, RunRecord]:

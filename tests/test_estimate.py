@@ -82,6 +82,7 @@ def seconds_of(text: str) -> float:
 
 
 @pytest.mark.slow  # compiles tiny's kernels in a real study on an empty cache: about a minute
+@pytest.mark.serial  # timed against a real study: beside another test's training it took twice as long (CI, 2 cores)
 def test_the_estimate_of_a_study_that_compiles_is_within_30_percent_of_the_study_and_compiles_nothing(tmp_path):
     import time
 

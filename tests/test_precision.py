@@ -130,5 +130,6 @@ def test_one_call_backward_computes_what_the_chunked_one_does(digits):
 
 @pytest.mark.slow
 def test_tiny_learns_digits_in_bf16():
-    final = train({"arch": "tiny", "epochs": 10, "seed": 0, "precision": "bf16"})
+    # 3 epochs (0.971 on an AMD EPYC): a CPU without native bf16 (AVX2 only) emulates it, 20 s an epoch
+    final = train({"arch": "tiny", "epochs": 3, "seed": 0, "precision": "bf16"})
     assert final["test_acc"] >= 0.95

@@ -30,7 +30,7 @@ ALSO_ELSEWHERE = {
     "beta": "a config key (surrogate.beta, the fixed schedule's)",
     "alpha": "a config key (surrogate.alpha)",
     "retries": "a study-file key (StudyFile.retries)",
-    "interrupted": "a trial state the report counts (study.report.cells.Status)",
+    "interrupted": "a trial state the report counts (study.records.Status)",
 }
 
 

@@ -7,7 +7,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from study.records import read_runs
-from study.report.cells import Status
+from study.records import Status
 from study.report.sources import runs_frame
 from study.report.cli import main
 from study.report.tables import counts_line

@@ -134,9 +134,17 @@ def test_killed_adaptive_study_resumes_and_its_stopping_rule_holds(tmp_path):
                        variants={"hard": {}, "soft": {"neuron.reset": "soft"}},
                        seeds={"min": 2, "max": 4, "target": 0.01})  # a target no seeds reach: every row runs to max
     db = tmp_path / "mlflow.db"
+
+    def status() -> str:  # python -m study.status, as a user on another machine would ask
+        from study.status.cli import study_status
+        return study_status(MlflowClient(f"sqlite:///{db}"), "killadaptive", str(db))
+
     driver = start_study(tmp_path, str(path))
     try:
         wait_for(lambda: "more seeds:" in driver.log.read_text(), 300, "a seed added", driver)
+        running = wait_for(lambda: (lambda now: now if "1 running" in now else None)(status()), 60,
+                           "a running trial in study.status", driver)
+        assert "asked for so far (adaptive seeds: 4 to 8)" in running and "RUNNING" in running.splitlines()[0]
         wait_for(lambda: len([r for r in trial_runs(db, "killadaptive") if r.info.status == "FINISHED"]) >= 5, 300,
                  "five finished trials", driver)
         driver.send_signal(signal.SIGKILL)
@@ -146,6 +154,7 @@ def test_killed_adaptive_study_resumes_and_its_stopping_rule_holds(tmp_path):
     before = {r.data.tags["config_hash"]: r.info.end_time for r in trial_runs(db, "killadaptive")
               if r.info.status == "FINISHED"}
     assert 5 <= len(before) < 8, "the kill came too late"
+    assert "nothing runs now: the same study.run command resumes it" in status()
     done = run_study(tmp_path, str(path))
     runs = trial_runs(db, "killadaptive")
     finished = [r for r in runs if r.info.status == "FINISHED"]
@@ -167,5 +176,7 @@ def test_killed_adaptive_study_resumes_and_its_stopping_rule_holds(tmp_path):
     from study.report.cli import main as report
     assert report(["--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path / "r")]) == 0
     text = (tmp_path / "r/killadaptive.md").read_text()
+    assert status().splitlines()[1:] == ["  trials  8 asked for (adaptive seeds: 4 to 8): 8 finished, 0 failed, "
+                                         "0 running, 0 not run", "  epochs  8 of 8 (100%)", "  left    nothing"]
     assert "adaptive seeds: 2 to 4 per table cell" in text and "8 trials planned: 8 finished" in text
     assert "| paired | 4 | max reached |" in text  # the comparison's seeds, and why it stopped

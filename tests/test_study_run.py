@@ -105,7 +105,7 @@ def test_the_terminal_shows_each_trials_events_and_nothing_of_rays(finished_stud
         events = [line.split(name, 1)[1].strip() for line in running if line.startswith(f"  {name} ")]
         assert events[0] == "started" and len(events) == 4, events
         assert re.fullmatch(r"epoch 1/2  test_acc \d+\.\d\d", events[1]) and events[2].startswith("epoch 2/2  ")
-        assert re.fullmatch(r"finished  test_acc \d+\.\d\d  \d+s  \[[1-4] of 4 done(, ETA \d+s)?\]", events[3])
+        assert re.fullmatch(r"finished  test_acc \d+\.\d\d  \d+s  \[[1-4] of 4 done(, ETA (\d+m)?\d+s)?\]", events[3])
     assert any(line.endswith("[4 of 4 done]") for line in running)
     for noise in ("Trial status", "╭", "WARNING", "TensorBoard", "No CUDA runtime", "bottleneck", "trainable_"):
         assert noise not in done.stdout + done.stderr, noise

@@ -5,32 +5,18 @@ number comes from. Reads only through the MLflow client it is given.
 """
 from __future__ import annotations
 
-import enum
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from isnm import metrics
 from study.errors import StudyError
-from study.records import AT_TIMESTEPS, METRICS, RunRecord, Tag, histories, newest_finished
+from study.records import AT_TIMESTEPS, METRICS, RunRecord, Status, Tag, histories, newest_finished, trial_status
 from study.spec.config import Table
 from study.spec.plan import Trial, key_value, pairing_of
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
-
-class Status(enum.Enum):
-    """A planned trial's state, from its runs in any invocation; the value is how the report counts it."""
-    FINISHED = "finished"
-    FAILED = "failed"
-    RUNNING = "running"
-    INTERRUPTED = "interrupted"  # a KILLED run: its driver was interrupted; the same command resumes it
-    MISSING = "not run"
-
-
-# MLflow run statuses in the order they decide a trial's state, after FINISHED; a trial with runs of none FAILED
-DECIDING = {"RUNNING": Status.RUNNING, "SCHEDULED": Status.RUNNING, "KILLED": Status.INTERRUPTED}
-
 
 @dataclass(frozen=True)
 class Source:
@@ -94,16 +80,6 @@ def source_of(run: RunRecord, trial: Trial, value: float) -> Source:
     device = run.tag(Tag.ENVIRONMENT + "device")
     return Source(run.run_id, trial.variant, trial.seed, trial.config_hash, run.code,
                   run.tag(Tag.ENVIRONMENT + "torch"), device, value, pairing_of(trial.config, device))
-
-
-def trial_status(runs: list[RunRecord], finished: Optional[RunRecord]) -> Status:
-    """A trial's state from its runs (any invocation), `finished` being the newest FINISHED one, if any."""
-    if finished is not None:
-        return Status.FINISHED
-    if not runs:
-        return Status.MISSING
-    return next((state for status, state in DECIDING.items() if any(r.status == status for r in runs)),
-                Status.FAILED)
 
 
 def extra_metrics(table: Table) -> list[str]:

@@ -24,28 +24,17 @@ from study.report.tables import counts_line, differences, paper_figure, render_t
 from study.spec.adaptive import SeedRule
 from study.spec.config import Study, read_yaml, study_from
 from study.spec.plan import plan_trials
+from study.tracking.recorded import stored_study, study_names
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 
-def study_names(client: MlflowClient) -> list[str]:
-    """Studies in the store: experiments with at least one parent run of study.run."""
-    return sorted(exp.name for exp in client.search_experiments()
-                  if next(read_runs(client, [exp.experiment_id], Kind.STUDY, limit=1), None))
-
-
 def latest_study(client: MlflowClient, exp_id: str, workdir: Path, layout: Optional[Path]) -> tuple[Study, str, str]:
     """(the study of the latest invocation, from the study file its parent run holds, with `layout`'s `table:` when
     given; that parent run; a note when the file study.run was given has another `table:` now, else "")."""
-    parent = next(read_runs(client, [exp_id], Kind.STUDY, newest_first=True, limit=1), None)
-    if parent is None:
-        raise StudyError(f"experiment {client.get_experiment(exp_id).name!r} has no run of study.run")
-    files = [a.path for a in client.list_artifacts(parent.run_id) if a.path.endswith((".yaml", ".yml"))]
-    if not files:
-        raise StudyError(f"run {parent.run_id} holds no study file; was it made by study.run?")
-    local = Path(client.download_artifacts(parent.run_id, files[0], str(workdir)))
-    data, profile = read_yaml(local), parent.tags.get(Tag.PROFILE) or None
+    data, parent, local = stored_study(client, exp_id, workdir)
+    profile = parent.tags.get(Tag.PROFILE) or None
     if layout is not None:  # the layout is in no config hash: the runs stay the same, only the table changes
         data["table"] = read_yaml(layout).get("table")
         return study_from(data, layout, profile), parent.run_id, ""
@@ -182,8 +171,6 @@ def main(argv: list[str] | None = None) -> int:
                              "stored with the runs; nothing trains again")
     args = parser.parse_args(argv)
 
-    import os
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from study.tracking.store import read_client, tracking_uri
 
     uri = tracking_uri(args.tracking_uri)

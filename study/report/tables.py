@@ -12,7 +12,8 @@ from typing import Any, Optional
 from isnm import metrics
 from study.markdown import markdown_table
 from study.records import METRICS
-from study.report.cells import Cell, Status
+from study.records import Status
+from study.report.cells import Cell
 from study.spec.adaptive import Verdict
 from study.spec.layout import comparisons, layout
 from study.stats import ALPHA, Difference, Seeded, compared, detectable, holm, mean_std

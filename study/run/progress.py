@@ -16,20 +16,10 @@ from typing import Callable, Optional, TextIO, Union
 from ray.tune import Callback
 
 from isnm import compile_note, device_type_of, kernel_for, metrics, parse_config
-from study.errors import first_line
+from study.errors import duration, first_line
 from study.records import METRICS, Reported
 from study.spec.plan import Trial
 from study.tracking.callback import trial_error
-
-
-def duration(seconds: float) -> str:
-    """12s, 3m05s, 2h07m."""
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 class Progress(Callback):

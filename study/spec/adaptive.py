@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from study.records import METRICS, RunRecord, Tag, newest_finished
+from study.records import METRICS, RunRecord, Status, Tag, newest_finished, trial_status
 from study.spec.config import AdaptiveSeeds, Study
 from study.spec.layout import Comparison, cell_key, study_comparisons
 from study.spec.plan import Trial, pairing_of
@@ -96,13 +96,12 @@ class SeedRule:
         for config_hash, run in newest_finished(runs).items():
             if config_hash in self.by_hash:
                 out[config_hash] = self.outcome(config_hash, run.metrics.get(self.metric), run.tag(Tag.ENVIRONMENT + "device"))
-        if failed:  # as the report counts a trial failed: a FAILED run, and none running or interrupted
-            states: dict[str, set[str]] = {}
+        if failed:  # a trial the report counts as failed (study.records.trial_status)
+            runs_of: dict[str, list[RunRecord]] = {}
             for run in runs:
                 if run.config_hash in self.by_hash and run.config_hash not in out:
-                    states.setdefault(run.config_hash, set()).add(run.status)
-            out.update({h: None for h, seen in states.items()
-                        if "FAILED" in seen and not seen & {"RUNNING", "SCHEDULED", "KILLED"}})
+                    runs_of.setdefault(run.config_hash, []).append(run)
+            out.update({h: None for h, mine in runs_of.items() if trial_status(mine, None) is Status.FAILED})
         return out
 
     def decide(self, outcomes: dict[str, Optional[tuple[float, tuple]]]) -> Decision:

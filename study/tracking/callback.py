@@ -19,7 +19,7 @@ from study.errors import last_line
 from study.records import Artifact, Reported, RunRecord, Tag, read_runs
 from study.spec.config import Study
 from study.spec.plan import Trial
-from study.tracking.provenance import CodeState, environment_tags
+from study.tracking.provenance import CodeState, environment_tags, slurm_tags
 from study.tracking.retry import DEFAULT_PATIENCE_S, Backlog, PatientClient
 from study.tracking.writers import create_trial_run, log_epoch, place_tags
 
@@ -122,6 +122,8 @@ class MlflowTracker(Callback):
                 self.client.set_tag(existing.run_id, Tag.VARIANT, trial.variant)
             if Tag.INTERRUPTED in existing.tags:
                 self.client.delete_tag(existing.run_id, Tag.INTERRUPTED)
+            for key, value in slurm_tags().items():  # a requeued job: the restart it trains in now
+                self.client.set_tag(existing.run_id, key, value)
             nodes = existing.tags.get(Tag.RAY_NODES)
             log = TrialLog(existing.run_id, trial, tune_config,
                            {m.step for m in self.client.get_metric_history(existing.run_id, metrics.TEST_ACC)},

@@ -6,6 +6,8 @@ trial's own process, since a cluster's nodes may differ.
 """
 from __future__ import annotations
 
+import os
+
 import platform
 import subprocess
 import sys
@@ -104,3 +106,10 @@ def differences(recorded: dict[str, str], here: dict[str, str]) -> list[tuple[st
     """(key, recorded, here) for every key whose value differs, in the recorded order."""
     keys = list(dict.fromkeys([*recorded, *here]))
     return [(k, recorded.get(k, "-"), here.get(k, "-")) for k in keys if recorded.get(k) != here.get(k)]
+
+
+def slurm_tags() -> dict[str, str]:
+    """The Slurm job this driver runs in and its restart count (`SLURM_RESTART_COUNT`, 0 until requeued); none
+    outside Slurm."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return {Tag.SLURM_JOB: job, Tag.SLURM_RESTARTS: os.environ.get("SLURM_RESTART_COUNT", "0")} if job else {}

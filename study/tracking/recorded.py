@@ -1,4 +1,5 @@
-"""A finished trial's run read back for training or evaluating it again: its config and its final weights."""
+"""What the store holds, read back: a study's stored study file, and a finished trial's config and final weights (to
+train or evaluate it again)."""
 from __future__ import annotations
 
 import tempfile
@@ -10,11 +11,31 @@ from mlflow.exceptions import MlflowException
 
 from isnm import nested
 from study.errors import StudyError
-from study.records import Artifact, Tag
+from study.records import Artifact, Kind, RunRecord, Tag, read_runs
+from study.spec.config import read_yaml
 from study.tracking.provenance import recorded_environment
 
 if TYPE_CHECKING:
     from isnm import TrainConfig
+
+
+def study_names(client) -> list[str]:
+    """Studies in the store: experiments with at least one parent run of study.run."""
+    return sorted(exp.name for exp in client.search_experiments()
+                  if next(read_runs(client, [exp.experiment_id], Kind.STUDY, limit=1), None))
+
+
+def stored_study(client, exp_id: str, workdir: Path) -> tuple[dict, RunRecord, Path]:
+    """(the study file of the experiment's latest invocation, as stored with its parent run; that parent run; the
+    file, downloaded into `workdir`)."""
+    parent = next(read_runs(client, [exp_id], Kind.STUDY, newest_first=True, limit=1), None)
+    if parent is None:
+        raise StudyError(f"experiment {client.get_experiment(exp_id).name!r} has no run of study.run")
+    files = [a.path for a in client.list_artifacts(parent.run_id) if a.path.endswith((".yaml", ".yml"))]
+    if not files:
+        raise StudyError(f"run {parent.run_id} holds no study file; was it made by study.run?")
+    local = Path(client.download_artifacts(parent.run_id, files[0], str(workdir)))
+    return read_yaml(local), parent, local
 
 
 def fetch_config(client, run) -> dict:

@@ -14,7 +14,7 @@ from isnm import flat, metrics
 from study.records import Artifact, Kind, Tag, logged_per_epoch, mean_metric, newest_finished, read_runs
 from study.spec.config import Study
 from study.spec.plan import Trial, place
-from study.tracking.provenance import CodeState
+from study.tracking.provenance import CodeState, slurm_tags
 
 MAX_PARAM_LENGTH = 6000
 
@@ -33,7 +33,7 @@ def log_text(client: MlflowClient, run_id: str, name: str, text: str) -> None:
 def start_parent_run(client: MlflowClient, exp_id: str, study: Study, code: CodeState, ray_path: str) -> str:
     tags = {Tag.KIND: Kind.STUDY, Tag.STUDY: study.name, Tag.PROFILE: study.profile or "", **code_tags(code),
             Tag.RAY_EXPERIMENT: ray_path, Tag.NOTE: study.spec.description,
-            Tag.STUDY_FILE: str(Path(study.path).resolve())}
+            Tag.STUDY_FILE: str(Path(study.path).resolve()), **slurm_tags()}
     run = client.create_run(exp_id, run_name=f"{study.name} {time.strftime('%Y-%m-%d %H:%M:%S')}", tags=tags)
     client.log_artifact(run.info.run_id, study.path)
     if code.dirty:
@@ -46,7 +46,8 @@ def create_trial_run(client: MlflowClient, exp_id: str, parent_id: str, study_na
     """A child run for one trial: its readable name, tags, the flat config as params, the
     config as `config.yaml` (what `python -m isnm --config` takes) and, from a dirty tree, its diff."""
     tags = {Tag.PARENT: parent_id, Tag.KIND: Kind.TRIAL, Tag.STUDY: study_name, Tag.VARIANT: trial.variant,
-            Tag.SEED: str(trial.seed), Tag.CONFIG_HASH: trial.config_hash, **code_tags(code), **(extra_tags or {})}
+            Tag.SEED: str(trial.seed), Tag.CONFIG_HASH: trial.config_hash, **code_tags(code), **slurm_tags(),
+            **(extra_tags or {})}
     run_id = client.create_run(exp_id, run_name=trial.name, tags=tags).info.run_id
     params = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flat(trial.config).items()]
     client.log_batch(run_id, params=params)

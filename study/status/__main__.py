@@ -1,0 +1,5 @@
+import sys
+
+from study.status.cli import main
+
+sys.exit(main())

@@ -1,0 +1,134 @@
+"""python -m study.status: where a study stands, from the tracking store (and Slurm's queue when the study runs
+there): its trials by state, epochs done of planned, what remains, and the invocation or job running it.
+
+    ablation (profile demo): last invocation 2026-12-03 17:05 UTC, FINISHED
+      trials  20 planned: 20 finished, 0 failed, 0 running, 0 not run
+      epochs  120 of 120 (100%)
+      left    nothing
+
+Reads the store only: it works from any machine that reaches it, also while the study runs on another.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from isnm import metrics
+from study.errors import StudyError, duration, user_error_exit
+from study.records import Kind, RunRecord, Status, Tag, newest_finished, read_runs, trial_status
+from study.spec.adaptive import SeedRule
+from study.spec.config import study_from
+from study.spec.plan import Trial, plan_trials
+from study.tracking.recorded import stored_study, study_names
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+
+def slurm_state(job: str) -> str:
+    """The job's state in Slurm's queue (RUNNING, PENDING, ...), or why it cannot be told."""
+    if shutil.which("squeue") is None:
+        return "state unknown here (no squeue)"
+    try:
+        done = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "state unknown (squeue did not answer in 20 s)"
+    state = done.stdout.strip()
+    return state if done.returncode == 0 and state else "not in the queue (ended)"
+
+
+def epochs_done(trial: Trial, runs: list[RunRecord], finished: Optional[RunRecord]) -> int:
+    """Epochs a trial has logged: all of them once finished, else the most its runs got to."""
+    if finished is not None:
+        return trial.config["epochs"]
+    return max((int(r.metrics.get(metrics.EPOCH, 0)) for r in runs), default=0)
+
+
+def study_status(client: MlflowClient, name: str, uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        raise StudyError(f"no study {name!r} in {uri}; studies there: {', '.join(study_names(client)) or 'none'}")
+    with tempfile.TemporaryDirectory() as tmp:
+        data, parent, local = stored_study(client, exp.experiment_id, Path(tmp))
+        study = study_from(data, local, parent.tags.get(Tag.PROFILE) or None)
+    children = [run for run in read_runs(client, [exp.experiment_id], Kind.TRIAL) if run.parent_id]
+    began = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(parent.start_time / 1000))
+    profile = f" (profile {study.profile})" if study.profile else ""
+    lines = [f"{study.name}{profile}: last invocation {began}, {parent.status}"]
+    if study.spec.search is not None:
+        states = Counter(run.status for run in children)
+        lines.append(f"  trials  search of {study.spec.search.num_samples} samples: "
+                     + ", ".join(f"{n} {state.lower()}" for state, n in sorted(states.items())) if states else
+                     f"  trials  search of {study.spec.search.num_samples} samples: none run yet")
+        return "\n".join(lines + slurm_lines(parent))
+    trials = plan_trials(study)
+    planned = f"{len(trials)} planned"
+    if study.adaptive is not None:
+        rule = SeedRule(study, trials)
+        decision = rule.decide(rule.recorded(children, failed=True))
+        trials = rule.needed(decision)
+        planned = (f"{len(trials)} {'asked for' if decision.settled else 'asked for so far'} (adaptive seeds: "
+                   f"{len(rule.first())} to {len(rule.trials)})")
+    by_hash: dict[str, list[RunRecord]] = {}
+    for run in children:
+        by_hash.setdefault(run.config_hash, []).append(run)
+    finished = newest_finished(children)
+    counts: Counter[Status] = Counter()
+    done = total = 0
+    for trial in trials:
+        runs, run = by_hash.get(trial.config_hash, []), finished.get(trial.config_hash)
+        counts[trial_status(runs, run)] += 1
+        done += epochs_done(trial, runs, run)
+        total += trial.config["epochs"]
+    shown = ", ".join(f"{counts[s]} {s.value}" for s in Status if s is not Status.INTERRUPTED or counts[s])
+    lines.append(f"  trials  {planned}: {shown}")
+    lines.append(f"  epochs  {done} of {total} ({100 * done / total:.0f}%)" if total else "  epochs  none planned")
+    lines.append(f"  left    {left(children, total - done, counts)}")
+    return "\n".join(lines + slurm_lines(parent))
+
+
+def left(children: list[RunRecord], epochs: int, counts: Counter[Status]) -> str:
+    """What remains: the epochs left at the seconds an epoch has taken so far, shared by the trials running now."""
+    if epochs <= 0:
+        return "nothing"
+    seconds = [r.metrics[metrics.EPOCH_SECONDS] for r in children if metrics.EPOCH_SECONDS in r.metrics]
+    if not seconds:
+        return f"{epochs} epochs; no epoch has finished yet to time them by"
+    per_epoch = sum(seconds) / len(seconds)
+    running = counts[Status.RUNNING]
+    if not running:
+        return (f"{epochs} epochs, about {duration(epochs * per_epoch)} of trial time; nothing runs now: the same "
+                f"study.run command resumes it")
+    return f"{epochs} epochs, about {duration(epochs * per_epoch / running)} at {running} trial(s) at a time"
+
+
+def slurm_lines(parent: RunRecord) -> list[str]:
+    job = parent.tags.get(Tag.SLURM_JOB)
+    if not job:
+        return []
+    return [f"  slurm   job {job}, {slurm_state(job)}; restart {parent.tags.get(Tag.SLURM_RESTARTS, '0')}"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m study.status", description=__doc__.splitlines()[0])
+    parser.add_argument("studies", nargs="*", metavar="STUDY", help="study names (default: every study in the store)")
+    parser.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    args = parser.parse_args(argv)
+    from study.tracking.store import read_client, tracking_uri
+
+    uri = tracking_uri(args.tracking_uri)
+    try:
+        client = read_client(uri)
+        names = args.studies or study_names(client)
+        if not names:
+            raise StudyError(f"no studies in {uri}; run `python -m study.run FILE` first")
+        print("\n\n".join(study_status(client, name, uri) for name in names))
+    except Exception as exc:
+        return user_error_exit(exc)
+    return 0
