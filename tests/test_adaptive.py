@@ -3,6 +3,7 @@ matter, that pairs stay whole, and that stopping on precision keeps the false-po
 from pathlib import Path
 
 import numpy as np
+import yaml
 import pytest
 
 from study.errors import StudyError
@@ -139,3 +140,17 @@ def test_a_profile_replaces_adaptive_seeds_as_it_replaces_a_list():
     back = study_from(with_change(profiles={"wide": {"seeds": {"min": 2, "max": 4, "target": 0.5}}}),
                       Path("adaptive.yaml"), "wide")
     assert back.adaptive == AdaptiveSeeds(2, 4, 0.5)
+
+
+def test_the_dry_run_prints_the_lowest_and_highest_trial_count(tmp_path, capsys):
+    from study.run.cli import main
+
+    path = tmp_path / "adaptive.yaml"
+    path.write_text(yaml.safe_dump(with_change(seeds={"min": 2, "max": 5, "target": 0.5}, name="ad")))
+    assert main([str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == ("ad: 4 to 10 trials (adaptive seeds: 2 to 5 per table cell, more only where a comparison's 95% "
+                      "interval of test_acc is wider than ±0.5 pp)")
+    assert [line.split()[:2] for line in out[2:6]] == [["A", "seed=0"], ["A", "seed=1"], ["B", "seed=0"],
+                                                        ["B", "seed=1"]]
+    assert out[6] == "then seeds 2 to 4 as the results ask for them (--estimate counts all 10)"
