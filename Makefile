@@ -35,7 +35,7 @@ test: venv
 	$(PY) -m pytest -q -n 2 --dist loadfile -m "not serial" --durations=40
 	$(PY) -m pytest -q -m serial --durations=10
 
-# Everything but the tests marked slow (real Ray, MLflow, processes, training runs): about a minute and a half.
+# Everything but the tests marked slow (real Ray, MLflow, processes, training runs): 1 to 3 minutes, by CPU.
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
 
