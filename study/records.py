@@ -299,6 +299,12 @@ class Status(enum.Enum):
     MISSING = "not run"
 
 
+def states_text(counts: dict[Status, int]) -> str:
+    """'3 finished, 1 failed, 1 running, 1 interrupted, 0 not run' (interrupted only if any): how report and status
+    count a study's trials."""
+    return ", ".join(f"{counts.get(s, 0)} {s.value}" for s in Status if s is not Status.INTERRUPTED or counts.get(s))
+
+
 # MLflow run statuses in the order they decide a trial's state, after FINISHED; a trial with runs of none FAILED
 DECIDING = {"RUNNING": Status.RUNNING, "SCHEDULED": Status.RUNNING, "KILLED": Status.INTERRUPTED}
 

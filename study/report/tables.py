@@ -11,8 +11,7 @@ from typing import Any, Optional
 
 from isnm import metrics
 from study.markdown import markdown_table
-from study.records import METRICS
-from study.records import Status
+from study.records import METRICS, Status, states_text
 from study.report.cells import Cell
 from study.spec.adaptive import Verdict
 from study.spec.layout import comparisons, layout
@@ -239,5 +238,4 @@ def setting_line(study: Study, trials: list[Trial]) -> str:
 
 def counts_line(counts: Counter[Status]) -> str:
     """'6 trials planned: 3 finished, 1 failed, 1 running, 1 interrupted, 0 not run.' (interrupted only if any)"""
-    shown = [f"{counts[s]} {s.value}" for s in Status if s is not Status.INTERRUPTED or counts[s]]
-    return f"{counts.total()} trials planned: {', '.join(shown)}."
+    return f"{counts.total()} trials planned: {states_text(counts)}."

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Optional
 
 from isnm import metrics
 from study.errors import StudyError, duration, user_error_exit
-from study.records import Kind, RunRecord, Status, Tag, newest_finished, read_runs, trial_status
+from study.records import Kind, RunRecord, Status, Tag, newest_finished, read_runs, states_text, trial_status
 from study.spec.adaptive import SeedRule
 from study.spec.config import study_from
 from study.spec.plan import Trial, plan_trials
@@ -86,8 +86,7 @@ def study_status(client: MlflowClient, name: str, uri: str) -> str:
         counts[trial_status(runs, run)] += 1
         done += epochs_done(trial, runs, run)
         total += trial.config["epochs"]
-    shown = ", ".join(f"{counts[s]} {s.value}" for s in Status if s is not Status.INTERRUPTED or counts[s])
-    lines.append(f"  trials  {planned}: {shown}")
+    lines.append(f"  trials  {planned}: {states_text(counts)}")
     lines.append(f"  epochs  {done} of {total} ({100 * done / total:.0f}%)" if total else "  epochs  none planned")
     lines.append(f"  left    {left(children, total - done, counts)}")
     return "\n".join(lines + slurm_lines(parent))
