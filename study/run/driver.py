@@ -136,7 +136,8 @@ def run_trials(study: Study, trials: list[Trial], options: RunOptions, here: Inv
     seeds = None
     if study.adaptive is not None:
         rule = SeedRule(study, trials)
-        seeds = AdaptiveSeeds(rule, rule.recorded(list(cached.values()), failed=False))
+        known = rule.recorded(list(cached.values()), failed=False)
+        seeds = AdaptiveSeeds(rule, known)
         wanted = rule.needed(seeds.decision)
         if all(t.config_hash in seeds.outcomes for t in wanted):
             to_run = []  # the store already settles every comparison
@@ -148,8 +149,8 @@ def run_trials(study: Study, trials: list[Trial], options: RunOptions, here: Inv
     if to_run or study.spec.search is not None:
         rows.update(run_on_tune(study, trials, to_run, options, here, interrupts, seeds))
     if study.adaptive is not None:  # the study is the trials its results asked for, as the report will count them
-        final = rule.decide({**rule.recorded(list(cached.values()), failed=False), **rule.recorded(
-            list(read_runs(here.client, [here.exp_id], Kind.TRIAL)), failed=True)})
+        final = rule.decide({**known, **rule.recorded(list(read_runs(here.client, [here.exp_id], Kind.TRIAL)),
+                                                      failed=True)})
         wanted = rule.needed(final)
         copy_cached(study, [t for t in wanted if t.config_hash not in copied], cached, here)  # asked for after all
         trials, rows = wanted, {t.name: rows[t.name] for t in wanted}
