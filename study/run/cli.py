@@ -27,6 +27,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="with --dry-run: each trial's time and the study's, from finished runs in the tracking "
                              "store or a few steps timed here")
     parser.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--wait-for-nodes", type=int, default=1, metavar="N",
+                        help="with --address: wait (up to 5 min) until N nodes have joined the cluster before the "
+                             "trials start (study.submit's script passes its job's node count)")
     parser.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     parser.add_argument("--storage", default="./ray_results", help="Ray results and checkpoints (default ./ray_results)")
     parser.add_argument("--tracking-patience", type=float, default=DEFAULT_PATIENCE_S, metavar="SECONDS",
@@ -117,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             raise StudyError(f"--max-concurrent: got {args.max_concurrent}, expected an integer >= 1")
         if not 1 <= args.ui_port <= 65535:
             raise StudyError(f"--ui-port: got {args.ui_port}, expected a port from 1 to 65535")
+        if args.wait_for_nodes < 1:
+            raise StudyError(f"--wait-for-nodes: got {args.wait_for_nodes}, expected an integer >= 1")
         if args.tracking_patience < 0:
             raise StudyError(f"--tracking-patience: got {args.tracking_patience:g}, expected seconds >= 0")
         if args.estimate and not (args.dry_run and trials):
@@ -152,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             from study.tracking.store import tracking_uri, writable_store
 
             options = RunOptions(tracking_uri(args.tracking_uri), address, args.max_concurrent,
-                                 args.tracking_patience, args.fresh, args.rerun, args.verbose, args.ui_port)
+                                 args.tracking_patience, args.fresh, args.rerun, args.verbose, args.ui_port,
+                                 args.wait_for_nodes)
             writable_store(options.tracking_uri)  # before the lock file is made, and before Ray starts
             writable_storage(experiment)
             with study_lock(experiment, study.name):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import time
 from typing import Optional
 
 from study.errors import StudyError, first_line
@@ -75,8 +76,26 @@ def token_refusal(exc: BaseException) -> Optional[str]:
     return None
 
 
-def start_ray(address: Optional[str], resources, verbose: bool = False) -> None:
-    """Join `address`, else start Ray on this machine; fail early on resources the cluster lacks.
+NODES_WAIT_S = 300  # how long a joining driver waits for the nodes it was told of (`ray start` takes seconds)
+
+
+def wait_for_nodes(nodes: int, address: str) -> None:
+    """Until `nodes` Ray nodes are alive: a job that starts its nodes and its driver at once (study.submit's
+    script) would otherwise start the trials on the first node alone, or refuse them for want of CPUs."""
+    import ray
+
+    deadline = time.monotonic() + NODES_WAIT_S
+    while (alive := sum(n["Alive"] for n in ray.nodes())) < nodes:
+        if time.monotonic() > deadline:
+            ray.shutdown()
+            raise StudyError(f"--wait-for-nodes {nodes}: only {alive} Ray node(s) joined {address} in "
+                             f"{NODES_WAIT_S} s; see the nodes' `ray start` output")
+        time.sleep(1)
+
+
+def start_ray(address: Optional[str], resources, verbose: bool = False, nodes: int = 1) -> None:
+    """Join `address`, else start Ray on this machine, and wait for `nodes` nodes to be alive there; fail early on
+    resources the cluster lacks.
 
     A local Ray cannot be confined to 127.0.0.1: Ray 2.60 binds its servers to every interface and
     resolves a loopback node address to the routable one. Token authentication (on by default) is
@@ -96,6 +115,8 @@ def start_ray(address: Optional[str], resources, verbose: bool = False) -> None:
         raise StudyError(f"--address {address}: the Ray cluster refused this driver's token "
                          f"({refused}); copy the head node's ~/.ray/auth_token here "
                          f"or set RAY_AUTH_TOKEN") from None
+    if address is not None:
+        wait_for_nodes(nodes, address)
     total = ray.cluster_resources()
     if resources.gpu > total.get("GPU", 0):
         ray.shutdown()

@@ -88,6 +88,7 @@ class RunOptions:
     rerun: bool  # train every trial, also those with a finished run of their config
     verbose: bool = False  # Ray's and Tune's own output, and the trials', beside the progress lines
     ui_port: int = UI_PORT  # where the user's `mlflow ui` will answer, for the page printed at the end
+    nodes: int = 1  # Ray nodes to wait for in the cluster joined before the trials start
 
 
 @dataclass(frozen=True)
@@ -264,7 +265,7 @@ def run_on_tune(study: Study, trials: list[Trial], to_run: list[Trial], options:
         tracker.carried = {name: run_id for name, (run_id, _) in carried.items()}
     try:
         with interrupts.deferred():  # cut inside ray.init, Ray is left half started and the driver crashes at exit
-            start_ray(options.address, study.spec.resources, options.verbose)
+            start_ray(options.address, study.spec.resources, options.verbose, options.nodes)
             interrupts.take_back_sigterm()
         search = study.spec.search
         on = {"gpus": study.spec.resources.gpu, "local": options.address is None}

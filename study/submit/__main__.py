@@ -1,0 +1,5 @@
+import sys
+
+from study.submit.cli import main
+
+sys.exit(main())

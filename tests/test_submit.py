@@ -1,0 +1,141 @@
+"""study.submit: the sbatch script of a study, the mistakes refused before anything is submitted, and a real Slurm
+job (tests/slurm_cluster.py) that hits its time limit, requeues itself and resumes the study to the end."""
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from study.records import Tag
+from study.submit.cli import absolute_uri, file_system, sqlite_warning
+from study.submit.script import time_limit_seconds
+from tests.slurm_cluster import Slurm
+from tests.studies import ROOT, loopback_env, small_study, steps, trial_runs, wait_for, with_store
+
+
+def submit(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "study.submit", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env=env or loopback_env())
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 5400), ("2:30", 150), ("24:00:00", 86400), ("2-0", 172800),
+                                           ("1-12:30", 131400), ("1-00:00:05", 86405)])
+def test_time_limits_read_as_sbatch_reads_them(text, seconds):
+    assert time_limit_seconds(text) == seconds
+
+
+def test_the_dry_run_prints_a_script_bash_accepts_and_writes_nothing(tmp_path):
+    path = small_study(tmp_path, name="dry", resources={"cpu": 2, "gpu": 0.5})
+    done = submit(tmp_path, str(path), "--slurm", "--nodes", "3", "--gpus-per-node", "4", "--time", "2-00:00:00",
+                  "--partition", "gpu", "--sbatch-arg=--qos=high", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+    slurm = tmp_path / "ray_results" / "slurm"
+    for line in ["#SBATCH --nodes=3", "#SBATCH --gres=gpu:4", "#SBATCH --cpus-per-task=16",  # 8 trials of 2 CPUs
+                 "#SBATCH --time=2-00:00:00", "#SBATCH --partition=gpu", "#SBATCH --signal=B:USR1@300",
+                 "#SBATCH --requeue", f"#SBATCH --output={slurm}/isnm-dry-%j.log", "#SBATCH --qos=high",
+                 f"source {sys.prefix}/bin/activate", "export RAY_AUTH_MODE=token", "MAX_REQUEUES=10"]:
+        assert line in text.splitlines(), line
+    assert f"python -m study.run {path} --address" in text and f"--tracking-uri sqlite:///{tmp_path}/mlflow.db" in text
+    assert not slurm.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    ((), "expected --slurm"),
+    (("--slurm",), "resources.gpu: 0.5 per trial, but --gpus-per-node 0; pass --gpus-per-node 1 or more"),
+    (("--slurm", "--gpus-per-node", "2", "--time", "5", "--stop-before", "300"),
+     "--stop-before: 300 s, not shorter than --time 5 (300 s)"),
+    (("--slurm", "--gpus-per-node", "2", "--time", "tomorrow"), "--time: got 'tomorrow', expected a Slurm time limit"),
+    (("--slurm", "--gpus-per-node", "2", "--sbatch-arg", "qos=high"), "--sbatch-arg: got 'qos=high', expected"),
+    (("--slurm", "--gpus-per-node", "2", "--nodes", "0"), "--nodes: got 0, expected an integer >= 1"),
+])
+def test_mistakes_are_one_line_before_anything_is_submitted(tmp_path, args, message):
+    path = small_study(tmp_path, name="wrong", resources={"cpu": 1, "gpu": 0.5})
+    done = submit(tmp_path, str(path), *args)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert message in done.stderr
+    assert not (tmp_path / "ray_results").exists()
+
+
+def test_gpus_a_study_does_not_use_are_refused(tmp_path):
+    done = submit(tmp_path, str(small_study(tmp_path)), "--slurm", "--gpus-per-node", "4", "--dry-run")
+    assert done.returncode == 2 and "asks for no GPUs (resources.gpu: 0), so they would sit idle" in done.stderr
+
+
+def test_without_sbatch_it_says_where_to_run(tmp_path):
+    env = {**loopback_env(), "PATH": str(Path(sys.executable).parent)}
+    done = submit(tmp_path, str(small_study(tmp_path)), "--slurm", env=env)
+    assert done.returncode == 2 and "sbatch: not found; run study.submit on a Slurm login node" in done.stderr
+
+
+def test_a_sqlite_store_on_a_network_file_system_is_warned_of(monkeypatch, tmp_path):
+    assert file_system(Path("/proc/self")) == "proc"
+    assert absolute_uri("sqlite:///mlflow.db") == f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    assert sqlite_warning(f"sqlite:///{tmp_path}/mlflow.db") is None
+    monkeypatch.setattr("study.submit.cli.file_system", lambda path: "nfs4")
+    assert "lies on nfs4, a network file system, where sqlite's locking is unsafe" in sqlite_warning(
+        f"sqlite:///{tmp_path}/mlflow.db")
+    assert sqlite_warning("http://127.0.0.1:5000") is None
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    cluster = Slurm()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.slow
+def test_a_study_outlives_its_jobs_time_limit(slurm, tmp_path):
+    """The job's time limit (2 min) is longer than the study, but Slurm warns the script 60 s before it (30 to 60 s
+    into the job: Slurm looks every 30 s), the driver stops the study, the job requeues itself and resumes it, as
+    often as it takes. Every trial ends FINISHED in
+    one run, every epoch logged once, each run tagged with the job and the restart it last trained in."""
+    epochs = 60  # of 1.4 s each alone on 2 cores: 84 s of training, 10 s of starting; the warning comes at 30 to 60 s
+    path = small_study(tmp_path, name="slurmed", epochs=epochs, variants={"ISNM": {}}, seeds=[0, 1])
+    with_store(tmp_path)
+    env = {**loopback_env(), **slurm.env, "PYTHONPATH": str(ROOT)}
+    del env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]  # the job's Ray is a `ray start` cluster, on 127.0.0.1 (NodeAddr)
+    done = submit(tmp_path, str(path), "--slurm", "--time", "2", "--stop-before", "60", "--cpus-per-node", "2",
+                  "--max-requeues", "8", env=env)
+    assert done.returncode == 0, done.stderr
+    job = done.stdout.split("Slurm job ", 1)[1].split()[0]
+    log = tmp_path / "ray_results" / "slurm" / f"isnm-slurmed-{job}.log"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    seen_running = []
+
+    def ended() -> bool:
+        state = slurm.job(job).get("JobState")
+        if state == "RUNNING" and not seen_running:
+            status = subprocess.run([sys.executable, "-m", "study.status", "slurmed", "--tracking-uri", uri],
+                                    env=env, capture_output=True, text=True, timeout=120).stdout
+            if f"slurm   job {job}, RUNNING" in status:
+                seen_running.append(status)
+        return state in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
+
+    began = time.monotonic()
+    wait_for(ended, 900, f"Slurm job {job} to end")
+    text = log.read_text()
+    fields = slurm.job(job)
+    assert fields["JobState"] == "COMPLETED", text[-4000:]
+    restarts = int(fields["Restarts"])
+    assert 1 <= restarts <= text.count("the time limit is near: stopping the study"), text[-4000:]
+    assert "requeued (restart 1 of at most 8)" in text and f"the study is finished (job {job}, restart {restarts})" in text
+    runs = trial_runs(tmp_path / "mlflow.db", "slurmed")
+    assert sorted((r.data.tags[Tag.VARIANT], r.data.tags[Tag.SEED]) for r in runs) == [("ISNM", "0"), ("ISNM", "1")]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:
+        assert steps(tmp_path / "mlflow.db", run) == list(range(1, epochs + 1))  # each epoch once
+        assert run.data.tags[Tag.SLURM_JOB] == job
+    assert max(int(r.data.tags[Tag.SLURM_RESTARTS]) for r in runs) == restarts
+    assert seen_running, "study.status never showed the job running"
+    status = subprocess.run([sys.executable, "-m", "study.status", "slurmed", "--tracking-uri", uri], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert "2 finished" in status.stdout and f"epochs  {2 * epochs} of {2 * epochs} (100%)" in status.stdout
+    assert f"slurm   job {job}" in status.stdout and f"restart {restarts}" in status.stdout, status.stdout
+    print(f"job {job}: {restarts} requeue(s), {time.monotonic() - began:.0f} s")
