@@ -5,10 +5,13 @@ running study is refused; and a worker node on another host (a network namespace
 (a node lost mid-trial: tests/test_node_loss.py). Real Ray, real MLflow store, real processes and signals."""
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import ray
@@ -19,7 +22,7 @@ from study.errors import StudyError
 from study.run.cluster import token_refusal
 from study.run.worker import usable_gpus
 from tests.ray_cluster import Cluster
-from tests.studies import run_study, small_study, start_study, steps, trial_runs, wait_for
+from tests.studies import free_port, run_study, small_study, start_study, steps, trial_runs, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +190,18 @@ def test_trials_run_on_another_host_at_its_own_address(two_hosts, tmp_path):
     assert [r.data.tags["ray_node"] for r in runs] == [worker_node, worker_node]
     assert all(steps(db, r) == [1, 2] and "model.pt" in {a.path for a in MlflowClient(f"sqlite:///{db}")
                                                           .list_artifacts(r.info.run_id)} for r in runs)
+
+
+@pytest.mark.slow
+def test_a_local_study_never_joins_the_cluster_ray_start_last_recorded(tmp_path):
+    """ray.init() without an address joins the cluster `ray start` last wrote into <tmp>/ray/ray_current_cluster,
+    and waits minutes for it when it has gone (a Slurm job's, ended): a local study starts its own Ray."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # Ray's socket paths must stay short
+    try:
+        (ray_tmp / "ray").mkdir()
+        (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")  # nothing listens there
+        path = small_study(tmp_path, name="alone", epochs=1, variants={"ISNM": {}}, seeds=[0])
+        done = run_study(tmp_path, str(path), env={"RAY_TMPDIR": str(ray_tmp)}, timeout=240)
+        assert "alone: 1 trial (0 cached) in" in done.stdout and "GCS" not in done.stderr, done.stderr[-2000:]
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)

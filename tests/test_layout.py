@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = {"run", "report", "reproduce", "evaluate", "status", "submit"}
 # each part of study/ and the parts it may import (besides itself)
-PARTS = {"errors": set(), "markdown": set(), "moved": set(), "stats": set(), "records": {"errors"},
+PARTS = {"errors": set(), "markdown": set(), "moved": set(), "stats": set(), "locks": set(), "records": {"errors"},
          "spec": {"errors", "records", "markdown", "stats"},
          "tracking": {"errors", "records", "moved", "spec", "markdown", "stats"}}
 

@@ -154,9 +154,11 @@ def test_killed_adaptive_study_resumes_and_its_stopping_rule_holds(tmp_path):
     before = {r.data.tags["config_hash"]: r.info.end_time for r in trial_runs(db, "killadaptive")
               if r.info.status == "FINISHED"}
     assert 5 <= len(before) < 8, "the kill came too late"
-    # the killed driver's trial runs stay RUNNING in the store until the next study.run closes them, so status,
-    # which reads the store only, counts them so; what finished is what finished
-    assert f"{len(before)} finished" in status()
+    # the killed driver's trial runs stay RUNNING in the store until the next study.run closes them; status sees that
+    # no driver holds the study's lock and counts them interrupted
+    after = status()
+    assert f"{len(before)} finished" in after and "0 running" in after, after
+    assert after.splitlines()[0].endswith("RUNNING, but no driver runs it now") and "nothing runs now" in after
     done = run_study(tmp_path, str(path))
     runs = trial_runs(db, "killadaptive")
     finished = [r for r in runs if r.info.status == "FINISHED"]

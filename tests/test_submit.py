@@ -90,52 +90,73 @@ def slurm():
         cluster.stop()
 
 
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
+
+
 @pytest.mark.slow
-def test_a_study_outlives_its_jobs_time_limit(slurm, tmp_path):
-    """The job's time limit (2 min) is longer than the study, but Slurm warns the script 60 s before it (30 to 60 s
-    into the job: Slurm looks every 30 s), the driver stops the study, the job requeues itself and resumes it, as
-    often as it takes. Every trial ends FINISHED in
-    one run, every epoch logged once, each run tagged with the job and the restart it last trained in."""
-    epochs = 60  # of 1.4 s each alone on 2 cores: 84 s of training, 10 s of starting; the warning comes at 30 to 60 s
+def test_a_study_outlives_its_jobs_time_limit_and_scancel(slurm, tmp_path):
+    """A study longer than what its job may run (Slurm warns the script 60 s before a 2 min limit: 30 to 60 s into
+    the job, since Slurm looks every 30 s): the driver stops the study, the job requeues itself and the next
+    allocation resumes it. scancel then stops it as Ctrl-C does, not requeued, and `sbatch` of the same script
+    resumes it to the end. Every trial ends FINISHED in one run, every epoch logged once, each run tagged with the
+    job and the restart it last trained in; study.status follows it all."""
+    epochs = 60  # of 1.4 s each alone on 2 cores: 84 s of training, more than one job's 30 to 60 s
     path = small_study(tmp_path, name="slurmed", epochs=epochs, variants={"ISNM": {}}, seeds=[0, 1])
     with_store(tmp_path)
+    db, uri = tmp_path / "mlflow.db", f"sqlite:///{tmp_path}/mlflow.db"
     env = {**loopback_env(), **slurm.env, "PYTHONPATH": str(ROOT)}
     del env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]  # the job's Ray is a `ray start` cluster, on 127.0.0.1 (NodeAddr)
     done = submit(tmp_path, str(path), "--slurm", "--time", "2", "--stop-before", "60", "--cpus-per-node", "2",
                   "--max-requeues", "8", env=env)
     assert done.returncode == 0, done.stderr
     job = done.stdout.split("Slurm job ", 1)[1].split()[0]
-    log = tmp_path / "ray_results" / "slurm" / f"isnm-slurmed-{job}.log"
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    seen_running = []
+    script = done.stdout.split("script  ", 1)[1].split()[0]
+    logs = tmp_path / "ray_results" / "slurm"
 
-    def ended() -> bool:
-        state = slurm.job(job).get("JobState")
-        if state == "RUNNING" and not seen_running:
-            status = subprocess.run([sys.executable, "-m", "study.status", "slurmed", "--tracking-uri", uri],
-                                    env=env, capture_output=True, text=True, timeout=120).stdout
-            if f"slurm   job {job}, RUNNING" in status:
-                seen_running.append(status)
-        return state in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
+    def status() -> str:
+        return subprocess.run([sys.executable, "-m", "study.status", "slurmed", "--tracking-uri", uri], env=env,
+                              capture_output=True, text=True, timeout=120).stdout
+
+    def epochs_logged() -> list[int]:
+        return [len(steps(db, run)) for run in trial_runs(db, "slurmed")]
+
+    seen = []  # study.status while the job runs, as a user on the login node asks
+
+    def resumed() -> bool:
+        text = (logs / f"isnm-slurmed-{job}.log").read_text() if (logs / f"isnm-slurmed-{job}.log").exists() else ""
+        if not seen and slurm.job(job).get("JobState") == "RUNNING" and f"job {job}, RUNNING" in (now := status()):
+            seen.append(now)
+        after = text.partition(f"job {job}, restart 1: Ray on")[2]
+        return "epoch " in after  # the second allocation trains
 
     began = time.monotonic()
-    wait_for(ended, 900, f"Slurm job {job} to end")
-    text = log.read_text()
-    fields = slurm.job(job)
+    wait_for(resumed, 600, f"job {job} to be requeued and resume")
+    first = (logs / f"isnm-slurmed-{job}.log").read_text()
+    assert "the time limit is near: stopping the study" in first and "requeued (restart 1 of at most 8)" in first
+    assert seen and "restart 0" in seen[0], seen
+    slurm.run("scancel", job)
+    wait_for(lambda: slurm.job(job).get("JobState") in ENDED, 120, f"job {job} to end")
+    assert slurm.job(job)["JobState"] == "CANCELLED" and slurm.job(job)["Restarts"] == "1"  # not requeued
+    cancelled = status()
+    assert "slurm   job" in cancelled and "0 running" in cancelled, cancelled
+    for run in trial_runs(db, "slurmed"):  # nothing counted finished that is not
+        assert (run.info.status == "FINISHED") == (steps(db, run) == list(range(1, epochs + 1))), run.info.status
+    partial = epochs_logged()
+
+    again = slurm.run("sbatch", "--parsable", script).strip()
+    assert again and again != job
+    wait_for(lambda: slurm.job(again).get("JobState") in ENDED, 600, f"job {again} to end")
+    text = (logs / f"isnm-slurmed-{again}.log").read_text()
+    fields = slurm.job(again)
     assert fields["JobState"] == "COMPLETED", text[-4000:]
-    restarts = int(fields["Restarts"])
-    assert 1 <= restarts <= text.count("the time limit is near: stopping the study"), text[-4000:]
-    assert "requeued (restart 1 of at most 8)" in text and f"the study is finished (job {job}, restart {restarts})" in text
-    runs = trial_runs(tmp_path / "mlflow.db", "slurmed")
+    assert f"the study is finished (job {again}, restart {fields['Restarts']})" in text, text[-4000:]
+    runs = trial_runs(db, "slurmed")
     assert sorted((r.data.tags[Tag.VARIANT], r.data.tags[Tag.SEED]) for r in runs) == [("ISNM", "0"), ("ISNM", "1")]
     assert {r.info.status for r in runs} == {"FINISHED"}
     for run in runs:
-        assert steps(tmp_path / "mlflow.db", run) == list(range(1, epochs + 1))  # each epoch once
-        assert run.data.tags[Tag.SLURM_JOB] == job
-    assert max(int(r.data.tags[Tag.SLURM_RESTARTS]) for r in runs) == restarts
-    assert seen_running, "study.status never showed the job running"
-    status = subprocess.run([sys.executable, "-m", "study.status", "slurmed", "--tracking-uri", uri], env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert "2 finished" in status.stdout and f"epochs  {2 * epochs} of {2 * epochs} (100%)" in status.stdout
-    assert f"slurm   job {job}" in status.stdout and f"restart {restarts}" in status.stdout, status.stdout
-    print(f"job {job}: {restarts} requeue(s), {time.monotonic() - began:.0f} s")
+        assert steps(db, run) == list(range(1, epochs + 1))  # each epoch once, over three or more allocations
+        assert run.data.tags[Tag.SLURM_JOB] == again and run.data.tags[Tag.SLURM_RESTARTS] == fields["Restarts"]
+    final = status()
+    assert "2 finished" in final and f"epochs  {2 * epochs} of {2 * epochs} (100%)" in final, final
+    assert f"slurm   job {again}" in final and f"restart {fields['Restarts']}" in final, final
+    print(f"jobs {job} and {again}: epochs {partial} at scancel, {time.monotonic() - began:.0f} s")

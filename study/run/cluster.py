@@ -106,7 +106,9 @@ def start_ray(address: Optional[str], resources, verbose: bool = False, nodes: i
     import ray
 
     try:
-        ray.init(address=address, include_dashboard=False, logging_level="WARNING" if verbose else "ERROR",
+        # "local", not None: None joins the cluster that `ray start` last recorded in /tmp/ray on this machine, or
+        # waits minutes for it when it has gone
+        ray.init(address=address or "local", include_dashboard=False, logging_level="WARNING" if verbose else "ERROR",
                  log_to_driver=verbose)
     except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
         refused = token_refusal(exc)

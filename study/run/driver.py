@@ -311,7 +311,7 @@ def summarise(study: Study, rows: dict[str, tuple[str, str, str]], options: RunO
     failed = sum(1 for _, status, _ in rows.values() if status.startswith("failed"))
     reused = sum(1 for _, status, _ in rows.values() if status == "cached")
     incomplete = sum(1 for _, status, _ in rows.values() if status in ("unfinished", "not started"))
-    print(f"\n{study.name}: {len(rows)} trials ({reused} cached) in {seconds:.0f}s, "
+    print(f"\n{study.name}: {plural(len(rows), 'trial')} ({reused} cached) in {seconds:.0f}s, "
           f"{failed} failed{f', {incomplete} unfinished' if incomplete else ''}")
     print("\n".join([*summary_lines(list(rows.values())), *notes]))
     port = " (another port: --ui-port)" if not served(options.tracking_uri) else ""

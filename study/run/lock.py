@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Iterator
 import pyarrow.fs as pafs
 
 from study.errors import StudyError
+from study.locks import holder_text, lock_file
 from study.run.storage import Experiment
 
 HOLDER_WAIT_S = 2.0  # how long to wait for a lock's new holder to write its name in
@@ -29,7 +29,7 @@ HOLDER_WAIT_S = 2.0  # how long to wait for a lock's new holder to write its nam
 def lock_path(experiment: Experiment) -> Path:
     """The experiment's lock file: beside its folder when the storage is a local (or NFS) folder."""
     if isinstance(experiment.fs, pafs.LocalFileSystem):
-        return Path(experiment.fs_root) / f"{experiment.name}.lock"
+        return lock_file(experiment.fs_root, experiment.name)
     digest = hashlib.sha256(experiment.uri.encode()).hexdigest()[:16]
     return Path.home() / ".cache" / "isnm-study" / "locks" / f"{experiment.name}-{digest}.lock"
 
@@ -57,8 +57,7 @@ def study_lock(experiment: Experiment, study_name: str) -> Iterator[None]:
             raise StudyError(f"study {study_name} is already running from {holder(fd)} (lock {path}); wait for "
                              f"it to end or stop it, then run the same command again") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"PID {os.getpid()} on host {socket.gethostname()}, started at "
-                      f"{time.strftime('%Y-%m-%d %H:%M:%S %z')}".encode(), 0)
+        os.pwrite(fd, holder_text().encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock; the file stays, since removing it would race with a new holder

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Optional
 
 from isnm import metrics
 from study.errors import StudyError, duration, user_error_exit
+from study.locks import held, lock_file
 from study.records import Kind, RunRecord, Status, Tag, newest_finished, read_runs, states_text, trial_status
 from study.spec.adaptive import SeedRule
 from study.spec.config import study_from
@@ -29,6 +30,20 @@ from study.tracking.recorded import stored_study, study_names
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
+
+
+def driver_alive(parent: RunRecord) -> Optional[bool]:
+    """Whether the study's driver runs now: its Slurm job running, else a driver holding the study's lock on this
+    host; None where neither tells (runs then count as the store has them)."""
+    job = parent.tags.get(Tag.SLURM_JOB)
+    if job:
+        state = slurm_state(job)
+        return None if state.startswith("state unknown") else state in {"RUNNING", "COMPLETING"}
+    experiment = parent.tags.get(Tag.RAY_EXPERIMENT, "")
+    if not experiment or "://" in experiment:
+        return None  # an object store's lock lies on the driver's host
+    root, _, name = experiment.rpartition("/")
+    return held(lock_file(root, name))
 
 
 def slurm_state(job: str) -> str:
@@ -60,7 +75,9 @@ def study_status(client: MlflowClient, name: str, uri: str) -> str:
     children = [run for run in read_runs(client, [exp.experiment_id], Kind.TRIAL) if run.parent_id]
     began = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(parent.start_time / 1000))
     profile = f" (profile {study.profile})" if study.profile else ""
-    lines = [f"{study.name}{profile}: last invocation {began}, {parent.status}"]
+    gone = parent.status == "RUNNING" and driver_alive(parent) is False  # killed outright: SIGKILL, scancel, a node
+    lines = [f"{study.name}{profile}: last invocation {began}, {parent.status}"
+             + (", but no driver runs it now" if gone else "")]
     if study.spec.search is not None:
         states = Counter(run.status for run in children)
         lines.append(f"  trials  search of {study.spec.search.num_samples} samples: "
@@ -83,7 +100,8 @@ def study_status(client: MlflowClient, name: str, uri: str) -> str:
     done = total = 0
     for trial in trials:
         runs, run = by_hash.get(trial.config_hash, []), finished.get(trial.config_hash)
-        counts[trial_status(runs, run)] += 1
+        state = trial_status(runs, run)
+        counts[Status.INTERRUPTED if gone and state is Status.RUNNING else state] += 1  # left RUNNING
         done += epochs_done(trial, runs, run)
         total += trial.config["epochs"]
     lines.append(f"  trials  {planned}: {states_text(counts)}")

@@ -103,8 +103,10 @@ mapfile -t nodes < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
 head_ip=$(node_ip "${{nodes[0]}}")
 port=$((20000 + SLURM_JOB_ID % 10000))
 ray_log={q(job.folder)}/{job.name}-"$SLURM_JOB_ID".ray.log  # Ray's own output, apart from the study's
+ray_tmp=/tmp/ray-"$SLURM_JOB_ID"  # not /tmp/ray, which another user's Ray may own, and where ray.init() looks
 ray start --head --block --node-ip-address="$head_ip" --port="$port" --num-cpus="$SLURM_CPUS_ON_NODE" \\
-    --num-gpus={job.gpus_per_node} --include-dashboard=false --disable-usage-stats >> "$ray_log" 2>&1 &
+    --num-gpus={job.gpus_per_node} --temp-dir="$ray_tmp" --include-dashboard=false --disable-usage-stats \\
+    >> "$ray_log" 2>&1 &
 ray_head=$!  # --block keeps Ray's processes children of this script, which the job's end stops
 for _ in $(seq 120); do  # until the head listens, two minutes at most
     (exec 3<>"/dev/tcp/$head_ip/$port") 2>/dev/null && break
@@ -114,7 +116,7 @@ done
 for node in "${{nodes[@]:1}}"; do
     srun --nodes=1 --ntasks=1 --nodelist="$node" ray start --block --address="$head_ip:$port" \\
         --node-ip-address="$(node_ip "$node")" --num-cpus="$SLURM_CPUS_ON_NODE" --num-gpus={job.gpus_per_node} \\
-        --disable-usage-stats >> "$ray_log" 2>&1 &
+        --temp-dir="$ray_tmp" --disable-usage-stats >> "$ray_log" 2>&1 &
 done
 echo "$(date "+%F %T") job $SLURM_JOB_ID, restart ${{SLURM_RESTART_COUNT:-0}}: Ray on ${{#nodes[@]}} node(s), head $head_ip:$port"
 
