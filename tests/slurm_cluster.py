@@ -68,6 +68,8 @@ class Slurm:
         self.pid_files = [munge / "munged.pid", root / "slurmctld.pid", root / "slurmd.pid"]
 
     def start(self) -> None:
+        missing = [p for p in ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged") if not Path(p).exists()]
+        assert not missing, f"{', '.join(missing)} missing: install Debian's slurm-wlm and munge (.ci/run does)"
         munge = self.munge_socket.parent
         as_munge = ["runuser", "-u", "munge", "--"]
         subprocess.run([*as_munge, "mungekey", "--create", "--keyfile", str(munge / "munge.key")], check=True)

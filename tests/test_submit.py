@@ -1,11 +1,13 @@
 """study.submit: the sbatch script of a study, the mistakes refused before anything is submitted, and a real Slurm
 job (tests/slurm_cluster.py) that hits its time limit, requeues itself and resumes the study to the end."""
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from study.records import Tag
 from study.submit.cli import absolute_uri, file_system, sqlite_warning
@@ -94,6 +96,7 @@ ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEM
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="slurmd runs jobs as their users and munged as munge: root only")
 def test_a_study_outlives_its_jobs_time_limit_and_scancel(slurm, tmp_path):
     """A study longer than what its job may run (Slurm warns the script 60 s before a 2 min limit: 30 to 60 s into
     the job, since Slurm looks every 30 s): the driver stops the study, the job requeues itself and the next
@@ -136,7 +139,8 @@ def test_a_study_outlives_its_jobs_time_limit_and_scancel(slurm, tmp_path):
     assert seen and "restart 0" in seen[0], seen
     slurm.run("scancel", job)
     wait_for(lambda: slurm.job(job).get("JobState") in ENDED, 120, f"job {job} to end")
-    assert slurm.job(job)["JobState"] == "CANCELLED" and slurm.job(job)["Restarts"] == "1"  # not requeued
+    # not requeued (a loaded machine may have had the second warning come first: then the pending job is cancelled)
+    assert slurm.job(job)["JobState"] == "CANCELLED" and slurm.job(job)["Restarts"] in {"1", "2"}
     cancelled = status()
     assert "slurm   job" in cancelled and "0 running" in cancelled, cancelled
     for run in trial_runs(db, "slurmed"):  # nothing counted finished that is not
@@ -160,3 +164,17 @@ def test_a_study_outlives_its_jobs_time_limit_and_scancel(slurm, tmp_path):
     assert "2 finished" in final and f"epochs  {2 * epochs} of {2 * epochs} (100%)" in final, final
     assert f"slurm   job {again}" in final and f"restart {fields['Restarts']}" in final, final
     print(f"jobs {job} and {again}: epochs {partial} at scancel, {time.monotonic() - began:.0f} s")
+
+
+def test_the_kuberay_manifest_runs_a_study_run_command_that_parses():
+    """deploy/kuberay/rayjob.yaml is untested on Kubernetes; its command at least stays one study.run takes."""
+    from study.run.cli import parse_args
+    from study.spec.config import load_study
+
+    job = yaml.safe_load((ROOT / "deploy" / "kuberay" / "rayjob.yaml").read_text())
+    command = job["spec"]["entrypoint"].split()
+    assert command[:3] == ["python", "-m", "study.run"] and job["kind"] == "RayJob"
+    args = parse_args(command[3:])
+    load_study(ROOT / args.file)
+    assert job["spec"]["rayClusterSpec"]["rayVersion"] in (ROOT / "constraints.txt").read_text()
+    assert job["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token"}
