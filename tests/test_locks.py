@@ -1,6 +1,8 @@
-"""study.locks: whether a driver holds a study's lock, told from /proc/locks without taking it."""
+"""study.locks: whether a driver holds a study's lock, told from /proc/locks and the holder's PID without taking it."""
 import fcntl
 import os
+import socket
+import subprocess
 
 import pytest
 
@@ -23,6 +25,16 @@ def test_a_held_lock_is_told_from_a_released_one_without_taking_it(tmp_path):
             os.close(other)
     finally:
         os.close(fd)
+    assert held(path) is None  # released, but its holder (this process) lives: a PID reused, or not shown here
+
+
+def test_a_lock_whose_holder_is_gone_is_not_held(tmp_path):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    path = tmp_path / "s.lock"
+    path.write_text(f"PID {gone.pid} on host {socket.gethostname()}, started at 2026-12-03 10:00:00 +0000")
+    assert held(path) is False
+    path.write_text("")  # its holder died before it wrote its name
     assert held(path) is False
 
 

@@ -52,6 +52,9 @@ def test_the_dry_run_prints_a_script_bash_accepts_and_writes_nothing(tmp_path):
     (("--slurm", "--gpus-per-node", "2", "--time", "tomorrow"), "--time: got 'tomorrow', expected a Slurm time limit"),
     (("--slurm", "--gpus-per-node", "2", "--sbatch-arg", "qos=high"), "--sbatch-arg: got 'qos=high', expected"),
     (("--slurm", "--gpus-per-node", "2", "--nodes", "0"), "--nodes: got 0, expected an integer >= 1"),
+    (("--slurm", "--gpus-per-node", "2", "--storage", "my results"), "holds a space or %, which an #SBATCH line"),
+    (("--slurm", "--gpus-per-node", "2", "--tracking-uri", "http://127.0.0.1:5000"),
+     "the job's nodes would reach their own loopback"),
 ])
 def test_mistakes_are_one_line_before_anything_is_submitted(tmp_path, args, message):
     path = small_study(tmp_path, name="wrong", resources={"cpu": 1, "gpu": 0.5})
@@ -100,8 +103,8 @@ ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEM
 def test_a_study_outlives_its_jobs_time_limit_and_scancel(slurm, tmp_path):
     """A study longer than what its job may run (Slurm warns the script 60 s before a 2 min limit: 30 to 60 s into
     the job, since Slurm looks every 30 s): the driver stops the study, the job requeues itself and the next
-    allocation resumes it. scancel then stops it as Ctrl-C does, not requeued, and `sbatch` of the same script
-    resumes it to the end. Every trial ends FINISHED in one run, every epoch logged once, each run tagged with the
+    allocation resumes it. scancel then stops it, not requeued, and `sbatch` of the same script (with a longer
+    limit) resumes it to the end. Every trial ends FINISHED in one run, every epoch logged once, each run tagged with the
     job and the restart it last trained in; study.status follows it all."""
     epochs = 60  # of 1.4 s each alone on 2 cores: 84 s of training, more than one job's 30 to 60 s
     path = small_study(tmp_path, name="slurmed", epochs=epochs, variants={"ISNM": {}}, seeds=[0, 1])
@@ -147,9 +150,11 @@ def test_a_study_outlives_its_jobs_time_limit_and_scancel(slurm, tmp_path):
         assert (run.info.status == "FINISHED") == (steps(db, run) == list(range(1, epochs + 1))), run.info.status
     partial = epochs_logged()
 
-    again = slurm.run("sbatch", "--parsable", script).strip()
+    # sbatch's own options override the script's: a longer limit, so that the rest ends in one allocation however
+    # loaded the machine (on a loaded one a 2-min job trains a few epochs between its start and the warning)
+    again = slurm.run("sbatch", "--parsable", "--time=15", script).strip()
     assert again and again != job
-    wait_for(lambda: slurm.job(again).get("JobState") in ENDED, 600, f"job {again} to end")
+    wait_for(lambda: slurm.job(again).get("JobState") in ENDED, 840, f"job {again} to end")
     text = (logs / f"isnm-slurmed-{again}.log").read_text()
     fields = slurm.job(again)
     assert fields["JobState"] == "COMPLETED", text[-4000:]
@@ -158,7 +163,7 @@ def test_a_study_outlives_its_jobs_time_limit_and_scancel(slurm, tmp_path):
     assert sorted((r.data.tags[Tag.VARIANT], r.data.tags[Tag.SEED]) for r in runs) == [("ISNM", "0"), ("ISNM", "1")]
     assert {r.info.status for r in runs} == {"FINISHED"}
     for run in runs:
-        assert steps(db, run) == list(range(1, epochs + 1))  # each epoch once, over three or more allocations
+        assert steps(db, run) == list(range(1, epochs + 1))  # each epoch once, over three allocations or more
         assert run.data.tags[Tag.SLURM_JOB] == again and run.data.tags[Tag.SLURM_RESTARTS] == fields["Restarts"]
     final = status()
     assert "2 finished" in final and f"epochs  {2 * epochs} of {2 * epochs} (100%)" in final, final

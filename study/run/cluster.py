@@ -93,9 +93,8 @@ def wait_for_nodes(nodes: int, address: str) -> None:
         time.sleep(1)
 
 
-def start_ray(address: Optional[str], resources, verbose: bool = False, nodes: int = 1) -> None:
-    """Join `address`, else start Ray on this machine, and wait for `nodes` nodes to be alive there; fail early on
-    resources the cluster lacks.
+def start_ray(address: Optional[str], verbose: bool = False) -> None:
+    """Join `address`, else start Ray on this machine (then `cluster_ready`).
 
     A local Ray cannot be confined to 127.0.0.1: Ray 2.60 binds its servers to every interface and
     resolves a loopback node address to the routable one. Token authentication (on by default) is
@@ -117,6 +116,12 @@ def start_ray(address: Optional[str], resources, verbose: bool = False, nodes: i
         raise StudyError(f"--address {address}: the Ray cluster refused this driver's token "
                          f"({refused}); copy the head node's ~/.ray/auth_token here "
                          f"or set RAY_AUTH_TOKEN") from None
+
+
+def cluster_ready(address: Optional[str], resources, nodes: int = 1) -> None:
+    """Once `nodes` nodes are alive in the cluster joined, fail early on resources it lacks."""
+    import ray
+
     if address is not None:
         wait_for_nodes(nodes, address)
     total = ray.cluster_resources()

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from study.errors import StudyError, first_line, last_line, plural
 from isnm import metrics
 from study.records import METRICS, Kind, Reported, RunRecord, Tag, read_runs
-from study.run.cluster import start_ray
+from study.run.cluster import cluster_ready, start_ray
 from study.run.progress import Progress
 from study.run.seeds import AdaptiveSeeds, settled_lines
 from study.run.signals import Interrupts
@@ -265,8 +265,9 @@ def run_on_tune(study: Study, trials: list[Trial], to_run: list[Trial], options:
         tracker.carried = {name: run_id for name, (run_id, _) in carried.items()}
     try:
         with interrupts.deferred():  # cut inside ray.init, Ray is left half started and the driver crashes at exit
-            start_ray(options.address, study.spec.resources, options.verbose, options.nodes)
+            start_ray(options.address, options.verbose)
             interrupts.take_back_sigterm()
+        cluster_ready(options.address, study.spec.resources, options.nodes)  # minutes, maybe: Ctrl-C stops it
         search = study.spec.search
         on = {"gpus": study.spec.resources.gpu, "local": options.address is None}
         if search:

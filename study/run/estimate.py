@@ -152,9 +152,10 @@ def slots(study: Study, max_concurrent: Optional[int], address: Optional[str]) -
     if address:
         import ray
 
-        from study.run.cluster import start_ray
+        from study.run.cluster import cluster_ready, start_ray
 
-        start_ray(address, resources)  # a token refused, too few GPUs: one line each
+        start_ray(address)
+        cluster_ready(address, resources)  # a token refused, too few GPUs: one line each
         try:
             total = ray.cluster_resources()
         finally:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from isnm import metrics
-from study.errors import StudyError, duration, user_error_exit
+from study.errors import StudyError, duration, first_line, user_error_exit
 from study.locks import held, lock_file
 from study.records import Kind, RunRecord, Status, Tag, newest_finished, read_runs, states_text, trial_status
 from study.spec.adaptive import SeedRule
@@ -55,7 +55,11 @@ def slurm_state(job: str) -> str:
     except subprocess.TimeoutExpired:
         return "state unknown (squeue did not answer in 20 s)"
     state = done.stdout.strip()
-    return state if done.returncode == 0 and state else "not in the queue (ended)"
+    if done.returncode == 0:
+        return state or "not in the queue (ended)"
+    if "Invalid job id" in done.stderr:  # ended longer ago than Slurm keeps jobs (MinJobAge)
+        return "not in the queue (ended)"
+    return f"state unknown (squeue: {first_line(done.stderr) or f'exit {done.returncode}'})"
 
 
 def epochs_done(trial: Trial, runs: list[RunRecord], finished: Optional[RunRecord]) -> int:

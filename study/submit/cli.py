@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -120,12 +121,20 @@ def job_for(study: Study, args: argparse.Namespace) -> tuple[SlurmJob, Path]:
         folder = Path("slurm").resolve()  # an object store: the script and the log stay here, on the login node
         storage = args.storage
     else:
-        storage = str(Path(args.storage.removeprefix("file://")).resolve())
+        storage = str(Path(args.storage.removeprefix("file://")).expanduser().resolve())
         folder = Path(storage) / "slurm"
+    for where in (str(folder), os.getcwd()):  # #SBATCH lines take no quotes, and read % as a pattern
+        if re.search(r"[\s%]", where):
+            raise StudyError(f"--storage: {where!r} holds a space or %, which an #SBATCH line cannot carry; use a "
+                             f"path without them")
+    uri = absolute_uri(tracking_uri(args.tracking_uri))
+    if re.match(r"^\w+(\+\w+)?://(localhost|127\.[\d.]+|\[::1\])(:\d+)?(/|$)", uri):
+        raise StudyError(f"--tracking-uri {uri}: the job's nodes would reach their own loopback, not this host; give "
+                         f"the server's name on the cluster's network")
     name = f"isnm-{study.name}" + (f"-{study.profile}" if study.profile else "")
     job = SlurmJob(name=name, study_file=str(Path(args.file).resolve()), profile=study.profile,
                    workdir=os.getcwd(), activate=activate_line(), storage=storage,
-                   tracking_uri=absolute_uri(tracking_uri(args.tracking_uri)), folder=str(folder),
+                   tracking_uri=uri, folder=str(folder),
                    nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpus_per_node=cpus_per_node(study, args),
                    time=args.time, stop_before=args.stop_before, max_requeues=args.max_requeues,
                    partition=args.partition, account=args.account, sbatch_args=tuple(args.sbatch_arg))
@@ -161,8 +170,9 @@ def check_data(study: Study) -> None:
 def submitted(path: Path) -> str:
     """sbatch's job id for the script at `path`."""
     done = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, timeout=120)
-    if done.returncode != 0:
-        raise StudyError(f"sbatch {path}: {(done.stderr.strip() or done.stdout.strip()).splitlines()[-1]}")
+    said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+    if done.returncode != 0 or not done.stdout.strip():
+        raise StudyError(f"sbatch {path}: {said[-1] if said else f'exit {done.returncode}, no job id'}")
     return done.stdout.strip().split(";")[0]
 
 

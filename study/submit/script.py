@@ -13,8 +13,8 @@ from typing import Optional
 
 from study.errors import StudyError
 
-# what the script's driver exits with: done; stopped by a signal (study.run's code); killed by SIGTERM
-FINISHED, INTERRUPTED, TERMINATED = 0, 130, 143
+# what the script's driver exits with: done; stopped by a signal (study.run's code)
+FINISHED, INTERRUPTED = 0, 130
 SLURM_TIME = re.compile(r"^(?:(?P<d>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
                         r"|(?P<h>\d+):(?P<m>\d+):(?P<s>\d+)|(?P<mm>\d+)(?::(?P<ss>\d+))?)$")
 
@@ -82,6 +82,7 @@ def script(job: SlurmJob, path: str) -> str:
     """The sbatch script of `job`, to be written at `path`."""
     q = shlex.quote
     profile = f" --profile {q(job.profile)}" if job.profile else ""
+    srun_gres = f" --gres=gpu:{job.gpus_per_node}" if job.gpus_per_node else ""
     return f"""#!/bin/bash
 # {job.name}: `python -m study.run` on a Ray cluster made of this job's nodes. Written by `python -m study.submit`;
 # plain bash: edit it as you need, and `sbatch {path}` submits it again.
@@ -89,19 +90,28 @@ def script(job: SlurmJob, path: str) -> str:
 
 # After the time limit's warning the script requeues the job, at most this often; the next allocation resumes.
 MAX_REQUEUES={job.max_requeues}
+# The warning may come at any moment, also before the study starts; scancel sends TERM to every process of the job.
+stopped_by="" driver="" traps=0
+trap 'stopped_by="the time limit"; traps=$((traps + 1)); echo "$(date "+%F %T") the time limit is near: stopping the study"
+      [ -n "$driver" ] && kill -TERM "$driver"' USR1
+trap 'stopped_by="scancel"; traps=$((traps + 1))' TERM
 
 # The environment study.submit ran in; change this line where the nodes see it elsewhere.
 {job.activate}
 
 # A Ray cluster of this job's nodes: the head here (the first node), a worker on every other, each at the address
-# Slurm reaches it by. A port and a token of this job's own, so that jobs sharing a node never join each other.
+# Slurm reaches it by. A port, a token and a temp folder of this job's own, so that jobs sharing a node never meet.
 export RAY_AUTH_MODE=token
 RAY_AUTH_TOKEN=$(python -c 'import secrets; print(secrets.token_hex(16))')
 export RAY_AUTH_TOKEN
-node_ip() {{ getent ahostsv4 "$(scontrol show node "$1" | grep -oP 'NodeAddr=\\K\\S+')" | awk 'NR == 1 {{print $1}}'; }}
+node_ip() {{ getent ahostsv4 "$(scontrol show node "$1" | grep -oP 'NodeAddr=\K\S+')" | awk 'NR == 1 {{print $1}}'; }}
 mapfile -t nodes < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
 head_ip=$(node_ip "${{nodes[0]}}")
-port=$((20000 + SLURM_JOB_ID % 10000))
+if [ "${{#nodes[@]}}" -gt 1 ] && [[ "$head_ip" == 127.* ]]; then
+    echo "the head node ${{nodes[0]}} resolves to $head_ip, which other nodes cannot reach: set head_ip in this script"
+    exit 1
+fi
+port=$((20000 + SLURM_JOB_ID % 40000))
 ray_log={q(job.folder)}/{job.name}-"$SLURM_JOB_ID".ray.log  # Ray's own output, apart from the study's
 ray_tmp=/tmp/ray-"$SLURM_JOB_ID"  # not /tmp/ray, which another user's Ray may own, and where ray.init() looks
 ray start --head --block --node-ip-address="$head_ip" --port="$port" --num-cpus="$SLURM_CPUS_ON_NODE" \\
@@ -113,34 +123,41 @@ for _ in $(seq 120); do  # until the head listens, two minutes at most
     kill -0 $ray_head 2>/dev/null || {{ echo "ray start failed: see $ray_log"; exit 1; }}
     sleep 1
 done
-for node in "${{nodes[@]:1}}"; do
-    srun --nodes=1 --ntasks=1 --nodelist="$node" ray start --block --address="$head_ip:$port" \\
-        --node-ip-address="$(node_ip "$node")" --num-cpus="$SLURM_CPUS_ON_NODE" --num-gpus={job.gpus_per_node} \\
-        --temp-dir="$ray_tmp" --disable-usage-stats >> "$ray_log" 2>&1 &
+for node in "${{nodes[@]:1}}"; do  # each worker counts its own node's CPUs
+    srun --nodes=1 --ntasks=1 --nodelist="$node" --cpus-per-task="$SLURM_CPUS_PER_TASK"{srun_gres} bash -c \\
+        "exec ray start --block --address=$head_ip:$port --node-ip-address=$(node_ip "$node") \\
+         --num-cpus=\\$SLURM_CPUS_ON_NODE --num-gpus={job.gpus_per_node} --temp-dir=$ray_tmp --disable-usage-stats" \\
+        >> "$ray_log" 2>&1 &
 done
 echo "$(date "+%F %T") job $SLURM_JOB_ID, restart ${{SLURM_RESTART_COUNT:-0}}: Ray on ${{#nodes[@]}} node(s), head $head_ip:$port"
 
 # The study. The same command resumes it: from its trials' last checkpoints, each trial in its own MLflow run.
-python -m study.run {q(job.study_file)}{profile} --address "$head_ip:$port" --wait-for-nodes "${{#nodes[@]}}" \\
-    --storage {q(job.storage)} --tracking-uri {q(job.tracking_uri)} &
-driver=$!
-stopped_by=""
-trap 'stopped_by="the time limit"; echo "$(date "+%F %T") the time limit is near: stopping the study"; kill -TERM $driver' USR1
-trap 'stopped_by="scancel"' TERM  # scancel sends TERM to the driver itself, and every process of the job
-wait $driver; code=$?
-while kill -0 $driver 2>/dev/null; do wait $driver; code=$?; done  # a trap cuts `wait` short: wait for the driver
+code={INTERRUPTED}
+if [ -z "$stopped_by" ]; then
+    python -m study.run {q(job.study_file)}{profile} --address "$head_ip:$port" --wait-for-nodes "${{#nodes[@]}}" \\
+        --storage {q(job.storage)} --tracking-uri {q(job.tracking_uri)} &
+    driver=$!
+    [ -n "$stopped_by" ] && kill -TERM "$driver"
+    while :; do  # a trap cuts `wait` short (status > 128) while the driver runs on: wait again
+        before=$traps
+        wait "$driver"; status=$?
+        [ "$status" = 127 ] && break  # collected already: its status is in code
+        code=$status
+        [ "$traps" = "$before" ] && break
+    done
+fi
 kill $ray_head 2>/dev/null
 
-# Paused by the time limit's warning, as asked ({TERMINATED}: before study.run could catch the signal), it requeues.
-paused=no
-[ "$stopped_by" = "the time limit" ] && {{ [ "$code" = {INTERRUPTED} ] || [ "$code" = {TERMINATED} ]; }} && paused=yes
+# Stopped after the time limit's warning, it requeues, whatever the driver's status says of the stop (130: stopped
+# as asked; 143 or 15: by SIGTERM before study.run could catch it), unless it finished (0), was given a mistake
+# (2) or had trials fail (1).
 restarts=${{SLURM_RESTART_COUNT:-0}}
 if [ "$code" = {FINISHED} ]; then
     echo "$(date "+%F %T") the study is finished (job $SLURM_JOB_ID, restart $restarts)"
-elif [ "$paused" = yes ] && [ "$restarts" -lt "$MAX_REQUEUES" ]; then
+elif [ "$stopped_by" = "the time limit" ] && [ "$code" != 1 ] && [ "$code" != 2 ] && [ "$restarts" -lt "$MAX_REQUEUES" ]; then
     echo "$(date "+%F %T") requeued (restart $((restarts + 1)) of at most $MAX_REQUEUES): the next allocation resumes the study"
     scontrol requeue "$SLURM_JOB_ID"
-elif [ "$paused" = yes ]; then
+elif [ "$stopped_by" = "the time limit" ] && [ "$code" != 1 ] && [ "$code" != 2 ]; then
     echo "$(date "+%F %T") not requeued: requeued $MAX_REQUEUES times already (MAX_REQUEUES); sbatch resumes it"
     exit 1
 else
