@@ -49,21 +49,45 @@ def surrogate_grad(v: torch.Tensor, alpha_beta: float | torch.Tensor, beta: floa
     return alpha_beta * SHAPES[function](beta * v)
 
 
+def surrogate_grads(grad: torch.Tensor, v: torch.Tensor, alpha: float, beta: float | torch.Tensor, function: str,
+                    beta_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The gradients a spike passes back, to v and (when `beta_grad`, beta being learned) to beta.
+
+    The forward is the Heaviside step, which beta does not move; both gradients are those of the smooth step
+    alpha * G(beta * v) the surrogate is the derivative of (G' = g, a step from -1 to 1): d/dv = alpha*beta*g(beta*v),
+    d/dbeta = alpha * v * g(beta*v) = (d/dv) * v / beta, summed over every neuron sharing beta. alpha is held
+    constant: eq. 8's alpha = max(1/beta, 1) is not differentiated, so beta's gradient only reshapes the
+    surrogate (narrower or wider at the same step height 2*alpha), never scales the step's height.
+    """
+    ds_dv = surrogate_grad(v, alpha * beta, beta, function)
+    dv = grad * ds_dv
+    if not beta_grad:
+        return dv, None
+    return dv, (dv * v).sum().div(beta).reshape(torch.as_tensor(beta).shape)
+
+
 class Spike(torch.autograd.Function):
-    """Heaviside forward (H(0) = 1), surrogate backward."""
+    """Heaviside forward (H(0) = 1), surrogate backward; beta a float, or a tensor that is learned."""
 
     @staticmethod
-    def forward(ctx, v: torch.Tensor, alpha: float, beta: float, function: str) -> torch.Tensor:
-        ctx.save_for_backward(v)
-        ctx.args = (alpha * beta, beta, function)
+    def forward(ctx, v: torch.Tensor, alpha: float, beta: float | torch.Tensor, function: str) -> torch.Tensor:
+        if isinstance(beta, torch.Tensor):
+            ctx.save_for_backward(v, beta)
+        else:
+            ctx.save_for_backward(v)
+        ctx.args = (alpha, beta if not isinstance(beta, torch.Tensor) else None, function)
         return (v >= 0).to(v.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (v,) = ctx.saved_tensors
-        return grad * surrogate_grad(v, *ctx.args), None, None, None
+        v, *learned = ctx.saved_tensors
+        alpha, beta, function = ctx.args
+        beta = learned[0] if learned else beta
+        dv, dbeta = surrogate_grads(grad, v, alpha, beta, function, bool(learned) and ctx.needs_input_grad[2])
+        return dv, None, dbeta, None
 
 
-def spike(v: torch.Tensor, alpha: float, beta: float, function: str = "tanh") -> torch.Tensor:
-    """Spikes H(v) of v = u - theta, with the `function` surrogate gradient (GSG's tanh by default)."""
+def spike(v: torch.Tensor, alpha: float, beta: float | torch.Tensor, function: str = "tanh") -> torch.Tensor:
+    """Spikes H(v) of v = u - theta, with the `function` surrogate gradient (GSG's tanh by default); a beta tensor
+    that requires grad gets the gradient of `surrogate_grads`."""
     return Spike.apply(v, alpha, beta, function)

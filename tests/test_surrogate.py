@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from isnm.config import SURROGATES, ConfigError, parse_config
-from isnm.surrogate import SHAPES, spike, surrogate_grad
+from isnm.surrogate import SHAPES, spike, surrogate_grad, surrogate_grads
 from tests.surrogates import BY_HAND
 
 
@@ -114,3 +114,42 @@ def test_larger_beta_is_narrower_and_taller(function):
 def test_unknown_function_is_a_config_error_naming_the_key():
     with pytest.raises(ConfigError, match=r"^surrogate\.function: got 'relu', expected 'tanh' or 'sigmoid'"):
         parse_config({"surrogate": {"function": "relu"}})
+
+
+class SmoothStep(torch.autograd.Function):
+    """alpha * G(beta * v) forward, the spike's backward (`surrogate_grads`): gradcheck then checks the spike's
+    gradients, to v and to a learned beta, against finite differences of the smooth step they stand for."""
+
+    @staticmethod
+    def forward(ctx, v, beta, alpha, function):
+        ctx.save_for_backward(v, beta)
+        ctx.args = (alpha, function)
+        return alpha * STEPS[function](beta * v)
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, beta = ctx.saved_tensors
+        alpha, function = ctx.args
+        dv, dbeta = surrogate_grads(grad, v, alpha, beta, function, beta_grad=True)
+        return dv, dbeta, None, None
+
+
+@pytest.mark.parametrize("function", SURROGATES)
+@pytest.mark.parametrize("alpha, beta", [(2.0, 0.5), (1.0, 1.7)])
+def test_a_learned_betas_gradient_is_the_smooth_steps_by_gradcheck(function, alpha, beta):
+    v = (torch.tensor(SMOOTH_POINTS, dtype=torch.float64) / beta).requires_grad_()
+    b = torch.tensor(beta, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, b: SmoothStep.apply(v, b, alpha, function), (v, b))
+
+
+def test_the_spike_passes_the_same_gradient_to_a_learned_beta_and_none_to_a_fixed_one():
+    v = torch.randn(64, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    b = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(64, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    (spike(v, 0.5, b) * upstream).sum().backward()
+    dv, dbeta = surrogate_grads(upstream, v.detach(), 0.5, b.detach(), "tanh", beta_grad=True)
+    torch.testing.assert_close(v.grad, dv)
+    torch.testing.assert_close(b.grad, dbeta)
+    fixed = v.detach().clone().requires_grad_()
+    (spike(fixed, 0.5, 2.0) * upstream).sum().backward()
+    torch.testing.assert_close(fixed.grad, dv)  # a float beta: the same gradient to v, none to beta
