@@ -63,7 +63,7 @@ def fused_backward(grad_spikes: torch.Tensor, x: torch.Tensor, packed: torch.Ten
         pooled, unpooled, indices = pooled_steps(currents)
     steps = pooled if pool else currents
     spikes = unpacked_bits(packed, grad_spikes.shape, steps[0].dtype)
-    grad = current_grad(grad_spikes, steps, spikes, decay, threshold, soft, alpha_beta, beta, function)
+    grad, _ = current_grad(grad_spikes, steps, spikes, decay, threshold, soft, alpha_beta, beta, function)
     if pool:
         grad = torch.ops.aten.max_pool2d_with_indices_backward(grad.flatten(0, 1), unpooled, *POOL, [0, 0], [1, 1],
                                                                False, indices).unflatten(0, grad.shape[:2])
@@ -87,7 +87,7 @@ class BNISNMFunction(torch.autograd.Function):
         spikes, packed, mean, var, invstd = run_kernel(fused_forward, neuron.kernel, x, weight, bias, eps, pool, decay,
                                                        neuron.threshold, soft)
         ctx.save_for_backward(x, packed, weight, bias, mean, invstd)
-        ctx.args = (pool, decay, neuron.threshold, soft, neuron.alpha * neuron.beta, neuron.beta, neuron.function,
+        ctx.args = (pool, decay, neuron.threshold, soft, neuron.alpha, neuron.beta, neuron.function,
                     neuron.kernel)
         ctx.mark_non_differentiable(mean, var)
         return spikes, mean, var
@@ -95,9 +95,9 @@ class BNISNMFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spikes: torch.Tensor, _grad_mean, _grad_var):
         x, packed, weight, bias, mean, invstd = ctx.saved_tensors
-        pool, decay, threshold, soft, alpha_beta, beta, function, kernel = ctx.args
+        pool, decay, threshold, soft, alpha, beta, function, kernel = ctx.args
         grads = run_kernel(fused_backward, kernel, grad_spikes.contiguous(), x, packed, weight, bias, mean, invstd, pool,
-                           decay, threshold, soft, *surrogate_scalars(alpha_beta, beta, mean), function)
+                           decay, threshold, soft, *surrogate_scalars(alpha, beta, mean), function)
         return *grads, None, None, None
 
 

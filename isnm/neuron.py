@@ -83,24 +83,31 @@ def forward_loop(current: Sequence[torch.Tensor], decay: float, threshold: float
 
 def backward_loop(grad_spikes: torch.Tensor, potentials: list[torch.Tensor], spikes: Sequence[torch.Tensor],
                   decay: float, threshold: float, soft: bool, alpha_beta: torch.Tensor, beta: torch.Tensor,
-                  function: str) -> torch.Tensor:
-    """dL/dcurrent [T, B, ...] by backpropagation through time; alpha_beta and beta are 0-dim tensors, so a
-    compiled loop is not recompiled when the schedule changes them (it is once per surrogate `function`)."""
+                  function: str, beta_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(dL/dcurrent [T, B, ...], dL/dbeta or None) by backpropagation through time; alpha_beta and beta are 0-dim
+    tensors, so a compiled loop is not recompiled when the schedule changes them (it is once per surrogate
+    `function`). With `beta_grad` (a learned beta) also beta's gradient, as isnm.surrogate.surrogate_grads defines
+    it: each step's gradient into its potential, times (u - theta) / beta, summed."""
     def slope(t: int) -> torch.Tensor:
         return surrogate_grad(potentials[t] - threshold, alpha_beta, beta, function)
 
     steps = len(potentials)
     grad_u = grad_spikes[steps - 1] * slope(steps - 1)
     grads = [grad_u]
+    dbeta = (grad_u * (potentials[steps - 1] - threshold)).sum() if beta_grad else None
     for t in range(steps - 2, -1, -1):  # s[t] and u[t] both shape u[t+1]
         if soft:
             grad_s = grad_spikes[t] - grad_u * threshold
-            grad_u = grad_s * slope(t) + grad_u * decay
+            through_spike = grad_s * slope(t)
+            grad_u = through_spike + grad_u * decay
         else:
             grad_s = grad_spikes[t] - grad_u * (decay * potentials[t])
-            grad_u = grad_s * slope(t) + grad_u * (1.0 - spikes[t]) * decay
+            through_spike = grad_s * slope(t)
+            grad_u = through_spike + grad_u * (1.0 - spikes[t]) * decay
+        if beta_grad:
+            dbeta = dbeta + (through_spike * (potentials[t] - threshold)).sum()
         grads.append(grad_u)
-    return torch.stack(grads[::-1])
+    return torch.stack(grads[::-1]), (dbeta / beta if beta_grad else None)
 
 
 KERNELS = ("eager", "compiled")
@@ -157,11 +164,17 @@ def run_kernel(fn, kernel: str, *args):
         return fn(*args)
 
 
-def surrogate_scalars(alpha_beta: float, beta: float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def surrogate_scalars(alpha: float, beta: float | torch.Tensor, like: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """alpha*beta and beta as 0-dim tensors of `like`'s device, at least float32: a compiled loop is not
-    recompiled when the schedule moves them, and bf16 would round them."""
+    recompiled when the schedule moves them, and bf16 would round them. A learned beta (a tensor) is taken as it
+    stands now, detached: its gradient is the backward's own."""
     dtype = torch.promote_types(like.dtype, torch.float32)
-    return (torch.tensor(alpha_beta, dtype=dtype, device=like.device),
+    if isinstance(beta, torch.Tensor):
+        beta = beta.detach().to(dtype=dtype, device=like.device)
+        return alpha * beta, beta
+    # alpha*beta rounded once, from Python's double: the number a fixed schedule has always trained with
+    return (torch.tensor(alpha * beta, dtype=dtype, device=like.device),
             torch.tensor(beta, dtype=dtype, device=like.device))
 
 
@@ -173,21 +186,22 @@ def spike_train(current: torch.Tensor, decay: float, threshold: float, soft: boo
 
 
 def current_grad(grad_spikes: torch.Tensor, current: Sequence[torch.Tensor], spikes: torch.Tensor, decay: float,
-                 threshold: float, soft: bool, alpha_beta: torch.Tensor, beta: torch.Tensor, function: str
-                 ) -> torch.Tensor:
-    """dL/dcurrent: the potentials recomputed from the current and forward's spikes, then backpropagation
-    through time; all in at least float32."""
+                 threshold: float, soft: bool, alpha_beta: torch.Tensor, beta: torch.Tensor, function: str,
+                 beta_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(dL/dcurrent, dL/dbeta or None): the potentials recomputed from the current and forward's spikes, then
+    backpropagation through time; all in at least float32."""
     _, potentials = forward_loop(current, decay, threshold, soft, spikes)
-    return backward_loop(wide(grad_spikes), potentials, spikes, decay, threshold, soft, alpha_beta, beta, function)
+    return backward_loop(wide(grad_spikes), potentials, spikes, decay, threshold, soft, alpha_beta, beta, function,
+                         beta_grad)
 
 
 def isnm_backward(grad_spikes: torch.Tensor, current: torch.Tensor, packed: torch.Tensor, decay: float,
-                  threshold: float, soft: bool, alpha_beta: torch.Tensor, beta: torch.Tensor, function: str
-                  ) -> torch.Tensor:
+                  threshold: float, soft: bool, alpha_beta: torch.Tensor, beta: torch.Tensor, function: str,
+                  beta_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`current_grad` for the whole [T, B, ...] current, its spikes given as bits."""
     current = wide(current)
     spikes = unpacked_bits(packed, current.shape, current.dtype)
-    return current_grad(grad_spikes, current, spikes, decay, threshold, soft, alpha_beta, beta, function)
+    return current_grad(grad_spikes, current, spikes, decay, threshold, soft, alpha_beta, beta, function, beta_grad)
 
 
 class ISNMFunction(torch.autograd.Function):
@@ -203,24 +217,28 @@ class ISNMFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, current: torch.Tensor, decay: float, threshold: float, soft: bool, alpha: float,
-                beta: float, function: str, kernel: str) -> torch.Tensor:
+                beta: float | torch.Tensor, function: str, kernel: str) -> torch.Tensor:
         spikes, packed = run_kernel(spike_train, kernel, current, decay, threshold, soft)
         ctx.save_for_backward(current, packed)
-        ctx.args = (decay, threshold, soft, alpha * beta, beta, function, kernel)
+        ctx.args = (decay, threshold, soft, alpha, beta, function, kernel)
         return spikes.to(current.dtype)
 
     @staticmethod
     def backward(ctx, grad_spikes: torch.Tensor):
         current, packed = ctx.saved_tensors
-        decay, threshold, soft, alpha_beta, beta, function, kernel = ctx.args
-        grad = run_kernel(isnm_backward, kernel, grad_spikes.contiguous(), current, packed, decay, threshold, soft,
-                          *surrogate_scalars(alpha_beta, beta, current), function)
-        return grad.to(current.dtype), None, None, None, None, None, None, None
+        decay, threshold, soft, alpha, beta, function, kernel = ctx.args
+        learned = isinstance(beta, torch.Tensor) and ctx.needs_input_grad[5]
+        grad, dbeta = run_kernel(isnm_backward, kernel, grad_spikes.contiguous(), current, packed, decay, threshold,
+                                 soft, *surrogate_scalars(alpha, beta, current), function, learned)
+        if learned:
+            dbeta = dbeta.to(beta.dtype).reshape(beta.shape)
+        return grad.to(current.dtype), None, None, None, None, dbeta, None, None
 
 
-def isnm_spikes(current: torch.Tensor, tau: float, threshold: float, reset: str, alpha: float, beta: float,
-                kernel: str = "eager", function: str = "tanh") -> torch.Tensor:
-    """Spikes [T, B, ...] of a layer of ISNM neurons driven by `current` [T, B, ...], as one fused op."""
+def isnm_spikes(current: torch.Tensor, tau: float, threshold: float, reset: str, alpha: float,
+                beta: float | torch.Tensor, kernel: str = "eager", function: str = "tanh") -> torch.Tensor:
+    """Spikes [T, B, ...] of a layer of ISNM neurons driven by `current` [T, B, ...], as one fused op; a beta tensor
+    that requires grad (a learned beta) gets its gradient."""
     return ISNMFunction.apply(current, 1.0 / tau, threshold, reset == "soft", alpha, beta, function, kernel)
 
 

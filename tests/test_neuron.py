@@ -195,3 +195,38 @@ def test_out_of_memory_in_a_compiled_kernel_is_raised_not_swallowed():
     with pytest.raises(torch.OutOfMemoryError, match="injected"):
         neuron.run_kernel(out_of_memory, "compiled", torch.ones(2))
     assert neuron.kernel_fallback() is None
+
+
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+@pytest.mark.parametrize("function", ["tanh", "arctan", "triangle"])
+def test_a_learned_betas_gradient_in_the_fused_loop_is_the_references(reset, function):
+    """The fused eager loop's gradient to a learned beta equals per-step autograd through `spike` (the reference),
+    in float64; and a float beta gives the same gradient to the current as before, none to beta."""
+    g = torch.Generator().manual_seed(3)
+    current = (torch.randn(4, 8, 16, generator=g, dtype=torch.float64) * 1.5).requires_grad_()
+    upstream = torch.randn(4, 8, 16, generator=g, dtype=torch.float64)
+    beta = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+    (isnm_spikes_reference(current, 2.0, 1.0, reset, 0.6, beta, function) * upstream).sum().backward()
+    want_current, want_beta = current.grad.clone(), beta.grad.clone()
+    current.grad, beta.grad = None, None
+    (isnm_spikes(current, 2.0, 1.0, reset, 0.6, beta, "eager", function) * upstream).sum().backward()
+    torch.testing.assert_close(current.grad, want_current)
+    torch.testing.assert_close(beta.grad, want_beta)
+    current.grad = None
+    (isnm_spikes(current, 2.0, 1.0, reset, 0.6, 1.7, "eager", function) * upstream).sum().backward()
+    torch.testing.assert_close(current.grad, want_current)
+
+
+@pytest.mark.slow
+def test_a_learned_betas_gradient_compiled_is_the_eager_loops():
+    g = torch.Generator().manual_seed(4)
+    current = (torch.randn(5, 4, 32, generator=g) * 1.5).requires_grad_()
+    upstream = torch.randn(5, 4, 32, generator=g)
+    got = {}
+    for kernel in ("eager", "compiled"):
+        beta = torch.tensor(2.3, requires_grad=True)
+        current.grad = None
+        (isnm_spikes(current, 2.0, 1.0, "hard", 0.5, beta, kernel) * upstream).sum().backward()
+        got[kernel] = (current.grad.clone(), beta.grad.clone())
+    torch.testing.assert_close(got["compiled"][0], got["eager"][0])
+    torch.testing.assert_close(got["compiled"][1], got["eager"][1], rtol=1e-5, atol=1e-6)
