@@ -54,16 +54,18 @@ def fused_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
 
 def fused_backward(grad_spikes: torch.Tensor, x: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor,
                    bias: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, pool: bool, decay: float,
-                   threshold: float, soft: bool, alpha_beta: torch.Tensor, beta: torch.Tensor, function: str
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dL/dx, dL/dweight, dL/dbias): recompute the currents and potentials (resets as forward's spikes had
-    them), then BPTT, pool and BN backward."""
+                   threshold: float, soft: bool, alpha_beta: torch.Tensor, beta: torch.Tensor, function: str,
+                   beta_grad: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(dL/dx, dL/dweight, dL/dbias, dL/dbeta of a learned beta or None): recompute the currents and potentials
+    (resets as forward's spikes had them), then BPTT, pool and BN backward."""
     currents = step_currents(x, mean, invstd, weight, bias)
     if pool:
         pooled, unpooled, indices = pooled_steps(currents)
     steps = pooled if pool else currents
     spikes = unpacked_bits(packed, grad_spikes.shape, steps[0].dtype)
-    grad, _ = current_grad(grad_spikes, steps, spikes, decay, threshold, soft, alpha_beta, beta, function)
+    grad, grad_beta = current_grad(grad_spikes, steps, spikes, decay, threshold, soft, alpha_beta, beta, function,
+                                   beta_grad)
     if pool:
         grad = torch.ops.aten.max_pool2d_with_indices_backward(grad.flatten(0, 1), unpooled, *POOL, [0, 0], [1, 1],
                                                                False, indices).unflatten(0, grad.shape[:2])
@@ -74,21 +76,22 @@ def fused_backward(grad_spikes: torch.Tensor, x: torch.Tensor, packed: torch.Ten
     grad_weight = (grad * x_hat).sum(dims)
     count = x.numel() // x.shape[2]
     grad_x = (weight * invstd).view(shape) / count * (count * grad - grad_bias.view(shape) - x_hat * grad_weight.view(shape))
-    return grad_x.to(x.dtype), grad_weight, grad_bias
+    return grad_x.to(x.dtype), grad_weight, grad_bias, grad_beta
 
 
 class BNISNMFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, pool: bool,
-                neuron: ISNM) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(spikes, batch mean, batch variance); the statistics are for the running averages."""
+                neuron: ISNM, beta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(spikes, batch mean, batch variance); the statistics are for the running averages. `beta`, the neuron's
+        learned beta if it has one, is an input so that it gets its gradient."""
         decay, soft = 1.0 / neuron.tau, neuron.reset == "soft"
         spikes, packed, mean, var, invstd = run_kernel(fused_forward, neuron.kernel, x, weight, bias, eps, pool, decay,
                                                        neuron.threshold, soft)
         ctx.save_for_backward(x, packed, weight, bias, mean, invstd)
-        ctx.args = (pool, decay, neuron.threshold, soft, neuron.alpha, neuron.beta, neuron.function,
-                    neuron.kernel)
+        ctx.args = (pool, decay, neuron.threshold, soft, neuron.alpha, neuron.beta if beta is None else beta,
+                    neuron.function, neuron.kernel)
         ctx.mark_non_differentiable(mean, var)
         return spikes, mean, var
 
@@ -96,9 +99,13 @@ class BNISNMFunction(torch.autograd.Function):
     def backward(ctx, grad_spikes: torch.Tensor, _grad_mean, _grad_var):
         x, packed, weight, bias, mean, invstd = ctx.saved_tensors
         pool, decay, threshold, soft, alpha, beta, function, kernel = ctx.args
-        grads = run_kernel(fused_backward, kernel, grad_spikes.contiguous(), x, packed, weight, bias, mean, invstd, pool,
-                           decay, threshold, soft, *surrogate_scalars(alpha, beta, mean), function)
-        return *grads, None, None, None
+        learned = isinstance(beta, torch.Tensor) and ctx.needs_input_grad[6]
+        *grads, grad_beta = run_kernel(fused_backward, kernel, grad_spikes.contiguous(), x, packed, weight, bias, mean,
+                                       invstd, pool, decay, threshold, soft, *surrogate_scalars(alpha, beta, mean),
+                                       function, learned)
+        if learned:
+            grad_beta = grad_beta.to(beta.dtype).reshape(beta.shape)
+        return *grads, None, None, None, grad_beta
 
 
 class BNISNM(ISNM):
@@ -124,7 +131,8 @@ class BNISNM(ISNM):
                 current = F.max_pool2d(current, *POOL)
             return super().forward(current.unflatten(0, x.shape[:2]))
         bn = self.bn
-        spikes, mean, var = BNISNMFunction.apply(x, bn.weight, bn.bias, bn.eps, self.pool, self)
+        learned = self.beta if isinstance(self.beta, torch.Tensor) else None
+        spikes, mean, var = BNISNMFunction.apply(x, bn.weight, bn.bias, bn.eps, self.pool, self, learned)
         with torch.no_grad():  # running statistics as nn.BatchNorm2d keeps them (unbiased variance)
             count = x.numel() // x.shape[2]
             bn.num_batches_tracked += 1

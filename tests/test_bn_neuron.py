@@ -124,3 +124,25 @@ def test_compiled_matches_eager(function):
 def test_input_must_be_a_time_major_conv_output():
     with pytest.raises(ValueError, match=r"\[T, B, C, H, W\]"):
         BNISNM(3, False)(torch.rand(2, 3, 4, 4))
+
+
+@pytest.mark.parametrize("pool", [False, True])
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_a_learned_betas_gradient_through_the_fused_op_is_the_unfused_layers(pool, reset):
+    fused, bn, neuron = pair(pool, reset, torch.float64, "eager")
+    fused.beta = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    neuron.beta = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.randn(T, B, C, H, H, generator=gen, dtype=torch.float64) * 2 + 0.5).requires_grad_()
+    size = H // 2 if pool else H
+    upstream = torch.randn(T, B, C, size, size, generator=gen, dtype=torch.float64)
+
+    def through_fused(x):
+        spikes, _, _ = BNISNMFunction.apply(x, fused.bn.weight, fused.bn.bias, fused.bn.eps, fused.pool, fused,
+                                            fused.beta)
+        return spikes
+    ours = run(through_fused, x, upstream, (fused.bn.weight, fused.bn.bias, fused.beta))
+    ref = run(lambda x: unfused(bn, neuron, pool, x), x, upstream, (bn.weight, bn.bias, neuron.beta))
+    assert torch.equal(ours[0], ref[0])
+    for a, b in zip(ours[1:], ref[1:]):  # dx, dgamma, dbias, and the learned beta's gradient
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
