@@ -90,8 +90,9 @@ class BNISNMFunction(torch.autograd.Function):
         spikes, packed, mean, var, invstd = run_kernel(fused_forward, neuron.kernel, x, weight, bias, eps, pool, decay,
                                                        neuron.threshold, soft)
         ctx.save_for_backward(x, packed, weight, bias, mean, invstd)
-        ctx.args = (pool, decay, neuron.threshold, soft, neuron.alpha, neuron.beta if beta is None else beta,
-                    neuron.function, neuron.kernel)
+        alpha, own = neuron.surrogate()
+        ctx.args = (pool, decay, neuron.threshold, soft, alpha, own if beta is None else beta, neuron.function,
+                    neuron.kernel)
         ctx.mark_non_differentiable(mean, var)
         return spikes, mean, var
 
@@ -131,7 +132,8 @@ class BNISNM(ISNM):
                 current = F.max_pool2d(current, *POOL)
             return super().forward(current.unflatten(0, x.shape[:2]))
         bn = self.bn
-        learned = self.beta if isinstance(self.beta, torch.Tensor) else None
+        beta = self.surrogate()[1]
+        learned = beta if isinstance(beta, torch.Tensor) else None
         spikes, mean, var = BNISNMFunction.apply(x, bn.weight, bn.bias, bn.eps, self.pool, self, learned)
         with torch.no_grad():  # running statistics as nn.BatchNorm2d keeps them (unbiased variance)
             count = x.numel() // x.shape[2]

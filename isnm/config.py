@@ -225,7 +225,9 @@ class NeuronConfig:
 
 @dataclass
 class SurrogateConfig:
-    schedule: Literal["gradual", "fixed"] = "gradual"  # gradual = GSG, eq. 7; fixed = beta throughout
+    # gradual = GSG, eq. 7; fixed = beta throughout; learned = a beta per spiking layer trained by gradient (from
+    # beta_min, at its own learning rate beta_lr): a parameter, not a schedule (isnm.surrogate.surrogate_grads)
+    schedule: Literal["gradual", "fixed", "learned"] = "gradual"
     beta: float = 5.0  # the fixed schedule's beta
     beta_min: float = 0.5  # the gradual schedule's first-epoch beta ...
     beta_max: float = 5.0  # ... and last-epoch beta
@@ -233,12 +235,14 @@ class SurrogateConfig:
     function: Literal[SURROGATES] = "tanh"  # eq. 9's tanh, or another shape of the same peak and area
     shape: Literal[SCHEDULE_SHAPES] = "loglinear"  # the gradual schedule's curve: eq. 7's, or another
     update: Literal["epoch", "step"] = "epoch"  # a new beta every epoch (the paper), or every optimizer step
+    beta_lr: float = 0.01  # the learned beta's learning rate (Adam, on log beta, no weight decay)
 
     def check(self, path: str) -> None:
         check(self.beta > 0, join(path, "beta"), self.beta, "a number > 0")
         check(self.beta_min > 0, join(path, "beta_min"), self.beta_min, "a number > 0")
         check(self.beta_max >= self.beta_min, join(path, "beta_max"), self.beta_max,
               f"a number >= beta_min ({self.beta_min})")
+        check(self.beta_lr > 0, join(path, "beta_lr"), self.beta_lr, "a number > 0")
         if not isinstance(self.alpha, str):
             check(self.alpha > 0, join(path, "alpha"), self.alpha, f"one of {ALPHA_RULES} or a number > 0")
 
@@ -311,7 +315,7 @@ UNHASHED_KEYS = ("data_dir", "download")
 # before them computed: a new option must not turn every finished run into a stranger (not cached, not
 # found by the report). Every option added from now on goes here with that default.
 HASHED_WHEN_SET = {"surrogate.function": "tanh", "surrogate.shape": "loglinear", "surrogate.update": "epoch",
-                   "memory_format": "auto", "conv_backward": "auto"}
+                   "memory_format": "auto", "conv_backward": "auto", "surrogate.beta_lr": 0.01}
 
 
 def config_hash(config: dict) -> str:

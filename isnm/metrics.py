@@ -18,6 +18,7 @@ SYNOPS = "synops"  # per image
 ENERGY = "energy"  # microjoules per image
 ENERGY_ANN = "energy_ann"  # microjoules per image of the same network as an ANN
 LAYER_RATE = "spike_rate/"  # + a spiking layer's module name: that layer's firing rate
+LAYER_BETA = "beta/"  # + a spiking layer's module name: its learned beta at the epoch's end (schedule learned)
 
 KERNEL = "kernel"  # the ISNM loops that ran: "eager" or "compiled"
 KERNEL_FALLBACK = "kernel_fallback"  # only after a compilation failed: why the loops fell back to eager

@@ -1,6 +1,7 @@
 """The Internal Spiking Neuron Model (paper eq. 4-5): current in, spikes out, state inside."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -259,16 +260,53 @@ class ISNM(nn.Module):
             raise ValueError(f"ISNM reset must be one of {RESETS}, got {reset!r}")
         self.tau, self.threshold, self.reset = float(tau), float(threshold), reset
         self.alpha, self.beta, self.function = 1.0, 1.0, "tanh"
+        self.log_beta: nn.Parameter | None = None  # a learned beta, as its log (so beta stays > 0): `learn_beta`
+        self.alpha_rule: str | float = "paper"  # eq. 8's alpha from a learned beta
         self.kernel = "eager"  # or "compiled" (torch.compile), chosen per network by set_kernel
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
         if current.dim() < 2:
             raise ValueError(f"ISNM expects current shaped [T, B, ...], got shape {tuple(current.shape)}")
-        return isnm_spikes(current, self.tau, self.threshold, self.reset, self.alpha, self.beta, self.kernel,
-                           self.function)
+        alpha, beta = self.surrogate()
+        return isnm_spikes(current, self.tau, self.threshold, self.reset, alpha, beta, self.kernel, self.function)
+
+    def surrogate(self) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+        """(alpha, beta) this forward trains with: the schedule's floats, or a learned beta (a tensor with a
+        gradient) and its alpha by the rule, held constant (a detached tensor: no host sync in the step)."""
+        if self.log_beta is None:
+            return self.alpha, self.beta
+        beta = self.log_beta.exp()
+        return learned_alpha(beta.detach(), self.alpha_rule), beta
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, threshold={self.threshold}, reset={self.reset}"
+
+
+def learned_alpha(beta: torch.Tensor, rule: str | float) -> torch.Tensor | float:
+    """isnm.schedule.alpha_for on a beta tensor, without leaving the device."""
+    if rule == "paper":
+        return torch.clamp(1.0 / beta, min=1.0)
+    if rule == "unit_peak":
+        return torch.clamp(1.0 / beta, max=1.0)
+    return float(rule)
+
+
+def learn_beta(model: nn.Module, beta: float, alpha_rule: str | float, function: str) -> list[nn.Parameter]:
+    """Give every ISNM layer of `model` a learned beta starting at `beta` (its log a parameter); returns them, for
+    an optimizer group of their own."""
+    learned, device = [], next(model.parameters()).device
+    for module in model.modules():
+        if isinstance(module, ISNM):
+            module.log_beta = nn.Parameter(torch.tensor(math.log(beta), device=device))
+            module.alpha_rule, module.function = alpha_rule, function
+            learned.append(module.log_beta)
+    return learned
+
+
+def learned_betas(model: nn.Module) -> dict[str, float]:
+    """Each spiking layer's learned beta now, by module name (none without a learned beta)."""
+    return {name: module.log_beta.exp().item() for name, module in model.named_modules()
+            if isinstance(module, ISNM) and module.log_beta is not None}
 
 
 def set_kernel(model: nn.Module, kernel: str) -> None:

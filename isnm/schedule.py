@@ -54,6 +54,8 @@ def surrogate_at(cfg: SurrogateConfig, epoch_index: int, epochs: int, step: int 
     """
     if cfg.schedule == "fixed":
         beta = cfg.beta
+    elif cfg.schedule == "learned":  # where the learned beta starts; then it is a parameter, not a schedule
+        beta = cfg.beta_min
     elif cfg.update == "step":
         beta = beta_at(epoch_index * steps + step, epochs * steps - 1, cfg.beta_min, cfg.beta_max, cfg.shape)
     else:

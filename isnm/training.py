@@ -3,6 +3,7 @@ optimizer step of it (`train_step`) and its evaluation (`evaluate`)."""
 from __future__ import annotations
 
 import copy
+import math
 import time
 from contextlib import AbstractContextManager
 from typing import Callable
@@ -16,9 +17,10 @@ from isnm.data import batches, fingerprint, load_dataset, train_batches
 from isnm.kernels import note_compiled
 from isnm.metrics import (ALPHA, BETA, DATA_FINGERPRINT, EPOCH, EPOCH_SECONDS, KERNEL, KERNEL_FALLBACK, TEST_ACC,
                           TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_SPIKE_RATE)
-from isnm.neuron import kernel_fallback, set_surrogate
+from isnm.metrics import LAYER_BETA
+from isnm.neuron import kernel_fallback, learn_beta, learned_betas, set_surrogate
 from isnm.runtime import precision_of, prepared_model, resolve_device, reuse_freed_memory
-from isnm.schedule import surrogate_at
+from isnm.schedule import alpha_for, surrogate_at
 
 EVAL_BATCH_SIZE = 1000
 
@@ -116,7 +118,12 @@ def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
     else:
         reuse_freed_memory()
     autocast = precision_of(cfg, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    learned = cfg.surrogate.schedule == "learned"
+    betas = learn_beta(model, cfg.surrogate.beta_min, cfg.surrogate.alpha, cfg.surrogate.function) if learned else []
+    weights = [p for p in model.parameters() if all(p is not b for b in betas)]
+    optimizer = torch.optim.Adam([{"params": weights},  # the learned betas: their own rate, no decay toward 0
+                                  *([{"params": betas, "lr": cfg.surrogate.beta_lr, "weight_decay": 0.0}] * learned)],
+                                 lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     start = 0
     if resume_state is not None:
@@ -160,6 +167,11 @@ def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
             val = {VAL_ACC: val_acc, VAL_SPIKE_RATE: val_activity.spike_rate}
         # the loops that really ran: a compilation that failed falls back to eager, and says why
         ran = {KERNEL: "eager", KERNEL_FALLBACK: kernel_fallback()} if kernel_fallback() else {KERNEL: kernel}
+        if learned:  # the layers' betas as they end the epoch, and their geometric mean as the study's beta
+            layers = learned_betas(model)
+            beta = math.exp(sum(math.log(b) for b in layers.values()) / len(layers))
+            alpha = alpha_for(beta, cfg.surrogate.alpha)
+            val.update({LAYER_BETA + name: b for name, b in layers.items()})  # reported beside val_acc, per epoch
         metrics = {EPOCH: epoch, TRAIN_LOSS: loss_sum.item() / n, TRAIN_ACC: correct.item() / n, **val,
                    TEST_ACC: test_acc, BETA: beta, ALPHA: alpha,  # per step: the epoch's last step's
                    EPOCH_SECONDS: time.perf_counter() - began, **activity.metrics(), **ran,

@@ -147,6 +147,7 @@ TABULATED = tuple(name for name, metric in METRICS.items() if metric.tabulated)
 SELECTABLE = tuple(name for name, metric in METRICS.items() if metric.selectable)
 REPRODUCED = tuple(name for name, metric in METRICS.items() if metric.reproduced)
 LAYER_RATE = m.LAYER_RATE  # + a spiking layer's module name: that layer's firing rate, logged per epoch too
+LAYER_BETA = m.LAYER_BETA  # + a spiking layer's module name: its learned beta (schedule learned), per epoch too
 AT_TIMESTEPS = re.compile(rf"{m.TEST_ACC}_T([0-9]+)")
 
 
@@ -157,7 +158,7 @@ def at_timesteps(timesteps: int) -> str:
 
 def logged_per_epoch(key: str) -> bool:
     """Whether a key of a trial's report is a metric the tracker logs at every epoch."""
-    return (key in METRICS and METRICS[key].per_epoch) or key.startswith(LAYER_RATE)
+    return (key in METRICS and METRICS[key].per_epoch) or key.startswith((LAYER_RATE, LAYER_BETA))
 
 
 def metric_name(text: str) -> str:

@@ -57,6 +57,21 @@ def test_per_step_schedule_reaches_beta_max_on_the_last_step():
     assert history[0] == pytest.approx(0.5 + 4.5 * (steps - 1) / (2 * steps - 1))  # the first epoch's last step
 
 
+def test_a_learned_beta_trains_per_layer_from_beta_min_and_is_logged():
+    config = {"epochs": 3, "seed": 0, "surrogate": {"schedule": "learned", "beta_min": 1.0, "beta_lr": 0.05}}
+    history, states = [], []
+    final = train(config, on_epoch=lambda m, s: (history.append(m), states.append(s)))
+    layers = {k: v for k, v in final.items() if k.startswith("beta/")}
+    assert set(layers) == {"beta/body.0", "beta/body.2"} and final["test_acc"] >= 0.9
+    assert all(b != pytest.approx(1.0, abs=1e-3) for b in layers.values())  # the gradient moved every layer's beta
+    assert final["beta"] == pytest.approx(math.exp(sum(math.log(b) for b in layers.values()) / 2))
+    assert final["alpha"] == pytest.approx(max(1 / final["beta"], 1.0))
+    # the betas are parameters in the checkpoint, their group at their own rate without weight decay
+    assert {k for k in states[-1]["model"] if k.endswith("log_beta")} == {"body.0.log_beta", "body.2.log_beta"}
+    groups = states[-1]["optimizer"]["param_groups"]
+    assert [(g["lr"], g["weight_decay"]) for g in groups] == [(1e-3, 1e-4), (0.05, 0.0)]
+
+
 @pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run():
     config = {"epochs": 3, "seed": 1, "batch_size": 128}
