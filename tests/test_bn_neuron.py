@@ -146,3 +146,22 @@ def test_a_learned_betas_gradient_through_the_fused_op_is_the_unfused_layers(poo
     assert torch.equal(ours[0], ref[0])
     for a, b in zip(ours[1:], ref[1:]):  # dx, dgamma, dbias, and the learned beta's gradient
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_a_learned_beta_compiled_in_the_fused_layer_is_the_eager_layers():
+    from isnm.neuron import learn_beta
+
+    gen = torch.Generator().manual_seed(6)
+    x = (torch.randn(T, B, C, H, H, generator=gen) * 2 + 0.5).requires_grad_()
+    upstream = torch.randn(T, B, C, H // 2, H // 2, generator=gen)
+    got = {}
+    for kernel in ("eager", "compiled"):
+        layer, _, _ = pair(True, "hard", torch.float32, kernel)
+        (log_beta,) = learn_beta(layer, 2.0, "paper", "tanh")
+        x.grad = None
+        layer(x).backward(upstream)
+        got[kernel] = (x.grad.clone(), log_beta.grad.clone())
+    torch.testing.assert_close(got["compiled"][0], got["eager"][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got["compiled"][1], got["eager"][1], rtol=1e-4, atol=1e-5)
+    assert got["eager"][1].abs() > 0

@@ -360,3 +360,21 @@ def test_plots_tick_whole_epochs_and_end_at_the_last(tiny_table_store, monkeypat
         assert ticks and all(t == int(t) for t in ticks), ticks
         assert high == 2
     assert curves.axes[0].get_xlim()[0] == 1 and schedule.axes[0].get_xlim()[0] == 0
+
+
+@pytest.mark.slow
+def test_a_learned_beta_study_logs_each_layers_beta_and_the_report_draws_what_it_learned(tmp_path):
+    from tests.studies import run_study, small_study, steps, trial_runs
+
+    path = small_study(tmp_path, name="learnedbeta", epochs=2, seeds=[0],
+                       variants={"GSG": {"surrogate.schedule": "gradual"},
+                                 "learned": {"surrogate.schedule": "learned", "surrogate.beta_lr": 0.05}})
+    run_study(tmp_path, str(path))
+    runs = {r.data.tags["variant"]: r for r in trial_runs(tmp_path / "mlflow.db", "learnedbeta")}
+    learned = runs["learned"]
+    layers = {k for k in learned.data.metrics if k.startswith("beta/")}
+    assert layers == {"beta/body.0", "beta/body.2"}
+    assert all(steps(tmp_path / "mlflow.db", learned, key) == [1, 2] for key in layers)  # every epoch
+    assert not any(k.startswith("beta/") for k in runs["GSG"].data.metrics)
+    assert main(["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r/learnedbeta-schedule.png").stat().st_size > 0

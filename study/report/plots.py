@@ -98,6 +98,8 @@ def schedule_label(surrogate: dict) -> str:
     """'fixed, beta 5' or 'gradual 0.5 to 5, loglinear, per epoch'."""
     if surrogate["schedule"] == "fixed":
         return f"fixed, beta {surrogate['beta']:g}"
+    if surrogate["schedule"] == "learned":
+        return f"learned per layer from {surrogate['beta_min']:g} (lr {surrogate.get('beta_lr', 0.01):g}): geometric mean"
     return (f"gradual {surrogate['beta_min']:g} to {surrogate['beta_max']:g}, {surrogate['shape']}, "
             f"per {surrogate['update']}")
 
@@ -128,6 +130,13 @@ def plot_schedule(client: MlflowClient, cells: list[Cell], configs: dict[str, di
             # x: epochs trained so far, 0 to `epochs`; epoch e trains over (e - 1, e], and its run logs the value it
             # ended with at step e
             per_step = cfg.surrogate.update == "step" and cfg.surrogate.schedule == "gradual"
+            name = schedule_label(config["surrogate"]) + (f", {epochs} epochs" if len(lengths) > 1 else "")
+            if cfg.surrogate.schedule == "learned":  # no curve to draw: what one run's layers learned, as logged
+                for ax, key, start in zip((top, bottom), (metrics.BETA, metrics.ALPHA), surrogate_at(cfg.surrogate, 0,
+                                                                                                    epochs)[::-1]):
+                    logged = sorted(client.get_metric_history(source.run_id, key), key=lambda m: m.step)
+                    ax.plot([0] + [m.step for m in logged], [start] + [m.value for m in logged], ".-", label=name)
+                continue
             if per_step:
                 steps = 100  # a smooth curve; the training's steps per epoch are as many as its batches
                 x = np.arange(1, epochs * steps + 1) / steps
@@ -135,7 +144,6 @@ def plot_schedule(client: MlflowClient, cells: list[Cell], configs: dict[str, di
             else:  # each epoch's value held through it
                 x = np.arange(0, epochs + 1)
                 curve = [surrogate_at(cfg.surrogate, min(e, epochs - 1), epochs) for e in x]
-            name = schedule_label(config["surrogate"]) + (f", {epochs} epochs" if len(lengths) > 1 else "")
             for ax, key, values in ((top, metrics.BETA, [b for _, b in curve]),
                                     (bottom, metrics.ALPHA, [a for a, _ in curve])):
                 line, = ax.plot(x, values, drawstyle="default" if per_step else "steps-post", label=name)
