@@ -55,12 +55,17 @@ def test_a_node_lost_mid_trial_resumes_on_another_in_the_same_run(cluster, mlflo
     assert [n.split()[0] for n in run.data.tags["ray_nodes"].split(", ")] == [lost, survivor]
     assert survivor in {node_id for node_id, _ in cluster.nodes.values()}
     assert steps(db, run) == list(range(1, epochs + 1))  # one run, every epoch exactly once
-    # Ray's own record of what the trial reported: each epoch once, and after the restart (its count of
-    # iterations since a restore begins again) it went on from the checkpoint, not from epoch 1
+    # Ray's own record of what the trial reported: every epoch, and after the restart (its count of iterations
+    # since a restore begins again) it went on from the checkpoint, not from epoch 1. The epoch the node reported
+    # last may come twice: a node lost after Tune took its result but before Tune registered its checkpoint (the
+    # tracker had logged it meanwhile) restarts from the one before, and trains it again (seen once in CI); MLflow
+    # still has it once, and the same numbers, as the check to the bit below shows
     (record,) = tmp_path.glob(f"shared/lost-*/{run.data.tags['ray_trial_id']}/result.json")
-    reported = [json.loads(line) for line in record.read_text().splitlines()]
-    assert [r["epoch"] for r in reported] == list(range(1, epochs + 1))
-    resumed = [r["epoch"] for r in reported if r["iterations_since_restore"] == 1]
+    reported = [json.loads(line)["epoch"] for line in record.read_text().splitlines()]
+    assert sorted(set(reported)) == list(range(1, epochs + 1)) and len(reported) - epochs <= 1, reported
+    assert all(b == a + 1 or b == a for a, b in zip(reported, reported[1:])), reported
+    records = [json.loads(line) for line in record.read_text().splitlines()]
+    resumed = [r["epoch"] for r in records if r["iterations_since_restore"] == 1]
     assert resumed[0] == 1 and len(resumed) == 2 and 1 < resumed[1] <= epochs, resumed
     # and trained as one uninterrupted run on the CPU does, to the bit
     (trial,) = plan_trials(load_study(path))

@@ -104,7 +104,7 @@ trap 'stopped_by="scancel"; traps=$((traps + 1))' TERM
 export RAY_AUTH_MODE=token
 RAY_AUTH_TOKEN=$(python -c 'import secrets; print(secrets.token_hex(16))')
 export RAY_AUTH_TOKEN
-node_ip() {{ getent ahostsv4 "$(scontrol show node "$1" | grep -oP 'NodeAddr=\K\S+')" | awk 'NR == 1 {{print $1}}'; }}
+node_ip() {{ getent ahostsv4 "$(scontrol show node "$1" | grep -oP 'NodeAddr=\\K\\S+')" | awk 'NR == 1 {{print $1}}'; }}
 mapfile -t nodes < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
 head_ip=$(node_ip "${{nodes[0]}}")
 if [ "${{#nodes[@]}}" -gt 1 ] && [[ "$head_ip" == 127.* ]]; then
