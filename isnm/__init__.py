@@ -26,7 +26,7 @@ from typing import Any
 
 # name -> the module that defines it; `metrics` is a module itself, its names read as metrics.TEST_ACC
 EXPORTS = {
-    **dict.fromkeys(("ConfigError", "TrainConfig", "check", "default_config", "flat", "join", "merged", "nested",
+    **dict.fromkeys(("CONFIG_KEYS", "ConfigError", "TrainConfig", "check", "default_config", "flat", "join", "merged", "nested",
                      "parse_config", "parse_dataclass", "to_dict", "unknown_key_message", "config_hash",
                      "HASHED_WHEN_SET", "with_setting", "shown"), "isnm.config"),
     "metrics": "isnm.metrics",

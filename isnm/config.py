@@ -224,10 +224,23 @@ class NeuronConfig:
 
 
 @dataclass
+class EpochBetas:
+    """`schedule: {beta: [...]}`: beta given for each epoch, the first epoch's first. What a population-based search
+    found (study.run resolves `{from_study: NAME}` into this list) replays as it is."""
+    beta: list[float]
+
+    def check(self, path: str) -> None:
+        check(len(self.beta) > 0, join(path, "beta"), self.beta, "a beta for each epoch")
+        for i, beta in enumerate(self.beta):
+            check(beta > 0, join(path, f"beta[{i}]"), beta, "a number > 0")
+
+
+@dataclass
 class SurrogateConfig:
     # gradual = GSG, eq. 7; fixed = beta throughout; learned = a beta per spiking layer trained by gradient (from
-    # beta_min, at its own learning rate beta_lr): a parameter, not a schedule (isnm.surrogate.surrogate_grads)
-    schedule: Literal["gradual", "fixed", "learned"] = "gradual"
+    # beta_min, at its own learning rate beta_lr): a parameter, not a schedule (isnm.surrogate.surrogate_grads);
+    # {beta: [...]}: one beta per epoch, given
+    schedule: Union[Literal["gradual", "fixed", "learned"], EpochBetas] = "gradual"
     beta: float = 5.0  # the fixed schedule's beta
     beta_min: float = 0.5  # the gradual schedule's first-epoch beta ...
     beta_max: float = 5.0  # ... and last-epoch beta
@@ -296,6 +309,10 @@ class TrainConfig:
         check(self.bn_recalibration >= 0, join(path, "bn_recalibration"), self.bn_recalibration, "an integer >= 0")
         check(self.device in ("auto", "cpu") or self.device.startswith("cuda"), join(path, "device"),
               self.device, "'auto', 'cpu' or 'cuda[:N]'")
+        if isinstance(self.surrogate.schedule, EpochBetas):
+            check(len(self.surrogate.schedule.beta) == self.epochs, join(path, "surrogate.schedule.beta"),
+                  self.surrogate.schedule.beta, f"one beta for each of the {self.epochs} epochs "
+                                                f"(got {len(self.surrogate.schedule.beta)})")
 
 
 def parse_config(config: dict, path: str = "") -> TrainConfig:
@@ -305,6 +322,10 @@ def parse_config(config: dict, path: str = "") -> TrainConfig:
 
 def default_config() -> dict:
     return to_dict(TrainConfig())
+
+
+# The dotted keys a config may set: the default config's, and those of a schedule given as a mapping
+CONFIG_KEYS = (*flat(default_config()), "surrogate.schedule.beta")
 
 
 # Where the data lives and whether it may be fetched do not change a result, so they are not hashed.

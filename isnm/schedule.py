@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from isnm.config import ALPHA_RULES, SCHEDULE_SHAPES, SurrogateConfig
+from isnm.config import ALPHA_RULES, SCHEDULE_SHAPES, EpochBetas, SurrogateConfig
 
 
 def beta_at(epoch: float, max_epoch: float, beta_min: float, beta_max: float, shape: str = "loglinear") -> float:
@@ -52,7 +52,9 @@ def surrogate_at(cfg: SurrogateConfig, epoch_index: int, epochs: int, step: int 
     Updated per epoch (the paper), GSG spans beta_min on the first epoch to beta_max on the last; per step,
     beta_min on the first optimizer step to beta_max on the last, a new beta every step.
     """
-    if cfg.schedule == "fixed":
+    if isinstance(cfg.schedule, EpochBetas):  # given per epoch: held through it, whatever cfg.update says
+        beta = cfg.schedule.beta[epoch_index]
+    elif cfg.schedule == "fixed":
         beta = cfg.beta
     elif cfg.schedule == "learned":  # where the learned beta starts; then it is a parameter, not a schedule
         beta = cfg.beta_min

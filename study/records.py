@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 
 import re
 from dataclasses import dataclass
@@ -70,6 +71,9 @@ class Tag:
     CACHED_FROM = "cached_from"  # the run a copied trial's numbers come from
     REPRODUCES = "reproduces"
     VERDICT = "verdict"
+    # a PBT member's exploit: + the epoch (6 digits, so the tags sort by it) -> PbtExploit.text. The member trained
+    # epochs after it from the source run's checkpoint of that epoch, with the new value
+    PBT_EXPLOIT = "pbt.exploit."
 
 
 class ExperimentTag:
@@ -93,7 +97,33 @@ class Reported:
     ENVIRONMENT = "environment"  # JSON of study.tracking.provenance.environment
     CHECKPOINT_NOTE = "checkpoint_note"
     DIVERGED = "diverged"  # why training diverged: a result, not a crash
+    EXPLOITED = "exploited"  # a PBT member began from another member's checkpoint: that trial's Ray id
+    # a PBT member's checkpoints Tune keeps: the two latest of exploit epochs (one may yet be cloned), and the newest
+    KEEP_RANK = "checkpoint_rank"
     STATE_FILE = "state.pt"  # the file in each checkpoint it reports: model, optimizer, epoch, RNG states
+
+
+@dataclass(frozen=True)
+class PbtExploit:
+    """One exploit of a PBT member, as its run's tag records it: after `epoch` it went on from run `source`'s
+    checkpoint of that epoch, with `values` (the mutated keys' new values)."""
+    epoch: int
+    source: str  # the run whose checkpoint it took
+    values: dict
+
+    @property
+    def tag(self) -> tuple[str, str]:
+        return f"{Tag.PBT_EXPLOIT}{self.epoch:06d}", json.dumps({"source_run": self.source, **self.values})
+
+    @staticmethod
+    def of(run: RunRecord) -> list[PbtExploit]:
+        """A member run's exploits, in epoch order."""
+        out = []
+        for key, text in sorted(run.tags.items()):
+            if key.startswith(Tag.PBT_EXPLOIT):
+                values = json.loads(text)
+                out.append(PbtExploit(int(key[len(Tag.PBT_EXPLOIT):]), values.pop("source_run"), values))
+        return out
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from study.markdown import markdown_table
 from study.records import REPRODUCED, Artifact, Kind, RunRecord, Tag
 from study.tracking.provenance import (CodeState, code_state, differences, environment, environment_tags,
                                        recorded_environment)
+from study.spec.plan import PBT_VARIANT
 from study.tracking.recorded import recorded_run
 
 SHOWN = (metrics.TRAIN_LOSS, metrics.TEST_ACC)  # the side-by-side columns; the verdict covers every REPRODUCED one
@@ -101,6 +102,11 @@ def reproduce(client, run_id: str, epochs: Optional[int], tolerance: float) -> i
     from study.tracking.cache import source_code
 
     run, config, cfg = recorded_run(client, run_id)
+    if run.data.tags.get(Tag.VARIANT) == PBT_VARIANT:
+        raise StudyError(f"run {run_id} is a member of a population-based search: its beta changed as it trained and "
+                         f"it took other members' checkpoints, so no one config trains it again; a study row "
+                         f"`surrogate: {{schedule: {{from_study: {run.data.tags.get(Tag.STUDY)}}}}}` replays the "
+                         f"schedule its best member found")
     recorded_hash, hash_here = run.data.tags.get(Tag.CONFIG_HASH), config_hash(to_dict(cfg))
     logged = max((m.step for m in client.get_metric_history(run_id, metrics.TEST_ACC)), default=0)
     if logged == 0:

@@ -76,6 +76,18 @@ def adaptive_plan(study: Study, trials: list[Trial]) -> str:
             f"then seeds {rule.min} to {rule.max - 1} as the results ask for them (--estimate counts all {len(trials)})")
 
 
+def search_plan(study: Study) -> str:
+    """The dry run of a search: what it samples, or what its population changes and how often."""
+    search = study.spec.search
+    if search.algorithm == "pbt":
+        return (f"{study.name}: population-based training, {search.population} members over "
+                f"{study.base['epochs']} epochs; every {plural(search.interval, 'epoch')} the worst quarter by "
+                f"{search.metric} ({search.mode}) go on from the best quarter's checkpoints with "
+                + ", ".join(f"{k} perturbed within {spec}" for k, spec in search.mutations.items()))
+    return (f"{study.name}: search, {search.num_samples} samples ({search.algorithm}) over "
+            f"{', '.join(search.space)}; {search.metric} {search.mode}")
+
+
 def check_before_start(study: Study, trials: list[Trial], address: Optional[str]) -> None:
     """Mistakes found without starting anything: data that is missing or damaged, GPUs this machine
     lacks, a Ray address where nothing listens. CIFAR is fetched here, once, when the study may."""
@@ -142,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             elif trials:
                 print(f"{study.name}: {plural(len(trials), 'trial')}\n{trial_table(trials)}")
             else:
-                search = study.spec.search
-                print(f"{study.name}: search, {search.num_samples} samples ({search.algorithm}) over "
-                      f"{', '.join(search.space)}; {search.metric} {search.mode}")
+                print(search_plan(study))
             if args.estimate:
                 print("\n" + estimated(study, trials, args))
             return 0

@@ -271,7 +271,7 @@ def run_on_tune(study: Study, trials: list[Trial], to_run: list[Trial], options:
         search = study.spec.search
         on = {"gpus": study.spec.resources.gpu, "local": options.address is None}
         if search:
-            progress = Progress(search.num_samples, 0, search.metric, book.describe, **on)
+            progress = Progress(search.samples, 0, search.metric, book.describe, **on)
         elif seeds is not None:  # the trials planned grow as the results ask for seeds
             progress = Progress(lambda: len(seeds.rule.needed(seeds.decision)), seeds.done(),
                                 study.table.metrics[0], book.describe, max(len(t.name) for t in trials), **on)

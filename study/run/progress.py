@@ -51,6 +51,8 @@ class Progress(Callback):
         return f"  {self.shown} {METRICS[self.shown].printed(result[self.shown])}"
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        if trial.trial_id in self.started:  # a PBT member goes on after each exploit step: not news
+            return
         self.started[trial.trial_id] = time.monotonic()
         self.say(trial, "started")
         cfg = parse_config(self.describe(trial.config).config)
@@ -65,7 +67,13 @@ class Progress(Callback):
                 self.say(trial, f"warning: {note}")
         if result.get(Reported.DIVERGED) or metrics.EPOCH not in result:
             return
-        epochs = self.describe(trial.config).config["epochs"]
+        member = self.describe(trial.config)
+        if result.get(Reported.EXPLOITED):
+            source = next((t for t in trials if t.trial_id == result[Reported.EXPLOITED]), None)
+            values = ", ".join(f"{k.rsplit('.', 1)[-1]} {member.overrides[k]:.4g}" for k in member.varying)
+            self.say(trial, f"exploit: goes on from {self.describe(source.config).name if source else 'a member'}'s "
+                            f"epoch {result[metrics.EPOCH] - 1}, now with {values}")
+        epochs = member.config["epochs"]
         self.say(trial, f"epoch {result[metrics.EPOCH]}/{epochs}{self.value(result)}")
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:

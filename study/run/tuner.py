@@ -16,7 +16,9 @@ from study.run.seeds import AdaptiveSeeds
 from study.run.storage import Experiment
 from study.run.worker import trainable
 from study.spec.config import Study, with_overrides
-from study.spec.plan import SEARCH_VARIANT, Trial, cell_label, search_base
+from study.records import Reported
+from study.run.pbt import MEMBER, SEARCHED, SyncPBT
+from study.spec.plan import SEARCH_VARIANT, Trial, cell_label, pbt_member, search_base
 
 TESTED_RAY = "2.60"  # the Ray whose private Tuner attribute replace_callbacks sets (see there)
 
@@ -29,6 +31,7 @@ class TrialBook:
 
     def __init__(self, study: Study, trials: list[Trial]):
         self.base = search_base(study) if study.spec.search is not None else {}
+        self.pbt = study.spec.search if study.spec.search is not None and study.spec.search.algorithm == "pbt" else None
         self.trials = {t.name: t for t in trials}
         self.carried: dict[str, str] = {}  # trial name -> the checkpoint (storage URI) its interrupted trial left
         self.carried_with: Optional[dict[str, float]] = None  # the resources the carried trials started with
@@ -48,8 +51,10 @@ class TrialBook:
         if "search" not in tune_config or not self.base:
             raise StudyError(f"the Ray experiment holds a trial this study did not plan ({tune_config}), so its "
                              f"saved state is damaged or from another plan; run again with --fresh")
-        overrides = dict(tune_config["search"])
+        overrides = dict(tune_config[SEARCHED])
         config = with_overrides(self.base, overrides)
+        if self.pbt is not None:
+            return pbt_member(self.base, self.pbt, tune_config[MEMBER], overrides)
         return Trial(cell_label(overrides), SEARCH_VARIANT, overrides, config["seed"], config, config_hash(config))
 
 
@@ -58,6 +63,7 @@ def trial_folder(trial) -> str:
 
 
 def distribution(spec: dict):
+    """A study file's distribution as Tune's."""
     (kind, arg), = spec.items()
     if kind == "loguniform":
         return tune.loguniform(*arg)
@@ -69,8 +75,12 @@ def distribution(spec: dict):
 
 
 def param_space(study: Study, trials: list[Trial]) -> dict:
-    if study.spec.search is not None:
-        return {"search": {key: distribution(spec) for key, spec in study.spec.search.space.items()}}
+    search = study.spec.search
+    if search is not None and search.algorithm == "pbt":  # each member's first values drawn from the mutation's range
+        return {MEMBER: tune.grid_search(list(range(search.population))),
+                SEARCHED: {key: distribution(spec) for key, spec in search.mutations.items()}}
+    if search is not None:
+        return {SEARCHED: {key: distribution(spec) for key, spec in search.space.items()}}
     if study.adaptive is not None:
         return {}  # the searcher proposes {"trial": name}
     return {"trial": tune.grid_search([t.name for t in trials])}
@@ -88,6 +98,11 @@ def tune_config(study: Study, max_concurrent: Optional[int], seeds: Optional[Ada
     if search is None:
         return tune.TuneConfig(max_concurrent_trials=max_concurrent, trial_dirname_creator=trial_folder,
                                reuse_actors=True)
+    if search.algorithm == "pbt":
+        scheduler = SyncPBT(search, study.seeds[0], study.base["epochs"],
+                            {k: distribution(v) for k, v in search.mutations.items()})
+        return tune.TuneConfig(scheduler=scheduler, num_samples=1, max_concurrent_trials=max_concurrent,
+                               trial_dirname_creator=trial_folder, reuse_actors=True)
     algorithm = None
     if search.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -227,7 +242,8 @@ def build_tuner(study: Study, to_run: list[Trial], book: TrialBook, experiment: 
     experiment.write_plan(to_run, now)
     run_config = tune.RunConfig(
         name=experiment.name, storage_path=experiment.storage, callbacks=callbacks, verbose=verbosity,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=Reported.KEEP_RANK if
+                                                book.pbt else None),
         failure_config=tune.FailureConfig(max_failures=study.spec.retries))
     return tune.Tuner(fn, param_space=param_space(study, to_run),
                       tune_config=tune_config(study, max_concurrent, seeds), run_config=run_config)

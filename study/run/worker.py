@@ -20,6 +20,7 @@ from ray import tune
 from isnm import metrics, parse_config
 from study.errors import StudyError, first_line
 from study.records import Artifact, Reported
+from study.run.pbt import keep_rank
 from study.tracking.provenance import environment
 
 if TYPE_CHECKING:  # the book travels to this process pickled; study.run.tuner imports this module
@@ -108,11 +109,15 @@ def trainable(tune_config: dict, book: TrialBook) -> None:
         where[Reported.GPU_IDS] = gpus
     resume_state, note = None, ""
     checkpoint = tune.get_checkpoint() or carried_checkpoint(book.carried.get(book.describe(tune_config).name))
+    once = {}  # said with the first epoch only
     if checkpoint is not None:
         resume_state, note = readable_state(checkpoint)
         if note:
             print(f"warning: {note}")
             where[Reported.CHECKPOINT_NOTE] = note
+        source = checkpoint.path.rstrip("/").rsplit("/", 2)[-2]  # the folder of the trial it is of (trial_folder)
+        if book.pbt is not None and source != tune.get_context().get_trial_id():
+            once[Reported.EXPLOITED] = source  # PBT's exploit: this member goes on from that member's checkpoint
 
     def report(measured: dict, state: dict) -> None:
         if Reported.ENVIRONMENT not in where:  # read once training has set its threads and backends up
@@ -121,7 +126,10 @@ def trainable(tune_config: dict, book: TrialBook) -> None:
             torch.save(state, Path(folder) / Reported.STATE_FILE)
             if measured[metrics.EPOCH] == config["epochs"]:  # the run's model.pt, which the driver then logs as it is
                 torch.save(state["model"], Path(folder) / Artifact.WEIGHTS)
-            tune.report({**measured, **where}, checkpoint=tune.Checkpoint.from_directory(folder))
+            if book.pbt is not None:
+                where[Reported.KEEP_RANK] = keep_rank(measured[metrics.EPOCH], book.pbt.interval)
+            tune.report({**measured, **where, **once}, checkpoint=tune.Checkpoint.from_directory(folder))
+            once.clear()
 
     try:
         train(config, on_epoch=report, resume_state=resume_state)

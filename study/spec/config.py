@@ -8,11 +8,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import yaml
 
-from isnm import (ConfigError, check, default_config, flat, join, merged, metrics, nested, parse_config,
+from isnm import (CONFIG_KEYS, ConfigError, check, default_config, flat, join, merged, metrics, nested, parse_config,
                   parse_dataclass, shown, to_dict, unknown_key_message)
 from study.errors import StudyError, first_line
 from study.records import METRICS, SELECTABLE, TABULATED
@@ -56,24 +56,60 @@ class Schedulers:
     asha: Optional[AshaOptions] = None
 
 
+# What population-based training may change while a member trains: the value it trained each epoch with is logged per
+# epoch (metric beta), as a run's params, which never change, could not hold it
+PBT_MUTABLE = ("surrogate.beta",)
+
+
 @dataclass
 class Search:
-    space: dict[str, dict[str, Any]]  # dotted config key -> {loguniform|uniform|randint: [low, high]} or {choice: [...]}
-    algorithm: Literal["optuna", "random"] = "optuna"
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)  # dotted config key -> a distribution (optuna, random)
+    algorithm: Literal["optuna", "random", "pbt"] = "optuna"
     num_samples: int = 16
     metric: Literal[SELECTABLE] = metrics.VAL_ACC  # test_acc is refused: a configuration chosen on it is tested on it
     mode: Literal["max", "min"] = "max"
     scheduler: Optional[Schedulers] = None  # {asha: {grace_period: N}}
+    # pbt: `population` members train side by side; every `interval` epochs, all of them at that epoch (synchronous),
+    # the worst quarter continue from the best quarter's checkpoints with `mutate`'s values perturbed (x0.8, x1.2) or
+    # resampled (a chance in four)
+    population: int = 8
+    interval: int = 2
+    mutate: dict[str, Any] = field(default_factory=dict)  # dotted key -> [low, high] (log-uniform), or a distribution
 
     def check(self, path: str) -> None:
+        if self.algorithm == "pbt":
+            check(self.population >= 2, join(path, "population"), self.population, "an integer >= 2")
+            check(self.interval >= 1, join(path, "interval"), self.interval, "an integer >= 1 (epochs)")
+            check(len(self.mutate) > 0, join(path, "mutate"), self.mutate, f"the key PBT changes: {', '.join(PBT_MUTABLE)}")
+            check(not self.space, join(path, "space"), self.space, "no space with algorithm: pbt (mutate: says what "
+                                                                   "it changes and within which range)")
+            check(self.scheduler is None, join(path, "scheduler"), self.scheduler,
+                  "no scheduler with algorithm: pbt (PBT is the scheduler)")
+            for key in self.mutate:
+                check(key in PBT_MUTABLE, join(path, "mutate"), key,
+                      f"one of {', '.join(PBT_MUTABLE)}: the settings whose value each epoch is logged as a metric")
+            for key, spec in self.mutations.items():
+                check_distribution(spec, join(join(path, "mutate"), key))
+            return
+        check(not self.mutate, join(path, "mutate"), self.mutate, "mutate: only with algorithm: pbt")
         check(self.num_samples >= 1, join(path, "num_samples"), self.num_samples, "an integer >= 1")
         check(len(self.space) > 0, join(path, "space"), self.space, "at least one dotted key to search")
         for key, spec in self.space.items():
             check_distribution(spec, join(join(path, "space"), key))
 
+    @property
+    def mutations(self) -> dict[str, dict[str, Any]]:
+        """`mutate` with each [low, high] spelled as the log-uniform distribution it stands for."""
+        return {key: {"loguniform": spec} if isinstance(spec, list) else spec for key, spec in self.mutate.items()}
+
+    @property
+    def samples(self) -> int:
+        """How many trials the search trains: a PBT's population, else its samples."""
+        return self.population if self.algorithm == "pbt" else self.num_samples
+
 
 def check_distribution(spec: dict, path: str) -> None:
-    check(len(spec) == 1 and next(iter(spec)) in DISTRIBUTIONS, path, spec,
+    check(isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DISTRIBUTIONS, path, spec,
           f"one of {{{', '.join(DISTRIBUTIONS)}: ...}}")
     (kind, arg), = spec.items()
     if kind == "choice":
@@ -210,6 +246,9 @@ class Study:
     profile: Optional[str]
     spec: StudyFile
     base: dict  # complete isnm.train config (every key present)
+    # the file's contents with each `{from_study: NAME}` replaced by the schedule found (what study.run stores with its
+    # runs, and what the report reads back); None when the file names no study
+    resolved: Optional[dict] = None
 
     @property
     def name(self) -> str:
@@ -239,7 +278,7 @@ def with_overrides(base: dict, overrides: dict[str, Any]) -> dict:
     return merged(base, nested(overrides))
 
 
-TRAIN_KEYS = tuple(flat(default_config()))
+TRAIN_KEYS = CONFIG_KEYS
 FIXED_BY_STUDY = {"seed": "seeds are set by the top-level 'seeds:' list"}
 
 
@@ -394,16 +433,68 @@ def check_table_keys(spec: StudyFile) -> None:
             placed[key] = part
 
 
-def load_study(path: str | Path, profile: Optional[str] = None) -> Study:
-    """Read, overlay `profile`, validate. Raises StudyError (one line) on any user mistake."""
+FROM_STUDY = "from_study"  # surrogate.schedule: {from_study: NAME}, the schedule a PBT study in the store found
+# NAME (a study's name), the profile of the study that asks -> the per-epoch betas; raises StudyError when not found
+FoundSchedule = Callable[[str, Optional[str]], list[float]]
+
+
+def with_found_schedules(data: Any, profile: Optional[str], found: Optional[FoundSchedule], where: str = "") -> Any:
+    """`data` with every `{from_study: NAME}` replaced by `{beta: [...]}`, the schedule `found` gives (study.run reads
+    it from the tracking store: study.tracking.pbt); unchanged (the same object) when it names none."""
+    if isinstance(data, dict):
+        if list(data) == [FROM_STUDY]:
+            name = data[FROM_STUDY]
+            check(isinstance(name, str) and SAFE_NAME.fullmatch(name) is not None, join(where, FROM_STUDY), name,
+                  "the name of a PBT study in the tracking store")
+            if found is None:
+                raise ConfigError(where, f"{{{FROM_STUDY}: {name}}} is the schedule PBT study {name!r} found, read from "
+                                         f"the tracking store: only study.run and study.submit read it")
+            return {"beta": found(name, profile)}
+        out = {k: with_found_schedules(v, profile, found, join(where, str(k))) for k, v in data.items()}
+        return data if all(out[k] is data[k] for k in data) else out
+    if isinstance(data, list):
+        out = [with_found_schedules(v, profile, found, f"{where}[{i}]") for i, v in enumerate(data)]
+        return data if all(a is b for a, b in zip(out, data)) else out
+    return data
+
+
+def with_schedules_found(data: dict, profile: Optional[str], found: Optional[FoundSchedule]) -> dict:
+    """The study file's `data` with the `{from_study: NAME}` resolved that this run of it trains: those of its
+    profile, and those outside profiles: that the profile does not replace; other profiles' stay as written."""
+    overlay = (data.get("profiles") or {}).get(profile) or {} if profile else {}
+    out = {}
+    for key, value in data.items():
+        if key == "profiles" and profile in (value or {}):
+            out[key] = {**value, profile: with_found_schedules(value[profile], profile, found, join(key, profile))}
+        elif key == "profiles" or (key in REPLACED_BY_PROFILE and key in overlay):
+            out[key] = value
+        else:
+            out[key] = with_found_schedules(value, profile, found, key)
+    return data if all(out[k] is data[k] for k in data) else out
+
+
+def check_pbt(search: Search, base: dict) -> None:
+    """What a population-based search needs of the config it trains."""
+    check(search.interval < base["epochs"], "search.interval", search.interval,
+          f"fewer epochs than base.epochs ({base['epochs']}): members exploit each other every `interval` epochs")
+    if "surrogate.beta" in search.mutate:
+        check(base["surrogate"]["schedule"] == "fixed", "base.surrogate.schedule", base["surrogate"]["schedule"],
+              "fixed: PBT sets the fixed schedule's beta, held through each interval")
+
+
+def load_study(path: str | Path, profile: Optional[str] = None, found: Optional[FoundSchedule] = None) -> Study:
+    """Read, overlay `profile`, validate. Raises StudyError (one line) on any user mistake. `found` resolves each
+    `{from_study: NAME}` (none may be given without it)."""
     path = Path(path)
-    return study_from(read_yaml(path), path, profile)
+    return study_from(read_yaml(path), path, profile, found)
 
 
-def study_from(data: dict, path: Path, profile: Optional[str] = None) -> Study:
+def study_from(data: dict, path: Path, profile: Optional[str] = None, found: Optional[FoundSchedule] = None) -> Study:
     """`data`, a study file's contents, with `profile` overlaid, validated; errors name `path`."""
     try:
         check_profiles(data)
+        resolved = with_schedules_found(data, profile, found)
+        resolved, data = (None, data) if resolved is data else (resolved, resolved)
         data = with_profile(data, profile)
         spec: StudyFile = parse_dataclass(StudyFile, data)
         base = to_dict(parse_config(spec.base, "base"))
@@ -421,6 +512,8 @@ def study_from(data: dict, path: Path, profile: Optional[str] = None) -> Study:
                     raise ConfigError(f"grid.{key}[{i}]", exc.message) from None
         if spec.search is not None:
             check_override_keys(spec.search.space, "search.space")
+            if spec.search.algorithm == "pbt":
+                check_pbt(spec.search, base)
             if METRICS[spec.search.metric].validation and base["validation"] == 0:
                 raise ConfigError("search.metric", f"{spec.search.metric} needs a validation split, but "
                                                    f"base.validation is 0; set base.validation (0.1 is the default)")
@@ -428,4 +521,4 @@ def study_from(data: dict, path: Path, profile: Optional[str] = None) -> Study:
             check_table_keys(spec)
     except ConfigError as exc:
         raise StudyError(f"{path}: {exc}") from None
-    return Study(str(path), profile, spec, base)
+    return Study(str(path), profile, spec, base, resolved)

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from isnm import config_hash, flat, shown
+from isnm import config_hash, flat, nested, shown
 from study.errors import StudyError
 from study.records import Tag
-from study.spec.config import VARIANT_KEY, Study, Table, with_overrides
+from study.spec.config import VARIANT_KEY, Search, Study, Table, with_overrides
 
 SEARCH_VARIANT = "search"  # the variant tag of every trial a search samples
+PBT_VARIANT = "pbt"  # the variant tag of every member of a population-based search
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Trial:
     seed: int
     config: dict  # the complete isnm.train config
     config_hash: str
+    varying: tuple[str, ...] = ()  # dotted keys whose values change while it trains (PBT's): metrics, never params
 
 
 PAIRING_KEYS = ("arch", "width", "dataset", "batch_size", "validation")
@@ -93,6 +95,19 @@ def plan_trials(study: Study) -> list[Trial]:
 def search_base(study: Study) -> dict:
     """The config every search trial starts from; a search compares its samples on the first seed."""
     return with_absolute_data_dir(with_overrides(study.base, {"seed": study.seeds[0]}))
+
+
+def pbt_member(base: dict, search: Search, member: int, values: dict[str, Any]) -> Trial:
+    """Member `member` of population-based search `search` over `base`, training with `values` of the mutated keys now.
+
+    Its config hash is its identity: the base without the mutated keys, the search's settings and the member's
+    number, the same whatever values exploits give it, and never a fixed-schedule trial's (no cache serves it)."""
+    fixed = {k: v for k, v in flat(base).items() if k not in search.mutate}
+    identity = {**nested(fixed), "pbt": {"population": search.population, "interval": search.interval,
+                                         "mutate": search.mutations, "metric": search.metric, "mode": search.mode,
+                                         "member": member}}
+    return Trial(f"member {member}", PBT_VARIANT, dict(values), base["seed"], with_overrides(base, values),
+                 config_hash(identity), tuple(search.mutate))
 
 
 def trial_table(trials: list[Trial]) -> str:

@@ -84,9 +84,10 @@ def study_status(client: MlflowClient, name: str, uri: str) -> str:
              + (", but no driver runs it now" if gone else "")]
     if study.spec.search is not None:
         states = Counter(run.status for run in children)
-        lines.append(f"  trials  search of {study.spec.search.num_samples} samples: "
-                     + ", ".join(f"{n} {state.lower()}" for state, n in sorted(states.items())) if states else
-                     f"  trials  search of {study.spec.search.num_samples} samples: none run yet")
+        what = (f"population of {study.spec.search.population}" if study.spec.search.algorithm == "pbt" else
+                f"search of {study.spec.search.num_samples} samples")
+        lines.append(f"  trials  {what}: " + (", ".join(f"{n} {state.lower()}" for state, n in sorted(states.items()))
+                                               if states else "none run yet"))
         return "\n".join(lines + slurm_lines(parent))
     trials = plan_trials(study)
     planned = f"{len(trials)} planned"

@@ -16,7 +16,7 @@ from ray.tune import Callback, Checkpoint
 
 from isnm import metrics
 from study.errors import last_line
-from study.records import Artifact, Reported, RunRecord, Tag, read_runs
+from study.records import Artifact, PbtExploit, Reported, RunRecord, Tag, read_runs
 from study.spec.config import Study
 from study.spec.plan import Trial
 from study.tracking.provenance import CodeState, environment_tags, slurm_tags
@@ -157,6 +157,8 @@ class MlflowTracker(Callback):
             log.diverged = str(result[Reported.DIVERGED])
             return
         epoch = int(result.get(metrics.EPOCH, 0))
+        if result.get(Reported.EXPLOITED):
+            self.note_exploit(log, str(result[Reported.EXPLOITED]), epoch - 1, tune_config)
         if result.get("done") and epoch < log.trial.config["epochs"]:
             # Tune marks a result done before the callbacks see it only when a scheduler stopped the trial
             log.stopped_at = epoch
@@ -184,6 +186,16 @@ class MlflowTracker(Callback):
         for key, value in tags.items():
             if value:
                 self.tag_if_changed(log, key, str(value))
+
+    def note_exploit(self, log: TrialLog, source_trial: str, epoch: int, tune_config: dict) -> None:
+        """Tag a PBT member's run with its exploit: after `epoch` it took the checkpoint of `source_trial` (a Ray trial
+        id), whose run is named, and trains on with the values its config has now."""
+        source = next(read_runs(self.client, [self.exp_id], limit=1, ray_trial_id=source_trial,
+                                ray_experiment=self.ray_path), None)
+        trial = self.describe(tune_config)
+        key, text = PbtExploit(epoch, source.run_id if source else source_trial,
+                               {k: trial.overrides[k] for k in trial.varying}).tag
+        self.tag_if_changed(log, key, text)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
         self.backlog.submit(self.note_checkpoint, trial.trial_id, trial.config, checkpoint)

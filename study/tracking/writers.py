@@ -49,9 +49,10 @@ def create_trial_run(client: MlflowClient, exp_id: str, parent_id: str, study_na
             Tag.SEED: str(trial.seed), Tag.CONFIG_HASH: trial.config_hash, **code_tags(code), **slurm_tags(),
             **(extra_tags or {})}
     run_id = client.create_run(exp_id, run_name=trial.name, tags=tags).info.run_id
-    params = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flat(trial.config).items()]
+    params = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flat(trial.config).items() if k not in trial.varying]
     client.log_batch(run_id, params=params)
-    log_text(client, run_id, Artifact.CONFIG, yaml.safe_dump(trial.config, sort_keys=False))
+    if not trial.varying:  # a PBT member's config changes as it trains: no one file trains it again
+        log_text(client, run_id, Artifact.CONFIG, yaml.safe_dump(trial.config, sort_keys=False))
     if code.dirty:
         log_text(client, run_id, Artifact.DIFF, code.diff)
     return run_id
