@@ -30,7 +30,7 @@ EXPORTS = {
                      "parse_config", "parse_dataclass", "to_dict", "unknown_key_message", "config_hash",
                      "HASHED_WHEN_SET", "with_setting", "shown"), "isnm.config"),
     "metrics": "isnm.metrics",
-    "surrogate_at": "isnm.schedule",
+    **dict.fromkeys(("surrogate_at", "betas_text"), "isnm.schedule"),
     **dict.fromkeys(("DataError", "check_data"), "isnm.datafiles"),
     **dict.fromkeys(("Dataset", "load_dataset"), "isnm.data"),
     **dict.fromkeys(("MEASURED", "compile_note", "compile_seconds", "compiled_here",

@@ -63,3 +63,14 @@ def surrogate_at(cfg: SurrogateConfig, epoch_index: int, epochs: int, step: int 
     else:
         beta = beta_at(epoch_index, epochs - 1, cfg.beta_min, cfg.beta_max, cfg.shape)
     return alpha_for(beta, cfg.alpha), beta
+
+
+def betas_text(betas: list[float]) -> str:
+    """A per-epoch beta list as runs of one value: '2.037 x2, 1.63 x4' (PBT's schedules hold beta for intervals)."""
+    runs: list[list] = []
+    for beta in betas:
+        if runs and runs[-1][0] == beta:
+            runs[-1][1] += 1
+        else:
+            runs.append([beta, 1])
+    return ", ".join(f"{beta:.4g}" + (f" x{n}" if n > 1 else "") for beta, n in runs)

@@ -19,6 +19,7 @@ from study.records import METRICS, TABULATED, Artifact, Kind, Tag, read_runs
 from study.report.cells import Cell, table_cells
 from study.report.leaderboard import leaderboard
 from study.report.plots import plot_curves, plot_firing, plot_schedule
+from study.report.population import population_report
 from study.report.sources import provenance_line, runs_frame, write_sources
 from study.report.tables import counts_line, differences, paper_figure, render_table, setting_line
 from study.spec.adaptive import SeedRule
@@ -84,7 +85,12 @@ def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: O
         verdicts = {(v.comparison.reference, v.comparison.cell): v for v in decision.verdicts}
     parts = [f"# {study.name}", study.spec.description, setting_line(study, trials)]
     plots: list[Path] = []
-    if study.spec.search is not None:
+    if study.spec.search is not None and study.spec.search.algorithm == "pbt":
+        schedule = out / f"{study.name}-schedule.png"
+        text, drawn = population_report(client, exp.experiment_id, study, schedule)
+        parts.append("## Population (its members' final weights, each by the schedule it trained with)\n\n" + text)
+        plots = [schedule] if drawn else []
+    elif study.spec.search is not None:
         parts.append(f"## Leaderboard (ranked by final {study.spec.search.metric}; test accuracy of the final "
                      f"epoch beside it)\n\n" + leaderboard(client, children, study))
     else:

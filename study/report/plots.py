@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from isnm import metrics
+from isnm import betas_text, metrics
 from study.records import LAYER_RATE, METRICS, RunRecord, histories
 from study.report.cells import Cell
 from study.report.tables import scaled
@@ -96,6 +96,9 @@ def plot_firing(runs: list[RunRecord], cells: list[Cell], table: Table, path: Pa
 
 def schedule_label(surrogate: dict) -> str:
     """'fixed, beta 5' or 'gradual 0.5 to 5, loglinear, per epoch'."""
+    if isinstance(surrogate["schedule"], dict):
+        text = betas_text(surrogate["schedule"]["beta"])
+        return f"given per epoch: {text if len(text) <= 60 else text[:57] + '...'}"
     if surrogate["schedule"] == "fixed":
         return f"fixed, beta {surrogate['beta']:g}"
     if surrogate["schedule"] == "learned":

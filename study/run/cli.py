@@ -14,6 +14,7 @@ from study.records import METRICS
 from study.spec.adaptive import SeedRule
 from study.spec.config import Study, load_study
 from study.spec.plan import Trial, plan_summary, plan_trials, trial_count, trial_table
+from study.tracking.pbt import schedules_in
 from study.tracking.provenance import code_state, warn_if_dirty
 from study.tracking.retry import DEFAULT_PATIENCE_S
 
@@ -126,7 +127,7 @@ def estimated(study: Study, trials: list[Trial], args: argparse.Namespace) -> st
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        study = load_study(args.file, args.profile)
+        study = load_study(args.file, args.profile, schedules_in(args.tracking_uri))
         trials = planned(study, args.max_trials)
         if args.max_concurrent is not None and args.max_concurrent < 1:
             raise StudyError(f"--max-concurrent: got {args.max_concurrent}, expected an integer >= 1")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from isnm import config_hash, flat, nested, shown
+from isnm import betas_text, config_hash, flat, nested, shown
 from study.errors import StudyError
 from study.records import Tag
 from study.spec.config import VARIANT_KEY, Search, Study, Table, with_overrides
@@ -110,11 +110,16 @@ def pbt_member(base: dict, search: Search, member: int, values: dict[str, Any]) 
                  config_hash(identity), tuple(search.mutate))
 
 
+def override_text(key: str, value: Any) -> str:
+    """An override as a plan lists it; a schedule of a beta per epoch as its runs of one value."""
+    return f"[{betas_text(value)}]" if key == "surrogate.schedule.beta" else str(value)
+
+
 def trial_table(trials: list[Trial]) -> str:
     """The dry-run's plain-text table: name, overrides, seed, config hash."""
     rows = [("trial", "overrides", "seed", Tag.CONFIG_HASH)]
-    rows += [(t.name, ", ".join(f"{k}={v}" for k, v in t.overrides.items()) or "-", str(t.seed), t.config_hash)
-             for t in trials]
+    rows += [(t.name, ", ".join(f"{k}={override_text(k, v)}" for k, v in t.overrides.items()) or "-", str(t.seed),
+              t.config_hash) for t in trials]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 

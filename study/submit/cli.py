@@ -16,6 +16,7 @@ from typing import Optional
 
 from study.errors import StudyError, user_error_exit
 from study.spec.config import Study, load_study
+from study.tracking.pbt import schedules_in
 from study.spec.plan import plan_trials
 from study.submit.script import SlurmJob, script, time_limit_seconds
 
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.slurm:
             raise StudyError("expected --slurm: Slurm is the one scheduler study.submit knows (for a Ray cluster, run "
                              "study.run --address on one of its nodes: docs/clusters.md)")
-        study = load_study(args.file, args.profile)
+        study = load_study(args.file, args.profile, schedules_in(args.tracking_uri))
         job, path = job_for(study, args)
         text = script(job, str(path))
         if args.dry_run:

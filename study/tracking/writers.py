@@ -35,7 +35,12 @@ def start_parent_run(client: MlflowClient, exp_id: str, study: Study, code: Code
             Tag.RAY_EXPERIMENT: ray_path, Tag.NOTE: study.spec.description,
             Tag.STUDY_FILE: str(Path(study.path).resolve()), **slurm_tags()}
     run = client.create_run(exp_id, run_name=f"{study.name} {time.strftime('%Y-%m-%d %H:%M:%S')}", tags=tags)
-    client.log_artifact(run.info.run_id, study.path)
+    if study.resolved is None:
+        client.log_artifact(run.info.run_id, study.path)
+    else:  # what the runs trained: each {from_study: NAME} as the schedule read from the store now
+        log_text(client, run.info.run_id, Path(study.path).name,
+                 f"# {study.path}, with each surrogate.schedule: {{from_study: NAME}} replaced by the per-epoch betas "
+                 f"study.run found\n" + yaml.safe_dump(study.resolved, sort_keys=False))
     if code.dirty:
         log_text(client, run.info.run_id, Artifact.DIFF, code.diff)
     return run.info.run_id

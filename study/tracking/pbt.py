@@ -1,0 +1,120 @@
+"""A population-based search read back from its runs: each member's exploits, the schedule its final weights were
+trained with (its ancestry), and the best member's, which `surrogate.schedule: {from_study: NAME}` replays."""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from isnm import metrics
+from study.errors import StudyError
+from study.records import Kind, PbtExploit, RunRecord, Tag, histories, read_runs
+from study.spec.plan import PBT_VARIANT
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Epochs `first`..`last` of a member's final weights, trained by `run` at these `betas` (one per epoch)."""
+    run: str
+    first: int
+    last: int
+    betas: tuple[float, ...]
+
+
+def ancestry(member: str, epochs: int, betas: dict[str, dict[int, float]],
+             exploits: dict[str, list[PbtExploit]]) -> list[Segment]:
+    """Which run trained each epoch of `member`'s final weights, oldest first: after an exploit at epoch x a member
+    goes on from its source's checkpoint of x, so epochs 1..x are the source's (and, before the source's own
+    exploits, its sources'). `betas`: each run's beta per epoch, as logged; `exploits`: each run's, in epoch order."""
+    segments, run, last = [], member, epochs
+    for _ in range(epochs + 1):  # each step goes back at least one epoch
+        earlier = [x for x in exploits.get(run, []) if x.epoch < last]
+        first = earlier[-1].epoch + 1 if earlier else 1
+        missing = [e for e in range(first, last + 1) if e not in betas.get(run, {})]
+        if missing:
+            raise StudyError(f"run {run} logged no beta for epoch(s) {', '.join(map(str, missing))}; its member's "
+                             f"schedule cannot be read back")
+        segments.append(Segment(run, first, last, tuple(betas[run][e] for e in range(first, last + 1))))
+        if not earlier:
+            return segments[::-1]
+        run, last = earlier[-1].source, earlier[-1].epoch
+    raise StudyError(f"the exploits recorded on {member}'s ancestors loop")  # a damaged record
+
+
+def members(client: MlflowClient, exp_id: str, profile: Optional[str]) -> list[RunRecord]:
+    """The FINISHED member runs of the latest population a study trained with `profile` (None: without one)."""
+    runs = [r for r in read_runs(client, [exp_id], Kind.TRIAL, "FINISHED") if r.variant == PBT_VARIANT
+            and r.tags.get(Tag.PROFILE, "") == (profile or "")]
+    if not runs:
+        return []
+    latest = max(runs, key=lambda r: r.start_time).tags.get(Tag.RAY_EXPERIMENT)
+    return [r for r in runs if r.tags.get(Tag.RAY_EXPERIMENT) == latest]
+
+
+@dataclass(frozen=True)
+class Population:
+    """A PBT study's latest population: its members ranked best first by the search's metric, and each one's
+    schedule as its final weights trained with it."""
+    ranked: list[RunRecord]
+    schedules: dict[str, list[Segment]]  # run id -> its ancestry
+
+    @property
+    def best(self) -> RunRecord:
+        return self.ranked[0]
+
+    def betas(self, run_id: str) -> list[float]:
+        return [b for segment in self.schedules[run_id] for b in segment.betas]
+
+
+def population(client: MlflowClient, exp_id: str, profile: Optional[str], metric: str, maximize: bool) -> Population:
+    runs = members(client, exp_id, profile)
+    if not runs:
+        return Population([], {})
+    everyone = [r for r in read_runs(client, [exp_id], Kind.TRIAL) if r.variant == PBT_VARIANT
+                and r.tags.get(Tag.RAY_EXPERIMENT) == runs[0].tags.get(Tag.RAY_EXPERIMENT)]
+    logged = histories(client, [r.run_id for r in everyone], metrics.BETA)
+    betas = {run: {int(m.step): m.value for m in history} for run, history in logged.items()}
+    exploits = {r.run_id: PbtExploit.of(r) for r in everyone}
+    ranked = sorted((r for r in runs if metric in r.metrics),
+                    key=lambda r: (-r.metrics[metric] if maximize else r.metrics[metric], r.name))
+    epochs = {r.run_id: max(betas.get(r.run_id, {0: 0})) for r in ranked}
+    return Population(ranked, {r.run_id: ancestry(r.run_id, epochs[r.run_id], betas, exploits) for r in ranked})
+
+
+def found_schedule(client: MlflowClient, name: str, profile: Optional[str]) -> list[float]:
+    """The per-epoch betas the best member of PBT study `name`'s latest population (trained with `profile`, else
+    without one) trained its final weights with: what `{from_study: NAME}` stands for."""
+    from study.spec.config import study_from
+    from study.tracking.recorded import stored_study
+
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        raise StudyError(f"no study {name!r} in the tracking store; run its study file with study.run first")
+    with tempfile.TemporaryDirectory() as tmp:
+        data, parent, local = stored_study(client, exp.experiment_id, Path(tmp))
+        study = study_from(data, local, parent.tags.get(Tag.PROFILE) or None)
+    search = study.spec.search
+    if search is None or search.algorithm != "pbt":
+        raise StudyError(f"study {name!r} is not a population-based search (search: algorithm: pbt)")
+    for wanted in dict.fromkeys([profile, None]):
+        found = population(client, exp.experiment_id, wanted, search.metric, search.mode == "max")
+        if found.ranked:
+            return found.betas(found.best.run_id)
+    raise StudyError(f"study {name!r} has no finished population yet (profile {profile or 'none'}); run it first: "
+                     f"python -m study.run {parent.tags.get(Tag.STUDY_FILE, name)}"
+                     + (f" --profile {profile}" if profile else ""))
+
+
+def schedules_in(store: Optional[str]):
+    """`found` for study.spec.config.load_study: the schedule a PBT study found, in the store of --tracking-uri
+    `store` (study.tracking.store.tracking_uri), opened (and MLflow imported) only when a study file names one."""
+    def found(name: str, profile: Optional[str]) -> list[float]:
+        from study.tracking.store import read_client, tracking_uri
+
+        return found_schedule(read_client(tracking_uri(store)), name, profile)
+
+    return found
