@@ -98,8 +98,6 @@ class Reported:
     CHECKPOINT_NOTE = "checkpoint_note"
     DIVERGED = "diverged"  # why training diverged: a result, not a crash
     EXPLOITED = "exploited"  # a PBT member began from another member's checkpoint: that trial's Ray id
-    # a PBT member's checkpoints Tune keeps: the two latest of exploit epochs (one may yet be cloned), and the newest
-    KEEP_RANK = "checkpoint_rank"
     STATE_FILE = "state.pt"  # the file in each checkpoint it reports: model, optimizer, epoch, RNG states
 
 

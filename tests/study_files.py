@@ -107,5 +107,22 @@ BAD = [
     ("an alias bomb", "name: t\n" + "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else '1'] * 10)}]\n"
                                             for i in range(9)),
      "more than 100,000 values once its YAML aliases"),
-
+    ("pbt with a space", with_change(variants={}, base__surrogate={"schedule": "fixed"}, search={
+        "algorithm": "pbt", "space": {"lr": {"loguniform": [1e-4, 1e-2]}}, "mutate": {"surrogate.beta": [0.5, 10]}}),
+     "search.space: got .*, expected no space with algorithm: pbt"),
+    ("pbt mutates another key", with_change(variants={}, search={"algorithm": "pbt", "mutate": {"lr": [1e-4, 1e-2]}}),
+     "search.mutate: got 'lr', expected one of surrogate.beta"),
+    ("pbt on a gradual schedule", with_change(variants={}, base__epochs=4, search={
+        "algorithm": "pbt", "mutate": {"surrogate.beta": [0.5, 10]}}),
+     "base.surrogate.schedule: got 'gradual', expected fixed: PBT sets the fixed schedule's beta"),
+    ("pbt interval as long as training", with_change(variants={}, base__surrogate={"schedule": "fixed"}, search={
+        "algorithm": "pbt", "interval": 2, "mutate": {"surrogate.beta": [0.5, 10]}}),
+     r"search.interval: got 2, expected fewer epochs than base.epochs \(2\)"),
+    ("pbt range", with_change(variants={}, base__epochs=4, base__surrogate={"schedule": "fixed"}, search={
+        "algorithm": "pbt", "mutate": {"surrogate.beta": [0, 10]}}),
+     r"search.mutate.surrogate.beta.loguniform: got \[0, 10\], expected \[low, high\] with 0 < low"),
+    ("a beta per epoch, too few", with_change(variants={"A": {"surrogate.schedule": {"beta": [1.0]}}}),
+     r"variants.A.surrogate.schedule.beta: got \[1.0\], expected one beta for each of the 2 epochs \(got 1\)"),
+    ("a beta per epoch, not > 0", with_change(variants={"A": {"surrogate": {"schedule": {"beta": [1.0, 0]}}}}),
+     r"variants.A.surrogate.schedule.beta\[1\]: got 0.0, expected a number > 0"),
 ]

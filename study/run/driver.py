@@ -250,6 +250,7 @@ def run_on_tune(study: Study, trials: list[Trial], to_run: list[Trial], options:
     each it left unfinished."""
     experiment = here.experiment
     book = TrialBook(study, trials)
+    book.experiment = experiment.uri
     resume, why_not = (False, "") if options.fresh or options.rerun else resumable(
         experiment, to_run, study.spec.search is not None)
     if why_not:

@@ -64,9 +64,3 @@ class SyncPBT(PopulationBasedTraining):
         config, operations = super()._get_new_config(trial, trial_to_clone)
         searched = {k: within(v, self.mutations[k]) for k, v in config[SEARCHED].items()}
         return {**config, MEMBER: trial.config[MEMBER], SEARCHED: searched}, operations
-
-
-def keep_rank(epoch: int, interval: int) -> int:
-    """The checkpoint rank a member reports (Reported.KEEP_RANK): Tune keeps the two highest and the newest, so the
-    checkpoints of the two latest exploit epochs stay, the one other members may yet start from among them."""
-    return epoch if epoch % interval == 0 else -1

@@ -16,7 +16,6 @@ from study.run.seeds import AdaptiveSeeds
 from study.run.storage import Experiment
 from study.run.worker import trainable
 from study.spec.config import Study, with_overrides
-from study.records import Reported
 from study.run.pbt import MEMBER, SEARCHED, SyncPBT
 from study.spec.plan import SEARCH_VARIANT, Trial, cell_label, pbt_member, search_base
 
@@ -35,6 +34,7 @@ class TrialBook:
         self.trials = {t.name: t for t in trials}
         self.carried: dict[str, str] = {}  # trial name -> the checkpoint (storage URI) its interrupted trial left
         self.carried_with: Optional[dict[str, float]] = None  # the resources the carried trials started with
+        self.experiment = ""  # the Ray experiment's storage URI (a PBT member prunes its checkpoints there)
 
     def alias(self, hashes: dict[str, str]) -> None:
         """Let the names a restored experiment was planned with (name -> config hash) stand for the trials of the
@@ -242,8 +242,8 @@ def build_tuner(study: Study, to_run: list[Trial], book: TrialBook, experiment: 
     experiment.write_plan(to_run, now)
     run_config = tune.RunConfig(
         name=experiment.name, storage_path=experiment.storage, callbacks=callbacks, verbose=verbosity,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=Reported.KEEP_RANK if
-                                                book.pbt else None),
+        # a PBT member's checkpoints are pruned by the member itself (study.run.worker.prune_member_checkpoints)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None if book.pbt else 2),
         failure_config=tune.FailureConfig(max_failures=study.spec.retries))
     return tune.Tuner(fn, param_space=param_space(study, to_run),
                       tune_config=tune_config(study, max_concurrent, seeds), run_config=run_config)

@@ -20,7 +20,6 @@ from ray import tune
 from isnm import metrics, parse_config
 from study.errors import StudyError, first_line
 from study.records import Artifact, Reported
-from study.run.pbt import keep_rank
 from study.tracking.provenance import environment
 
 if TYPE_CHECKING:  # the book travels to this process pickled; study.run.tuner imports this module
@@ -37,13 +36,40 @@ def checkpoint_states(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
     return [checkpoint] + [tune.Checkpoint(path, fs) for path in sorted(older, reverse=True)]
 
 
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(the file system, the path in it) of a storage URI or local path."""
+    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+
+
 def carried_checkpoint(uri: Optional[str]) -> Optional[tune.Checkpoint]:
     """The checkpoint at `uri` (a storage URI or path), of an interrupted trial of an earlier Ray experiment this
     trial carries on from (the study file changed, its config did not), or None."""
-    if uri is None:
-        return None
-    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
-    return tune.Checkpoint(path, fs)
+    return None if uri is None else tune.Checkpoint(*filesystem(uri)[::-1])
+
+
+EPOCH_FILE = "epoch"  # in each checkpoint of a PBT member: the epoch it holds
+
+
+def prune_member_checkpoints(experiment: str, trial_id: str, interval: int) -> None:
+    """Delete a PBT member's checkpoints but the two newest and the two newest of exploit epochs (one of which other
+    members may yet start from: none passes the next exploit epoch before all reach it). Tune keeps every checkpoint
+    of a member (num_to_keep: None), since its own pruning, restored from a snapshot older than its last deletion,
+    deletes a checkpoint again and fails the trial."""
+    fs, path = filesystem(experiment)
+    found = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(f"{path}/{trial_id}"))
+                   if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
+    epochs = {}
+    for folder in found:
+        try:
+            with fs.open_input_stream(f"{folder}/{EPOCH_FILE}") as stream:
+                epochs[folder] = int(stream.read())
+        except (OSError, ValueError):
+            continue  # being written, or not a member's: left alone
+    marked = [f for f in found if f in epochs]
+    keep = set(marked[-2:]) | set(sorted((f for f in marked if epochs[f] % interval == 0), key=epochs.get)[-2:])
+    for folder in marked:
+        if folder not in keep:
+            fs.delete_dir(folder)
 
 
 def readable_state(checkpoint: tune.Checkpoint) -> tuple[Optional[dict], str]:
@@ -127,9 +153,11 @@ def trainable(tune_config: dict, book: TrialBook) -> None:
             if measured[metrics.EPOCH] == config["epochs"]:  # the run's model.pt, which the driver then logs as it is
                 torch.save(state["model"], Path(folder) / Artifact.WEIGHTS)
             if book.pbt is not None:
-                where[Reported.KEEP_RANK] = keep_rank(measured[metrics.EPOCH], book.pbt.interval)
+                (Path(folder) / EPOCH_FILE).write_text(str(measured[metrics.EPOCH]))
             tune.report({**measured, **where, **once}, checkpoint=tune.Checkpoint.from_directory(folder))
             once.clear()
+        if book.pbt is not None and book.experiment:
+            prune_member_checkpoints(book.experiment, tune.get_context().get_trial_id(), book.pbt.interval)
 
     try:
         train(config, on_epoch=report, resume_state=resume_state)
