@@ -21,10 +21,15 @@ def test_four_paper_studies_ship():
     assert {p.stem for p in SHIPPED} >= {"ablation", "timesteps", "comparison", "beta_search"}
 
 
+def shipped_pbt_schedule(name: str, profile) -> list[float]:
+    """What `{from_study: NAME}` is in a store where shipped PBT study NAME ran with `profile`: a beta per epoch."""
+    return [1.0] * load_study(SHIPPED[0].parent / f"{name}.yaml", profile).base["epochs"]
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 @pytest.mark.parametrize("profile", [None, "demo"])
 def test_shipped_study_validates(path, profile):
-    study = load_study(path, profile)
+    study = load_study(path, profile, shipped_pbt_schedule)
     if profile == "demo":
         assert study.base["dataset"] == "digits" or all(
             v.get("dataset") == "digits" for v in study.variants.values())
