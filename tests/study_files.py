@@ -2,11 +2,21 @@
 command line (tests/test_run_errors.py): GOOD, a valid one, and BAD, the mistakes a user makes, each with the
 words its one-line error holds."""
 import copy
+from pathlib import Path
 
 from isnm.config import merged, nested
 
 GOOD = {"name": "t", "base": {"dataset": "digits", "arch": "tiny", "epochs": 2},
         "variants": {"A": {}, "B": {"neuron.reset": "soft"}}, "seeds": [0, 1], "resources": {"cpu": 1}}
+
+
+def shipped_pbt_schedule(name: str, profile) -> list[float]:
+    """A stand-in for what `{from_study: NAME}` is in a store where shipped PBT study NAME ran with `profile`: a beta
+    per epoch (study.tracking.pbt reads the real one)."""
+    from study.spec.config import load_study
+
+    return [1.0] * load_study(Path(__file__).resolve().parent.parent / "search_spaces" / f"{name}.yaml",
+                              profile).base["epochs"]
 
 
 def with_change(**changes) -> dict:

@@ -6,7 +6,7 @@ import yaml
 
 from study.errors import StudyError
 from study.spec.config import load_study
-from tests.study_files import BAD, GOOD, with_change
+from tests.study_files import BAD, GOOD, shipped_pbt_schedule, with_change
 
 SHIPPED = sorted(Path(__file__).resolve().parent.parent.glob("search_spaces/*.yaml"))
 
@@ -19,11 +19,6 @@ def write(tmp_path: Path, data) -> Path:
 
 def test_four_paper_studies_ship():
     assert {p.stem for p in SHIPPED} >= {"ablation", "timesteps", "comparison", "beta_search"}
-
-
-def shipped_pbt_schedule(name: str, profile) -> list[float]:
-    """What `{from_study: NAME}` is in a store where shipped PBT study NAME ran with `profile`: a beta per epoch."""
-    return [1.0] * load_study(SHIPPED[0].parent / f"{name}.yaml", profile).base["epochs"]
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
