@@ -5,15 +5,19 @@ keep each member's own history whole across exploits and across a driver that st
   exploit never moves a member back or forward in epochs, and a run's history holds each epoch once, its own.
 - A member stays itself: Tune's exploit copies the whole config of the member cloned, and with it the key that says
   which member a config is (MEMBER); it is put back.
-- Repeatable: each exploit step's random draws (whom to clone, perturb or resample, by which factor) are seeded by the
-  study's seed and the epoch, so a resumed study that trains an interval again makes the same decisions, and the
-  epochs its runs already hold stay the ones it trains.
+- Repeatable: the members' first values are drawn from the study's seed (study.run.tuner), and each exploit step's
+  draws (whom to clone, perturb or resample, by which factor) from the seed and the epoch: the same study file
+  trains the same population again, and a resumed study that trains an interval again makes the same decisions,
+  so the epochs its runs already hold stay the ones it trains.
 - Resumable: Tune restores the trials, not the scheduler's state; a restored member is placed at the epoch of its
   checkpoint, and none trains past the next exploit epoch before the others reach it.
 """
 from __future__ import annotations
 
+import hashlib
 import random
+
+import numpy as np
 from ray.tune.schedulers import PopulationBasedTraining
 
 from isnm import metrics
@@ -56,8 +60,11 @@ class SyncPBT(PopulationBasedTraining):
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if result.get(self._time_attr, 0) >= self.epochs:  # trained: an exploit now would only swap final weights
             return self.CONTINUE
-        if self._time_attr in result:  # the draws of the exploit step this result may complete
-            random.seed(f"pbt {self.seed} {result[self._time_attr]}")
+        if self._time_attr in result:  # the draws of the exploit step this result may complete: Tune's (whom to
+            # clone, perturb or resample, by which factor) from `random`, a resampled value from numpy's
+            draws = f"pbt {self.seed} {result[self._time_attr]}"
+            random.seed(draws)
+            np.random.seed(int.from_bytes(hashlib.sha256(draws.encode()).digest()[:4], "little"))
         return super().on_trial_result(tune_controller, trial, result)
 
     def _get_new_config(self, trial, trial_to_clone) -> tuple[dict, dict]:

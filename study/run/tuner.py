@@ -9,6 +9,7 @@ from typing import Optional
 import ray
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from isnm import config_hash, metrics
 from study.errors import StudyError, first_line
@@ -102,6 +103,7 @@ def tune_config(study: Study, max_concurrent: Optional[int], seeds: Optional[Ada
         scheduler = SyncPBT(search, study.seeds[0], study.base["epochs"],
                             {k: distribution(v) for k, v in search.mutations.items()})
         return tune.TuneConfig(scheduler=scheduler, num_samples=1, max_concurrent_trials=max_concurrent,
+                               search_alg=BasicVariantGenerator(random_state=study.seeds[0]),  # the first values
                                trial_dirname_creator=trial_folder, reuse_actors=True)
     algorithm = None
     if search.algorithm == "optuna":
