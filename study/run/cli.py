@@ -13,7 +13,7 @@ from study.run.storage import experiment_for, writable_storage
 from study.records import METRICS
 from study.spec.adaptive import SeedRule
 from study.spec.config import Study, load_study
-from study.spec.plan import Trial, plan_summary, plan_trials, trial_count, trial_table
+from study.spec.plan import Trial, check_data_of, plan_summary, plan_trials, trial_count, trial_table
 from study.tracking.pbt import schedules_in
 from study.tracking.provenance import code_state, warn_if_dirty
 from study.tracking.retry import DEFAULT_PATIENCE_S
@@ -92,16 +92,10 @@ def search_plan(study: Study) -> str:
 def check_before_start(study: Study, trials: list[Trial], address: Optional[str]) -> None:
     """Mistakes found without starting anything: data that is missing or damaged, GPUs this machine
     lacks, a Ray address where nothing listens. CIFAR is fetched here, once, when the study may."""
-    from isnm import DataError, check_data  # torch loads only here, after the file itself is known good
     from study.run.cluster import check_address
 
     check_address(address)
-    configs = [t.config for t in trials] or [study.base]
-    for config in {(c["dataset"], c["data_dir"], c["download"]): c for c in configs}.values():
-        try:
-            check_data(config)
-        except DataError as exc:
-            raise StudyError(f"{study.path}: {exc}") from None
+    check_data_of(study, trials)  # torch loads only here, after the file itself is known good
     if study.spec.resources.gpu > 0 and address is None:
         import torch
         if torch.cuda.device_count() < study.spec.resources.gpu:

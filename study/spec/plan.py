@@ -58,6 +58,19 @@ def cell_label(cell: dict[str, Any]) -> str:
                     else f"{key.rsplit('.', 1)[-1]}={value}" for key, value in cell.items())
 
 
+def check_data_of(study: Study, trials: list[Trial]) -> None:
+    """Each data set `trials` read (a search's: the base's) checked once, and CIFAR fetched where it may be: data
+    missing or damaged is one line before anything starts. Loads torch (isnm.check_data)."""
+    from isnm import DataError, check_data
+
+    configs = [t.config for t in trials] or [study.base]
+    for config in {(c["dataset"], c["data_dir"], c["download"]): c for c in configs}.values():
+        try:
+            check_data(config)
+        except DataError as exc:
+            raise StudyError(f"{study.path}: {exc}") from None
+
+
 def trial_count(study: Study) -> int:
     """How many trials `plan_trials` makes, counted without making them (a grid can be millions)."""
     return len(study.variants) * math.prod(len(values) for values in study.spec.grid.values()) * len(study.seeds)

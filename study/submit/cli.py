@@ -17,7 +17,7 @@ from typing import Optional
 from study.errors import StudyError, user_error_exit
 from study.spec.config import Study, load_study
 from study.tracking.pbt import schedules_in
-from study.spec.plan import plan_trials
+from study.spec.plan import check_data_of, plan_trials
 from study.submit.script import SlurmJob, script, time_limit_seconds
 
 STOP_BEFORE_S = 300  # Slurm may warn up to a minute early; a trial loses at most the epoch it is in
@@ -154,20 +154,6 @@ def sqlite_warning(uri: str) -> Optional[str]:
     return None
 
 
-def check_data(study: Study) -> None:
-    """Data missing or damaged, found here; CIFAR fetched here, on the login node, where compute nodes often have
-    no internet."""
-    from isnm import DataError
-    from isnm import check_data as check
-
-    configs = [t.config for t in plan_trials(study)] if study.spec.search is None else [study.base]
-    for config in {(c["dataset"], c["data_dir"], c["download"]): c for c in configs}.values():
-        try:
-            check(config)
-        except DataError as exc:
-            raise StudyError(f"{study.path}: {exc}") from None
-
-
 def submitted(path: Path) -> str:
     """sbatch's job id for the script at `path`."""
     done = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, timeout=120)
@@ -194,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         warning = sqlite_warning(job.tracking_uri)
         if warning:
             print(warning, file=sys.stderr)
-        check_data(study)
+        # CIFAR fetched here, on the login node: compute nodes often have no internet
+        check_data_of(study, plan_trials(study) if study.spec.search is None else [])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         job_id = submitted(path)
