@@ -165,3 +165,21 @@ def run_report(cwd: Path, name: str) -> str:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def test_a_search_without_pbt_keeps_the_folder_it_had_before_pbt():
+    search = load_study(Path("search_spaces/beta_search.yaml")).spec.search
+    assert set(search.settings) == {"space", "algorithm", "num_samples", "metric", "mode", "scheduler"}
+    assert {"population", "interval", "mutate"} <= set(load_study(Path("search_spaces/schedules_pbt.yaml")).spec.search.settings)
+
+
+def test_a_choice_is_mutated_along_its_values_and_a_range_within_it(tmp_path):
+    from study.run.pbt import SEARCHED, within
+    from study.run.tuner import tune_config
+
+    data = yaml.safe_load(Path("search_spaces/schedules_pbt.yaml").read_text())
+    data["search"]["mutate"] = {"surrogate.beta": {"choice": [1.0, 2.0, 5.0]}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    scheduler = tune_config(load_study(tmp_path / "s.yaml"), None).scheduler
+    assert scheduler._hyperparam_mutations == {SEARCHED: {"surrogate.beta": [1.0, 2.0, 5.0]}}  # Tune shifts along a list
+    assert within(12.0, {"loguniform": [0.5, 10]}) == 10.0 and within(0.3, {"loguniform": [0.5, 10]}) == 0.5

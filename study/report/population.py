@@ -22,9 +22,9 @@ GSG = SurrogateConfig()  # the paper's schedule: beta from 0.5 to 5, log-linear
 def population_report(client: MlflowClient, exp_id: str, study: Study, plot: Path) -> tuple[str, bool]:
     """(the Markdown of the members' table and the best member's schedule, whether `plot` was drawn)."""
     search = study.spec.search
-    found = population(client, exp_id, study.profile, search.metric, search.mode == "max")
+    found = population(client, exp_id, study.profile, search)
     if not found.ranked:
-        return "No finished population yet.", False
+        return f"No whole population yet (all {search.population} members finished).", False
     names = {r.run_id: r.name for r in found.ranked}
     header = ["#", "Member", METRICS[search.metric].header, METRICS[metrics.TEST_ACC].header, "exploits",
               "beta per epoch (its final weights')"]

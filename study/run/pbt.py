@@ -34,24 +34,33 @@ def within(value, spec: dict):
 
 
 class SyncPBT(PopulationBasedTraining):
-    """`domains`: Tune's distribution of each mutated key (study.run.tuner.distribution)."""
+    """`domains`: what Tune mutates each key within: a distribution (study.run.tuner.distribution), perturbed by a
+    factor, or a list of values, shifted to a neighbour."""
 
     def __init__(self, search: Search, seed: int, epochs: int, domains: dict):
         self.seed, self.epochs, self.mutations = seed, epochs, search.mutations
         self.restored: dict = {}  # each member restored with a checkpoint (Tune's Trial) -> the epoch it was at
-        super().__init__(time_attr=metrics.EPOCH, metric=search.metric, mode=search.mode,
+        # require_attrs off: a member that diverged reports no metric, and ends alone (its run FAILED), not the study
+        super().__init__(time_attr=metrics.EPOCH, metric=search.metric, mode=search.mode, require_attrs=False,
                          perturbation_interval=search.interval, synch=True, hyperparam_mutations={SEARCHED: domains})
 
     def on_trial_add(self, tune_controller, trial) -> None:
         super().on_trial_add(tune_controller, trial)
-        epoch = int((trial.last_result or {}).get(metrics.EPOCH, 0))
+        # members of equal scores are ranked by their number, not by the order Tune (re)added them in
+        self._trial_state = dict(sorted(self._trial_state.items(), key=lambda item: item[0].config[MEMBER]))
+        result = trial.last_result or {}
+        epoch = int(result.get(metrics.EPOCH, 0))
         if not epoch:
             return
         # Restored with a checkpoint. Tune saves the experiment between events, never inside the one result that
         # completes an exploit step, so the members are between the last exploit epoch at or below the lowest of
-        # theirs (done: everyone reached it) and the next, which none trains past before all reach it.
+        # theirs (done: everyone reached it) and the next, which none trains past before all reach it. A member
+        # restored at that epoch competes in its step with the score it reached it with.
         self.restored[trial] = epoch
-        self._trial_state[trial].last_train_time = epoch
+        state = self._trial_state[trial]
+        state.last_train_time, state.last_result = epoch, result
+        if self._metric in result:
+            state.last_score = self._metric_op * result[self._metric]
         done = min(self.restored.values()) // self._perturbation_interval * self._perturbation_interval
         for member in self.restored:
             self._trial_state[member].last_perturbation_time = done

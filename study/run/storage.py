@@ -121,7 +121,7 @@ def writable_storage(experiment: Experiment) -> None:
 
 def experiment_for(study: Study, trials: list[Trial], storage: str) -> Experiment:
     """Ray's experiment folder: the same plan maps to the same folder, so a rerun can resume it."""
-    plan = [t.config_hash for t in trials] or [json.dumps(study.spec.search.__dict__, sort_keys=True, default=str),
+    plan = [t.config_hash for t in trials] or [json.dumps(study.spec.search.settings, sort_keys=True, default=str),
                                                  config_hash(search_base(study))]
     digest = hashlib.sha256("\n".join(plan).encode()).hexdigest()[:8]
     return experiment_at(storage, "-".join(part for part in (study.name, study.profile, digest) if part))

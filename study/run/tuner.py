@@ -100,8 +100,8 @@ def tune_config(study: Study, max_concurrent: Optional[int], seeds: Optional[Ada
         return tune.TuneConfig(max_concurrent_trials=max_concurrent, trial_dirname_creator=trial_folder,
                                reuse_actors=True)
     if search.algorithm == "pbt":
-        scheduler = SyncPBT(search, study.seeds[0], study.base["epochs"],
-                            {k: distribution(v) for k, v in search.mutations.items()})
+        scheduler = SyncPBT(search, study.seeds[0], study.base["epochs"],  # a choice's values: Tune shifts along them
+                            {k: v.get("choice") or distribution(v) for k, v in search.mutations.items()})
         return tune.TuneConfig(scheduler=scheduler, num_samples=1, max_concurrent_trials=max_concurrent,
                                search_alg=BasicVariantGenerator(random_state=study.seeds[0]),  # the first values
                                trial_dirname_creator=trial_folder, reuse_actors=True)

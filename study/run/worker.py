@@ -138,6 +138,9 @@ def trainable(tune_config: dict, book: TrialBook) -> None:
     once = {}  # said with the first epoch only
     if checkpoint is not None:
         resume_state, note = readable_state(checkpoint)
+        if note and book.pbt is not None:  # an older checkpoint, or none, is another member's past: never silently
+            raise StudyError(f"a PBT member cannot go on from another checkpoint than the one it was given ({note}); "
+                             f"run the study with --fresh")
         if note:
             print(f"warning: {note}")
             where[Reported.CHECKPOINT_NOTE] = note

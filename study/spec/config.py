@@ -103,6 +103,13 @@ class Search:
         return {key: {"loguniform": spec} if isinstance(spec, list) else spec for key, spec in self.mutate.items()}
 
     @property
+    def settings(self) -> dict[str, Any]:
+        """What defines the search (study.run's experiment folder is named by it): a search of another algorithm
+        without the PBT options, so that a search begun before there were any resumes in the same folder."""
+        pbt_only = ("population", "interval", "mutate")
+        return {k: v for k, v in self.__dict__.items() if self.algorithm == "pbt" or k not in pbt_only}
+
+    @property
     def samples(self) -> int:
         """How many trials the search trains: a PBT's population, else its samples."""
         return self.population if self.algorithm == "pbt" else self.num_samples

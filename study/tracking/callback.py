@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback, Checkpoint
 
 from isnm import metrics
-from study.errors import last_line
+from study.errors import StudyError, last_line
 from study.records import Artifact, PbtExploit, Reported, RunRecord, Tag, read_runs
 from study.spec.config import Study
 from study.spec.plan import Trial
@@ -54,6 +54,7 @@ class TrialLog:
     checkpoint: Optional[Checkpoint] = None  # the last one Tune reported
     diverged: str = ""  # why training diverged
     stopped_at: Optional[int] = None  # the epoch at which the scheduler stopped it
+    betas: dict[int, float] = field(default_factory=dict)  # a PBT member's: the beta its run holds for each epoch
 
     @property
     def planned_epochs(self) -> int:
@@ -128,6 +129,8 @@ class MlflowTracker(Callback):
             log = TrialLog(existing.run_id, trial, tune_config,
                            {m.step for m in self.client.get_metric_history(existing.run_id, metrics.TEST_ACC)},
                            nodes.split(", ") if nodes else [])
+            if trial.varying:
+                log.betas = {m.step: m.value for m in self.client.get_metric_history(existing.run_id, metrics.BETA)}
         self.trials[trial_id] = log
         return log
 
@@ -162,10 +165,24 @@ class MlflowTracker(Callback):
         if result.get("done") and epoch < log.trial.config["epochs"]:
             # Tune marks a result done before the callbacks see it only when a scheduler stopped the trial
             log.stopped_at = epoch
-        if epoch < 1 or epoch in log.logged:
-            return  # a retried or restored trial re-reporting an epoch already logged
+        if epoch < 1 or epoch in log.logged:  # a retried or restored trial re-reporting an epoch already logged
+            self.check_retrained(log, epoch, result)
+            return
         log_epoch(self.client, log.run_id, result)
         log.logged.add(epoch)
+        if log.trial.varying and metrics.BETA in result:
+            log.betas[epoch] = float(result[metrics.BETA])
+
+    @staticmethod
+    def check_retrained(log: TrialLog, epoch: int, result: dict) -> None:
+        """A PBT member that trains a logged epoch again (resumed from a checkpoint before it) must train it with the
+        beta its run holds: the exploit decisions are seeded, and one made otherwise would leave a run whose epochs
+        are not its final weights' past."""
+        before, now = log.betas.get(epoch), result.get(metrics.BETA)
+        if before is not None and now is not None and float(now) != before:
+            raise StudyError(f"{log.trial.name} trained epoch {epoch} again with beta {float(now):.6g}, but its run "
+                             f"holds {before:.6g} from before the study was interrupted: its record would not be its "
+                             f"weights' past; run the study again with --fresh")
 
     def note_where(self, log: TrialLog, result: dict) -> None:
         """Tag where and with what the trial reports from now: `ray_node` and every node it used (`ray_nodes`),

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Optional
 from isnm import metrics
 from study.errors import StudyError
 from study.records import Kind, PbtExploit, RunRecord, Tag, histories, read_runs
+from study.spec.config import Search
 from study.spec.plan import PBT_VARIANT
 
 if TYPE_CHECKING:
@@ -45,14 +46,17 @@ def ancestry(member: str, epochs: int, betas: dict[str, dict[int, float]],
     raise StudyError(f"the exploits recorded on {member}'s ancestors loop")  # a damaged record
 
 
-def members(client: MlflowClient, exp_id: str, profile: Optional[str]) -> list[RunRecord]:
-    """The FINISHED member runs of the latest population a study trained with `profile` (None: without one)."""
-    runs = [r for r in read_runs(client, [exp_id], Kind.TRIAL, "FINISHED") if r.variant == PBT_VARIANT
+def members(client: MlflowClient, exp_id: str, profile: Optional[str], size: int) -> list[RunRecord]:
+    """The member runs of the latest whole population a study trained with `profile` (None: without one): `size`
+    runs, all FINISHED, of one Tune experiment (the prefix of their Ray trial ids: a study run again with --fresh
+    or --rerun trains a new population in the same folder); [] when there is none."""
+    runs = [r for r in read_runs(client, [exp_id], Kind.TRIAL) if r.variant == PBT_VARIANT
             and r.tags.get(Tag.PROFILE, "") == (profile or "")]
-    if not runs:
-        return []
-    latest = max(runs, key=lambda r: r.start_time).tags.get(Tag.RAY_EXPERIMENT)
-    return [r for r in runs if r.tags.get(Tag.RAY_EXPERIMENT) == latest]
+    populations: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        populations.setdefault(run.tags.get(Tag.RAY_TRIAL_ID, "").split("_")[0], []).append(run)
+    whole = [p for p in populations.values() if len(p) == size and all(r.status == "FINISHED" for r in p)]
+    return max(whole, key=lambda p: max(r.start_time for r in p), default=[])
 
 
 @dataclass(frozen=True)
@@ -70,15 +74,15 @@ class Population:
         return [b for segment in self.schedules[run_id] for b in segment.betas]
 
 
-def population(client: MlflowClient, exp_id: str, profile: Optional[str], metric: str, maximize: bool) -> Population:
-    runs = members(client, exp_id, profile)
+def population(client: MlflowClient, exp_id: str, profile: Optional[str], search: Search) -> Population:
+    """The latest whole population of PBT `search` trained with `profile`, ranked by its metric."""
+    runs = members(client, exp_id, profile, search.population)
     if not runs:
         return Population([], {})
-    everyone = [r for r in read_runs(client, [exp_id], Kind.TRIAL) if r.variant == PBT_VARIANT
-                and r.tags.get(Tag.RAY_EXPERIMENT) == runs[0].tags.get(Tag.RAY_EXPERIMENT)]
-    logged = histories(client, [r.run_id for r in everyone], metrics.BETA)
+    metric, maximize = search.metric, search.mode == "max"
+    logged = histories(client, [r.run_id for r in runs], metrics.BETA)
     betas = {run: {int(m.step): m.value for m in history} for run, history in logged.items()}
-    exploits = {r.run_id: PbtExploit.of(r) for r in everyone}
+    exploits = {r.run_id: PbtExploit.of(r) for r in runs}
     ranked = sorted((r for r in runs if metric in r.metrics),
                     key=lambda r: (-r.metrics[metric] if maximize else r.metrics[metric], r.name))
     epochs = {r.run_id: max(betas.get(r.run_id, {0: 0})) for r in ranked}
@@ -86,8 +90,8 @@ def population(client: MlflowClient, exp_id: str, profile: Optional[str], metric
 
 
 def found_schedule(client: MlflowClient, name: str, profile: Optional[str]) -> list[float]:
-    """The per-epoch betas the best member of PBT study `name`'s latest population (trained with `profile`, else
-    without one) trained its final weights with: what `{from_study: NAME}` stands for."""
+    """The per-epoch betas the best member of PBT study `name`'s latest whole population trained with `profile` (the
+    profile of the study that asks) trained its final weights with: what `{from_study: NAME}` stands for."""
     from study.spec.config import study_from
     from study.tracking.recorded import stored_study
 
@@ -100,11 +104,11 @@ def found_schedule(client: MlflowClient, name: str, profile: Optional[str]) -> l
     search = study.spec.search
     if search is None or search.algorithm != "pbt":
         raise StudyError(f"study {name!r} is not a population-based search (search: algorithm: pbt)")
-    for wanted in dict.fromkeys([profile, None]):
-        found = population(client, exp.experiment_id, wanted, search.metric, search.mode == "max")
-        if found.ranked:
-            return found.betas(found.best.run_id)
-    raise StudyError(f"study {name!r} has no finished population yet (profile {profile or 'none'}); run it first: "
+    found = population(client, exp.experiment_id, profile, search)
+    if found.ranked:
+        return found.betas(found.best.run_id)
+    raise StudyError(f"study {name!r} has no whole population trained with profile {profile or 'none'} (every member "
+                     f"finished); run it first: "
                      f"python -m study.run {parent.tags.get(Tag.STUDY_FILE, name)}"
                      + (f" --profile {profile}" if profile else ""))
 
