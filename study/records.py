@@ -99,6 +99,7 @@ class Reported:
     DIVERGED = "diverged"  # why training diverged: a result, not a crash
     EXPLOITED = "exploited"  # a PBT member began from another member's checkpoint: that trial's Ray id
     STATE_FILE = "state.pt"  # the file in each checkpoint it reports: model, optimizer, epoch, RNG states
+    SECONDS = "time_total_s"  # Tune's: the trial's own time, without a PBT member's waits for the others
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Population-based training over beta: the record of exploits read back into the schedule a member's final weights
 trained with (fast), and a real PBT study on Ray and MLflow, its driver SIGKILLed and resumed, its best schedule
 replayed from scratch (slow)."""
+import re
 import signal
 import tempfile
 from pathlib import Path
@@ -114,6 +115,10 @@ def test_pbt_study_survives_a_driver_kill_and_its_best_schedule_replays_to_the_b
     assert len([r for r in trial_runs(db, "pbt") if r.info.status == "FINISHED"]) < 4, "ended before the kill"
     done = run_study(tmp_path, str(path))
     assert "0 failed" in done.stdout
+    # a member's seconds are its own training's, the same in its progress line and the summary (not its waits)
+    ended = dict(re.findall(r"^  (member \d)  finished  val_acc \S+  (\S+)  \[", done.stdout, re.M))
+    summed = dict(re.findall(r"^  (member \d)  test_acc \S+  (\S+)$", done.stdout, re.M))
+    assert ended and all(summed[name] == seconds for name, seconds in ended.items()), done.stdout
 
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name("pbt").experiment_id

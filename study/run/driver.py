@@ -13,7 +13,7 @@ from typing import Optional
 import ray
 from mlflow.tracking import MlflowClient
 
-from study.errors import StudyError, first_line, last_line, plural
+from study.errors import StudyError, duration, first_line, last_line, plural
 from isnm import metrics
 from study.records import METRICS, Kind, Reported, RunRecord, Tag, read_runs
 from study.run.cluster import cluster_ready, start_ray
@@ -47,8 +47,8 @@ def result_row(result, describe) -> tuple[str, str, str]:
         status = f"{metrics.TEST_ACC} {METRICS[metrics.TEST_ACC].printed(reported[metrics.TEST_ACC])}"
     else:
         status = "not started"
-    seconds = reported.get("time_total_s")
-    return describe(result.config).name, status, f"{seconds:.0f}s" if seconds is not None else "-"
+    seconds = reported.get(Reported.SECONDS)
+    return describe(result.config).name, status, duration(seconds) if seconds is not None else "-"
 
 
 def fit_failure(exc: BaseException, experiment: Experiment) -> Optional[StudyError]:

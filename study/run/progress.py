@@ -82,7 +82,10 @@ class Progress(Callback):
     def ended(self, trial, text: str) -> None:
         self.done += 1
         self.ended_here += 1
-        spent = time.monotonic() - self.started.get(trial.trial_id, self.began)
+        # as the study's summary prints it
+        spent = (trial.last_result or {}).get(Reported.SECONDS)
+        if spent is None:
+            spent = time.monotonic() - self.started.get(trial.trial_id, self.began)
         total = self.total() if callable(self.total) else self.total
         left = max(0, total - self.done)
         pace = (time.monotonic() - self.began) / self.ended_here
