@@ -33,7 +33,7 @@ EXPORTS = {
     **dict.fromkeys(("surrogate_at", "betas_text"), "isnm.schedule"),
     **dict.fromkeys(("DataError", "check_data"), "isnm.datafiles"),
     **dict.fromkeys(("Dataset", "load_dataset"), "isnm.data"),
-    **dict.fromkeys(("MEASURED", "compile_note", "compile_seconds", "compiled_here",
+    **dict.fromkeys(("MEASURED", "compile_note", "compile_seconds", "compile_seconds_here", "compiled_here",
                      "device_type_of", "kernel_for"), "isnm.kernels"),
     **dict.fromkeys(("resolve_device", "resolve_kernel", "channels_last", "precision_of", "reuse_freed_memory",
                      "prepared_model"), "isnm.runtime"),

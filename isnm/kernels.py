@@ -1,5 +1,7 @@
 """What compiling the ISNM kernels costs and saves, from figures measured on this project's 2-core CPU: which kernel
-`kernel: auto` runs, how long a compile will take, and whether this machine has compiled an architecture before.
+`kernel: auto` runs (those figures only, so a config runs the same kernel on every machine), how long a compile will
+take (the seconds this machine's own compiles took, recorded in its Inductor cache, where there are any), and whether
+this machine has compiled an architecture at a T before.
 
 No torch: the study driver announces a compile and the estimate counts it without loading torch or compiling.
 """
@@ -11,6 +13,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from isnm.config import TrainConfig
 
@@ -90,33 +93,108 @@ def inductor_cache() -> Path:
     return Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or Path(tempfile.gettempdir()) / f"torchinductor_{user}")
 
 
-def compiled_marker(arch: str) -> Path:
-    """A file in the Inductor cache that training leaves once `arch`'s kernels compiled: gone with the cache."""
-    return inductor_cache() / "isnm" / f"{arch}.compiled"
+def compiled_marker(arch: str, timesteps: int) -> Path:
+    """A file in the Inductor cache that training leaves once `arch`'s kernels at T=`timesteps` compiled (the time
+    loop is unrolled: each T is a graph of its own): gone with the cache."""
+    return inductor_cache() / "isnm" / f"{arch}-T{timesteps}.compiled"
 
 
-def note_compiled(arch: str) -> None:
-    """Leave `compiled_marker(arch)`: the kernels are in the cache now. Best effort: a cache folder that cannot be
-    written only makes the next announcement say "first run"."""
+def compile_record(arch: str, timesteps: int, cached: bool) -> Path:
+    """The file in the Inductor cache that holds the seconds a compile of `arch` at T=`timesteps` took on this
+    machine, on an empty cache or (`cached`) on one that held its kernels."""
+    return inductor_cache() / "isnm" / f"{arch}-T{timesteps}-{'cached' if cached else 'cold'}.seconds"
+
+
+def best_effort_write(path: Path, text: str) -> None:
+    """Write `text` to `path` whole (a reader never sees half of it). Best effort: a cache folder that cannot be
+    written only leaves the next estimate on the measured figures."""
     try:
-        compiled_marker(arch).parent.mkdir(parents=True, exist_ok=True)
-        compiled_marker(arch).touch()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}")
+        partial.write_text(text)
+        partial.replace(path)
     except OSError:
         pass
 
 
-def compiled_here(arch: str) -> bool:
-    """Whether this machine's Inductor cache holds `arch`'s compiled kernels."""
-    return compiled_marker(arch).is_file()
+def note_compiled(arch: str, timesteps: int) -> None:
+    """Leave `compiled_marker(arch, timesteps)`: the kernels are in the cache now."""
+    best_effort_write(compiled_marker(arch, timesteps), "")
 
 
-def compile_note(arch: str, here: bool = True) -> str:
-    """What compiling `arch` will take: on this machine (`here`), "first run on this machine: about 168 s; cached
-    afterwards" or "cached on this machine: about 31 s"; on a cluster's nodes, whose caches this machine cannot see,
-    both figures."""
-    cold, warm = compile_seconds(arch, cached=False), compile_seconds(arch, cached=True)
+def compiled_here(arch: str, timesteps: int) -> bool:
+    """Whether this machine's Inductor cache holds `arch`'s compiled kernels at T=`timesteps`."""
+    return compiled_marker(arch, timesteps).is_file()
+
+
+def recorded_compile(arch: str, timesteps: int, cached: bool) -> Optional[tuple[float, int]]:
+    """(seconds, T) of the compile of `arch` recorded on this machine at the T nearest `timesteps` (the smaller on a
+    tie), on an empty cache or a filled one as `cached` says; None where none is recorded."""
+    found = []
+    for path in compile_record(arch, timesteps, cached).parent.glob(f"{arch}-T*-{'cached' if cached else 'cold'}.seconds"):
+        match = re.fullmatch(rf"{re.escape(arch)}-T(\d+)-\w+\.seconds", path.name)
+        try:
+            if match:
+                found.append((abs(int(match[1]) - timesteps), int(match[1]), float(path.read_text())))
+        except (OSError, ValueError):  # being replaced, or damaged: the others, or the measured figures
+            continue
+    if not found:
+        return None
+    _, t, seconds = min(found)
+    return seconds, t
+
+
+def compile_seconds_here(arch: str, timesteps: int, cached: bool) -> tuple[float, str]:
+    """(seconds, where they come from: "measured here", "measured here at T=4" or "measured on the project's 2-core
+    CPU"): a compile of `arch` at T=`timesteps` on this machine, as this machine's last compile of that kind took
+    (at the nearest T), else as `compile_seconds` says."""
+    recorded = recorded_compile(arch, timesteps, cached)
+    if recorded is None:
+        return compile_seconds(arch, cached), "measured on the project's 2-core CPU"
+    seconds, t = recorded
+    return seconds, f"measured here{'' if t == timesteps else f' at T={t}'}"
+
+
+class CompileTimer:
+    """Times the compile of a trial's kernels where this process compiles them: the first compiled epoch of an
+    (architecture, T) in the process over its next epoch (the one-off part of a first eager epoch, 0.03 to 0.3 s
+    in MEASURED, is counted with it), recorded on an empty cache or a filled one as it was when the trial began.
+    A trial of one epoch records nothing: there is no later epoch to tell compiling from training."""
+
+    def __init__(self, arch: str, timesteps: int, kernel: str):
+        self.arch, self.timesteps = arch, timesteps
+        self.timing = kernel == "compiled" and (arch, timesteps) not in _COMPILED_IN_PROCESS
+        self.cached = compiled_here(arch, timesteps)
+        self.first: Optional[float] = None
+
+    def epoch_ended(self, seconds: float, kernel: str) -> None:
+        """An epoch of `seconds` ran the `kernel` loops (eager after a compile that failed)."""
+        if not self.timing or kernel != "compiled":
+            self.timing = False
+            return
+        if self.first is None:
+            self.first = seconds
+            _COMPILED_IN_PROCESS.add((self.arch, self.timesteps))
+            note_compiled(self.arch, self.timesteps)
+            return
+        compiling = max(0.0, self.first - seconds)
+        best_effort_write(compile_record(self.arch, self.timesteps, self.cached), f"{compiling:.2f}\n")
+        self.timing = False
+
+
+_COMPILED_IN_PROCESS: set[tuple[str, int]] = set()  # (arch, T) whose kernels this process compiled: in memory now
+
+
+def compile_note(arch: str, timesteps: int, here: bool = True) -> str:
+    """What compiling `arch` at T=`timesteps` will take: on this machine (`here`), "first run on this machine:
+    about 48 s as measured here; cached afterwards" or "cached on this machine: about 12 s as measured on the
+    project's 2-core CPU"; on a cluster's nodes, whose caches this machine cannot see, both figures of the
+    project's CPU."""
     if not here:
+        cold, warm = compile_seconds(arch, cached=False), compile_seconds(arch, cached=True)
         return f"on each node: about {cold:.0f} s the first time, {warm:.0f} s once cached, on 2 CPU cores"
-    if compiled_here(arch):
-        return f"cached on this machine: about {warm:.0f} s"
-    return f"first run on this machine: about {cold:.0f} s; cached afterwards"
+    cached = compiled_here(arch, timesteps)
+    seconds, source = compile_seconds_here(arch, timesteps, cached)
+    if cached:
+        return f"cached on this machine: about {seconds:.0f} s {source}"
+    return f"first run on this machine: about {seconds:.0f} s {source}; cached afterwards"

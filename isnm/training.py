@@ -14,7 +14,7 @@ from torch import nn
 from isnm.activity import Activity, ActivityMonitor
 from isnm.config import parse_config
 from isnm.data import batches, fingerprint, load_dataset, train_batches
-from isnm.kernels import note_compiled
+from isnm.kernels import CompileTimer
 from isnm.metrics import (ALPHA, BETA, DATA_FINGERPRINT, EPOCH, EPOCH_SECONDS, KERNEL, KERNEL_FALLBACK, TEST_ACC,
                           TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_SPIKE_RATE)
 from isnm.metrics import LAYER_BETA
@@ -134,6 +134,7 @@ def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
     loss_fn = nn.CrossEntropyLoss()
     steps_per_epoch = -(-len(data.train_y) // cfg.batch_size)  # train_batches keeps the last partial batch
     metrics: dict = {}
+    compile_timer = CompileTimer(cfg.arch, cfg.timesteps, kernel)
     for epoch in range(start + 1, min(cfg.epochs, last_epoch or cfg.epochs) + 1):
         began = time.perf_counter()
         alpha, beta = surrogate_at(cfg.surrogate, epoch - 1, cfg.epochs)
@@ -176,8 +177,7 @@ def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
                    TEST_ACC: test_acc, BETA: beta, ALPHA: alpha,  # per step: the epoch's last step's
                    EPOCH_SECONDS: time.perf_counter() - began, **activity.metrics(), **ran,
                    DATA_FINGERPRINT: data_fingerprint}
-        if epoch == start + 1 and ran[KERNEL] == "compiled":
-            note_compiled(cfg.arch)
+        compile_timer.epoch_ended(metrics[EPOCH_SECONDS], ran[KERNEL])
         if on_epoch is not None:
             state = {"model": copy.deepcopy(model.state_dict()),
                      "optimizer": copy.deepcopy(optimizer.state_dict()),

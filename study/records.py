@@ -100,6 +100,7 @@ class Reported:
     EXPLOITED = "exploited"  # a PBT member began from another member's checkpoint: that trial's Ray id
     STATE_FILE = "state.pt"  # the file in each checkpoint it reports: model, optimizer, epoch, RNG states
     SECONDS = "time_total_s"  # Tune's: the trial's own time, without a PBT member's waits for the others
+    EPOCH_WALL = "time_this_iter_s"  # Tune's: an epoch's time in the trial, its checkpoint and report included
 
 
 @dataclass(frozen=True)

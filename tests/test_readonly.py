@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +33,7 @@ def under_read_only(folder: Path, cases: list, cwd: Path) -> dict:
               f'exec "$0" -c "$1" "$2"')
     done = subprocess.run(["unshare", "--mount", "--map-root-user", "--propagation", "private", "sh", "-c", script,
                            sys.executable, PROBE, json.dumps(cases)], cwd=cwd, env=loopback_env(),
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120)  # a deadline only to end a hang
     assert done.returncode == 0, done.stderr[-3000:]
     return {name: (rc, line[0] if line else "") for name, rc, line in map(json.loads, done.stdout.splitlines())}
 
@@ -56,14 +55,13 @@ def test_study_run_refuses_folders_it_cannot_write_before_starting_anything(fold
     spec = str(small_study(free))
     shutil.copy(free / "mlflow.db", locked / "mlflow.db")
     (free / "a-file").write_text("")
-    began = time.monotonic()
     got = under_read_only(locked, [
         ["storage", "run", [spec, "--storage", str(locked / "ray")]],
         ["storage under a file", "run", [spec, "--storage", str(free / "a-file" / "ray")]],
         ["store", "run", [spec, "--tracking-uri", f"sqlite:///{locked / 'mlflow.db'}", "--storage", str(free / "ray")]],
         ["new store", "run", [spec, "--tracking-uri", f"sqlite:///{locked / 'new.db'}", "--storage", str(free / "ray")]],
     ], free)
-    assert time.monotonic() - began < 60  # MLflow alone retried an unwritable store for about 100 s
+    # MLflow alone retried an unwritable store for about 100 s and then said so in its words: these are the checks'
     assert got["storage"] == (2, f"error: --storage {locked / 'ray'}: the trials' checkpoints cannot be written "
                                  "there (Read-only file system); pass --storage DIR")
     assert got["storage under a file"] == (2, f"error: --storage {free / 'a-file' / 'ray'}: the trials' checkpoints "

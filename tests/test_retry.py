@@ -2,7 +2,6 @@
 A server that goes away and comes back, and answers lost on the way, are in test_server.py (slow)."""
 import socket
 import threading
-import time
 
 import pytest
 from mlflow.exceptions import MlflowException
@@ -23,18 +22,38 @@ def away_client(patience_s: float) -> PatientClient:
     return PatientClient(MlflowClient(uri), uri, patience_s, "; run it again")
 
 
-def test_a_server_that_never_answers_is_given_up_after_the_patience_in_one_line(capsys):
-    client = away_client(1.5)
-    began = time.monotonic()
+class Clock:
+    """Stands in for the `time` module of study.tracking.retry: its sleeps advance its clock, and are kept."""
+
+    def __init__(self):
+        self.now, self.sleeps = 1000.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def time(self) -> float:
+        return self.now
+
+
+def test_a_server_that_never_answers_is_given_up_after_the_patience_in_one_line(capsys, monkeypatch):
+    import study.tracking.retry
+
+    clock = Clock()
+    monkeypatch.setattr(study.tracking.retry, "time", clock)
+    client = away_client(2.5)
     with pytest.raises(ServerAway) as raised:
         client.get_experiment_by_name("any")
-    # the patience is the point: not given up before it (no upper bound: a loaded machine only waits longer)
-    assert time.monotonic() - began >= 1.5
-    assert str(raised.value) == (f"the MLflow server {client.uri} did not answer for 1.5 s (--tracking-patience); "
+    # the backoff doubles from 1 s, and the last wait is cut to the patience: not given up before it, nor after
+    assert clock.sleeps == [1.0, 1.5] and clock.now - 1000.0 == 2.5
+    assert str(raised.value) == (f"the MLflow server {client.uri} did not answer for 2.5 s (--tracking-patience); "
                                  f"the study stopped; run it again")
     waiting = capsys.readouterr().err.strip().splitlines()
     assert waiting == [f"MLflow server {client.uri} does not answer (no connection); the trials keep training and "
-                       f"their results wait here; retrying for up to 1.5 s (--tracking-patience)"]
+                       f"their results wait here; retrying for up to 2.5 s (--tracking-patience)"]
 
 
 def test_an_answer_cut_short_is_waited_out_as_a_server_away(capsys):

@@ -17,6 +17,7 @@ from study.errors import StudyError, duration, first_line, last_line, plural
 from isnm import metrics
 from study.records import METRICS, Kind, Reported, RunRecord, Tag, read_runs
 from study.run.cluster import cluster_ready, start_ray
+from study.run.estimate import slots_of
 from study.run.progress import Progress
 from study.run.seeds import AdaptiveSeeds, settled_lines
 from study.run.signals import Interrupts
@@ -270,7 +271,9 @@ def run_on_tune(study: Study, trials: list[Trial], to_run: list[Trial], options:
             interrupts.take_back_sigterm()
         cluster_ready(options.address, study.spec.resources, options.nodes)  # minutes, maybe: Ctrl-C stops it
         search = study.spec.search
-        on = {"gpus": study.spec.resources.gpu, "local": options.address is None}
+        total = ray.cluster_resources()
+        on = {"gpus": study.spec.resources.gpu, "local": options.address is None,
+              "slots": slots_of(study, total.get("CPU", 0), total.get("GPU", 0), options.max_concurrent)}
         if search:
             progress = Progress(search.samples, 0, search.metric, book.describe, **on)
         elif seeds is not None:  # the trials planned grow as the results ask for seeds
@@ -278,7 +281,7 @@ def run_on_tune(study: Study, trials: list[Trial], to_run: list[Trial], options:
                                 study.table.metrics[0], book.describe, max(len(t.name) for t in trials), **on)
         else:
             progress = Progress(len(trials), len(trials) - len(to_run), study.table.metrics[0], book.describe,
-                                max(len(t.name) for t in trials), **on)
+                                max(len(t.name) for t in trials), planned=to_run, **on)
         tuner = build_tuner(study, to_run, book, experiment, [tracker, progress], options.max_concurrent, resume,
                             options.verbose, seeds)
         interrupts.raise_if_received()

@@ -6,8 +6,9 @@ logged `epoch_seconds`) when there are any, else from timing training steps and 
 the trial's thread count. A trial then costs its epochs times that, plus its start (loading the data,
 building the network); the study's wall-clock time is its trials placed in plan order on as many slots as
 the resources allow, plus starting Ray and its workers (each imports torch once, then trains trial after trial),
-plus compiling where trials run the compiled kernels: each worker compiles once, for as long as the figures
-measured for that architecture say (isnm.kernels: on an empty cache, or on the one this machine has filled).
+plus compiling where trials run the compiled kernels: a worker compiles an architecture's kernels at a T the first
+time one of its trials runs them, for as long as this machine's own compiles took (recorded in its Inductor cache,
+on an empty cache or a filled one), or where it has none, the figures measured on the project's CPU (isnm.kernels).
 Nothing is compiled for the estimate itself: a compiled setting's steps are timed eager and scaled by the
 measured ratio of a compiled epoch to an eager one.
 """
@@ -20,10 +21,10 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Hashable, Mapping, Optional, Sequence
 
-from isnm import (HASHED_WHEN_SET, MEASURED, compile_seconds, compiled_here, device_type_of, kernel_for,
-                  metrics, parse_config)
+from isnm import (HASHED_WHEN_SET, MEASURED, compile_seconds, compile_seconds_here, compiled_here, device_type_of,
+                  kernel_for, metrics, parse_config)
 from study.errors import plural
 from study.markdown import markdown_table
 from study.spec.config import Study
@@ -148,14 +149,13 @@ def timed_here(config: dict, threads: float, gpus: float) -> EpochCost:
 def slots(study: Study, max_concurrent: Optional[int], address: Optional[str]) -> tuple[int, str]:
     """(trials that run at once, what decides it): the cluster's (or this machine's) CPUs and GPUs over each
     trial's resources, capped by max_concurrent."""
-    resources = study.spec.resources
     if address:
         import ray
 
         from study.run.cluster import cluster_ready, start_ray
 
         start_ray(address)
-        cluster_ready(address, resources)  # a token refused, too few GPUs: one line each
+        cluster_ready(address, study.spec.resources)  # a token refused, too few GPUs: one line each
         try:
             total = ray.cluster_resources()
         finally:
@@ -165,20 +165,39 @@ def slots(study: Study, max_concurrent: Optional[int], address: Optional[str]) -
         import torch
 
         cpus, gpus, where = os.cpu_count() or 1, torch.cuda.device_count(), "this machine"
+    resources = study.spec.resources
+    cap = max_concurrent or study.spec.max_concurrent
+    return (slots_of(study, cpus, gpus, max_concurrent),
+            f"{where}: {cpus:g} CPUs, {gpus:g} GPUs; {resources.cpu:g} CPU and {resources.gpu:g} GPU per trial"
+            + (f", at most {cap} at once" if cap else ""))
+
+
+def slots_of(study: Study, cpus: float, gpus: float, max_concurrent: Optional[int]) -> int:
+    """Trials of `study` that run at once on `cpus` and `gpus`: each trial's resources, capped by max_concurrent
+    (else the study file's)."""
+    resources = study.spec.resources
     fit = [math.floor(cpus / resources.cpu)] + ([math.floor(gpus / resources.gpu)] if resources.gpu else [])
     cap = max_concurrent or study.spec.max_concurrent
-    n = max(1, min(fit + ([cap] if cap else [])))
-    return n, (f"{where}: {cpus:g} CPUs, {gpus:g} GPUs; {resources.cpu:g} CPU and {resources.gpu:g} GPU per trial"
-               + (f", at most {cap} at once" if cap else ""))
+    return max(1, min(fit + ([cap] if cap else [])))
 
 
-def wall_clock(durations: list[float], n_slots: int, first: float = 0.0) -> float:
-    """Seconds until the last trial ends when each starts, in order, on the first slot to come free, the slots
-    free after `first` seconds (compiling)."""
-    free = [first] * n_slots
-    for seconds in durations:
-        free[free.index(min(free))] += seconds
-    return max(free, default=0.0)
+def placed(durations: Sequence[float], n_slots: int, compiles: Sequence[Optional[Hashable]] = (),
+           compile_s: Optional[Mapping[Hashable, float]] = None) -> tuple[float, float]:
+    """(seconds until the last trial ends, seconds spent compiling) when each trial starts, in order, on the first
+    slot to come free, and a slot first compiles the kernels its trial runs (`compiles[i]`, a key of `compile_s`;
+    None: none) where it has not compiled them before: a worker keeps its kernels from trial to trial."""
+    free = [0.0] * n_slots
+    kept: list[set] = [set() for _ in range(n_slots)]
+    compiling = 0.0
+    for i, seconds in enumerate(durations):
+        slot = free.index(min(free))
+        key = compiles[i] if i < len(compiles) else None
+        if key is not None and key not in kept[slot]:
+            kept[slot].add(key)
+            free[slot] += compile_s[key]
+            compiling += compile_s[key]
+        free[slot] += seconds
+    return max(free, default=0.0), compiling
 
 
 def duration(seconds: float) -> str:
@@ -220,38 +239,44 @@ def estimate(study: Study, trials: list[Trial], client, cached: set[str], max_co
          f"{cost.seconds:.2f}", cost.source] for key, cost in costs.items()])
     rows = [[t.name, str(t.config["epochs"]), "cached" if t.config_hash in cached else duration(per_trial[t.name])]
             for t in trials]
-    to_run = [per_trial[t.name] for t in trials if t.config_hash not in cached]
+    running = [t for t in trials if t.config_hash not in cached]
     resources = study.spec.resources
-    workers = min(n_slots, len(to_run))
-    compiling, compile_line = compile_cost([t.config for t in trials if t.config_hash not in cached],
-                                           resources.gpu, workers, address is None)
-    compute = sum(to_run) + compiling * workers
-    wall = wall_clock(to_run, n_slots, compiling) + (RAY_START_S + worker_start_seconds() if to_run else 0.0)
+    keys = [compile_key(t.config, resources.gpu) for t in running]
+    compile_s, compile_line = compile_costs(keys, address is None)
+    wall, compiling = placed([per_trial[t.name] for t in running], n_slots, keys, compile_s)
+    compute = sum(per_trial[t.name] for t in running) + compiling
+    wall += RAY_START_S + worker_start_seconds() if running else 0.0
     return "\n\n".join([
-        f"estimate for {study.name}: {plural(len(to_run), 'trial')} to run, {len(trials) - len(to_run)} cached",
+        f"estimate for {study.name}: {plural(len(running), 'trial')} to run, {len(trials) - len(running)} cached",
         settings, markdown_table(["trial", "epochs", "estimated"], rows),
         f"compute: {duration(compute)} of trials{' and compiling' if compiling else ''} "
         f"({compute * resources.cpu / 3600:.2f} CPU-hours"
         + (f", {compute * resources.gpu / 3600:.2f} GPU-hours" if resources.gpu else "") + ")",
-        f"wall clock: ~{duration(wall)}, {plural(n_slots, 'trial')} at a time on {why}" + (f"; {compile_line}" if compile_line else "")])
+        f"wall clock: ~{duration(wall)}, {plural(n_slots, 'trial')} at a time on {why}"
+        + (f"; {compile_line}, {duration(compiling)} in all" if compiling else "")])
 
 
-def compile_cost(configs: list[dict], gpus: float, workers: int, local: bool) -> tuple[float, str]:
-    """(seconds each worker compiles before it trains, what they are made of): each
-    architecture the trials run compiled costs each worker its measured compile (isnm.kernels), on the cache this
-    machine has (`local`) or an empty one. Workers compile at once without slowing each other: two cold VGG-small
-    compiles on 2 cores took 168 s each, as one alone does (a compile waits on its compiler processes more than
-    it computes)."""
-    archs = {}
-    for config in configs:
-        cfg = parse_config(config)
-        if kernel_for(cfg, device_type_of(cfg, gpus)) == "compiled":
-            archs[cfg.arch] = compile_seconds(cfg.arch, cached=local and compiled_here(cfg.arch))
-    if not archs:
-        return 0.0, ""
-    seconds = sum(archs.values())
-    parts = ", ".join(f"{arch} {duration(s)}" for arch, s in archs.items())
-    cache = "" if not local else (" (cached on this machine)" if all(compiled_here(a) for a in archs)
-                                  else " (first run on this machine)")
-    return seconds, (f"compiling first: {parts} per worker{cache}, {plural(workers, 'worker')} at once: "
-                     f"~{duration(seconds)}")
+def compile_key(config: dict, gpus: float) -> Optional[tuple[str, int]]:
+    """(architecture, T) of the kernels a trial of `config` compiles before it trains (given `gpus` GPUs), None
+    where it runs the eager loops: each T is a graph of its own."""
+    cfg = parse_config(config)
+    return (cfg.arch, cfg.timesteps) if kernel_for(cfg, device_type_of(cfg, gpus)) == "compiled" else None
+
+
+def compile_costs(keys: Sequence[Optional[tuple[str, int]]], local: bool) -> tuple[dict, str]:
+    """({(arch, T): seconds a worker compiles them}, what they are and where the figures come from): this machine's
+    recorded compiles on the cache it has (`local`), else the figures of the project's CPU on an empty cache (a
+    cluster's nodes, whose caches are theirs). Workers compile at once without slowing each other: two cold
+    VGG-small compiles on 2 cores took 168 s each, as one alone does (a compile waits on its compiler processes
+    more than it computes)."""
+    seconds, parts = {}, []
+    for arch, timesteps in dict.fromkeys(k for k in keys if k is not None):
+        if local:
+            cached = compiled_here(arch, timesteps)
+            figure, source = compile_seconds_here(arch, timesteps, cached)
+            state = "cached on this machine" if cached else "first run on this machine"
+        else:
+            figure, source, state = compile_seconds(arch, cached=False), "measured on the project's 2-core CPU", "each node's first"
+        seconds[arch, timesteps] = figure
+        parts.append(f"{arch} T={timesteps} {duration(figure)} ({state}, {source})")
+    return seconds, ("compiling, once per worker: " + ", ".join(parts)) if parts else ""

@@ -1,7 +1,7 @@
 """What a study prints while it runs: one line per trial event, in place of Ray Tune's own tables.
 
     A seed=1    started
-    A seed=1    compiling kernels for vgg_small (first run on this machine: about 168 s; cached afterwards)
+    A seed=1    compiling kernels for vgg_small at T=5 (first run on this machine: about 168 s as measured here; cached afterwards)
     A seed=1    epoch 2/3  test_acc 84.19
     A seed=1    finished  test_acc 85.02  12s  [4 of 18 done, ETA 1m10s]
 
@@ -9,15 +9,17 @@
 """
 from __future__ import annotations
 
+import statistics
 import sys
 import time
-from typing import Callable, Optional, TextIO, Union
+from typing import Callable, Optional, Sequence, TextIO, Union
 
 from ray.tune import Callback
 
 from isnm import compile_note, device_type_of, kernel_for, metrics, parse_config
 from study.errors import duration, first_line
 from study.records import METRICS, Reported
+from study.run.estimate import compile_costs, compile_key, placed, setting_of
 from study.spec.plan import Trial
 from study.tracking.callback import trial_error
 
@@ -25,22 +27,28 @@ from study.tracking.callback import trial_error
 class Progress(Callback):
     """Prints, on the driver, a line when a trial starts, ends an epoch, finishes, fails or is retried, and with each
     trial that ends how many of the `total` are done (`done_before` were cached; a callable: the total as it is now,
-    which adaptive seeds grow) and the time left at the pace so
-    far. `shown` is the metric on each epoch's line (the table's, or the search's); `describe` gives the trial a
-    Tune config stands for; names are padded to `width`, the longest planned trial name. The first trial of an
-    architecture whose kernels compile (trials get `gpus` GPUs each, on this machine if `local`) says so."""
+    which adaptive seeds grow) and the time left (`eta`). `shown` is the metric on each epoch's line (the table's,
+    or the search's); `describe` gives the trial a Tune config stands for; names are padded to `width`, the longest
+    planned trial name. `planned` are the trials to run, where they are known before they start (not a search's,
+    nor adaptive seeds'), and `slots` how many run at once. The first trial of an architecture at a T whose kernels
+    compile (trials get `gpus` GPUs each, on this machine if `local`) says so."""
 
     def __init__(self, total: Union[int, Callable[[], int]], done_before: int, shown: str, describe: Callable[[dict], Trial], width: int = 0,
-                 out: Optional[TextIO] = None, gpus: float = 0.0, local: bool = True):
+                 out: Optional[TextIO] = None, gpus: float = 0.0, local: bool = True, planned: Sequence[Trial] = (),
+                 slots: int = 1):
         self.total, self.done = total, done_before
         self.shown, self.describe, self.width = shown, describe, width
         self.out = out or sys.stdout
         self.began = time.monotonic()
-        self.ended_here = 0  # trials this invocation saw end: the pace of the estimate
         self.started: dict[str, float] = {}  # Ray trial id -> when it started here
         self.notes: dict[str, set[str]] = {}  # Ray trial id -> the warnings printed for it (a checkpoint skipped)
         self.gpus, self.local = gpus, local
-        self.compiling: set[str] = set()  # architectures whose compile was announced
+        self.compiling: set[tuple[str, int]] = set()  # (arch, T) whose compile was announced
+        self.planned, self.slots = list(planned), slots
+        self.seen: dict[str, Trial] = {}  # Ray trial id -> the trial it stands for, once started here
+        self.running: set[str] = set()  # Ray trial ids started and not ended
+        self.epochs: dict[str, list[float]] = {}  # Ray trial id -> the seconds of each epoch it reported here
+        self.left: dict[str, int] = {}  # Ray trial id -> the epochs it has left, as its last result says
 
     def say(self, trial, text: str) -> None:
         print(f"  {self.describe(trial.config).name.ljust(self.width)}  {text}", file=self.out, flush=True)
@@ -54,11 +62,16 @@ class Progress(Callback):
         if trial.trial_id in self.started:  # a PBT member goes on after each exploit step: not news
             return
         self.started[trial.trial_id] = time.monotonic()
+        member = self.describe(trial.config)
+        self.seen[trial.trial_id] = member
+        self.running.add(trial.trial_id)
         self.say(trial, "started")
-        cfg = parse_config(self.describe(trial.config).config)
-        if cfg.arch not in self.compiling and kernel_for(cfg, device_type_of(cfg, self.gpus)) == "compiled":
-            self.compiling.add(cfg.arch)
-            self.say(trial, f"compiling kernels for {cfg.arch} ({compile_note(cfg.arch, self.local)})")
+        cfg = parse_config(member.config)
+        key = (cfg.arch, cfg.timesteps)
+        if key not in self.compiling and kernel_for(cfg, device_type_of(cfg, self.gpus)) == "compiled":
+            self.compiling.add(key)
+            self.say(trial, f"compiling kernels for {cfg.arch} at T={cfg.timesteps} "
+                            f"({compile_note(cfg.arch, cfg.timesteps, self.local)})")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         for note in (result.get(Reported.CHECKPOINT_NOTE), result.get(metrics.KERNEL_FALLBACK)):
@@ -68,6 +81,9 @@ class Progress(Callback):
         if result.get(Reported.DIVERGED) or metrics.EPOCH not in result:
             return
         member = self.describe(trial.config)
+        if Reported.EPOCH_WALL in result:
+            self.epochs.setdefault(trial.trial_id, []).append(result[Reported.EPOCH_WALL])
+        self.left[trial.trial_id] = member.config["epochs"] - result[metrics.EPOCH]
         if result.get(Reported.EXPLOITED):
             source = next((t for t in trials if t.trial_id == result[Reported.EXPLOITED]), None)
             values = ", ".join(f"{k.rsplit('.', 1)[-1]} {member.overrides[k]:.4g}" for k in member.varying)
@@ -81,16 +97,55 @@ class Progress(Callback):
 
     def ended(self, trial, text: str) -> None:
         self.done += 1
-        self.ended_here += 1
+        self.running.discard(trial.trial_id)
         # as the study's summary prints it
         spent = (trial.last_result or {}).get(Reported.SECONDS)
         if spent is None:
             spent = time.monotonic() - self.started.get(trial.trial_id, self.began)
         total = self.total() if callable(self.total) else self.total
         left = max(0, total - self.done)
-        pace = (time.monotonic() - self.began) / self.ended_here
-        eta = f", ETA {duration(pace * left)}" if left else ""
-        self.say(trial, f"{text}  {duration(spent)}  [{self.done} of {total} done{eta}]")
+        eta = self.eta(left)
+        self.say(trial, f"{text}  {duration(spent)}  [{self.done} of {total} done"
+                        + (f", ETA {duration(eta)}" if left and eta is not None else "") + "]")
+
+    def pace(self, trial_id: str) -> Optional[float]:
+        """Seconds an epoch of this trial takes, from those it reported here: after its first where it has more (a
+        worker's first epoch compiles, loads its data), None before any."""
+        seconds = self.epochs.get(trial_id)
+        return statistics.median(seconds[1:] or seconds) if seconds else None
+
+    def eta(self, left: int) -> Optional[float]:
+        """Seconds until the `left` trials not yet ended have, from the epochs measured here: those running go on at
+        their own pace (else their setting's), those to come at their setting's pace where one has run, else the
+        mean of those measured, each placed on the first of `slots` to come free (study.run.estimate.placed), with
+        a compile where no trial here has yet compiled its kernels (this machine's recorded seconds). None before
+        any trial has ended an epoch."""
+        measured = {tid: p for tid in self.epochs if (p := self.pace(tid)) is not None}
+        if not measured:
+            return None
+        by_setting: dict[tuple, list[float]] = {}
+        for tid, p in measured.items():
+            by_setting.setdefault(setting_of(self.seen[tid].config), []).append(p)
+        mean = statistics.mean(measured.values())
+
+        def pace_of(trial: Trial) -> float:
+            return statistics.mean(by_setting.get(setting_of(trial.config), [mean]))
+
+        running = [(tid, self.seen[tid]) for tid in self.running]
+        durations = [self.left.get(tid, t.config["epochs"]) * measured.get(tid, pace_of(t)) for tid, t in running]
+        begun = {t.name for t in self.seen.values()}
+        coming = [t for t in self.planned if t.name not in begun]
+        durations += [t.config["epochs"] * pace_of(t) for t in coming]
+        keys = [None] * len(running) + [self.new_compile(t) for t in coming]
+        if not self.planned:  # a search's or adaptive seeds' trials: as many as are left, at the mean so far
+            epochs = statistics.mean(t.config["epochs"] for t in self.seen.values())
+            durations += [epochs * mean] * max(0, left - len(running))
+        return placed(durations, self.slots, keys, compile_costs(keys, self.local)[0])[0]
+
+    def new_compile(self, trial: Trial) -> Optional[tuple[str, int]]:
+        """The (arch, T) whose kernels `trial` compiles where no trial here has compiled them yet, else None."""
+        key = compile_key(trial.config, self.gpus)
+        return key if key not in self.compiling else None
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
