@@ -28,8 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def timed(cwd: Path, *args: str, env: dict) -> tuple[float, str]:
     """(seconds, output) of `python -m study.run ARGS` in `cwd`."""
     began = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "study.run", *args], cwd=cwd, env=env, check=True,
-                          capture_output=True, text=True, timeout=3600)
+    done = subprocess.run([sys.executable, "-m", "study.run", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=3600)
+    if done.returncode != 0:
+        raise SystemExit(f"study.run {' '.join(args)} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
     return time.perf_counter() - began, done.stdout
 
 
@@ -51,7 +53,8 @@ def main() -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TORCHINDUCTOR_CACHE_DIR": str(Path(tmp) / "inductor")}
         base = {"dataset": "digits", "arch": "tiny", "epochs": args.epochs, "batch_size": 128,
                 "surrogate": {"schedule": "fixed"}}
-        studies = [("eager", {"A": {"kernel": "eager", "timesteps": args.timesteps}, "B": {"kernel": "eager"}}, [0, 1]),
+        studies = [("eager", {"A": {"kernel": "eager", "timesteps": args.timesteps},
+                                "B": {"kernel": "eager", "timesteps": 2 * args.timesteps}}, [0, 1]),
                    ("compiled, cold", {"A": {"kernel": "compiled", "timesteps": args.timesteps}}, [0]),
                    (f"compiled, cold at T={args.timesteps + 1}",
                     {"A": {"kernel": "compiled", "timesteps": args.timesteps + 1}}, [0])]
