@@ -19,7 +19,8 @@ def start_mlflow(command: str, port: int, *args: str, log: Path, cwd: Path | Non
                  timeout: float = 120) -> subprocess.Popen:
     """`mlflow COMMAND ARGS` on 127.0.0.1:`port` with one worker, in a process group of its own (stop() ends its
     workers too), its output appended to `log`; returned once /health answers. If it exits first, or has not
-    answered after `timeout` s, it is stopped and an AssertionError says which, with the end of `log`."""
+    answered after `timeout` s (a deadline only to end a hang), it is stopped and an AssertionError says which, with
+    the end of `log`."""
     env = {**loopback_env(), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",  # it reaches nothing outside
            # no job runner: five huey consumers, each importing MLflow, for GenAI scorers no study uses
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

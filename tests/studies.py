@@ -106,6 +106,8 @@ def finished_output(process: subprocess.Popen, timeout: float) -> str:
 
 
 def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None):
+    """`condition()` once it is true, polled; `timeout` is a deadline only to end a test that would otherwise hang
+    (no test asserts how fast this machine is: docs/testing.md)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()

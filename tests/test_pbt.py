@@ -102,7 +102,7 @@ def beta_history(client: MlflowClient, run_id: str) -> dict[int, float]:
 
 
 @pytest.mark.slow
-def test_pbt_study_survives_a_driver_kill_and_its_best_schedule_replays_to_the_bit(tmp_path):
+def test_pbt_study_survives_a_driver_kill_and_its_best_schedule_replays_to_the_bit(tmp_path, shared_ray):
     path, db = tmp_path / "pbt.yaml", tmp_path / "mlflow.db"
     path.write_text(yaml.safe_dump(PBT))
     driver = start_study(tmp_path, str(path))
@@ -113,7 +113,7 @@ def test_pbt_study_survives_a_driver_kill_and_its_best_schedule_replays_to_the_b
     finally:
         driver.kill()
     assert len([r for r in trial_runs(db, "pbt") if r.info.status == "FINISHED"]) < 4, "ended before the kill"
-    done = run_study(tmp_path, str(path))
+    done = run_study(tmp_path, str(path), cluster=shared_ray)  # resumed on another Ray: the state is in storage
     assert "0 failed" in done.stdout
     # a member's seconds are its own training's, the same in its progress line and the summary (not its waits)
     ended = dict(re.findall(r"^  (member \d)  finished  val_acc \S+  (\S+)  \[", done.stdout, re.M))
@@ -142,7 +142,7 @@ def test_pbt_study_survives_a_driver_kill_and_its_best_schedule_replays_to_the_b
 
     replay = tmp_path / "replay.yaml"
     replay.write_text(yaml.safe_dump(REPLAY))
-    run_study(tmp_path, str(replay))
+    run_study(tmp_path, str(replay), cluster=shared_ray)
     replayed = next(r for r in read_runs(client, [client.get_experiment_by_name("replay").experiment_id], "trial")
                     if r.variant == "PBT-found")
     best = sorted(runs, key=lambda r: (-r.metrics["val_acc"], r.name))[0]  # as study.tracking.pbt ranks them

@@ -363,13 +363,13 @@ def test_plots_tick_whole_epochs_and_end_at_the_last(tiny_table_store, monkeypat
 
 
 @pytest.mark.slow
-def test_a_learned_beta_study_logs_each_layers_beta_and_the_report_draws_what_it_learned(tmp_path):
+def test_a_learned_beta_study_logs_each_layers_beta_and_the_report_draws_what_it_learned(tmp_path, shared_ray):
     from tests.studies import run_study, small_study, steps, trial_runs
 
     path = small_study(tmp_path, name="learnedbeta", epochs=2, seeds=[0],
                        variants={"GSG": {"surrogate.schedule": "gradual"},
                                  "learned": {"surrogate.schedule": "learned", "surrogate.beta_lr": 0.05}})
-    run_study(tmp_path, str(path))
+    run_study(tmp_path, str(path), cluster=shared_ray)
     runs = {r.data.tags["variant"]: r for r in trial_runs(tmp_path / "mlflow.db", "learnedbeta")}
     learned = runs["learned"]
     layers = {k for k in learned.data.metrics if k.startswith("beta/")}
