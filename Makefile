@@ -35,9 +35,10 @@ test: venv
 	$(PY) -m pytest -q -n 2 --dist loadfile -m "not serial" --durations=40
 	$(PY) -m pytest -q -m serial --durations=10
 
-# Everything but the tests marked slow (real Ray, MLflow, processes, training runs): 1 to 3 minutes, by CPU.
+# Everything but the tests marked slow (real Ray, MLflow, processes, training runs), on two worker processes:
+# about a minute (docs/testing.md)
 test-fast: venv
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 # docs/ as a site in site/ (mkdocs, material theme); a broken link or a page missing from the nav fails it
 docs: venv
