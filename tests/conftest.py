@@ -7,6 +7,19 @@ import pytest
 
 from tests import studies
 
+# The test files that take longest under `make test`, longest first (docs/testing.md): they start first, so that the
+# two workers end together. xdist's loadfile hands whole files out in collection order, and collected by name the
+# Slurm test's file (about 3 minutes, most of it Slurm's clock) came late and ran on alone while the other worker
+# idled.
+LONGEST_FIRST = ("test_submit.py", "test_integrity.py", "test_resilience.py", "test_cluster.py", "test_pbt.py",
+                 "test_bn_neuron.py", "test_estimate.py", "test_server.py", "test_study_run.py", "test_browser.py",
+                 "test_gpu_check.py", "test_search.py", "test_neuron.py", "test_training.py")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
+
 
 @pytest.fixture(scope="session")
 def empty_mlflow_db(tmp_path_factory) -> Path:

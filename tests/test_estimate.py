@@ -137,18 +137,15 @@ def test_estimate_without_dry_run_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 @pytest.mark.slow  # compiles tiny's kernels in a real study on an empty cache: about 40 s
-def test_a_compile_in_a_study_is_recorded_and_the_next_estimate_counts_it(tmp_path):
-    """The estimate compiles nothing; the study's worker records its compile (its first epoch over its second, as
-    the run logged them); an estimate at another T then counts this machine's compile, not the project's CPU's."""
-    cache = tmp_path / "inductor"  # empty: the first run on this machine, for the estimate and the study alike
+def test_a_compile_in_a_study_is_recorded_and_the_next_estimate_counts_it_compiling_nothing(tmp_path):
+    """The study's worker, the first on this machine, is announced at the project's CPU's figures and records its
+    compile (its first epoch over its second, as the run logged them); an estimate at another T then counts this
+    machine's compile, and compiles nothing itself."""
+    cache = tmp_path / "inductor"  # empty: the first run on this machine
     env = {"TORCHINDUCTOR_CACHE_DIR": str(cache)}
     path = small_study(tmp_path, name="cc", epochs=2, variants={"A": {"kernel": "compiled"}}, seeds=[0])
-    before = run_study(tmp_path, str(path), "--dry-run", "--estimate", env=env).stdout
-    assert not cache.exists() or not any(cache.rglob("*.so")), "the estimate compiled"
-    first = round(compile_seconds("tiny", cached=False))
-    assert (f"compiling, once per worker: tiny T=2 {first} s (first run on this machine, measured on the project's "
-            "2-core CPU)") in before, before
     done = run_study(tmp_path, str(path), env=env)
+    first = round(compile_seconds("tiny", cached=False))
     assert (f"A seed=0  compiling kernels for tiny at T=2 (first run on this machine: about {first} s measured on "
             "the project's 2-core CPU; cached afterwards)") in done.stdout, done.stdout
     [run] = trial_runs(tmp_path / "mlflow.db", "cc")
@@ -157,9 +154,11 @@ def test_a_compile_in_a_study_is_recorded_and_the_next_estimate_counts_it(tmp_pa
                     key=lambda m: m.step)
     recorded = float((cache / "isnm" / "tiny-T2-cold.seconds").read_text())
     assert recorded == pytest.approx(epochs[0].value - epochs[1].value, abs=0.006)
+    kernels = sorted(cache.rglob("*.so"))
     other_t = small_study(tmp_path, name="cc3", epochs=2, variants={"A": {"kernel": "compiled", "timesteps": 3}},
                           seeds=[0])
     after = run_study(tmp_path, str(other_t), "--dry-run", "--estimate", env=env).stdout
     seconds = study.run.estimate.duration(recorded)
     assert (f"compiling, once per worker: tiny T=3 {seconds} (first run on this machine, measured here at T=2)"
             in after), after
+    assert sorted(cache.rglob("*.so")) == kernels and not (cache / "isnm" / "tiny-T3.compiled").exists()

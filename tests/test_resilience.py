@@ -62,7 +62,7 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
     assert run.data.metrics["train_loss"] == pytest.approx(reference["train_loss"], rel=0, abs=1e-12)
 
 
-def test_killed_driver_resumes_on_rerun_without_repeating_work(tmp_path, shared_ray):
+def test_killed_driver_resumes_on_rerun_without_repeating_work(tmp_path):
     # one trial at a time: the kill follows the first trial's end, and the second, of 3 epochs, remains
     path = small_study(tmp_path, name="killdriver", epochs=3, max_concurrent=1, seeds=[0])
     db = tmp_path / "mlflow.db"
@@ -77,7 +77,7 @@ def test_killed_driver_resumes_on_rerun_without_repeating_work(tmp_path, shared_
         driver.kill()
     before = {r.info.run_id: r.info.end_time for r in trial_runs(db, "killdriver") if r.info.status == "FINISHED"}
     assert len(before) < 2, "the study ended before the driver was killed"
-    done = run_study(tmp_path, str(path), cluster=shared_ray)  # resumed on another Ray: the state is in storage
+    done = run_study(tmp_path, str(path))
     runs = trial_runs(db, "killdriver")
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert len(finished) == 2 and len({r.data.tags["config_hash"] for r in finished}) == 2
@@ -126,7 +126,7 @@ def test_diverged_trial_fails_alone_and_is_counted(tmp_path, shared_ray):
     assert "2 trials planned: 1 finished, 1 failed" in (tmp_path / "r/diverge.md").read_text()
 
 
-def test_killed_adaptive_study_resumes_and_its_stopping_rule_holds(tmp_path, shared_ray):
+def test_killed_adaptive_study_resumes_and_its_stopping_rule_holds(tmp_path):
     """A driver SIGKILLed after the searcher asked for seeds beyond `min`: the same command resumes the experiment
     (its searcher's state restored with it); every trial the results ask for runs once, none twice, and at the end
     every comparison has stopped where the rule says, on the seeds the store holds."""
@@ -159,7 +159,7 @@ def test_killed_adaptive_study_resumes_and_its_stopping_rule_holds(tmp_path, sha
     after = status()
     assert f"{len(before)} finished" in after and "0 running" in after, after
     assert after.splitlines()[0].endswith("RUNNING, but no driver runs it now") and "nothing runs now" in after
-    done = run_study(tmp_path, str(path), cluster=shared_ray)
+    done = run_study(tmp_path, str(path))
     runs = trial_runs(db, "killadaptive")
     finished = [r for r in runs if r.info.status == "FINISHED"]
     hashes = [r.data.tags["config_hash"] for r in finished]
