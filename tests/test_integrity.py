@@ -243,7 +243,7 @@ def test_store_failing_mid_study_stops_with_one_line(tmp_path, shared_ray):
 def test_relative_data_dir_is_the_drivers(tmp_path, shared_ray):
     write_fake_cifar(tmp_path / "cifar", "cifar10", per_file=20)
     path = small_study(tmp_path, name="cifar", epochs=1, variants={"A": {}}, seeds=[0])
-    path.write_text(path.read_text().replace("dataset: digits", "dataset: cifar10\n  data_dir: cifar"))
+    path.write_text(path.read_text().replace("dataset: digits", "dataset: cifar10\n  data_dir: cifar\n  kernel: eager"))
     done = run_study(tmp_path, str(path), "--storage", str(tmp_path / "it's here"),  # a quote in MLflow filters
                      cluster=shared_ray)
     assert "0 failed" in done.stdout and list((tmp_path / "it's here").glob("cifar-*/*/checkpoint_*"))
