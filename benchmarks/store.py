@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from isnm import metrics
+
 EPOCHS = 20
 VARIANTS = {"ISNM": {}, "ISNM+Soft Reset": {"neuron.reset": "soft"}, "ISNM+GSG": {"surrogate.schedule": "gradual"},
             "ISNM+GSG+Soft Reset": {"neuron.reset": "soft", "surrogate.schedule": "gradual"}}
@@ -29,7 +31,7 @@ VARIANTS = {"ISNM": {}, "ISNM+Soft Reset": {"neuron.reset": "soft"}, "ISNM+GSG":
 def study_file(folder: Path, runs: int) -> Path:
     spec = {"name": "year", "description": "a year of a lab's runs", "base": {"dataset": "digits", "arch": "tiny",
             "epochs": EPOCHS, "validation": 0.1, "surrogate": {"schedule": "fixed"}}, "variants": VARIANTS, "seeds": list(range(runs // len(VARIANTS))),
-            "table": {"rows": "variant", "metric": "test_acc"}}
+            "table": {"rows": "variant", "metric": metrics.TEST_ACC}}
     path = folder / f"year-{runs}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -39,8 +41,9 @@ def build(folder: Path, runs: int) -> tuple[str, Path]:
     """(the store's URI, the study file) of `runs` finished trials, built unless it is there."""
     from mlflow.tracking import MlflowClient
 
-    from study.spec.config import load_study
-    from study.spec.plan import plan_trials
+    from study.design.load import load_study
+    from study.design.plan import plan_trials
+    from study.records import RunStatus
     from study.tracking.provenance import CodeState
     from study.tracking.store import created_store, experiment_id
     from study.tracking.writers import create_trial_run, log_epoch, start_parent_run
@@ -62,12 +65,13 @@ def build(folder: Path, runs: int) -> tuple[str, Path]:
         run = create_trial_run(client, exp, parent, study.name, trial, code)
         for epoch in range(1, EPOCHS + 1):
             acc = min(0.99, 0.5 + 0.02 * epoch + rng.gauss(0, 0.01))
-            log_epoch(client, run, {"epoch": epoch, "train_loss": 1 - acc, "train_acc": acc, "val_acc": acc - 0.01,
-                                    "test_acc": acc, "beta": 5.0, "alpha": 1.0, "epoch_seconds": 1.0 + rng.random(),
-                                    "spike_rate": 0.2, "sops_per_image": 1e6, "energy_uj": 0.5,
-                                    "val_spike_rate": 0.2, "test_loss": 1 - acc})
-        client.set_terminated(run, "FINISHED")
-    client.set_terminated(parent, "FINISHED")
+            log_epoch(client, run, {metrics.EPOCH: epoch, metrics.TRAIN_LOSS: 1 - acc, metrics.TRAIN_ACC: acc,
+                                    metrics.VAL_ACC: acc - 0.01, metrics.TEST_ACC: acc, metrics.BETA: 5.0,
+                                    metrics.ALPHA: 1.0, metrics.EPOCH_SECONDS: 1.0 + rng.random(),
+                                    metrics.SPIKE_RATE: 0.2, metrics.SYNOPS: 1e6, metrics.ENERGY: 0.5,
+                                    metrics.VAL_SPIKE_RATE: 0.2})
+        client.set_terminated(run, RunStatus.FINISHED)
+    client.set_terminated(parent, RunStatus.FINISHED)
     shutil.move(partial, db)
     print(f"built {db} ({runs} runs) in {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
     return uri, path
@@ -76,8 +80,8 @@ def build(folder: Path, runs: int) -> tuple[str, Path]:
 CACHE_LOOKUP = """
 import sys, time
 from mlflow.tracking import MlflowClient
-from study.spec.config import load_study
-from study.spec.plan import plan_trials
+from study.design.load import load_study
+from study.design.plan import plan_trials
 from study.tracking.cache import finished_runs
 began = time.perf_counter()
 hashes = {t.config_hash for t in plan_trials(load_study(sys.argv[2]))}
@@ -112,8 +116,8 @@ import shutil, sys, tempfile, time
 from pathlib import Path
 import yaml
 from mlflow.tracking import MlflowClient
-from study.spec.config import load_study
-from study.spec.plan import plan_trials
+from study.design.load import load_study
+from study.design.plan import plan_trials
 from study.tracking.cache import copy_cached_runs, finished_runs
 from study.tracking.provenance import CodeState
 from study.tracking.store import experiment_id

@@ -38,12 +38,16 @@ def main() -> None:
         command_wall = time.perf_counter() - began
         from mlflow.tracking import MlflowClient
 
+        from isnm import metrics
+        from study.records import Kind, histories, read_runs
+        from study.tracking.recorded import study_experiment
+
         client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
-        exp = client.get_experiment_by_name("bench")
-        runs = client.search_runs([exp.experiment_id], "tags.kind = 'trial'")
-        compute = [sum(m.value for m in client.get_metric_history(r.info.run_id, "epoch_seconds")) for r in runs]
-        first = min(r.info.start_time for r in runs) / 1000
-        last = max(r.info.end_time for r in runs) / 1000
+        runs = list(read_runs(client, [study_experiment(client, "bench", tmp)], Kind.TRIAL))
+        logged = histories(client, [r.run_id for r in runs], metrics.EPOCH_SECONDS)
+        compute = [sum(m.value for m in epochs) for epochs in logged.values()]
+        first = min(r.start_time for r in runs) / 1000
+        last = max(r.end_time for r in runs) / 1000
     wall = last - first
     efficiency = sum(compute) / cpus / wall
     overhead = (cpus * wall - sum(compute)) / len(runs)

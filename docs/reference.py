@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:  # run as `python docs/reference.py`
     sys.path.insert(0, str(ROOT))
 
 from isnm.config import HASHED_WHEN_SET, UNHASHED_KEYS, TrainConfig, describe  # noqa: E402
-from study.spec.config import FIXED_BY_STUDY, StudyFile  # noqa: E402  (the one line naming where the study file's types live)
+from study.design.config import FIXED_BY_STUDY, StudyFile  # noqa: E402  (the one line naming where the study file's types live)
 
 OUT = ROOT / "docs" / "reference.md"
 

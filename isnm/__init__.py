@@ -28,7 +28,7 @@ from typing import Any
 EXPORTS = {
     **dict.fromkeys(("CONFIG_KEYS", "ConfigError", "TrainConfig", "check", "default_config", "flat", "join", "merged", "nested",
                      "parse_config", "parse_dataclass", "to_dict", "unknown_key_message", "config_hash",
-                     "HASHED_WHEN_SET", "with_setting", "shown"), "isnm.config"),
+                     "HASHED_WHEN_SET", "with_setting", "shown", "SurrogateConfig"), "isnm.config"),
     "metrics": "isnm.metrics",
     **dict.fromkeys(("surrogate_at", "betas_text"), "isnm.schedule"),
     **dict.fromkeys(("DataError", "check_data"), "isnm.datafiles"),

@@ -37,6 +37,15 @@ class Kind:
     REPRODUCTION = "reproduction"
 
 
+class RunStatus:
+    """MLflow's run statuses, as its client takes and gives them."""
+    RUNNING = "RUNNING"
+    SCHEDULED = "SCHEDULED"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+
+
 class Tag:
     """Run tag keys."""
     PARENT = "mlflow.parentRunId"  # MLflow's own: the UI nests a trial's run under its invocation's
@@ -321,6 +330,11 @@ def histories(client: MlflowClient, run_ids: list[str], key: str) -> dict[str, l
     return {run_id: sorted(history, key=lambda metric: metric.step) for run_id, history in found.items()}
 
 
+def history(client: MlflowClient, run_id: str, key: str) -> list:
+    """One run's history of metric `key` (MLflow `Metric`s, by step)."""
+    return histories(client, [run_id], key)[run_id]
+
+
 class Status(enum.Enum):
     """A planned trial's state, from its runs in any invocation; the value is how the report counts it."""
     FINISHED = "finished"
@@ -337,7 +351,8 @@ def states_text(counts: dict[Status, int]) -> str:
 
 
 # MLflow run statuses in the order they decide a trial's state, after FINISHED; a trial with runs of none FAILED
-DECIDING = {"RUNNING": Status.RUNNING, "SCHEDULED": Status.RUNNING, "KILLED": Status.INTERRUPTED}
+DECIDING = {RunStatus.RUNNING: Status.RUNNING, RunStatus.SCHEDULED: Status.RUNNING,
+            RunStatus.KILLED: Status.INTERRUPTED}
 
 
 def trial_status(runs: list[RunRecord], finished: Optional[RunRecord]) -> Status:
@@ -355,7 +370,7 @@ def newest_finished(runs: Iterable[RunRecord]) -> dict[str, RunRecord]:
     config wherever one is needed (the cache, the parent's summary, the report)."""
     newest: dict[str, RunRecord] = {}
     for run in runs:
-        if run.kind == Kind.TRIAL and run.status == "FINISHED" and run.config_hash:
+        if run.kind == Kind.TRIAL and run.status == RunStatus.FINISHED and run.config_hash:
             if run.config_hash not in newest or run.start_time > newest[run.config_hash].start_time:
                 newest[run.config_hash] = run
     return newest
@@ -363,4 +378,4 @@ def newest_finished(runs: Iterable[RunRecord]) -> dict[str, RunRecord]:
 
 def finished_trials(client: MlflowClient, experiments: list[str]) -> dict[str, RunRecord]:
     """`newest_finished` over every finished trial run of `experiments`."""
-    return newest_finished(read_runs(client, experiments, Kind.TRIAL, "FINISHED"))
+    return newest_finished(read_runs(client, experiments, Kind.TRIAL, RunStatus.FINISHED))

@@ -1,6 +1,6 @@
 """The statistics of a study: mean ± sample std over seeds; the difference of two rows with its 95% CI and p-value, by
 a paired t-test where the seeds pair the runs and by Welch's t otherwise; Holm's adjustment of a table's p-values;
-the smallest difference a table could detect. The report prints them; adaptive seeds (study.spec.adaptive) decide
+the smallest difference a table could detect. The report prints them; adaptive seeds (study.design.adaptive) decide
 on the same intervals.
 
 Student's t and the noncentral t come from `scipy.special` (what `scipy.stats` calls, without the 50 MB and the

@@ -7,8 +7,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from isnm.config import config_hash, default_config, merged
-from study.spec.config import load_study
-from study.spec.plan import Trial, plan_trials
+from study.design.load import load_study
+from study.design.plan import Trial, plan_trials
 from study.tracking.provenance import CodeState, environment_tags
 from study.tracking.store import experiment_id
 from study.tracking.writers import create_trial_run, log_epoch, start_parent_run

@@ -13,7 +13,7 @@ GOOD = {"name": "t", "base": {"dataset": "digits", "arch": "tiny", "epochs": 2},
 def shipped_pbt_schedule(name: str, profile) -> list[float]:
     """A stand-in for what `{from_study: NAME}` is in a store where shipped PBT study NAME ran with `profile`: a beta
     per epoch (study.tracking.pbt reads the real one)."""
-    from study.spec.config import load_study
+    from study.design.load import load_study
 
     return [1.0] * load_study(Path(__file__).resolve().parent.parent / "search_spaces" / f"{name}.yaml",
                               profile).base["epochs"]

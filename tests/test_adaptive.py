@@ -1,4 +1,4 @@
-"""Adaptive seeds (study.spec.adaptive): which seeds each cell needs, that the order results arrive in does not
+"""Adaptive seeds (study.design.adaptive): which seeds each cell needs, that the order results arrive in does not
 matter, that pairs stay whole, and that stopping on precision keeps the false-positive rate at its level."""
 from pathlib import Path
 
@@ -7,10 +7,11 @@ import yaml
 import pytest
 
 from study.errors import StudyError
-from study.spec.adaptive import MAX, TARGET, WAITING, SeedRule, judged
-from study.spec.config import AdaptiveSeeds, study_from
-from study.spec.layout import Comparison
-from study.spec.plan import plan_trials, trial_count
+from study.design.adaptive import MAX, TARGET, WAITING, SeedRule, judged
+from study.design.config import AdaptiveSeeds
+from study.design.load import study_from
+from study.design.layout import Comparison
+from study.design.plan import plan_trials, trial_count
 from study.stats import ALPHA, compared
 from tests.study_files import with_change
 

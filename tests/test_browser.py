@@ -169,8 +169,10 @@ GROUPED = {
 def test_the_view_shows_a_group_per_table_row(tmp_path, mlflow_uri):
     from playwright.sync_api import expect
 
-    from study.spec.config import load_study, with_profile
-    from study.spec.plan import plan_trials
+    from study.design.load import load_study
+
+    from study.design.profiles import with_profile
+    from study.design.plan import plan_trials
     from study.tracking.store import show_layout
     from study.tracking.writers import place_tags
     from tests.stores import write_spec, write_store

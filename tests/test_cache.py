@@ -2,8 +2,8 @@
 import pytest
 
 from study.records import Kind, Tag, read_runs
-from study.spec.config import load_study
-from study.spec.plan import plan_trials
+from study.design.load import load_study
+from study.design.plan import plan_trials
 from study.tracking.cache import copy_cached_runs, finished_runs
 from study.tracking.store import experiment_id
 from study.tracking.writers import close_dangling_runs, start_parent_run

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from study.errors import StudyError
-from study.spec.config import load_study
+from study.design.load import load_study
 from tests.study_files import BAD, GOOD, shipped_pbt_schedule, with_change
 
 SHIPPED = sorted(Path(__file__).resolve().parent.parent.glob("search_spaces/*.yaml"))
@@ -43,7 +43,7 @@ def test_the_demo_ablation_is_deep_enough_for_the_surrogate_to_matter():
 
 
 def test_nested_and_dotted_overrides_plan_the_same_trial(tmp_path):
-    from study.spec.plan import plan_trials
+    from study.design.plan import plan_trials
 
     nested = plan_trials(load_study(write(tmp_path, with_change(variants={"A": {"neuron": {"reset": "soft"}}}))))
     dotted = plan_trials(load_study(write(tmp_path, with_change(variants={"A": {"neuron.reset": "soft"}}))))
@@ -60,7 +60,7 @@ def test_profile_overlays_base_and_replaces_the_trial_set(tmp_path):
 
 @pytest.mark.parametrize("name, data, words", BAD, ids=[b[0] for b in BAD])
 def test_bad_study_is_one_clear_line(tmp_path, name, data, words):
-    from study.spec.plan import plan_trials
+    from study.design.plan import plan_trials
 
     path = write(tmp_path, GOOD if data == "PROFILE" else data)
     with pytest.raises(StudyError, match=words) as info:
@@ -75,7 +75,7 @@ def test_profile_argument_must_be_a_safe_name(tmp_path):
 
 
 def test_relative_data_dir_is_made_absolute_on_the_driver_and_not_hashed(tmp_path, monkeypatch):
-    from study.spec.plan import plan_trials
+    from study.design.plan import plan_trials
 
     monkeypatch.chdir(tmp_path)
     trials = plan_trials(load_study(write(tmp_path, with_change(base__data_dir="./cifar"))))

@@ -198,19 +198,29 @@ def test_named_modules_and_functions_exist(path):
     assert not stale, f"{page_id(path)} names what the code no longer has: {', '.join(stale)}"
 
 
-@pytest.mark.parametrize("path", PAGES, ids=page_id)
-def test_example_study_files_validate(path, tmp_path):
-    """Every YAML example with a `name:` is a study file that loads, under each of its profiles; a bare
-    `search:` section loads inside a minimal study."""
-    study_types = sys.modules[load_reference_script().StudyFile.__module__]  # where the study file's types live
-    examples = re.findall(r"^```yaml\n(.*?)^```", path.read_text(), re.MULTILINE | re.DOTALL)
-    for i, text in enumerate(examples):
-        if text.startswith("search:"):
-            text = "name: example\n" + text
-        elif not text.startswith("name:"):
-            continue
-        file = tmp_path / f"example{i}.yaml"
-        file.write_text(text)
-        study = study_types.load_study(file)
-        for profile in study.spec.profiles:
-            study_types.load_study(file, profile)
+def study_examples() -> list:
+    """Every YAML example in the docs that is a study file (`name:` first) or a bare `search:` section, one param
+    each, named page:n."""
+    found = []
+    for page in PAGES:
+        blocks = re.findall(r"^```yaml\n(.*?)^```", page.read_text(), re.MULTILINE | re.DOTALL)
+        for n, text in enumerate(blocks):
+            if text.startswith(("name:", "search:")):
+                found.append(pytest.param(text, id=f"{page_id(page)}:{n}"))
+    return found
+
+
+@pytest.mark.parametrize("text", study_examples())
+def test_example_study_files_validate(text, tmp_path):
+    """The example loads, under each of its profiles; a bare `search:` section loads inside a minimal study."""
+    from study.design.load import load_study
+
+    file = tmp_path / "example.yaml"
+    file.write_text(text if text.startswith("name:") else "name: example\n" + text)
+    study = load_study(file)
+    for profile in study.spec.profiles:
+        load_study(file, profile)
+
+
+def test_the_docs_hold_study_file_examples():
+    assert len(study_examples()) >= 4  # a page's examples moved elsewhere would otherwise leave nothing tested

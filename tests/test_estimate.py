@@ -10,8 +10,8 @@ import study.run.estimate
 from isnm.kernels import CompileTimer, compile_record, compile_seconds, compiled_marker, note_compiled
 from study.run.cli import main
 from study.run.estimate import compile_costs, placed
-from study.spec.config import load_study
-from study.spec.plan import plan_trials
+from study.design.load import load_study
+from study.design.plan import plan_trials
 from study.tracking.provenance import CodeState
 from study.tracking.store import experiment_id
 from study.tracking.writers import create_trial_run, log_epoch, start_parent_run

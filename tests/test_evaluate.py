@@ -13,13 +13,13 @@ from isnm.config import merged
 from study.errors import StudyError
 from study.evaluate.cli import main
 from study.report.cli import main as report_main
-from study.spec.config import load_study
+from study.design.load import load_study
 from study.tracking.provenance import code_state
 from tests.stores import STUDY, TRAINED_CONFIG as CONFIG, record, write_store
 
 
 def log_weights(client: MlflowClient, run_id: str, weights: dict) -> None:
-    """`weights` as the run's model.pt, as MlflowTracker.log_weights logs a finished trial's."""
+    """`weights` as the run's model.pt, as study.tracking.callback.log_weights logs a finished trial's."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.pt"
         torch.save(weights, path)

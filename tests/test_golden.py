@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from study.report.cli import main
-from study.spec.config import load_study
-from study.spec.plan import plan_trials
+from study.design.load import load_study
+from study.design.plan import plan_trials
 from tests.stores import write_spec, write_store
 from tests.study_files import shipped_pbt_schedule
 from tests.studies import ROOT

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from isnm import train
-from study.spec.config import load_study
-from study.spec.plan import plan_trials
+from study import moved
+from study.design.load import load_study
+from study.design.plan import plan_trials
 from tests.studies import run_study, steps, trial_runs
 
 FIXTURE = Path(__file__).parent / "fixtures" / "premove"
@@ -39,3 +40,31 @@ def test_an_experiment_interrupted_before_the_move_resumes_after_it(tmp_path, sh
     trial = next(t for t in plan_trials(load_study(tmp_path / "premove.yaml")) if t.name == "A seed=1")
     torch.set_num_threads(1)  # the trial had one CPU
     assert resumed.data.metrics["test_acc"] == train(trial.config)["test_acc"]  # its epoch 3 trained on from epoch 2's checkpoint
+
+
+def test_a_study_pickled_under_study_spec_loads_from_study_design(tmp_path):
+    """study.design was study.spec until the tree-mapping tools, which read a spec/ folder as tests, left it off their
+    maps: a Tune experiment pickled before the rename holds its Study and trials under the old paths."""
+    import io
+    import pickle
+
+    from study.design.config import Study
+    from study.design.plan import Trial
+
+    class Before(pickle._Pickler):  # pickles study.design's classes by the module paths they had
+        def save_global(self, obj, name=None):
+            module = getattr(obj, "__module__", "")
+            if not module.startswith("study.design."):
+                return super().save_global(obj, name)
+            self.write(pickle.GLOBAL + f"study.spec.{module.rsplit('.', 1)[1]}\n{obj.__qualname__}\n".encode())
+            self.memoize(obj)
+
+    study = load_study(FIXTURE / "premove.yaml")
+    trial = plan_trials(study)[0]
+    saved = io.BytesIO()
+    Before(saved, protocol=4).dump((study, trial))
+    assert b"study.spec.config" in saved.getvalue() and b"study.design" not in saved.getvalue()
+    moved.install()  # as study.run.tuner does before a restore: importing study installs nothing
+    loaded, again = pickle.loads(saved.getvalue())
+    assert isinstance(loaded, Study) and isinstance(again, Trial)
+    assert loaded == study and again == trial

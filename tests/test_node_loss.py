@@ -8,8 +8,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from isnm import train
-from study.spec.config import load_study
-from study.spec.plan import plan_trials
+from study.design.load import load_study
+from study.design.plan import plan_trials
 from tests.ray_cluster import Cluster
 from tests.studies import finished_output, small_study, start_study, steps, trial_runs, wait_for
 

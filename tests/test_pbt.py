@@ -14,8 +14,9 @@ from isnm import betas_text, config_hash, surrogate_at, to_dict
 from isnm.config import parse_config
 from study.errors import StudyError
 from study.records import PbtExploit, Tag, read_runs
-from study.spec.config import load_study, with_overrides
-from study.spec.plan import pbt_member, plan_trials
+from study.design.load import load_study
+from study.design.config import with_overrides
+from study.design.plan import pbt_member, plan_trials
 from study.tracking.pbt import Segment, ancestry
 from study.tracking.recorded import stored_study
 from tests.studies import run_study, start_study, steps, trial_runs, wait_for

@@ -4,8 +4,8 @@ import yaml
 
 from isnm.config import config_hash
 from study.run.cli import main
-from study.spec.config import load_study
-from study.spec.plan import plan_trials, search_base, trial_table
+from study.design.load import load_study
+from study.design.plan import plan_trials, search_base, trial_table
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,8 +7,8 @@ import pytest
 
 from isnm.kernels import compile_record
 from study.run.progress import Progress
-from study.spec.config import load_study
-from study.spec.plan import plan_trials
+from study.design.load import load_study
+from study.design.plan import plan_trials
 from tests.studies import small_study
 
 

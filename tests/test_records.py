@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 
 from isnm import metrics
-from study.records import (AT_TIMESTEPS, METRICS, SELECTABLE, Artifact, ExperimentTag, Kind, Reported, RunRecord, Tag,
-                           at_timesteps, code_label, logged_per_epoch, mean_metric, newest_finished, run_filter)
+from study.records import (AT_TIMESTEPS, METRICS, SELECTABLE, Artifact, ExperimentTag, Kind, Reported, RunRecord,
+                           RunStatus, Tag, at_timesteps, code_label, logged_per_epoch, mean_metric, newest_finished,
+                           run_filter)
 
 STUDY = Path(__file__).resolve().parent.parent / "study"
+BENCHMARKS = STUDY.parent / "benchmarks"
 
 
 def constants(cls: type) -> dict[str, str]:
@@ -22,7 +24,7 @@ RECORD_WORDS = {*constants(Kind).values(), *constants(Tag).values(), *constants(
 # Words of the record that are also the names of other things, each spelled where that thing is defined:
 ALSO_ELSEWHERE = {
     "seed": "a config key (the trial config's seed, set by the study's seeds list)",
-    "variant": "a table key (study.spec.config.VARIANT_KEY: the rows of a table are the variants)",
+    "variant": "a table key (study.design.config.VARIANT_KEY: the rows of a table are the variants)",
     "kernel": "a config key (TrainConfig.kernel)",
     "study": "the study itself, in messages and file names",
     "trial": "Tune's param-space key naming a planned trial (study.run.tuner; old experiments hold it)",
@@ -45,17 +47,34 @@ def docstrings(tree: ast.AST) -> set[int]:
     return found
 
 
+RUN_STATUSES = set(constants(RunStatus).values())
+# the MLflow client's readers that stand for a decision made once: a metric's history (study.records.history,
+# histories), a study found by its name (study.tracking.recorded.study_experiment; study.tracking.store opens one to
+# write in)
+READERS = {"get_metric_history": {"records.py"}, "get_experiment_by_name": {"records.py", "recorded.py", "store.py"}}
+
+
+def slurm_names(tree: ast.AST) -> set[int]:
+    """ids of the nodes inside an assignment to a SLURM_* name: Slurm's job states share words with MLflow's."""
+    return {id(n) for node in ast.walk(tree) if isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id.startswith("SLURM_") for t in node.targets)
+            for n in ast.walk(node.value)}
+
+
 def stray_literals(path: Path) -> list[str]:
-    """'file:line: text' for each string literal (or f-string part) in `path` that spells a word of the record,
-    or a tag or metric in an MLflow filter (tags.KEY, metrics.NAME)."""
+    """'file:line: text' for each string literal (or f-string part) in `path` that spells a word of the record, an
+    MLflow run status, or a tag or metric in an MLflow filter (tags.KEY, metrics.NAME); and each call of an MLflow
+    reader that `READERS` gives one place."""
     tree = ast.parse(path.read_text())
-    skip = docstrings(tree)
+    skip = docstrings(tree) | slurm_names(tree)
     strays = []
     for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and path.name not in READERS.get(node.attr, {path.name}):
+            strays.append(f"{path.relative_to(STUDY.parent)}:{node.lineno}: .{node.attr}")
         if not (isinstance(node, ast.Constant) and isinstance(node.value, str)) or id(node) in skip:
             continue
         text = node.value
-        word = text in RECORD_WORDS and text not in ALSO_ELSEWHERE
+        word = (text in RECORD_WORDS and text not in ALSO_ELSEWHERE) or text in RUN_STATUSES
         in_filter = re.search(r"\b(tags|metrics)\.[a-z_]+", text)
         if word or in_filter:
             strays.append(f"{path.relative_to(STUDY.parent)}:{node.lineno}: {text!r}")
@@ -63,18 +82,24 @@ def stray_literals(path: Path) -> list[str]:
 
 
 def test_no_module_but_records_spells_the_record():
-    strays = [s for path in sorted(STUDY.rglob("*.py")) if path.name != "records.py" for s in stray_literals(path)]
+    paths = [*sorted(STUDY.rglob("*.py")), *sorted(BENCHMARKS.glob("*.py"))]
+    strays = [s for path in paths if path != STUDY / "records.py" for s in stray_literals(path)]
     assert strays == [], "spell these through study.records:\n" + "\n".join(strays)
 
 
 def test_the_scan_finds_a_stray_literal(tmp_path):
-    (tmp_path / "stray.py").write_text('TAGS = {"config_hash": "x"}\nQUERY = "tags.kind = \'trial\'"\n'
-                                       'def f():\n    """Mentions config_hash in prose."""\n    return "test_acc"\n')
+    (tmp_path / "stray.py").write_text(
+        'TAGS = {"config_hash": "x"}\nQUERY = "tags.kind = \'trial\'"\n'
+        'def f(client):\n    """Mentions config_hash in prose."""\n    return "test_acc"\n'
+        'def g(client, run):\n    client.set_terminated(run, "KILLED")\n    return client.get_metric_history(run, "x")\n'
+        'def h(client):\n    return client.get_experiment_by_name("a")\n'
+        'SLURM_ENDED = {"FAILED", "COMPLETED"}\n')
     global STUDY
     saved, STUDY = STUDY, tmp_path
     try:
         assert [s.split(": ", 1)[1] for s in stray_literals(tmp_path / "stray.py")] == [
-            "'config_hash'", "\"tags.kind = 'trial'\"", "'test_acc'"]
+            "'config_hash'", "\"tags.kind = 'trial'\"", "'test_acc'", "'KILLED'", ".get_metric_history",
+            ".get_experiment_by_name"]
     finally:
         STUDY = saved
 

@@ -11,8 +11,8 @@ from study.records import Status
 from study.report.sources import runs_frame
 from study.report.cli import main
 from study.report.tables import counts_line
-from study.spec.config import load_study
-from study.spec.plan import plan_trials
+from study.design.load import load_study
+from study.design.plan import plan_trials
 from tests.stores import STUDY, write_spec, write_store
 
 # final test_acc per trial, or the run's fate

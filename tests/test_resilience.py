@@ -10,9 +10,9 @@ from mlflow.tracking import MlflowClient
 
 from isnm import train
 from study.records import read_runs
-from study.spec.adaptive import MAX, SeedRule
-from study.spec.config import load_study
-from study.spec.plan import plan_trials
+from study.design.adaptive import MAX, SeedRule
+from study.design.load import load_study
+from study.design.plan import plan_trials
 from tests.studies import checkpoints, finished_output, run_study, small_study, start_study, steps, trial_runs, wait_for
 
 pytestmark = pytest.mark.slow  # real Ray, MLflow and processes

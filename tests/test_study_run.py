@@ -70,7 +70,7 @@ def test_runs_carry_tags_params_metrics_per_epoch_and_weights(finished_study):
 
 def test_the_study_files_max_concurrent_caps_tune(tmp_path):
     from study.run.tuner import tune_config
-    from study.spec.config import load_study
+    from study.design.load import load_study
 
     study = load_study(small_study(tmp_path, max_concurrent=1))
     assert tune_config(study, None).max_concurrent_trials == 1

@@ -176,7 +176,7 @@ def test_a_study_outlives_its_jobs_time_limit_and_scancel(slurm, tmp_path):
 def test_the_kuberay_manifest_runs_a_study_run_command_that_parses():
     """deploy/kuberay/rayjob.yaml is untested on Kubernetes; its command at least stays one study.run takes."""
     from study.run.cli import parse_args
-    from study.spec.config import load_study
+    from study.design.load import load_study
 
     job = yaml.safe_load((ROOT / "deploy" / "kuberay" / "rayjob.yaml").read_text())
     command = job["spec"]["entrypoint"].split()

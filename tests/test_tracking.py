@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study.spec.config import load_study
-from study.spec.plan import plan_trials
+from study.design.load import load_study
+from study.design.plan import plan_trials
 from study.tracking.callback import MlflowTracker
 from study.tracking.provenance import CodeState
 from study.tracking.store import experiment_id

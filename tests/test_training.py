@@ -141,7 +141,7 @@ def test_evaluation_measures_the_network_that_trained():
 
 
 def test_a_seed_pairs_two_variants_same_initial_weights_same_batches(monkeypatch):
-    """What makes the report's paired test right (study.spec.plan.pairing_of): variants of one seed, network and
+    """What makes the report's paired test right (study.design.plan.pairing_of): variants of one seed, network and
     data start from identical weights and see identical batches, in the same order."""
     import isnm.training
 

@@ -19,7 +19,7 @@ from mlflow.entities import Metric
 from isnm import metrics
 from study.errors import StudyError, user_error_exit
 from study.markdown import markdown_table
-from study.records import at_timesteps
+from study.records import at_timesteps, history
 from study.tracking.recorded import fetch_weights, recorded_run
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def evaluate_run(client, run_id: str, timesteps: list[int]) -> int:
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, resolve_device(cfg.device), cfg.validation)
     except DataError as exc:
         raise StudyError(str(exc)) from None
-    epoch = max((m.step for m in client.get_metric_history(run_id, metrics.TEST_ACC)), default=0)
+    epoch = max((m.step for m in history(client, run_id, metrics.TEST_ACC)), default=0)
     recalibrated = (f"batch-norm statistics recalibrated at each T on the first "
                     f"{len(data.train_x[:cfg.bn_recalibration])} training images, as the training does before it "
                     f"evaluates" if cfg.bn_recalibration else
@@ -83,8 +83,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="the numbers of time steps to evaluate at, e.g. 1 2 5")
     parser.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     args = parser.parse_args(argv)
-    import os
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from study.tracking.store import read_client, tracking_uri
 
     try:

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from isnm import metrics
 from study.errors import StudyError
 from study.records import AT_TIMESTEPS, METRICS, RunRecord, Status, Tag, histories, newest_finished, trial_status
-from study.spec.config import Table
-from study.spec.plan import Trial, key_value, pairing_of
+from study.design.config import Table
+from study.design.plan import Trial, key_value, pairing_of
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

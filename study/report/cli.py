@@ -10,47 +10,44 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from isnm import metrics
 from study.errors import StudyError, store_message, user_error_exit
-from study.records import METRICS, TABULATED, Artifact, Kind, Tag, read_runs
+from study.records import Artifact, Kind, METRICS, TABULATED, Tag, read_runs
 from study.report.cells import Cell, table_cells
 from study.report.leaderboard import leaderboard
 from study.report.plots import plot_curves, plot_firing, plot_schedule
 from study.report.population import population_report
 from study.report.sources import provenance_line, runs_frame, write_sources
 from study.report.tables import counts_line, differences, paper_figure, render_table, setting_line
-from study.spec.adaptive import SeedRule
-from study.spec.config import Study, read_yaml, study_from
-from study.spec.plan import plan_trials
-from study.tracking.recorded import stored_study, study_names
+from study.design.adaptive import SeedRule
+from study.design.config import Study
+from study.design.strict_yaml import read_yaml
+from study.design.plan import plan_trials
+from study.tracking.recorded import Stored, stored, study_names
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 
-def latest_study(client: MlflowClient, exp_id: str, workdir: Path, layout: Optional[Path]) -> tuple[Study, str, str]:
-    """(the study of the latest invocation, from the study file its parent run holds, with `layout`'s `table:` when
-    given; that parent run; a note when the file study.run was given has another `table:` now, else "")."""
-    data, parent, local = stored_study(client, exp_id, workdir)
-    profile = parent.tags.get(Tag.PROFILE) or None
-    if layout is not None:  # the layout is in no config hash: the runs stay the same, only the table changes
-        data["table"] = read_yaml(layout).get("table")
-        return study_from(data, layout, profile), parent.run_id, ""
-    note = ""
-    given = parent.tags.get(Tag.STUDY_FILE)
-    if given and Path(given).is_file():
-        try:
-            edited = read_yaml(Path(given)).get("table") != data.get("table")
-        except StudyError:  # a file being edited may not parse now: the stored one is what counts
-            edited = False
-        if edited:
-            note = (f"note: the table: in {given} has changed since study.run stored it with these runs; this "
-                    f"report uses the stored one, and `python -m study.report {data.get('name')} --file {given}` "
-                    f"the file's (nothing trains again)")
-    return study_from(data, local, profile), parent.run_id, note
+def table_note(found: Stored) -> str:
+    """A note when the study file study.run was given has another `table:` now than the one stored with the runs,
+    which the report uses; else ""."""
+    given = found.parent.tags.get(Tag.STUDY_FILE)
+    if not given or not Path(given).is_file():
+        return ""
+    try:
+        edited = read_yaml(Path(given)).get("table") != found.data.get("table")
+    except StudyError:  # a file being edited may not parse now: the stored one is what counts
+        return ""
+    if not edited:
+        return ""
+    return (f"note: the table: in {given} has changed since study.run stored it with these runs; this report uses "
+            f"the stored one, and `python -m study.report {found.data.get('name')} --file {given}` the file's "
+            f"(nothing trains again)")
 
 
 def what_each_run_gives(stat: str, metric: str) -> str:
@@ -63,80 +60,38 @@ def what_each_run_gives(stat: str, metric: str) -> str:
     return f"Best {metric} over each run's epochs"
 
 
-def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: Optional[str], stat: str,
-                 write_csv: bool, layout: Optional[Path] = None) -> tuple[str, str]:
+@dataclass(frozen=True)
+class Asked:
+    """What the command line asks of every study's report."""
+    metric: Optional[str] = None  # the one metric to tabulate; None: the study file's
+    stat: str = "final"  # each run's last-epoch value, or "best"
+    write_csv: bool = False  # also every run's row, as <study>.csv
+    layout: Optional[Path] = None  # a study file whose `table:` replaces the stored one
+
+
+def report_study(client: MlflowClient, uri: str, name: str, out: Path, asked: Asked = Asked()) -> tuple[str, str]:
     """(the Markdown report of one study, a note for the terminal or ""); writes the report (and its plots, and the
-    CSV when asked) into `out`. `layout`: a study file whose `table:` replaces the stored one. Reads only through
-    `client` (`uri` names the store in messages): nothing process-wide is set."""
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        raise StudyError(f"no study {name!r} in {uri}; studies there: {', '.join(study_names(client)) or 'none'}")
-    with tempfile.TemporaryDirectory() as tmp:
-        study, parent_id, note = latest_study(client, exp.experiment_id, Path(tmp), layout)
-    children = [run for run in read_runs(client, [exp.experiment_id], Kind.TRIAL) if run.parent_id]
-    table = study.table
-    shown = [metric] if metric else table.metrics
-    trials = plan_trials(study) if study.spec.search is None else []
-    verdicts = None
+    CSV when asked) into `out`. Reads only through `client` (`uri` names the store in messages): nothing
+    process-wide is set."""
+    found = stored(client, name, uri, asked.layout)
+    study, parent_id, note = found.study, found.parent.run_id, "" if asked.layout else table_note(found)
+    children = [run for run in read_runs(client, [found.exp_id], Kind.TRIAL) if run.parent_id]
+    trials, verdicts = plan_trials(study) if study.spec.search is None else [], None
     if study.adaptive is not None:  # the trials are those the study's results asked for, as its driver decided
-        rule = SeedRule(study, trials)
-        decision = rule.decide(rule.recorded(children, failed=True))
-        trials = rule.needed(decision)
+        decision, trials = SeedRule(study, trials).decided(children)
         verdicts = {(v.comparison.reference, v.comparison.cell): v for v in decision.verdicts}
-    parts = [f"# {study.name}", study.spec.description, setting_line(study, trials)]
-    plots: list[Path] = []
-    if study.spec.search is not None and study.spec.search.algorithm == "pbt":
-        schedule = out / f"{study.name}-schedule.png"
-        text, drawn = population_report(client, exp.experiment_id, study, schedule)
-        parts.append("## Population (its members' final weights, each by the schedule it trained with)\n\n" + text)
-        plots = [schedule] if drawn else []
-    elif study.spec.search is not None:
-        parts.append(f"## Leaderboard (ranked by final {study.spec.search.metric}; test accuracy of the final "
-                     f"epoch beside it)\n\n" + leaderboard(client, children, study))
+    head = [f"# {study.name}", study.spec.description, setting_line(study, trials)]
+    search = study.spec.search
+    if search is not None and search.algorithm == "pbt":
+        parts, plots = population_section(client, found.exp_id, study, out)
+    elif search is not None:
+        parts, plots = [f"## Leaderboard (ranked by final {search.metric}; test accuracy of the final epoch beside "
+                        f"it)\n\n" + leaderboard(client, children, study)], []
     else:
-        level = "###" if len(shown) > 1 else "##"  # with several metrics, a section each above the splits
-        by_metric: dict[str, list[Cell]] = {}
-        for metric in shown:
-            cells, counts = table_cells(client, trials, children, table, metric, stat)
-            by_metric[metric] = cells
-            if len(shown) > 1:
-                parts.append(f"## {METRICS[metric].header}")
-            # the published figures are of the table's own (first) metric, never of another one asked for
-            paper = table.paper if metric == table.metrics[0] else {}
-            compared = any(paper_figure(paper, c.key) is not None for c in cells)
-            splits = list(dict.fromkeys(c.key[:1] for c in cells)) if table.split else [()]
-            found = []
-            for split_value in splits:
-                mine = [c for c in cells if c.key[:len(split_value)] == split_value]
-                title = f"{level} {table.label(split_value[0])}\n\n" if split_value else ""
-                parts.append(title + render_table(mine, table, metric, split_value, paper, verdicts is not None))
-                compared_here = differences(mine, table, metric, split_value,  # the seeds went by the first metric
-                                            verdicts if metric == table.metrics[0] else None)
-                if compared_here:
-                    where = f" ({table.label(split_value[0])})" if split_value else ""
-                    found.append(f"### {compared_here[0]}{where}\n\n{compared_here[1]}")
-            seeds = ("n = seeds, as many as the cell's comparisons needed" if verdicts is not None else
-                     "n = finished seeds where fewer than planned")
-            parts.append(f"{what_each_run_gives(stat, metric)}, mean ± sample std over seeds; {seeds}; best in bold"
-                         + ("; Δ = ours − paper." if compared else "."))
-            parts += found
-        parts.append(counts_line(counts))
-        sidecar = out / f"{study.name}.runs.csv"
-        write_sources(sidecar, table, by_metric)
-        parts.append(provenance_line(by_metric, sidecar.name))
-        curves, schedule = out / f"{study.name}-curves.png", out / f"{study.name}-schedule.png"
-        firing = out / f"{study.name}-firing.png"
-        if any(c.run_ids for c in cells):
-            plot_curves(client, cells, table, shown, curves)
-            plot_schedule(client, cells, {t.config_hash: t.config for t in trials}, schedule)
-            plots = [curves, schedule]
-            parts.append(f"![{', '.join(shown)} per epoch]({curves.name})\n\n![surrogate schedule]({schedule.name})")
-            if plot_firing(children, cells, table, firing):
-                plots.append(firing)
-                parts.append(f"![firing rate per spiking layer]({firing.name})")
-    text = "\n\n".join(p for p in parts if p) + "\n"
+        parts, plots = table_sections(client, study, trials, children, verdicts, out, asked)
+    text = "\n\n".join(p for p in head + parts if p) + "\n"
     (out / f"{study.name}.md").write_text(text)
-    if write_csv:
+    if asked.write_csv:
         runs_frame(children).to_csv(out / f"{study.name}.csv", index=False)
     try:
         for plot in plots:
@@ -145,6 +100,73 @@ def report_study(client: MlflowClient, uri: str, name: str, out: Path, metric: O
         print(f"warning: the plots were not attached to the study's parent run in MLflow ({type(exc).__name__}: "
               f"{store_message(exc)}); the report's files are in {out}", file=sys.stderr)
     return text, note
+
+
+def population_section(client: MlflowClient, exp_id: str, study: Study, out: Path) -> tuple[list[str], list[Path]]:
+    """A PBT study's report: its population, and the plot of the schedules its members trained with."""
+    schedule = out / f"{study.name}-schedule.png"
+    text, drawn = population_report(client, exp_id, study, schedule)
+    return (["## Population (its members' final weights, each by the schedule it trained with)\n\n" + text],
+            [schedule] if drawn else [])
+
+
+def table_sections(client: MlflowClient, study: Study, trials: list, children: list, verdicts: Optional[dict],
+                   out: Path, asked: Asked) -> tuple[list[str], list[Path]]:
+    """A study of planned trials: its table per metric (and per split), the differences it makes, the counts, the
+    provenance (and its sidecar file), the plots."""
+    table = study.table
+    shown = [asked.metric] if asked.metric else table.metrics
+    level = "###" if len(shown) > 1 else "##"  # with several metrics, a section each above the splits
+    parts: list[str] = []
+    by_metric: dict[str, list[Cell]] = {}
+    for metric in shown:
+        cells, counts = table_cells(client, trials, children, table, metric, asked.stat)
+        by_metric[metric] = cells
+        if len(shown) > 1:
+            parts.append(f"## {METRICS[metric].header}")
+        # the published figures are of the table's own (first) metric, never of another one asked for
+        paper = table.paper if metric == table.metrics[0] else {}
+        compared = any(paper_figure(paper, c.key) is not None for c in cells)
+        splits = list(dict.fromkeys(c.key[:1] for c in cells)) if table.split else [()]
+        found = []
+        for split_value in splits:
+            mine = [c for c in cells if c.key[:len(split_value)] == split_value]
+            title = f"{level} {table.label(split_value[0])}\n\n" if split_value else ""
+            parts.append(title + render_table(mine, table, metric, split_value, paper, verdicts is not None))
+            compared_here = differences(mine, table, metric, split_value,  # the seeds went by the first metric
+                                        verdicts if metric == table.metrics[0] else None)
+            if compared_here:
+                where = f" ({table.label(split_value[0])})" if split_value else ""
+                found.append(f"### {compared_here[0]}{where}\n\n{compared_here[1]}")
+        seeds = ("n = seeds, as many as the cell's comparisons needed" if verdicts is not None else
+                 "n = finished seeds where fewer than planned")
+        parts.append(f"{what_each_run_gives(asked.stat, metric)}, mean ± sample std over seeds; {seeds}; best in bold"
+                     + ("; Δ = ours − paper." if compared else "."))
+        parts += found
+    parts.append(counts_line(counts))
+    sidecar = out / f"{study.name}.runs.csv"
+    write_sources(sidecar, table, by_metric)
+    parts.append(provenance_line(by_metric, sidecar.name))
+    drawn, plots = plotted(client, study, trials, children, cells, shown, out)
+    return parts + drawn, plots
+
+
+def plotted(client: MlflowClient, study: Study, trials: list, children: list, cells: list[Cell], shown: list[str],
+            out: Path) -> tuple[list[str], list[Path]]:
+    """(the report's image lines, the plot files drawn): the metrics' curves, the surrogate's schedule and, where
+    the runs logged it, the firing rate per layer; none where no cell has a run."""
+    if not any(c.run_ids for c in cells):
+        return [], []
+    curves, schedule = out / f"{study.name}-curves.png", out / f"{study.name}-schedule.png"
+    firing = out / f"{study.name}-firing.png"
+    plot_curves(client, cells, study.table, shown, curves)
+    plot_schedule(client, cells, {t.config_hash: t.config for t in trials}, schedule)
+    lines, plots = [f"![{', '.join(shown)} per epoch]({curves.name})\n\n![surrogate schedule]({schedule.name})"], [
+        curves, schedule]
+    if plot_firing(children, cells, study.table, firing):
+        plots.append(firing)
+        lines.append(f"![firing rate per spiking layer]({firing.name})")
+    return lines, plots
 
 
 def report_folder(out: Optional[Path], uri: str) -> Path:
@@ -187,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         if not names:
             raise StudyError(f"no studies in {uri}; run `python -m study.run FILE` first")
         for name in names:
-            text, note = report_study(client, uri, name, out, args.metric, args.stat,
-                                      args.format == "csv", args.file)
+            text, note = report_study(client, uri, name, out, Asked(args.metric, args.stat, args.format == "csv",
+                                                                    args.file))
             print(text)
             print(f"(written to {out / (name + '.md')})\n")
             if note:

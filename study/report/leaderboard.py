@@ -7,10 +7,10 @@ import yaml
 
 from isnm import metrics, nested
 from study.markdown import markdown_table
-from study.records import METRICS, RunRecord, Tag
+from study.records import METRICS, RunRecord, RunStatus, Tag, history
 from study.report.tables import number, scaled
-from study.spec.config import Study
-from study.spec.plan import SEARCH_VARIANT
+from study.design.config import Study
+from study.design.plan import SEARCH_VARIANT
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -30,7 +30,7 @@ def leaderboard(client: MlflowClient, children: list[RunRecord], study: Study) -
     sampled values and final test accuracy, and the best as a `base:` overlay."""
     keys = list(study.spec.search.space)
     metric = study.spec.search.metric
-    done = [run for run in children if run.status == "FINISHED" and run.variant == SEARCH_VARIANT
+    done = [run for run in children if run.status == RunStatus.FINISHED and run.variant == SEARCH_VARIANT
             and run.tags.get(Tag.PROFILE, "") == (study.profile or "") and metric in run.metrics]
     if not done:
         return "No finished search trials yet."
@@ -38,7 +38,7 @@ def leaderboard(client: MlflowClient, children: list[RunRecord], study: Study) -
     header = ["#"] + keys + [METRICS[metric].header, METRICS[metrics.TEST_ACC].header, "epochs"]
     rows = []
     for i, run in enumerate(top, start=1):
-        epochs = len(client.get_metric_history(run.run_id, metric))  # fewer when the scheduler stopped it
+        epochs = len(history(client, run.run_id, metric))  # fewer when the scheduler stopped it
         rows.append([str(i)] + [short(run.params[k]) for k in keys]
                     + [number(scaled(run.metrics[m], m), m) if m in run.metrics else "—"
                        for m in (metric, metrics.TEST_ACC)] + [str(epochs)])

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from isnm import betas_text, metrics
-from study.records import LAYER_RATE, METRICS, RunRecord, histories
+from study.records import LAYER_RATE, METRICS, RunRecord, histories, history
 from study.report.cells import Cell
 from study.report.tables import scaled
-from study.spec.config import Table
+from study.design.config import Table
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -137,7 +137,7 @@ def plot_schedule(client: MlflowClient, cells: list[Cell], configs: dict[str, di
             if cfg.surrogate.schedule == "learned":  # no curve to draw: what one run's layers learned, as logged
                 for ax, key, start in zip((top, bottom), (metrics.BETA, metrics.ALPHA), surrogate_at(cfg.surrogate, 0,
                                                                                                     epochs)[::-1]):
-                    logged = sorted(client.get_metric_history(source.run_id, key), key=lambda m: m.step)
+                    logged = history(client, source.run_id, key)
                     ax.plot([0] + [m.step for m in logged], [start] + [m.value for m in logged], ".-", label=name)
                 continue
             if per_step:
@@ -150,7 +150,7 @@ def plot_schedule(client: MlflowClient, cells: list[Cell], configs: dict[str, di
             for ax, key, values in ((top, metrics.BETA, [b for _, b in curve]),
                                     (bottom, metrics.ALPHA, [a for a, _ in curve])):
                 line, = ax.plot(x, values, drawstyle="default" if per_step else "steps-post", label=name)
-                logged = sorted(client.get_metric_history(source.run_id, key), key=lambda m: m.step)
+                logged = history(client, source.run_id, key)
                 ax.plot([m.step for m in logged], [m.value for m in logged], ".", color=line.get_color())
     top.set_ylabel("beta (eq. 7)")
     top.set_yscale("log")

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from isnm import betas_text, metrics, surrogate_at
-from isnm.config import SurrogateConfig
+from isnm import SurrogateConfig, betas_text, metrics, surrogate_at
 from study.markdown import markdown_table
 from study.records import METRICS, PbtExploit
 from study.report.tables import number, scaled
-from study.spec.config import Study
+from study.design.config import Study
 from study.tracking.pbt import Population, population
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ import pandas as pd
 
 from study.records import RunRecord, Tag
 from study.report.cells import Cell
-from study.spec.config import Table
+from study.design.config import Table
 
 
 def counted(values: list[str]) -> str:

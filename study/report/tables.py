@@ -13,11 +13,11 @@ from isnm import metrics
 from study.markdown import markdown_table
 from study.records import METRICS, Status, states_text
 from study.report.cells import Cell
-from study.spec.adaptive import Verdict
-from study.spec.layout import comparisons, layout
+from study.design.adaptive import Verdict
+from study.design.layout import comparisons, layout
 from study.stats import ALPHA, Difference, Seeded, compared, detectable, holm, mean_std
-from study.spec.config import Study, Table
-from study.spec.plan import Trial
+from study.design.config import Study, Table
+from study.design.plan import Trial
 
 DASH = "—"
 
@@ -172,7 +172,7 @@ def detectable_line(found: list[Difference], metric: str) -> str:
 def differences(cells: list[Cell], table: Table, metric: str, split_value: tuple,
                 verdicts: Optional[dict[tuple[tuple, tuple], Verdict]] = None) -> Optional[tuple[str, str]]:
     """(its title, the Markdown table and the detectable-difference line) of the differences a table makes
-    (`study.spec.layout.comparisons`), or None when no reference has two seeds. Each comparison is paired or Welch
+    (`study.design.layout.comparisons`), or None when no reference has two seeds. Each comparison is paired or Welch
     (`study.stats.compared`); the table's p-values are adjusted together (Holm). With adaptive seeds' `verdicts`
     (by reference and cell key), each line says how many seeds its comparison got, and why it stopped."""
     placed = layout([c.key for c in cells], table, len(split_value))

@@ -27,8 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help=f"absolute tolerance when code or environment differ (default {DEFAULT_TOLERANCE})")
     args = parser.parse_args(argv)
-    import os
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from study.tracking.store import read_client, tracking_uri
 
     try:

@@ -11,10 +11,10 @@ import yaml
 from isnm import metrics
 from study.errors import StudyError
 from study.markdown import markdown_table
-from study.records import REPRODUCED, Artifact, Kind, RunRecord, Tag
+from study.records import Artifact, Kind, REPRODUCED, RunRecord, RunStatus, Tag, history
 from study.tracking.provenance import (CodeState, code_state, differences, environment, environment_tags,
                                        recorded_environment)
-from study.spec.plan import PBT_VARIANT
+from study.design.plan import PBT_VARIANT
 from study.tracking.recorded import recorded_run
 
 SHOWN = (metrics.TRAIN_LOSS, metrics.TEST_ACC)  # the side-by-side columns; the verdict covers every REPRODUCED one
@@ -40,11 +40,11 @@ def code_differences(recorded: CodeState, here: CodeState) -> list[tuple[str, st
     return rows
 
 
-def histories(client, run_id: str, epochs: int) -> dict[str, dict[int, float]]:
+def logged_values(client, run_id: str, epochs: int) -> dict[str, dict[int, float]]:
     """metric -> {epoch: value} as logged, for the compared metrics the run has."""
     out = {}
     for key in REPRODUCED:
-        values = {m.step: m.value for m in client.get_metric_history(run_id, key) if 1 <= m.step <= epochs}
+        values = {m.step: m.value for m in history(client, run_id, key) if 1 <= m.step <= epochs}
         if values:
             out[key] = values
     return out
@@ -93,7 +93,7 @@ def log_reproduction(client, run, config: dict, here: list[dict], code: CodeStat
     log_text(client, run_id, Artifact.CONFIG, yaml.safe_dump(config, sort_keys=False))
     if code.dirty:
         log_text(client, run_id, Artifact.DIFF, code.diff)
-    client.set_terminated(run_id, "FINISHED")
+    client.set_terminated(run_id, RunStatus.FINISHED)
     return run_id
 
 
@@ -108,7 +108,7 @@ def reproduce(client, run_id: str, epochs: Optional[int], tolerance: float) -> i
                          f"`surrogate: {{schedule: {{from_study: {run.data.tags.get(Tag.STUDY)}}}}}` replays the "
                          f"schedule its best member found")
     recorded_hash, hash_here = run.data.tags.get(Tag.CONFIG_HASH), config_hash(to_dict(cfg))
-    logged = max((m.step for m in client.get_metric_history(run_id, metrics.TEST_ACC)), default=0)
+    logged = max((m.step for m in history(client, run_id, metrics.TEST_ACC)), default=0)
     if logged == 0:
         raise StudyError(f"run {run_id} logged no epoch; nothing to compare")
     last = min(epochs or logged, logged)
@@ -146,7 +146,7 @@ def reproduce(client, run_id: str, epochs: Optional[int], tolerance: float) -> i
         print("same code, versions, device, threads and data as the recorded run")
     numeric = [k for k, _, _ in changes if k not in NOT_NUMERIC]
     exact = not numeric
-    recorded = histories(client, run_id, last)
+    recorded = logged_values(client, run_id, last)
     print("\n" + side_by_side(recorded, here) + "\n")
     compared = sum(1 for m in here for values in recorded.values() if m[metrics.EPOCH] in values)
     mismatch = first_mismatch(recorded, here, None)

@@ -11,9 +11,10 @@ from study.run.lock import study_lock
 from study.run.signals import Interrupts
 from study.run.storage import experiment_for, writable_storage
 from study.records import METRICS
-from study.spec.adaptive import SeedRule
-from study.spec.config import Study, load_study
-from study.spec.plan import Trial, check_data_of, plan_summary, plan_trials, trial_count, trial_table
+from study.design.adaptive import SeedRule
+from study.design.config import Study
+from study.design.load import load_study
+from study.design.plan import Trial, check_data_of, plan_summary, plan_trials, trial_count, trial_table
 from study.tracking.pbt import schedules_in
 from study.tracking.provenance import code_state, warn_if_dirty
 from study.tracking.retry import DEFAULT_PATIENCE_S

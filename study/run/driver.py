@@ -15,17 +15,17 @@ from mlflow.tracking import MlflowClient
 
 from study.errors import StudyError, duration, first_line, last_line, plural
 from isnm import metrics
-from study.records import METRICS, Kind, Reported, RunRecord, Tag, read_runs
+from study.records import Kind, METRICS, Reported, RunRecord, RunStatus, Tag, history, read_runs
 from study.run.cluster import cluster_ready, start_ray
 from study.run.estimate import slots_of
 from study.run.progress import Progress
 from study.run.seeds import AdaptiveSeeds, settled_lines
 from study.run.signals import Interrupts
 from study.run.storage import Experiment, experiment_at
-from study.run.tuner import TrialBook, build_tuner, resumable
-from study.spec.config import Study
-from study.spec.adaptive import SeedRule
-from study.spec.plan import Trial
+from study.run.tuner import TrialBook, build_tuner, resumable, tune_environment
+from study.design.config import Study
+from study.design.adaptive import SeedRule
+from study.design.plan import Trial
 from study.tracking.cache import copy_cached_runs, finished_runs
 from study.tracking.callback import MlflowTracker
 from study.tracking.provenance import CodeState, warn_if_dirty
@@ -122,11 +122,11 @@ def run(study: Study, trials: list[Trial], options: RunOptions, experiment: Expe
     except BaseException as exc:
         if parent is not None:
             try:  # best effort: the store itself may be what failed
-                client.set_terminated(parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+                client.set_terminated(parent, RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED)
             except Exception:
                 pass
         raise
-    client.set_terminated(parent, {0: "FINISHED", 130: "KILLED"}.get(status, "FAILED"))
+    client.set_terminated(parent, {0: RunStatus.FINISHED, 130: RunStatus.KILLED}.get(status, RunStatus.FAILED))
     return status
 
 
@@ -151,9 +151,7 @@ def run_trials(study: Study, trials: list[Trial], options: RunOptions, here: Inv
     if to_run or study.spec.search is not None:
         rows.update(run_on_tune(study, trials, to_run, options, here, interrupts, seeds))
     if study.adaptive is not None:  # the study is the trials its results asked for, as the report will count them
-        final = rule.decide({**known, **rule.recorded(list(read_runs(here.client, [here.exp_id], Kind.TRIAL)),
-                                                      failed=True)})
-        wanted = rule.needed(final)
+        final, wanted = rule.decided(list(read_runs(here.client, [here.exp_id], Kind.TRIAL)), known)
         copy_cached(study, [t for t in wanted if t.config_hash not in copied], cached, here)  # asked for after all
         trials, rows = wanted, {t.name: rows[t.name] for t in wanted}
     # also when all were cached
@@ -201,14 +199,14 @@ def carried_over(here: Invocation, study: Study, trials: list[Trial],
     epochs: dict[str, int] = {}
     started_with: Optional[dict[str, float]] = None
     now = {"cpu": study.spec.resources.cpu, "gpu": study.spec.resources.gpu}
-    for run in read_runs(here.client, [here.exp_id], Kind.TRIAL, "KILLED", newest_first=True):
+    for run in read_runs(here.client, [here.exp_id], Kind.TRIAL, RunStatus.KILLED, newest_first=True):
         source, trial_id = run.tags.get(Tag.RAY_EXPERIMENT), run.tags.get(Tag.RAY_TRIAL_ID)
         trial = wanted.get(run.config_hash)
         if trial is None or trial.name in carried or not source or not trial_id or source == here.experiment.uri:
             continue
         earlier = experiment_at(*source.rsplit("/", 1))
         resources = earlier.planned_resources() or now
-        logged = len(here.client.get_metric_history(run.run_id, metrics.TEST_ACC))
+        logged = len(history(here.client, run.run_id, metrics.TEST_ACC))
         # the checkpoint of the last epoch logged: a later one's epochs never reached the run (the interrupt came
         # first), and are trained again, to the same numbers on the same machine
         checkpoint = earlier.checkpoint_at(trial_id, logged) if logged else None
@@ -225,7 +223,7 @@ def carried_over(here: Invocation, study: Study, trials: list[Trial],
     invocations = list(read_runs(here.client, [here.exp_id], Kind.STUDY, newest_first=True, limit=2))
     previous = next((p for p in invocations if p.run_id != here.parent), None)
     if previous is not None:
-        dropped = [run.name for run in read_runs(here.client, [here.exp_id], Kind.TRIAL, "KILLED")
+        dropped = [run.name for run in read_runs(here.client, [here.exp_id], Kind.TRIAL, RunStatus.KILLED)
                    if run.parent_id == previous.run_id and run.config_hash not in planned]
         if dropped:
             print(f"no longer planned (the study file changed their configs, or removed them): "
@@ -250,21 +248,18 @@ def run_on_tune(study: Study, trials: list[Trial], to_run: list[Trial], options:
     interrupted experiment of this plan when there is one; the summary's row of each trial Tune returned, and of
     each it left unfinished."""
     experiment = here.experiment
-    book = TrialBook(study, trials)
-    book.experiment = experiment.uri
     resume, why_not = (False, "") if options.fresh or options.rerun else resumable(
         experiment, to_run, study.spec.search is not None)
     if why_not:
         print(why_not)
-    tracker = MlflowTracker(options.tracking_uri, here.exp_id, here.parent, study, here.code, book.describe,
-                            experiment.uri, options.tracking_patience)
-    if resume:
-        book.alias(experiment.planned_hashes() or {})
-    elif not (options.fresh or options.rerun or study.spec.search):
+    carried, started_with = {}, None
+    if not (resume or options.fresh or options.rerun or study.spec.search):
         carried, started_with = carried_over(here, study, trials, to_run)
-        book.carried = {name: checkpoint for name, (_, checkpoint) in carried.items()}
-        book.carried_with = started_with
-        tracker.carried = {name: run_id for name, (run_id, _) in carried.items()}
+    book = TrialBook(study, trials, experiment.uri, aliases=experiment.planned_hashes() if resume else None,
+                     carried={name: checkpoint for name, (_, checkpoint) in carried.items()}, carried_with=started_with)
+    tracker = MlflowTracker(options.tracking_uri, here.exp_id, here.parent, study, here.code, book.describe,
+                            experiment.uri, options.tracking_patience,
+                            carried={name: run_id for name, (run_id, _) in carried.items()})
     try:
         with interrupts.deferred():  # cut inside ray.init, Ray is left half started and the driver crashes at exit
             start_ray(options.address, options.verbose)
@@ -282,22 +277,20 @@ def run_on_tune(study: Study, trials: list[Trial], to_run: list[Trial], options:
         else:
             progress = Progress(len(trials), len(trials) - len(to_run), study.table.metrics[0], book.describe,
                                 max(len(t.name) for t in trials), planned=to_run, **on)
-        tuner = build_tuner(study, to_run, book, experiment, [tracker, progress], options.max_concurrent, resume,
-                            options.verbose, seeds)
-        interrupts.raise_if_received()
-        interrupts.in_fit = True
-        try:
-            results = tuner.fit()
-        except KeyboardInterrupt:
-            close_quietly(tracker)
-            raise
-        except Exception as exc:
-            stopped = fit_failure(exc, experiment)
-            if stopped is None:
-                raise
-            raise stopped from None
-        finally:
-            interrupts.in_fit = False
+        with tune_environment(options.verbose):
+            tuner = build_tuner(study, to_run, book, experiment, [tracker, progress], options.max_concurrent, resume,
+                                options.verbose, seeds)
+            with interrupts.fitting():
+                try:
+                    results = tuner.fit()
+                except KeyboardInterrupt:
+                    close_quietly(tracker)
+                    raise
+                except Exception as exc:
+                    stopped = fit_failure(exc, experiment)
+                    if stopped is None:
+                        raise
+                    raise stopped from None
         unfinished = tracker.reconcile(results)
     finally:
         ray.shutdown()

@@ -25,10 +25,11 @@ from typing import Hashable, Mapping, Optional, Sequence
 
 from isnm import (HASHED_WHEN_SET, MEASURED, compile_seconds, compile_seconds_here, compiled_here, device_type_of,
                   kernel_for, metrics, parse_config)
+from study.records import RunStatus, history
 from study.errors import plural
 from study.markdown import markdown_table
-from study.spec.config import Study
-from study.spec.plan import Trial
+from study.design.config import Study
+from study.design.plan import Trial
 
 COST_KEYS = ("dataset", "arch", "width", "timesteps", "batch_size", "precision", "device", "kernel", "validation",
              "bn_recalibration", "memory_format", "conv_backward")
@@ -64,13 +65,13 @@ def from_store(client, config: dict) -> Optional[EpochCost]:
 
     experiments = [e.experiment_id for e in client.search_experiments()]
     means = []
-    for run in read_runs(client, experiments, Kind.TRIAL, "FINISHED"):
+    for run in read_runs(client, experiments, Kind.TRIAL, RunStatus.FINISHED):
         # a key added after the run was made is absent from its params: it ran at that key's old default
         params = {**{k: str(v) for k, v in HASHED_WHEN_SET.items()}, **run.params}
         if Tag.CACHED_FROM not in run.tags and all(params.get(k) == str(config[k]) for k in COST_KEYS):
-            history = sorted(client.get_metric_history(run.run_id, metrics.EPOCH_SECONDS), key=lambda m: m.step)
-            if history:  # a first epoch carries a worker's one-off costs (compiling): counted apart, where it is known
-                means.append(statistics.mean(m.value for m in history[1:] or history))
+            logged = history(client, run.run_id, metrics.EPOCH_SECONDS)
+            if logged:  # a first epoch carries a worker's one-off costs (compiling): counted apart, where it is known
+                means.append(statistics.mean(m.value for m in logged[1:] or logged))
     if not means:
         return None
     return EpochCost(statistics.median(means), setup(config)[2], f"{len(means)} finished runs")

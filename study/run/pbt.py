@@ -21,7 +21,7 @@ import numpy as np
 from ray.tune.schedulers import PopulationBasedTraining
 
 from isnm import metrics
-from study.spec.config import Search
+from study.design.config import Search
 
 MEMBER = "member"  # the key of a Tune config that says which member of the population it is
 SEARCHED = "search"  # the key of a Tune config holding the dotted keys the search sets

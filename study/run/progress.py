@@ -20,7 +20,7 @@ from isnm import compile_note, device_type_of, kernel_for, metrics, parse_config
 from study.errors import duration, first_line
 from study.records import METRICS, Reported
 from study.run.estimate import compile_costs, compile_key, placed, setting_of
-from study.spec.plan import Trial
+from study.design.plan import Trial
 from study.tracking.callback import trial_error
 
 

@@ -1,4 +1,4 @@
-"""Adaptive seeds on Ray Tune: a Searcher that proposes the trials `study.spec.adaptive` asks for, from the results
+"""Adaptive seeds on Ray Tune: a Searcher that proposes the trials `study.design.adaptive` asks for, from the results
 that have finished, so that it runs on a cluster like any Tune search, resumes with the experiment after a driver is
 killed (its state is saved with Tune's), and starts from the runs the store already holds (cached)."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Optional
 from ray.tune.search import Searcher
 
 from study.records import Reported
-from study.spec.adaptive import WAITING, Decision, SeedRule
+from study.design.adaptive import WAITING, Decision, SeedRule
 
 
 class AdaptiveSeeds(Searcher):

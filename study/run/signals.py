@@ -45,6 +45,16 @@ class Interrupts:
             self.deferring = False
         self.raise_if_received()
 
+    @contextmanager
+    def fitting(self):
+        """Tune's fit: a first signal in it asks Tune to stop cleanly (see the class) rather than raising at once."""
+        self.raise_if_received()
+        self.in_fit = True
+        try:
+            yield
+        finally:
+            self.in_fit = False
+
     def raise_if_received(self) -> None:
         """Before the trials start: an interrupt whose KeyboardInterrupt a library swallowed still stops."""
         if self.received:

@@ -18,8 +18,8 @@ import pyarrow.fs as pafs
 
 from isnm import config_hash
 from study.errors import StudyError, first_line
-from study.spec.config import Study
-from study.spec.plan import Trial, search_base
+from study.design.config import Study
+from study.design.plan import Trial, search_base
 
 PLAN_FILE = "study_plan.json"  # the trial names a Ray experiment was created with, and each trial's resources
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from typing import Optional
 
 import ray
@@ -12,13 +13,14 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from isnm import config_hash, metrics
+from study import moved
 from study.errors import StudyError, first_line
 from study.run.seeds import AdaptiveSeeds
 from study.run.storage import Experiment
 from study.run.worker import trainable
-from study.spec.config import Study, with_overrides
+from study.design.config import Study, with_overrides
 from study.run.pbt import MEMBER, SEARCHED, SyncPBT
-from study.spec.plan import SEARCH_VARIANT, Trial, cell_label, pbt_member, search_base
+from study.design.plan import SEARCH_VARIANT, Trial, cell_label, pbt_member, search_base
 
 TESTED_RAY = "2.60"  # the Ray whose private Tuner attribute replace_callbacks sets (see there)
 
@@ -29,21 +31,24 @@ class TrialBook:
     Tune's param space holds only trial names, so its progress table shows them readably.
     """
 
-    def __init__(self, study: Study, trials: list[Trial]):
+    def __init__(self, study: Study, trials: list[Trial], experiment: str = "",
+                 aliases: Optional[dict[str, str]] = None, carried: Optional[dict[str, str]] = None,
+                 carried_with: Optional[dict[str, float]] = None):
+        """`experiment`: the Ray experiment's storage URI (a PBT member prunes its checkpoints there). `aliases`: the
+        names a restored experiment was planned with (name -> config hash), which stand for the trials of the same
+        configs now (a variant renamed in the study file is the same trial). `carried`: trial name -> the checkpoint
+        (a storage URI) its interrupted trial of an earlier experiment left, and `carried_with` the resources those
+        trials started with (study.run.driver.carried_over)."""
         self.base = search_base(study) if study.spec.search is not None else {}
         self.pbt = study.spec.search if study.spec.search is not None and study.spec.search.algorithm == "pbt" else None
         self.trials = {t.name: t for t in trials}
-        self.carried: dict[str, str] = {}  # trial name -> the checkpoint (storage URI) its interrupted trial left
-        self.carried_with: Optional[dict[str, float]] = None  # the resources the carried trials started with
-        self.experiment = ""  # the Ray experiment's storage URI (a PBT member prunes its checkpoints there)
-
-    def alias(self, hashes: dict[str, str]) -> None:
-        """Let the names a restored experiment was planned with (name -> config hash) stand for the trials of the
-        same configs now: a variant renamed in the study file is the same trial."""
-        by_hash = {t.config_hash: t for t in self.trials.values()}
-        for name, digest in hashes.items():
+        by_hash = {t.config_hash: t for t in trials}
+        for name, digest in (aliases or {}).items():
             if name not in self.trials and digest in by_hash:
                 self.trials[name] = by_hash[digest]
+        self.experiment = experiment
+        self.carried = dict(carried or {})
+        self.carried_with = carried_with
 
     def describe(self, tune_config: dict) -> Trial:
         """The trial a Tune config stands for: a planned one, or a search sample made a Trial."""
@@ -199,10 +204,28 @@ class TrialResources:
 
 def with_loggers(callbacks: list) -> list:
     """`callbacks` and the result files Tune's ExperimentAnalysis reads (result.json, progress.csv), without the
-    TensorBoard logger Tune adds by default: tensorboardX imports torch into the driver (about 2 s of every launch)
-    and Tune then prints a TensorBoard hint; the runs are in MLflow."""
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # read when fit() builds its callbacks
+    TensorBoard logger Tune adds by default (`tune_environment` turns its defaults off): tensorboardX imports torch
+    into the driver (about 2 s of every launch) and Tune then prints a TensorBoard hint; the runs are in MLflow."""
     return [*callbacks, JsonLoggerCallback(), CSVLoggerCallback()]
+
+
+@contextmanager
+def tune_environment(verbose: bool):
+    """Tune's settings that only the environment carries, set while a Tuner is made and fits (Tune reads them then:
+    the Tuner checks its verbosity, fit builds its default loggers and picks its output) and restored after: no
+    TensorBoard logger (`with_loggers`) and, unless `verbose`, the older output, since the newer one prints its header
+    box and results folder even at verbose=0."""
+    wanted = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", **({} if verbose else {"RAY_AIR_NEW_OUTPUT": "0"})}
+    saved = {key: os.environ.get(key) for key in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def build_tuner(study: Study, to_run: list[Trial], book: TrialBook, experiment: Experiment, callbacks: list,
@@ -210,13 +233,12 @@ def build_tuner(study: Study, to_run: list[Trial], book: TrialBook, experiment: 
                 seeds: Optional[AdaptiveSeeds] = None) -> tune.Tuner:
     """The restored Tuner of this plan's interrupted experiment, or a new one over `to_run` (with adaptive `seeds`,
     over the trials it proposes). Tune prints nothing of its own unless `verbose` (study.run.progress prints the
-    trials' events)."""
+    trials' events). Made inside `tune_environment`."""
     callbacks = with_loggers(callbacks)
     verbosity = None if verbose else 0  # None: Tune's default tables
-    if not verbose:  # Tune's newer output prints its header box and results folder even at verbose=0
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     now = {"cpu": study.spec.resources.cpu, "gpu": study.spec.resources.gpu}
     if resume:
+        moved.install()  # what Tune pickled names this project's modules by the paths they had then
         try:
             resumed = [t for t in tune.ExperimentAnalysis(experiment.uri).trials
                        if t.status != "TERMINATED" and t.checkpoint is not None]

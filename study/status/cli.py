@@ -13,23 +13,23 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
-import tempfile
 import time
 from collections import Counter
-from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from isnm import metrics
 from study.errors import StudyError, duration, first_line, user_error_exit
 from study.locks import held, lock_file
-from study.records import Kind, RunRecord, Status, Tag, newest_finished, read_runs, states_text, trial_status
-from study.spec.adaptive import SeedRule
-from study.spec.config import study_from
-from study.spec.plan import Trial, plan_trials
-from study.tracking.recorded import stored_study, study_names
+from study.records import Kind, RunRecord, RunStatus, Status, Tag, newest_finished, read_runs, states_text, trial_status
+from study.design.adaptive import SeedRule
+from study.design.plan import Trial, plan_trials
+from study.tracking.recorded import stored, study_names
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
+
+
+SLURM_ACTIVE = {"RUNNING", "COMPLETING"}  # Slurm's job states while its job runs (not MLflow's run statuses)
 
 
 def driver_alive(parent: RunRecord) -> Optional[bool]:
@@ -38,7 +38,7 @@ def driver_alive(parent: RunRecord) -> Optional[bool]:
     job = parent.tags.get(Tag.SLURM_JOB)
     if job:
         state = slurm_state(job)
-        return None if state.startswith("state unknown") else state in {"RUNNING", "COMPLETING"}
+        return None if state.startswith("state unknown") else state in SLURM_ACTIVE
     experiment = parent.tags.get(Tag.RAY_EXPERIMENT, "")
     if not experiment or "://" in experiment:
         return None  # an object store's lock lies on the driver's host
@@ -70,16 +70,12 @@ def epochs_done(trial: Trial, runs: list[RunRecord], finished: Optional[RunRecor
 
 
 def study_status(client: MlflowClient, name: str, uri: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        raise StudyError(f"no study {name!r} in {uri}; studies there: {', '.join(study_names(client)) or 'none'}")
-    with tempfile.TemporaryDirectory() as tmp:
-        data, parent, local = stored_study(client, exp.experiment_id, Path(tmp))
-        study = study_from(data, local, parent.tags.get(Tag.PROFILE) or None)
-    children = [run for run in read_runs(client, [exp.experiment_id], Kind.TRIAL) if run.parent_id]
+    found = stored(client, name, uri)
+    study, parent = found.study, found.parent
+    children = [run for run in read_runs(client, [found.exp_id], Kind.TRIAL) if run.parent_id]
     began = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(parent.start_time / 1000))
     profile = f" (profile {study.profile})" if study.profile else ""
-    gone = parent.status == "RUNNING" and driver_alive(parent) is False  # killed outright: SIGKILL, scancel, a node
+    gone = parent.status == RunStatus.RUNNING and driver_alive(parent) is False  # killed outright: SIGKILL, scancel, a node
     lines = [f"{study.name}{profile}: last invocation {began}, {parent.status}"
              + (", but no driver runs it now" if gone else "")]
     if study.spec.search is not None:
@@ -93,8 +89,7 @@ def study_status(client: MlflowClient, name: str, uri: str) -> str:
     planned = f"{len(trials)} planned"
     if study.adaptive is not None:
         rule = SeedRule(study, trials)
-        decision = rule.decide(rule.recorded(children, failed=True))
-        trials = rule.needed(decision)
+        decision, trials = rule.decided(children)
         planned = (f"{len(trials)} {'asked for' if decision.settled else 'asked for so far'} (adaptive seeds: "
                    f"{len(rule.first())} to {len(rule.trials)})")
     by_hash: dict[str, list[RunRecord]] = {}

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Optional
 
 from study.errors import StudyError, user_error_exit
-from study.spec.config import Study, load_study
+from study.design.config import Study
+from study.design.load import load_study
 from study.tracking.pbt import schedules_in
-from study.spec.plan import check_data_of, plan_trials
+from study.design.plan import check_data_of, plan_trials
 from study.submit.script import SlurmJob, script, time_limit_seconds
 
 STOP_BEFORE_S = 300  # Slurm may warn up to a minute early; a trial loses at most the epoch it is in

@@ -8,8 +8,8 @@ from typing import Callable
 
 from mlflow.tracking import MlflowClient
 
-from study.records import Artifact, RunRecord, Tag, finished_trials, histories
-from study.spec.plan import Trial
+from study.records import Artifact, RunRecord, RunStatus, Tag, finished_trials, histories
+from study.design.plan import Trial
 from study.tracking.provenance import CodeState
 from study.tracking.writers import create_trial_run
 
@@ -60,7 +60,7 @@ def copy_cached_run(client: MlflowClient, source: RunRecord, exp_id: str, parent
     try:
         for start in range(0, len(history), METRICS_PER_BATCH):
             client.log_batch(run_id, metrics=history[start:start + METRICS_PER_BATCH])
-        client.set_terminated(run_id, "FINISHED")
+        client.set_terminated(run_id, RunStatus.FINISHED)
     except BaseException:  # a copy is whole or not there: a half one would read as a run that stopped
         try:
             client.delete_run(run_id)

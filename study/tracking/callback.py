@@ -16,9 +16,9 @@ from ray.tune import Callback, Checkpoint
 
 from isnm import metrics
 from study.errors import StudyError, last_line
-from study.records import Artifact, PbtExploit, Reported, RunRecord, Tag, read_runs
-from study.spec.config import Study
-from study.spec.plan import Trial
+from study.records import Artifact, PbtExploit, Reported, RunRecord, RunStatus, Tag, history, read_runs
+from study.design.config import Study
+from study.design.plan import Trial
 from study.tracking.provenance import CodeState, environment_tags, slurm_tags
 from study.tracking.retry import DEFAULT_PATIENCE_S, Backlog, PatientClient
 from study.tracking.writers import create_trial_run, log_epoch, place_tags
@@ -66,6 +66,68 @@ class TrialLog:
         return [e for e in range(1, self.planned_epochs + 1) if e not in self.logged]
 
 
+def continued(client, existing: RunRecord, trial: Trial, tune_config: dict, parent_id: str) -> TrialLog:
+    """The log of a trial whose run an interrupted driver left unfinished, reopened under `parent_id` to go on in: its
+    name and variant as the study file says now (a renamed variant is the same config, so the same trial), the
+    Slurm restart it trains in, the epochs (and a PBT member's betas) it holds."""
+    client.update_run(existing.run_id, status=RunStatus.RUNNING)
+    client.set_tag(existing.run_id, Tag.PARENT, parent_id)
+    if existing.name != trial.name:
+        client.update_run(existing.run_id, name=trial.name)
+        client.set_tag(existing.run_id, Tag.VARIANT, trial.variant)
+    if Tag.INTERRUPTED in existing.tags:
+        client.delete_tag(existing.run_id, Tag.INTERRUPTED)
+    for key, value in slurm_tags().items():  # a requeued job: the restart it trains in now
+        client.set_tag(existing.run_id, key, value)
+    nodes = existing.tags.get(Tag.RAY_NODES)
+    log = TrialLog(existing.run_id, trial, tune_config,
+                   {m.step for m in history(client, existing.run_id, metrics.TEST_ACC)},
+                   nodes.split(", ") if nodes else [])
+    if trial.varying:
+        log.betas = {m.step: m.value for m in history(client, existing.run_id, metrics.BETA)}
+    return log
+
+
+def check_retrained(log: TrialLog, epoch: int, result: dict) -> None:
+    """A PBT member that trains a logged epoch again (resumed from a checkpoint before it) must train it with the
+    beta its run holds: the exploit decisions are seeded, and one made otherwise would leave a run whose epochs
+    are not its final weights' past."""
+    before, now = log.betas.get(epoch), result.get(metrics.BETA)
+    if before is not None and now is not None and float(now) != before:
+        raise StudyError(f"{log.trial.name} trained epoch {epoch} again with beta {float(now):.6g}, but its run "
+                         f"holds {before:.6g} from before the study was interrupted: its record would not be its "
+                         f"weights' past; run the study again with --fresh")
+
+
+def reported_tags(result: dict) -> dict[str, str]:
+    """The tags a trial's result sets on its run: the GPUs Ray gave it, the ISNM loops that ran (with why they are not
+    the compiled ones asked for: a worker reused between trials keeps a fallback for the trials after), the
+    environment (versions, device, threads, determinism; `env.*`) and the data set's fingerprint; those it reports."""
+    tags = {Tag.GPU_IDS: result.get(Reported.GPU_IDS), Tag.KERNEL: result.get(metrics.KERNEL),
+            Tag.KERNEL_FALLBACK: str(result.get(metrics.KERNEL_FALLBACK) or "")[:5000],
+            Tag.DATA_FINGERPRINT: result.get(metrics.DATA_FINGERPRINT)}
+    if result.get(Reported.ENVIRONMENT):
+        tags.update(environment_tags(json.loads(result[Reported.ENVIRONMENT])))
+    return {key: str(value) for key, value in tags.items() if value}
+
+
+def log_weights(client, run_id: str, checkpoint: Checkpoint) -> None:
+    """A trial's final checkpoint's model weights logged as its run's weights artifact: the file the trial's last
+    planned epoch writes, else taken from the whole training state (a trial stopped early by a scheduler, or a
+    checkpoint of a version that wrote only the state)."""
+    with checkpoint.as_directory() as folder:
+        weights = Path(folder) / Artifact.WEIGHTS
+        if weights.is_file():
+            client.log_artifact(run_id, str(weights))
+            return
+        import torch  # only here
+
+        state = torch.load(Path(folder) / Reported.STATE_FILE, map_location="cpu", weights_only=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(state["model"], Path(tmp) / Artifact.WEIGHTS)
+            client.log_artifact(run_id, str(Path(tmp) / Artifact.WEIGHTS))
+
+
 class MlflowTracker(Callback):
     """Logs trials to MLflow as nested child runs of `parent_id`, each epoch exactly once.
 
@@ -80,14 +142,15 @@ class MlflowTracker(Callback):
     """
 
     def __init__(self, uri: str, exp_id: str, parent_id: str, study: Study, code: CodeState,
-                 describe: Callable[[dict], Trial], ray_path: str, patience_s: float = DEFAULT_PATIENCE_S):
+                 describe: Callable[[dict], Trial], ray_path: str, patience_s: float = DEFAULT_PATIENCE_S,
+                 carried: Optional[dict[str, str]] = None):
         self.uri, self.exp_id, self.parent_id = uri, exp_id, parent_id
         self.study, self.code, self.describe, self.ray_path = study, code, describe, ray_path
         self.patience_s = patience_s
-        self.client: Optional[PatientClient] = None
+        self.carried = dict(carried or {})  # trial name -> the run its interrupted trial left, to carry on in
+        self.client: Optional[PatientClient] = None  # made by `setup`, in Tune's loop: the tracker is pickled before
         self.backlog: Optional[Backlog] = None
         self.trials: dict[str, TrialLog] = {}  # by Ray trial id
-        self.carried: dict[str, str] = {}  # trial name -> the run of its interrupted trial in an earlier experiment
 
     def setup(self, **info) -> None:
         advice = (f", and its checkpoints are kept in {self.ray_path}: once the server answers, run the same command "
@@ -111,26 +174,12 @@ class MlflowTracker(Callback):
                      **place_tags(self.study, trial)}
             log = TrialLog(create_trial_run(self.client, self.exp_id, self.parent_id, self.study.name, trial, self.code,
                                             extra), trial, tune_config)
-        elif existing.status == "FINISHED":
+        elif existing.status == RunStatus.FINISHED:
             # Ray's last snapshot predates the trial's end, so the restored trial replays its final
             # checkpoint (no epoch is trained again); its run is complete and stays untouched.
             log = TrialLog(existing.run_id, trial, tune_config, finished_before=True)
         else:  # the experiment was restored after its driver stopped: continue that run
-            self.client.update_run(existing.run_id, status="RUNNING")
-            self.client.set_tag(existing.run_id, Tag.PARENT, self.parent_id)
-            if existing.name != trial.name:  # a variant renamed in the study file: the same config, so the same trial
-                self.client.update_run(existing.run_id, name=trial.name)
-                self.client.set_tag(existing.run_id, Tag.VARIANT, trial.variant)
-            if Tag.INTERRUPTED in existing.tags:
-                self.client.delete_tag(existing.run_id, Tag.INTERRUPTED)
-            for key, value in slurm_tags().items():  # a requeued job: the restart it trains in now
-                self.client.set_tag(existing.run_id, key, value)
-            nodes = existing.tags.get(Tag.RAY_NODES)
-            log = TrialLog(existing.run_id, trial, tune_config,
-                           {m.step for m in self.client.get_metric_history(existing.run_id, metrics.TEST_ACC)},
-                           nodes.split(", ") if nodes else [])
-            if trial.varying:
-                log.betas = {m.step: m.value for m in self.client.get_metric_history(existing.run_id, metrics.BETA)}
+            log = continued(self.client, existing, trial, tune_config, self.parent_id)
         self.trials[trial_id] = log
         return log
 
@@ -166,43 +215,23 @@ class MlflowTracker(Callback):
             # Tune marks a result done before the callbacks see it only when a scheduler stopped the trial
             log.stopped_at = epoch
         if epoch < 1 or epoch in log.logged:  # a retried or restored trial re-reporting an epoch already logged
-            self.check_retrained(log, epoch, result)
+            check_retrained(log, epoch, result)
             return
         log_epoch(self.client, log.run_id, result)
         log.logged.add(epoch)
         if log.trial.varying and metrics.BETA in result:
             log.betas[epoch] = float(result[metrics.BETA])
 
-    @staticmethod
-    def check_retrained(log: TrialLog, epoch: int, result: dict) -> None:
-        """A PBT member that trains a logged epoch again (resumed from a checkpoint before it) must train it with the
-        beta its run holds: the exploit decisions are seeded, and one made otherwise would leave a run whose epochs
-        are not its final weights' past."""
-        before, now = log.betas.get(epoch), result.get(metrics.BETA)
-        if before is not None and now is not None and float(now) != before:
-            raise StudyError(f"{log.trial.name} trained epoch {epoch} again with beta {float(now):.6g}, but its run "
-                             f"holds {before:.6g} from before the study was interrupted: its record would not be its "
-                             f"weights' past; run the study again with --fresh")
-
     def note_where(self, log: TrialLog, result: dict) -> None:
-        """Tag where and with what the trial reports from now: `ray_node` and every node it used (`ray_nodes`),
-        the GPUs Ray gave it there, the ISNM loops that ran (with why they are not the compiled ones asked for:
-        a worker reused between trials keeps a fallback for the trials after), the environment (versions, device,
-        threads, determinism; `env.*`) and the data set's fingerprint. A trial that moves to another node reports,
-        and is tagged with, that node's."""
+        """Tag where the trial reports from now, `ray_node` and every node it used (`ray_nodes`), and with what
+        (`reported_tags`). A trial that moves to another node reports, and is tagged with, that node's."""
         node = result.get(Reported.NODE)
         if node and (not log.nodes or log.nodes[-1] != node):
             log.nodes.append(node)
             self.tag_if_changed(log, Tag.RAY_NODE, node)
             self.tag_if_changed(log, Tag.RAY_NODES, ", ".join(log.nodes))
-        tags = {Tag.GPU_IDS: result.get(Reported.GPU_IDS), Tag.KERNEL: result.get(metrics.KERNEL),
-                Tag.KERNEL_FALLBACK: str(result.get(metrics.KERNEL_FALLBACK) or "")[:5000],
-                Tag.DATA_FINGERPRINT: result.get(metrics.DATA_FINGERPRINT)}
-        if result.get(Reported.ENVIRONMENT):
-            tags.update(environment_tags(json.loads(result[Reported.ENVIRONMENT])))
-        for key, value in tags.items():
-            if value:
-                self.tag_if_changed(log, key, str(value))
+        for key, value in reported_tags(result).items():
+            self.tag_if_changed(log, key, value)
 
     def note_exploit(self, log: TrialLog, source_trial: str, epoch: int, tune_config: dict) -> None:
         """Tag a PBT member's run with its exploit: after `epoch` it took the checkpoint of `source_trial` (a Ray trial
@@ -231,22 +260,17 @@ class MlflowTracker(Callback):
             return True
         if log.diverged:
             self.client.set_tag(log.run_id, Tag.ERROR, log.diverged)
-            self.client.set_terminated(log.run_id, "FAILED")
+            self.client.set_terminated(log.run_id, RunStatus.FAILED)
             return False
         if log.missing_epochs:
             return False
         checkpoint = log.checkpoint or checkpoint
         if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
-                weights = Path(folder) / Artifact.WEIGHTS  # the trial's last planned epoch writes them
-                if weights.is_file():
-                    self.client.log_artifact(log.run_id, str(weights))
-                else:  # stopped early by a scheduler, or a checkpoint of a version that wrote only the state
-                    self.log_weights(log.run_id, Path(folder) / Reported.STATE_FILE)
+            log_weights(self.client, log.run_id, checkpoint)
         if log.stopped_at:
             self.client.set_tag(log.run_id, Tag.STOPPED_EARLY, f"by the scheduler after epoch {log.stopped_at} of "
                                                                f"{log.trial.config['epochs']}")
-        self.client.set_terminated(log.run_id, "FINISHED")
+        self.client.set_terminated(log.run_id, RunStatus.FINISHED)
         return True
 
     def reconcile(self, results) -> list[str]:
@@ -261,7 +285,7 @@ class MlflowTracker(Callback):
                 continue  # failed (on_trial_error logged it), or no epoch reported
             trial_id = result.metrics["trial_id"]
             log = self.log_of(trial_id, result.config)
-            if log.finished_before or self.client.get_run(log.run_id).info.status in ("FINISHED", "FAILED"):
+            if log.finished_before or self.client.get_run(log.run_id).info.status in (RunStatus.FINISHED, RunStatus.FAILED):
                 continue
             history = result.metrics_dataframe
             rows = [] if history is None else history.sort_values(metrics.EPOCH).to_dict("records")
@@ -276,11 +300,11 @@ class MlflowTracker(Callback):
         itself was interrupted (a Ctrl-C before Tune could take it, or a second one)."""
         unfinished = []
         for log in self.trials.values():
-            if log.finished_before or self.client.get_run(log.run_id).info.status != "RUNNING":
+            if log.finished_before or self.client.get_run(log.run_id).info.status != RunStatus.RUNNING:
                 continue
             logged = log.planned_epochs - len(log.missing_epochs)
             self.client.set_tag(log.run_id, Tag.INTERRUPTED, f"{logged} of {log.planned_epochs} epochs logged")
-            self.client.set_terminated(log.run_id, "KILLED")
+            self.client.set_terminated(log.run_id, RunStatus.KILLED)
             unfinished.append(log.trial.name)
         return unfinished
 
@@ -297,13 +321,4 @@ class MlflowTracker(Callback):
     def fail(self, trial_id: str, tune_config: dict, error: str) -> None:
         run_id = self.log_of(trial_id, tune_config).run_id
         self.client.set_tag(run_id, Tag.ERROR, error)
-        self.client.set_terminated(run_id, "FAILED")
-
-    def log_weights(self, run_id: str, state_file: Path) -> None:
-        import torch  # only here: a checkpoint without the weights' own file
-
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            weights = Path(tmp) / Artifact.WEIGHTS
-            torch.save(state["model"], weights)
-            self.client.log_artifact(run_id, str(weights))
+        self.client.set_terminated(run_id, RunStatus.FAILED)

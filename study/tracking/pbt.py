@@ -2,16 +2,14 @@
 trained with (its ancestry), and the best member's, which `surrogate.schedule: {from_study: NAME}` replays."""
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from isnm import metrics
 from study.errors import StudyError
-from study.records import Kind, PbtExploit, RunRecord, Tag, histories, read_runs
-from study.spec.config import Search
-from study.spec.plan import PBT_VARIANT
+from study.records import Kind, PbtExploit, RunRecord, RunStatus, Tag, histories, read_runs
+from study.design.config import Search
+from study.design.plan import PBT_VARIANT
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -55,7 +53,7 @@ def members(client: MlflowClient, exp_id: str, profile: Optional[str], size: int
     populations: dict[str, list[RunRecord]] = {}
     for run in runs:
         populations.setdefault(run.tags.get(Tag.RAY_TRIAL_ID, "").split("_")[0], []).append(run)
-    whole = [p for p in populations.values() if len(p) == size and all(r.status == "FINISHED" for r in p)]
+    whole = [p for p in populations.values() if len(p) == size and all(r.status == RunStatus.FINISHED for r in p)]
     return max(whole, key=lambda p: max(r.start_time for r in p), default=[])
 
 
@@ -92,29 +90,24 @@ def population(client: MlflowClient, exp_id: str, profile: Optional[str], search
 def found_schedule(client: MlflowClient, name: str, profile: Optional[str]) -> list[float]:
     """The per-epoch betas the best member of PBT study `name`'s latest whole population trained with `profile` (the
     profile of the study that asks) trained its final weights with: what `{from_study: NAME}` stands for."""
-    from study.spec.config import study_from
-    from study.tracking.recorded import stored_study
+    from study.tracking.recorded import stored
 
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        raise StudyError(f"no study {name!r} in the tracking store; run its study file with study.run first")
-    with tempfile.TemporaryDirectory() as tmp:
-        data, parent, local = stored_study(client, exp.experiment_id, Path(tmp))
-        study = study_from(data, local, parent.tags.get(Tag.PROFILE) or None)
+    found = stored(client, name, "the tracking store")
+    study, exp_id = found.study, found.exp_id
     search = study.spec.search
     if search is None or search.algorithm != "pbt":
         raise StudyError(f"study {name!r} is not a population-based search (search: algorithm: pbt)")
-    found = population(client, exp.experiment_id, profile, search)
-    if found.ranked:
-        return found.betas(found.best.run_id)
+    members = population(client, exp_id, profile, search)
+    if members.ranked:
+        return members.betas(members.best.run_id)
     raise StudyError(f"study {name!r} has no whole population trained with profile {profile or 'none'} (every member "
                      f"finished); run it first: "
-                     f"python -m study.run {parent.tags.get(Tag.STUDY_FILE, name)}"
+                     f"python -m study.run {found.parent.tags.get(Tag.STUDY_FILE, name)}"
                      + (f" --profile {profile}" if profile else ""))
 
 
 def schedules_in(store: Optional[str]):
-    """`found` for study.spec.config.load_study: the schedule a PBT study found, in the store of --tracking-uri
+    """`found` for study.design.load.load_study: the schedule a PBT study found, in the store of --tracking-uri
     `store` (study.tracking.store.tracking_uri), opened (and MLflow imported) only when a study file names one."""
     def found(name: str, profile: Optional[str]) -> list[float]:
         from study.tracking.store import read_client, tracking_uri

@@ -3,20 +3,22 @@ train or evaluate it again)."""
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import yaml
 from mlflow.exceptions import MlflowException
 
 from isnm import nested
 from study.errors import StudyError
-from study.records import Artifact, Kind, RunRecord, Tag, read_runs
-from study.spec.config import read_yaml
+from study.records import Artifact, Kind, RunRecord, RunStatus, Tag, read_runs
+from study.design.strict_yaml import read_yaml
 from study.tracking.provenance import recorded_environment
 
 if TYPE_CHECKING:
     from isnm import TrainConfig
+    from study.design.config import Study
 
 
 def study_names(client) -> list[str]:
@@ -36,6 +38,41 @@ def stored_study(client, exp_id: str, workdir: Path) -> tuple[dict, RunRecord, P
         raise StudyError(f"run {parent.run_id} holds no study file; was it made by study.run?")
     local = Path(client.download_artifacts(parent.run_id, files[0], str(workdir)))
     return read_yaml(local), parent, local
+
+
+def study_experiment(client, name: str, where: str) -> str:
+    """The id of study `name`'s experiment; one line naming the studies the store (`where`, in the message) has if
+    there is none."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        raise StudyError(f"no study {name!r} in {where}; studies there: {', '.join(study_names(client)) or 'none'}")
+    return exp.experiment_id
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A study as the store holds it."""
+    study: Study  # from its latest invocation's study file, under that invocation's profile
+    parent: RunRecord  # that invocation's parent run
+    exp_id: str
+    data: dict  # the study file as stored, before `table_from`
+
+
+def stored(client, name: str, where: str, table_from: Optional[Path] = None) -> Stored:
+    """Study `name` from the store (`where` names it in messages): what study.status, study.report and a
+    `{from_study: NAME}` read. `table_from`: a study file whose `table:` replaces the stored one (a layout is in no
+    config hash: the runs stay the same, only the table changes); errors then name that file."""
+    from study.design.load import study_from
+
+    exp_id = study_experiment(client, name, where)
+    with tempfile.TemporaryDirectory() as tmp:
+        data, parent, local = stored_study(client, exp_id, Path(tmp))
+        profile = parent.tags.get(Tag.PROFILE) or None
+        if table_from is not None:
+            study = study_from({**data, "table": read_yaml(table_from).get("table")}, table_from, profile)
+        else:
+            study = study_from(data, local, profile)
+    return Stored(study, parent, exp_id, data)
 
 
 def fetch_config(client, run) -> dict:
@@ -83,7 +120,7 @@ def fetch_weights(client, run) -> dict:
             path = client.download_artifacts(source, Artifact.WEIGHTS, tmp)
         except (OSError, MlflowException):
             status = client.get_run(source).info.status
-            if status == "FINISHED":
+            if status == RunStatus.FINISHED:
                 raise StudyError(f"run {source} finished, but its {Artifact.WEIGHTS} is missing from the store's "
                                  f"artifacts ({client.get_run(source).info.artifact_uri}): deleted or moved; "
                                  f"`python -m study.run FILE --rerun` trains the trial again") from None

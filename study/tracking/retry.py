@@ -14,6 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
+from study.records import history
 from study.errors import StudyError, redacted
 
 if TYPE_CHECKING:  # study.run reads the default patience before a study is known to be valid: MLflow loads later
@@ -144,7 +145,7 @@ class PatientClient:
         def landed() -> None:
             first = metrics[0]
             if any((m.step, m.timestamp, m.value) == (first.step, first.timestamp, first.value)
-                   for m in self.once.get_metric_history(run_id, first.key)):
+                   for m in history(self.once, run_id, first.key)):
                 raise Landed(self.once.log_batch(run_id, params=params, tags=tags) if params or tags else None)
 
         return self.patiently(lambda: self.once.log_batch(run_id, metrics=metrics, params=params, tags=tags),

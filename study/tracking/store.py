@@ -27,9 +27,17 @@ def sqlite_path(uri: str) -> Optional[Path]:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
+def quiet_downloads() -> None:
+    """MLflow draws a progress bar for every artifact it downloads (a cached run's code diff, a stored study file, a
+    run's weights): noise in a terminal that prints one line per event. Off for this process, from the moment a
+    command opens its store, unless the user set the variable."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def read_client(uri: str) -> MlflowClient:
     """A client for reading a store that must already hold runs; a sqlite file that is not there is one line
     (MLflow would create an empty one)."""
+    quiet_downloads()
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise StudyError(f"no MLflow store at {db.resolve()}; run `python -m study.run FILE` first, or pass --tracking-uri")
@@ -151,6 +159,7 @@ def creation_lock(db: Path):
 def open_store(uri: str, study_name: str) -> tuple[MlflowClient, str]:
     """(a client, the study's experiment id) for the store at `uri`, created if need be; one line if it cannot
     be used."""
+    quiet_downloads()
     try:
         client = created_store(uri)
         return client, experiment_id(client, study_name, uri)

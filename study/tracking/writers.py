@@ -11,9 +11,9 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from isnm import flat, metrics
-from study.records import Artifact, Kind, Tag, logged_per_epoch, mean_metric, newest_finished, read_runs
-from study.spec.config import Study
-from study.spec.plan import Trial, place
+from study.records import Artifact, Kind, RunStatus, Tag, logged_per_epoch, mean_metric, newest_finished, read_runs
+from study.design.config import Study
+from study.design.plan import Trial, place
 from study.tracking.provenance import CodeState, slurm_tags
 
 MAX_PARAM_LENGTH = 6000
@@ -76,10 +76,10 @@ def close_dangling_runs(client: MlflowClient, exp_id: str, ray_path: str) -> int
 
     A restored trial reopens its own run; the count of closed runs is returned.
     """
-    runs = list(read_runs(client, [exp_id], status="RUNNING", ray_experiment=ray_path))
+    runs = list(read_runs(client, [exp_id], status=RunStatus.RUNNING, ray_experiment=ray_path))
     for run in runs:
-        client.set_terminated(run.run_id, "KILLED")
-    half_copies = [run for run in read_runs(client, [exp_id], Kind.TRIAL, "RUNNING") if Tag.CACHED_FROM in run.tags]
+        client.set_terminated(run.run_id, RunStatus.KILLED)
+    half_copies = [run for run in read_runs(client, [exp_id], Kind.TRIAL, RunStatus.RUNNING) if Tag.CACHED_FROM in run.tags]
     for run in half_copies:
         client.delete_run(run.run_id)
     return len(runs) + len(half_copies)
@@ -98,7 +98,7 @@ def log_summary(client: MlflowClient, exp_id: str, parent_id: str, places: dict[
     planned trial's (a trial cached in this same experiment is not copied), each tagged with its row and column in
     this invocation's layout (`places`: a planned config hash's `place_tags`), which may have changed since it ran;
     a search's samples: their variant. Returns the means by metric name."""
-    mine = (run for run in read_runs(client, [exp_id], Kind.TRIAL, "FINISHED")
+    mine = (run for run in read_runs(client, [exp_id], Kind.TRIAL, RunStatus.FINISHED)
             if run.parent_id == parent_id or run.config_hash in places)
     finals: dict[str, list[float]] = {}
     for run in newest_finished(mine).values():

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from study.spec.config import Table
-from study.spec.plan import Trial, key_value
+from study.design.config import Table
+from study.design.plan import Trial, key_value
 
 
 def cell_key(table: Table, trial: Trial) -> tuple:

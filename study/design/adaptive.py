@@ -1,6 +1,6 @@
 """Adaptive seeds: how many seeds each cell of a study's table needs, from the results so far.
 
-Every cell runs `min` seeds first. A comparison the table makes (study.spec.layout) is judged on its cells' seeds
+Every cell runs `min` seeds first. A comparison the table makes (study.design.layout) is judged on its cells' seeds
 0 .. n-1, from n = min: once all of them are done, its 95% interval (study.stats.compared, what the report prints)
 is either within ±target (it stops: "target reached"), or n is `max` (it stops: "max reached"), or it asks for seed
 n of both its cells, so that pairs stay whole, and is judged again on n + 1. A cell runs the most seeds any of its
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from study.records import METRICS, RunRecord, Status, Tag, newest_finished, trial_status
-from study.spec.config import AdaptiveSeeds, Study
-from study.spec.layout import Comparison, cell_key, study_comparisons
-from study.spec.plan import Trial, pairing_of
+from study.design.config import AdaptiveSeeds, Study
+from study.design.layout import Comparison, cell_key, study_comparisons
+from study.design.plan import Trial, pairing_of
 from study.stats import compared
 
 TARGET = "target reached"
@@ -124,6 +124,14 @@ class SeedRule:
     def needed(self, decision: Decision) -> list[Trial]:
         """The trials the decision asks for, in plan order."""
         return [t for t in self.trials if t.seed < decision.seeds[self.cell_of[t.config_hash]]]
+
+    def decided(self, runs: list[RunRecord], known: Optional[dict[str, Optional[tuple[float, tuple]]]] = None
+                ) -> tuple[Decision, list[Trial]]:
+        """(the decision the study's runs make, the trials it asks for): what the driver ends on, and what the report
+        and status count as the study. `known`: outcomes read before (the cached runs of other studies); a run of
+        `runs` that failed counts as done."""
+        decision = self.decide({**(known or {}), **self.recorded(runs, failed=True)})
+        return decision, self.needed(decision)
 
     def first(self) -> list[Trial]:
         """The trials every cell runs whatever the results: its first `min` seeds."""

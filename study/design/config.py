@@ -1,21 +1,17 @@
-"""The study file: YAML loaded with `yaml.safe_load`, a profile overlaid, validated into `Study`.
+"""The study file's parts as data: the dataclasses a study file is validated into (study.design.load reads it), and
+the checks each part makes of itself.
 
-Pure: no Ray, no MLflow. Every user mistake is a `StudyError` whose text is one line naming the
-file, the key path, the bad value and what was expected.
+Pure: no Ray, no MLflow. Every user mistake is a `ConfigError` naming the key path, the bad value and what was
+expected; study.design.load puts the file's name before it.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Union
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
 
-import yaml
-
-from isnm import (CONFIG_KEYS, ConfigError, check, default_config, flat, join, merged, metrics, nested, parse_config,
-                  parse_dataclass, shown, to_dict, unknown_key_message)
-from study.errors import StudyError, first_line
-from study.records import METRICS, SELECTABLE, TABULATED
+from isnm import CONFIG_KEYS, ConfigError, check, join, merged, metrics, nested, unknown_key_message
+from study.records import SELECTABLE, TABULATED
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
 # A study's name and profile name folders (ray_results/<name>-<profile>-<digest>, mlartifacts/<name>)
@@ -135,7 +131,7 @@ def check_distribution(spec: dict, path: str) -> None:
 class AdaptiveSeeds:
     """`seeds: {min, max, target}`: `min` seeds of every cell first, then more (the next integers, up to `max`) only to
     the cells whose comparisons' 95% intervals are still wider than ±`target`, in the table metric's printed unit
-    (study.spec.adaptive; docs/study-files.md, "Adaptive seeds")."""
+    (study.design.adaptive; docs/study-files.md, "Adaptive seeds")."""
     min: int  # seeds every table cell runs first: 0 .. min-1
     max: int  # the most seeds a cell gets
     target: float  # each comparison's 95% interval half-width wanted, in the table metric's printed unit
@@ -295,237 +291,3 @@ def check_override_keys(overrides: dict[str, Any], path: str) -> None:
             raise ConfigError(join(path, key), FIXED_BY_STUDY[key])
         if key not in TRAIN_KEYS:
             raise ConfigError(join(path, key), unknown_key_message(key, list(TRAIN_KEYS)))
-
-
-class StrictLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key repeated in one mapping, where YAML would keep the last silently."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden here, as YAML says
-                continue
-            key = self.construct_object(key_node, deep=True)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {shown(key)} appears twice in one mapping (YAML "
-                                                        f"would keep the last one silently)", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-MAX_NODES = 100_000  # a study file's values, counted with YAML's aliases expanded: studies are hundreds
-
-
-def expanded_nodes(node: yaml.Node, counted: dict[int, int], open_nodes: set[int]) -> int:
-    """How many nodes `node` is with every alias in it expanded, without expanding them: an alias is the node it names,
-    counted once (`counted`); a node that holds itself counts as too many."""
-    if id(node) in counted:
-        return counted[id(node)]
-    if id(node) in open_nodes:
-        return MAX_NODES + 1
-    open_nodes.add(id(node))
-    children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else (
-        node.value if isinstance(node, yaml.SequenceNode) else [])
-    total = 1
-    for child in children:
-        total = min(total + expanded_nodes(child, counted, open_nodes), MAX_NODES + 1)
-    open_nodes.discard(id(node))
-    counted[id(node)] = total
-    return total
-
-
-def bounded_yaml(text: str, path: Path):
-    """The YAML document in `text`, refused when its aliases would expand it past MAX_NODES (an "alias bomb": a few
-    lines that are gigabytes once walked)."""
-    loader = StrictLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is not None and expanded_nodes(node, {}, set()) > MAX_NODES:
-            raise StudyError(f"{path}: more than {MAX_NODES:,} values once its YAML aliases (*name) are expanded; "
-                             "a study file is hundreds")
-        return None if node is None else loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise StudyError(f"{path}: no such study file")
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:  # unreadable: permissions, not text
-        raise StudyError(f"{path}: cannot be read ({type(exc).__name__}: {first_line(str(exc))})") from None
-    try:
-        data = bounded_yaml(text, path)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where, line = "", ""
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-            lines = text.splitlines()
-            line = f": {shown(lines[mark.line].strip())}" if mark.line < len(lines) and lines[mark.line].strip() else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise StudyError(f"{path}: YAML error{where}{line}: {problem}") from None
-    if data is None:
-        raise StudyError(f"{path}: the file is empty; expected a study (name, base, variants, seeds, ...)")
-    if not isinstance(data, dict):
-        raise StudyError(f"{path}: expected a mapping of study keys at the top, got {type(data).__name__}")
-    return data
-
-
-REPLACED_BY_PROFILE = ("variants", "grid", "seeds")
-
-
-def check_profile_name(profile: Any) -> None:
-    check(isinstance(profile, str) and SAFE_NAME.fullmatch(profile) is not None, "profiles", profile,
-          f"a profile name of {SAFE_NAME_RULE}")
-
-
-def check_profiles(data: dict) -> None:
-    """Every profile's name, and its keys: the study's own (a training setting goes under its base:), whichever
-    profile this run uses, so that a mistake in one is found before someone runs it."""
-    profiles = data.get("profiles") or {}
-    check(isinstance(profiles, dict), "profiles", profiles, "a mapping of profile name to study keys")
-    study_keys = [f.name for f in fields(StudyFile) if f.name not in ("name", "profiles")]
-    for profile, overlay in profiles.items():
-        check_profile_name(profile)
-        path = join("profiles", profile)
-        check(isinstance(overlay, dict), path, overlay, "a mapping of study keys")
-        for key in overlay:
-            if key in study_keys:
-                continue
-            if key in ("name", "profiles"):
-                raise ConfigError(join(path, key), f"got {shown(overlay[key])}, expected not set by a profile")
-            if key in TRAIN_KEYS or key in default_config():
-                raise ConfigError(join(path, key), f"a profile overlays the study's keys, and {shown(key)} is a training "
-                                                   f"setting: put it under base: ({join(join(path, 'base'), key)})")
-            raise ConfigError(join(path, key), unknown_key_message(str(key), study_keys))
-
-
-def with_profile(data: dict, profile: Optional[str]) -> dict:
-    if profile is None:
-        return data
-    check_profile_name(profile)
-    profiles = data.get("profiles") or {}
-    if profile not in profiles:  # (a mapping: check_profiles)
-        known = ", ".join(profiles) or "none"
-        raise ConfigError("profiles", f"no profile {shown(profile)} (profiles in this file: {known})")
-    overlay = profiles[profile]
-    # the keys that define the set of trials are replaced whole, so a profile can run fewer rows
-    replaced = {k: v for k, v in overlay.items() if k in REPLACED_BY_PROFILE}
-    return {**merged(data, {k: v for k, v in overlay.items() if k not in REPLACED_BY_PROFILE}), **replaced}
-
-
-def check_table_keys(spec: StudyFile) -> None:
-    """Each key of the table's split, rows and columns is one the study varies, and appears once."""
-    table = spec.table
-    varied = [VARIANT_KEY, *spec.grid, *dict.fromkeys(k for o in spec.variants.values() for k in flat(o))]
-    check(table.columns != [], "table.columns", table.columns,
-          "the keys to lay out as columns; leave columns: out for a table of rows only")
-    placed: dict[str, str] = {}
-    for part, keys in (("split", [table.split] if table.split else []), ("rows", table.row_keys),
-                       ("columns", table.column_keys), ("constants", table.constants)):
-        for key in keys:
-            path = f"table.{part}"
-            if key != VARIANT_KEY and key not in TRAIN_KEYS:
-                raise ConfigError(path, unknown_key_message(key, [VARIANT_KEY, *TRAIN_KEYS]))
-            if key in placed:
-                raise ConfigError(path, f"{shown(key)} is already in table.{placed[key]}; a key goes in one place")
-            if part == "constants" and key in varied:
-                raise ConfigError(path, f"{shown(key)} is varied by this study; put it in table.rows or table.columns")
-            if part != "constants" and key not in varied:
-                raise ConfigError(path, f"{shown(key)} is not varied by this study (no grid: key or variant sets it), so "
-                                        f"it has one value (table.constants shows such a key); the keys it varies: "
-                                        f"{', '.join(varied)}")
-            placed[key] = part
-
-
-FROM_STUDY = "from_study"  # surrogate.schedule: {from_study: NAME}, the schedule a PBT study in the store found
-# NAME (a study's name), the profile of the study that asks -> the per-epoch betas; raises StudyError when not found
-FoundSchedule = Callable[[str, Optional[str]], list[float]]
-
-
-def with_found_schedules(data: Any, profile: Optional[str], found: Optional[FoundSchedule], where: str = "") -> Any:
-    """`data` with every `{from_study: NAME}` replaced by `{beta: [...]}`, the schedule `found` gives (study.run reads
-    it from the tracking store: study.tracking.pbt); unchanged (the same object) when it names none."""
-    if isinstance(data, dict):
-        if list(data) == [FROM_STUDY]:
-            name = data[FROM_STUDY]
-            check(isinstance(name, str) and SAFE_NAME.fullmatch(name) is not None, join(where, FROM_STUDY), name,
-                  "the name of a PBT study in the tracking store")
-            if found is None:
-                raise ConfigError(where, f"{{{FROM_STUDY}: {name}}} is the schedule PBT study {name!r} found, read from "
-                                         f"the tracking store: only study.run and study.submit read it")
-            return {"beta": found(name, profile)}
-        out = {k: with_found_schedules(v, profile, found, join(where, str(k))) for k, v in data.items()}
-        return data if all(out[k] is data[k] for k in data) else out
-    if isinstance(data, list):
-        out = [with_found_schedules(v, profile, found, f"{where}[{i}]") for i, v in enumerate(data)]
-        return data if all(a is b for a, b in zip(out, data)) else out
-    return data
-
-
-def with_schedules_found(data: dict, profile: Optional[str], found: Optional[FoundSchedule]) -> dict:
-    """The study file's `data` with the `{from_study: NAME}` resolved that this run of it trains: those of its
-    profile, and those outside profiles: that the profile does not replace; other profiles' stay as written."""
-    overlay = (data.get("profiles") or {}).get(profile) or {} if profile else {}
-    out = {}
-    for key, value in data.items():
-        if key == "profiles" and profile in (value or {}):
-            out[key] = {**value, profile: with_found_schedules(value[profile], profile, found, join(key, profile))}
-        elif key == "profiles" or (key in REPLACED_BY_PROFILE and key in overlay):
-            out[key] = value
-        else:
-            out[key] = with_found_schedules(value, profile, found, key)
-    return data if all(out[k] is data[k] for k in data) else out
-
-
-def check_pbt(search: Search, base: dict) -> None:
-    """What a population-based search needs of the config it trains."""
-    check(search.interval < base["epochs"], "search.interval", search.interval,
-          f"fewer epochs than base.epochs ({base['epochs']}): members exploit each other every `interval` epochs")
-    if "surrogate.beta" in search.mutate:
-        check(base["surrogate"]["schedule"] == "fixed", "base.surrogate.schedule", base["surrogate"]["schedule"],
-              "fixed: PBT sets the fixed schedule's beta, held through each interval")
-
-
-def load_study(path: str | Path, profile: Optional[str] = None, found: Optional[FoundSchedule] = None) -> Study:
-    """Read, overlay `profile`, validate. Raises StudyError (one line) on any user mistake. `found` resolves each
-    `{from_study: NAME}` (none may be given without it)."""
-    path = Path(path)
-    return study_from(read_yaml(path), path, profile, found)
-
-
-def study_from(data: dict, path: Path, profile: Optional[str] = None, found: Optional[FoundSchedule] = None) -> Study:
-    """`data`, a study file's contents, with `profile` overlaid, validated; errors name `path`."""
-    try:
-        check_profiles(data)
-        resolved = with_schedules_found(data, profile, found)
-        resolved, data = (None, data) if resolved is data else (resolved, resolved)
-        data = with_profile(data, profile)
-        spec: StudyFile = parse_dataclass(StudyFile, data)
-        base = to_dict(parse_config(spec.base, "base"))
-        check_override_keys(flat(spec.base), "base")
-        for name, overrides in spec.variants.items():
-            overrides = flat(overrides)
-            check_override_keys(overrides, join("variants", name))
-            parse_config(with_overrides(base, overrides), join("variants", name))
-        for key, values in spec.grid.items():
-            check_override_keys({key: None}, "grid")
-            for i, value in enumerate(values):
-                try:
-                    parse_config(with_overrides(base, {key: value}))
-                except ConfigError as exc:
-                    raise ConfigError(f"grid.{key}[{i}]", exc.message) from None
-        if spec.search is not None:
-            check_override_keys(spec.search.space, "search.space")
-            if spec.search.algorithm == "pbt":
-                check_pbt(spec.search, base)
-            if METRICS[spec.search.metric].validation and base["validation"] == 0:
-                raise ConfigError("search.metric", f"{spec.search.metric} needs a validation split, but "
-                                                   f"base.validation is 0; set base.validation (0.1 is the default)")
-        if spec.table is not None and spec.search is None:
-            check_table_keys(spec)
-    except ConfigError as exc:
-        raise StudyError(f"{path}: {exc}") from None
-    return Study(str(path), profile, spec, base, resolved)

@@ -13,7 +13,7 @@ from typing import Any
 from isnm import betas_text, config_hash, flat, nested, shown
 from study.errors import StudyError
 from study.records import Tag
-from study.spec.config import VARIANT_KEY, Search, Study, Table, with_overrides
+from study.design.config import VARIANT_KEY, Search, Study, Table, with_overrides
 
 SEARCH_VARIANT = "search"  # the variant tag of every trial a search samples
 PBT_VARIANT = "pbt"  # the variant tag of every member of a population-based search
