@@ -232,9 +232,9 @@ def carried_over(here: Invocation, study: Study, trials: list[Trial],
 
 
 def close_quietly(tracker: MlflowTracker) -> None:
-    """A Ctrl-C that reached fit itself (before Tune could take it, or a second one): the runs of the trials begun
-    end KILLED now rather than RUNNING until the next invocation; best effort, since the store may be what
-    failed, and a second signal must not be held up by it."""
+    """A Ctrl-C that reached fit itself (before Tune could take it, or a second one), or the closing of the runs after
+    it: the runs of the trials begun end KILLED now rather than RUNNING until the next invocation; best effort, since
+    the store may be what failed, and a second signal must not be held up by it."""
     try:
         tracker.backlog.drain()  # a run still being made is made first, then closed with the others
         tracker.close_interrupted()
@@ -280,20 +280,21 @@ def run_on_tune(study: Study, trials: list[Trial], to_run: list[Trial], options:
         with tune_environment(options.verbose):
             tuner = build_tuner(study, to_run, book, experiment, [tracker, progress], options.max_concurrent, resume,
                                 options.verbose, seeds)
-            with interrupts.fitting():
-                try:
+            try:
+                with interrupts.fitting():
                     results = tuner.fit()
-                except KeyboardInterrupt:
-                    close_quietly(tracker)
+                unfinished = tracker.reconcile(results)
+            except KeyboardInterrupt:  # a second signal while Tune stops, or one while the runs are closed after it
+                close_quietly(tracker)
+                raise
+            except Exception as exc:
+                stopped = fit_failure(exc, experiment)
+                if stopped is None:
                     raise
-                except Exception as exc:
-                    stopped = fit_failure(exc, experiment)
-                    if stopped is None:
-                        raise
-                    raise stopped from None
-        unfinished = tracker.reconcile(results)
+                raise stopped from None
     finally:
-        ray.shutdown()
+        with interrupts.deferred():
+            ray.shutdown()
     # a restored experiment also returns trials that finished before: their result replaces "cached"
     # (a trial cut off before it reported anything comes back without its config: it stays "not started")
     rows = {row[0]: row for row in (result_row(r, book.describe) for r in results if r.config is not None)}

@@ -17,6 +17,7 @@ class Interrupts:
 
     def __init__(self):
         self.received: Optional[str] = None
+        self.count = 0  # signals received so far
         self.in_fit = False
         self.deferring = False
         self.previous: dict = {}
@@ -24,6 +25,7 @@ class Interrupts:
     def handle(self, signum: int, frame) -> None:
         first = self.received is None
         self.received = signal.Signals(signum).name
+        self.count += 1
         if self.deferring:
             return  # raised once the section that must not be cut is done
         tune_stop = signal.getsignal(signal.SIGUSR1)
@@ -36,14 +38,16 @@ class Interrupts:
 
     @contextmanager
     def deferred(self):
-        """A section an interrupt must not cut in two (MLflow creating its database tables: a store
-        interrupted there is left unusable); a signal in it takes effect when it ends."""
-        self.deferring = True
+        """A section an interrupt must not cut in two (MLflow creating its database tables: a store interrupted there
+        is left unusable; Ray shutting down: a driver cut off there can be ended by Ray's own threads with another exit
+        code); a signal in it takes effect when it ends."""
+        before, self.deferring = self.count, True
         try:
             yield
         finally:
             self.deferring = False
-        self.raise_if_received()
+        if self.count > before:
+            raise KeyboardInterrupt
 
     @contextmanager
     def fitting(self):
