@@ -224,3 +224,29 @@ def test_example_study_files_validate(text, tmp_path):
 
 def test_the_docs_hold_study_file_examples():
     assert len(study_examples()) >= 4  # a page's examples moved elsewhere would otherwise leave nothing tested
+
+
+COMMANDS = ("run", "report", "status", "submit", "reproduce", "evaluate")
+
+
+def command_options(command: str) -> list[str]:
+    """The long options study.<command>'s parser declares (read from its source: no import, no --help process)."""
+    import ast
+
+    tree = ast.parse((ROOT / "study" / command / "cli.py").read_text())
+    return [arg.value for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and getattr(node.func, "attr", "") == "add_argument"
+            for arg in node.args if isinstance(arg, ast.Constant) and str(arg.value).startswith("--")]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_the_readme_table_names_every_option_of_each_command(command):
+    """README's row of each command lists its options; a row that ends in "..." (study.submit) leaves the rest to
+    docs/clusters.md, which must name them."""
+    (row,) = [line for line in README.read_text().splitlines() if line.startswith(f"| `python -m study.{command} ")]
+    options = command_options(command)
+    assert options, command
+    missing = [o for o in options if o not in row]
+    if " ...]` |" in row or " ...` |" in row:
+        missing = [o for o in missing if o not in (DOCS / "clusters.md").read_text()]
+    assert not missing, f"study.{command}: {missing} in neither README's row nor the page it points to"
