@@ -110,7 +110,7 @@ def test_a_study_outlives_its_jobs_time_limit_and_scancel(slurm, tmp_path):
     The warning is sent the way Slurm sends it (`scancel --batch --signal=USR1`), once the first allocation has
     trained two epochs: Slurm's own clock (a limit in whole minutes, looked at every 30 s) would make the test's
     verdict depend on how fast this machine trains, and alone on an idle machine the study finished before it."""
-    epochs = 20  # the warning comes after the second: the rest outlasts the signal's delivery on any machine
+    epochs = 14  # the warning comes after the second: the rest outlasts the signal's delivery on any machine
     path = small_study(tmp_path, name="slurmed", epochs=epochs, variants={"ISNM": {}}, seeds=[0, 1])
     with_store(tmp_path)
     db, uri = tmp_path / "mlflow.db", f"sqlite:///{tmp_path}/mlflow.db"
