@@ -1,19 +1,21 @@
-"""One training run of an ISNM network: `train(config, on_epoch, resume_state) -> final metrics`, one
-optimizer step of it (`train_step`) and its evaluation (`evaluate`)."""
+"""One training run of an ISNM network: `train(config, on_epoch, resume_state) -> final metrics`, in its parts:
+the set-up (`set_up`), a resume (`resume`, `state_of`), an epoch (`train_epoch`, of `train_step`s) and what is
+measured after it (`measured`, of `evaluate`)."""
 from __future__ import annotations
 
 import copy
 import math
 import time
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
 from isnm.activity import Activity, ActivityMonitor
-from isnm.config import parse_config
-from isnm.data import batches, fingerprint, load_dataset, train_batches
+from isnm.config import TrainConfig, parse_config
+from isnm.data import Dataset, batches, fingerprint, load_dataset, train_batches
 from isnm.kernels import CompileTimer
 from isnm.metrics import (ALPHA, BETA, DATA_FINGERPRINT, EPOCH, EPOCH_SECONDS, KERNEL, KERNEL_FALLBACK, TEST_ACC,
                           TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_SPIKE_RATE)
@@ -97,6 +99,111 @@ def restore_rng(state: dict, generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@dataclass
+class Training:
+    """What a run trains with, made once by `set_up`: the parsed config, the data on its device, the model, its
+    optimizer and the data order's generator. `learned`: the surrogate's betas are parameters."""
+    cfg: TrainConfig
+    device: torch.device
+    data: Dataset
+    data_fingerprint: str
+    model: nn.Module
+    kernel: str
+    precision: AbstractContextManager
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    learned: bool
+
+
+def set_up(config: dict) -> Training:
+    """The run `config` asks for, at epoch 0. Raises ConfigError (bad config) or DataError (data set missing)."""
+    cfg = parse_config(config)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, device, cfg.validation)
+    model, kernel = prepared_model(cfg, data, device)
+    if device.type == "cuda":  # an algorithm search that is faster on GPUs and means nothing on the CPU
+        torch.backends.cudnn.benchmark = True
+    else:
+        reuse_freed_memory()
+    learned = cfg.surrogate.schedule == "learned"
+    betas = learn_beta(model, cfg.surrogate.beta_min, cfg.surrogate.alpha, cfg.surrogate.function) if learned else []
+    weights = [p for p in model.parameters() if all(p is not b for b in betas)]
+    optimizer = torch.optim.Adam([{"params": weights},  # the learned betas: their own rate, no decay toward 0
+                                  *([{"params": betas, "lr": cfg.surrogate.beta_lr, "weight_decay": 0.0}] * learned)],
+                                 lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return Training(cfg, device, data, fingerprint(data), model, kernel, precision_of(cfg, device), optimizer,
+                    torch.Generator(device=device).manual_seed(cfg.seed), learned)
+
+
+def resume(run: Training, state: dict) -> int:
+    """The epoch `state` (an `on_epoch` state) ended; `run` continues from it."""
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    restore_rng(state["rng"], run.generator)
+    return state["epoch"]
+
+
+def state_of(run: Training, epoch: int) -> dict:
+    """A copy of what `resume` needs to continue `run` after `epoch`."""
+    return {"model": copy.deepcopy(run.model.state_dict()), "optimizer": copy.deepcopy(run.optimizer.state_dict()),
+            "epoch": epoch, "rng": rng_state(run.generator)}
+
+
+def train_epoch(run: Training, epoch: int) -> tuple[float, float, float, float]:
+    """(mean training loss, training accuracy, the surrogate's alpha and beta as the epoch ends) of one epoch of
+    `run`, numbered from 1. Raises TrainingDiverged."""
+    cfg, device, data = run.cfg, run.device, run.data
+    steps_per_epoch = -(-len(data.train_y) // cfg.batch_size)  # train_batches keeps the last partial batch
+    alpha, beta = surrogate_at(cfg.surrogate, epoch - 1, cfg.epochs)
+    set_surrogate(run.model, alpha, beta, cfg.surrogate.function)
+    per_step = cfg.surrogate.schedule == "gradual" and cfg.surrogate.update == "step"
+    run.model.train()
+    loss_fn = nn.CrossEntropyLoss()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    first_bad = torch.zeros((), dtype=torch.int64, device=device)  # step of the first non-finite loss
+    bad_loss = torch.zeros((), dtype=torch.float64, device=device)
+    for step, (x, y) in enumerate(train_batches(data, cfg.batch_size, run.generator), start=1):
+        if per_step:
+            alpha, beta = surrogate_at(cfg.surrogate, epoch - 1, cfg.epochs, step - 1, steps_per_epoch)
+            set_surrogate(run.model, alpha, beta, cfg.surrogate.function)
+        loss, logits = train_step(run.model, run.optimizer, x, y, loss_fn, run.precision)
+        # Divergence is noted on the device and checked once an epoch: no host sync inside the step.
+        newly_bad = ~torch.isfinite(loss) & (first_bad == 0)
+        first_bad = torch.where(newly_bad, step, first_bad)
+        bad_loss = torch.where(newly_bad, loss.double(), bad_loss)
+        loss_sum += loss * len(y)
+        correct += (logits.argmax(1) == y).sum()
+    if first_bad.item():
+        raise TrainingDiverged(epoch, first_bad.item(), bad_loss.item())
+    n = len(data.train_y)
+    return loss_sum.item() / n, correct.item() / n, alpha, beta
+
+
+def measured(run: Training, alpha: float, beta: float) -> dict:
+    """What the network does after an epoch that ended at the surrogate's (alpha, beta): the test pass's accuracy
+    and activity, the validation pass's accuracy and firing where the data has one, the kernel that really ran,
+    and the learned betas' (alpha, beta) in place of the given ones where the betas are learned."""
+    cfg, data = run.cfg, run.data
+    if cfg.bn_recalibration:
+        recalibrate_batch_norm(run.model, data.train_x[:cfg.bn_recalibration], cfg.batch_size, run.precision)
+    test_acc, activity = evaluate(run.model, data.test_x, data.test_y, run.precision)
+    val = {}
+    if len(data.val_y):  # what a search may select on: the validation pass's accuracy and firing
+        val_acc, val_activity = evaluate(run.model, data.val_x, data.val_y, run.precision)
+        val = {VAL_ACC: val_acc, VAL_SPIKE_RATE: val_activity.spike_rate}
+    # the loops that really ran: a compilation that failed falls back to eager, and says why
+    ran = {KERNEL: "eager", KERNEL_FALLBACK: kernel_fallback()} if kernel_fallback() else {KERNEL: run.kernel}
+    if run.learned:  # the layers' betas as they end the epoch, and their geometric mean as the study's beta
+        layers = learned_betas(run.model)
+        beta = math.exp(sum(math.log(b) for b in layers.values()) / len(layers))
+        alpha = alpha_for(beta, cfg.surrogate.alpha)
+        val.update({LAYER_BETA + name: b for name, b in layers.items()})  # reported beside val_acc, per epoch
+    return {**val, TEST_ACC: test_acc, BETA: beta, ALPHA: alpha,  # per step: the epoch's last step's
+            **activity.metrics(), **ran, DATA_FINGERPRINT: run.data_fingerprint}
+
+
 def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
           resume_state: dict | None = None, last_epoch: int | None = None) -> dict:
     """Train one ISNM network; returns the last epoch's metrics (their names: isnm.metrics).
@@ -107,80 +214,17 @@ def train(config: dict, on_epoch: Callable[[dict, dict], None] | None = None,
     run's first epochs).
     Raises ConfigError (bad config), DataError (data set missing) or TrainingDiverged.
     """
-    cfg = parse_config(config)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, device, cfg.validation)
-    data_fingerprint = fingerprint(data)
-    model, kernel = prepared_model(cfg, data, device)
-    if device.type == "cuda":  # an algorithm search that is faster on GPUs and means nothing on the CPU
-        torch.backends.cudnn.benchmark = True
-    else:
-        reuse_freed_memory()
-    autocast = precision_of(cfg, device)
-    learned = cfg.surrogate.schedule == "learned"
-    betas = learn_beta(model, cfg.surrogate.beta_min, cfg.surrogate.alpha, cfg.surrogate.function) if learned else []
-    weights = [p for p in model.parameters() if all(p is not b for b in betas)]
-    optimizer = torch.optim.Adam([{"params": weights},  # the learned betas: their own rate, no decay toward 0
-                                  *([{"params": betas, "lr": cfg.surrogate.beta_lr, "weight_decay": 0.0}] * learned)],
-                                 lr=cfg.lr, weight_decay=cfg.weight_decay)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    start = 0
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        restore_rng(resume_state["rng"], generator)
-        start = resume_state["epoch"]
-    loss_fn = nn.CrossEntropyLoss()
-    steps_per_epoch = -(-len(data.train_y) // cfg.batch_size)  # train_batches keeps the last partial batch
+    run = set_up(config)
+    start = resume(run, resume_state) if resume_state is not None else 0
+    compile_timer = CompileTimer(run.cfg.arch, run.cfg.timesteps, run.kernel)
     metrics: dict = {}
-    compile_timer = CompileTimer(cfg.arch, cfg.timesteps, kernel)
-    for epoch in range(start + 1, min(cfg.epochs, last_epoch or cfg.epochs) + 1):
+    for epoch in range(start + 1, min(run.cfg.epochs, last_epoch or run.cfg.epochs) + 1):
         began = time.perf_counter()
-        alpha, beta = surrogate_at(cfg.surrogate, epoch - 1, cfg.epochs)
-        set_surrogate(model, alpha, beta, cfg.surrogate.function)
-        per_step = cfg.surrogate.schedule == "gradual" and cfg.surrogate.update == "step"
-        model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        first_bad = torch.zeros((), dtype=torch.int64, device=device)  # step of the first non-finite loss
-        bad_loss = torch.zeros((), dtype=torch.float64, device=device)
-        for step, (x, y) in enumerate(train_batches(data, cfg.batch_size, generator), start=1):
-            if per_step:
-                alpha, beta = surrogate_at(cfg.surrogate, epoch - 1, cfg.epochs, step - 1, steps_per_epoch)
-                set_surrogate(model, alpha, beta, cfg.surrogate.function)
-            loss, logits = train_step(model, optimizer, x, y, loss_fn, autocast)
-            # Divergence is noted on the device and checked once an epoch: no host sync inside the step.
-            newly_bad = ~torch.isfinite(loss) & (first_bad == 0)
-            first_bad = torch.where(newly_bad, step, first_bad)
-            bad_loss = torch.where(newly_bad, loss.double(), bad_loss)
-            loss_sum += loss * len(y)
-            correct += (logits.argmax(1) == y).sum()
-        if first_bad.item():
-            raise TrainingDiverged(epoch, first_bad.item(), bad_loss.item())
-        n = len(data.train_y)
-        if cfg.bn_recalibration:
-            recalibrate_batch_norm(model, data.train_x[:cfg.bn_recalibration], cfg.batch_size, autocast)
-        test_acc, activity = evaluate(model, data.test_x, data.test_y, autocast)
-        val = {}
-        if len(data.val_y):  # what a search may select on: the validation pass's accuracy and firing
-            val_acc, val_activity = evaluate(model, data.val_x, data.val_y, autocast)
-            val = {VAL_ACC: val_acc, VAL_SPIKE_RATE: val_activity.spike_rate}
-        # the loops that really ran: a compilation that failed falls back to eager, and says why
-        ran = {KERNEL: "eager", KERNEL_FALLBACK: kernel_fallback()} if kernel_fallback() else {KERNEL: kernel}
-        if learned:  # the layers' betas as they end the epoch, and their geometric mean as the study's beta
-            layers = learned_betas(model)
-            beta = math.exp(sum(math.log(b) for b in layers.values()) / len(layers))
-            alpha = alpha_for(beta, cfg.surrogate.alpha)
-            val.update({LAYER_BETA + name: b for name, b in layers.items()})  # reported beside val_acc, per epoch
-        metrics = {EPOCH: epoch, TRAIN_LOSS: loss_sum.item() / n, TRAIN_ACC: correct.item() / n, **val,
-                   TEST_ACC: test_acc, BETA: beta, ALPHA: alpha,  # per step: the epoch's last step's
-                   EPOCH_SECONDS: time.perf_counter() - began, **activity.metrics(), **ran,
-                   DATA_FINGERPRINT: data_fingerprint}
-        compile_timer.epoch_ended(metrics[EPOCH_SECONDS], ran[KERNEL])
+        loss, accuracy, alpha, beta = train_epoch(run, epoch)
+        after = measured(run, alpha, beta)
+        metrics = {EPOCH: epoch, TRAIN_LOSS: loss, TRAIN_ACC: accuracy, **after,
+                   EPOCH_SECONDS: time.perf_counter() - began}
+        compile_timer.epoch_ended(metrics[EPOCH_SECONDS], metrics[KERNEL])
         if on_epoch is not None:
-            state = {"model": copy.deepcopy(model.state_dict()),
-                     "optimizer": copy.deepcopy(optimizer.state_dict()),
-                     "epoch": epoch, "rng": rng_state(generator)}
-            on_epoch(dict(metrics), state)
+            on_epoch(dict(metrics), state_of(run, epoch))
     return metrics

@@ -1,6 +1,7 @@
 """study.submit: the sbatch script of a study, the mistakes refused before anything is submitted, and a real Slurm
 job (tests/slurm_cluster.py) that hits its time limit, requeues itself and resumes the study to the end."""
 import os
+import re
 import subprocess
 import sys
 import time
@@ -9,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from study.errors import StudyError
 from study.records import Tag
-from study.submit.cli import absolute_uri, file_system, sqlite_warning
-from study.submit.script import time_limit_seconds
+from study.submit.cli import absolute_uri, check_header_values, file_system, parse_args, sqlite_warning
+from study.submit.script import FINISHED, TEMPLATE, SlurmJob, filled, script, time_limit_seconds
 from tests.slurm_cluster import Slurm
 from tests.studies import ROOT, loopback_env, small_study, steps, trial_runs, wait_for, with_store
 
@@ -25,6 +27,43 @@ def submit(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Complet
                                            ("1-12:30", 131400), ("1-00:00:05", 86405)])
 def test_time_limits_read_as_sbatch_reads_them(text, seconds):
     assert time_limit_seconds(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["\n\n90", "90\n", " 90", "2-0:0:0:0", "1:2:3:4", "tomorrow"])
+def test_what_sbatch_would_not_read_as_a_time_limit_is_refused(text):
+    with pytest.raises(StudyError, match="--time: got .*, expected a Slurm time limit"):
+        time_limit_seconds(text)
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--partition", "gpu\ntouch /tmp/x/pwned", "without newlines or control characters"),
+    ("--account", "lab\rrm -rf ~", "without newlines or control characters"),
+    ("--sbatch-arg", "--qos=high\ntouch /tmp/x/pwned", "without newlines or control characters"),
+    ("--time", "\n\n90", "without newlines or control characters"),  # would end the header: --signal ignored
+    ("--partition", "gpu debug", "without spaces"),
+    ("--account", "lab\x00", "without newlines or control characters"),
+])
+def test_a_value_that_would_leave_its_sbatch_line_is_refused(flag, value, expected):
+    args = parse_args(["study.yaml", "--slurm", f"{flag}={value}"])
+    with pytest.raises(StudyError, match=f"^{flag}: got {re.escape(repr(value))}, expected a value {expected}$"):
+        check_header_values(args)
+    check_header_values(parse_args(["study.yaml", "--slurm", "--partition=gpu", "--account=lab", "--time=1-12:00",
+                                    "--sbatch-arg=--comment=a b"]))  # a space within an sbatch option is sbatch's
+
+
+def test_the_script_fills_every_placeholder_of_its_template_and_keeps_its_header_whole():
+    job = SlurmJob(name="isnm-x", study_file="/a b/x.yaml", profile="demo", workdir="/w", activate="source /v/bin/activate",
+                   storage="/s", tracking_uri="sqlite:////t/mlflow.db", folder="/s/slurm", nodes=2, gpus_per_node=4,
+                   cpus_per_node=16, time="10", stop_before=60, max_requeues=3, partition="gpu", sbatch_args=("--qos=x",))
+    text = script(job, "/s/slurm/isnm-x.sbatch")
+    assert "{{" not in text and "}}" not in text
+    assert "python -m study.run '/a b/x.yaml' --profile demo --address" in text and f'"$code" = {FINISHED}' in text
+    lines = text.splitlines()
+    header = lines[1:lines.index("")]  # sbatch reads #SBATCH lines until the first command
+    assert all(line.startswith("#") for line in header) and "#SBATCH --signal=B:USR1@60" in header, header
+    assert header[-1] == "#SBATCH --qos=x"
+    with pytest.raises(ValueError, match="placeholders"):
+        filled(TEMPLATE.read_text(), {"name": "x"})
 
 
 def test_the_dry_run_prints_a_script_bash_accepts_and_writes_nothing(tmp_path):
@@ -52,6 +91,8 @@ def test_the_dry_run_prints_a_script_bash_accepts_and_writes_nothing(tmp_path):
     (("--slurm", "--gpus-per-node", "2", "--time", "tomorrow"), "--time: got 'tomorrow', expected a Slurm time limit"),
     (("--slurm", "--gpus-per-node", "2", "--sbatch-arg", "qos=high"), "--sbatch-arg: got 'qos=high', expected"),
     (("--slurm", "--gpus-per-node", "2", "--nodes", "0"), "--nodes: got 0, expected an integer >= 1"),
+    (("--slurm", "--gpus-per-node", "2", "--partition", "gpu\ntouch pwned"),
+     "--partition: got 'gpu\\ntouch pwned', expected a value without newlines or control characters"),
     (("--slurm", "--gpus-per-node", "2", "--storage", "my results"), "holds a space or %, which an #SBATCH line"),
     (("--slurm", "--gpus-per-node", "2", "--tracking-uri", "http://127.0.0.1:5000"),
      "the job's nodes would reach their own loopback"),

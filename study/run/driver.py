@@ -22,7 +22,7 @@ from study.run.progress import Progress
 from study.run.seeds import AdaptiveSeeds, settled_lines
 from study.run.signals import Interrupts
 from study.run.storage import Experiment, experiment_at
-from study.run.tuner import TrialBook, build_tuner, resumable, tune_environment
+from study.run.tuner import TrialBook, TunePlan, new_tuner, resumable, restored_tuner, tune_environment
 from study.design.config import Study
 from study.design.adaptive import SeedRule
 from study.design.plan import Trial
@@ -149,7 +149,8 @@ def run_trials(study: Study, trials: list[Trial], options: RunOptions, here: Inv
         copy_cached(study, trials, cached, here)
     rows = {t.name: (t.name, "cached" if t.config_hash in cached else "not started", "-") for t in trials}
     if to_run or study.spec.search is not None:
-        rows.update(run_on_tune(study, trials, to_run, options, here, interrupts, seeds))
+        rows.update(run_on_tune(TunePlan(study, trials, to_run, options.max_concurrent, seeds), options, here,
+                                interrupts))
     if study.adaptive is not None:  # the study is the trials its results asked for, as the report will count them
         final, wanted = rule.decided(list(read_runs(here.client, [here.exp_id], Kind.TRIAL)), known)
         copy_cached(study, [t for t in wanted if t.config_hash not in copied], cached, here)  # asked for after all
@@ -242,11 +243,12 @@ def close_quietly(tracker: MlflowTracker) -> None:
         pass
 
 
-def run_on_tune(study: Study, trials: list[Trial], to_run: list[Trial], options: RunOptions, here: Invocation,
-                interrupts: Interrupts, seeds: Optional[AdaptiveSeeds] = None) -> dict[str, tuple[str, str, str]]:
-    """Run `to_run` (or the search, or those of `to_run` adaptive `seeds` ask for) on Ray Tune, resuming the
+def run_on_tune(plan: TunePlan, options: RunOptions, here: Invocation,
+                interrupts: Interrupts) -> dict[str, tuple[str, str, str]]:
+    """Run the plan's trials (or its search, or those its adaptive seeds ask for) on Ray Tune, resuming the
     interrupted experiment of this plan when there is one; the summary's row of each trial Tune returned, and of
     each it left unfinished."""
+    study, trials, to_run, seeds = plan.study, plan.trials, plan.to_run, plan.seeds
     experiment = here.experiment
     resume, why_not = (False, "") if options.fresh or options.rerun else resumable(
         experiment, to_run, study.spec.search is not None)
@@ -278,8 +280,8 @@ def run_on_tune(study: Study, trials: list[Trial], to_run: list[Trial], options:
             progress = Progress(len(trials), len(trials) - len(to_run), study.table.metrics[0], book.describe,
                                 max(len(t.name) for t in trials), planned=to_run, **on)
         with tune_environment(options.verbose):
-            tuner = build_tuner(study, to_run, book, experiment, [tracker, progress], options.max_concurrent, resume,
-                                options.verbose, seeds)
+            made = restored_tuner if resume else new_tuner
+            tuner = made(plan, book, experiment, [tracker, progress], options.verbose)
             try:
                 with interrupts.fitting():
                     results = tuner.fit()

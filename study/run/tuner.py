@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Optional
 
 import ray
@@ -228,33 +229,48 @@ def tune_environment(verbose: bool):
                 os.environ[key] = value
 
 
-def build_tuner(study: Study, to_run: list[Trial], book: TrialBook, experiment: Experiment, callbacks: list,
-                max_concurrent: Optional[int], resume: bool, verbose: bool,
-                seeds: Optional[AdaptiveSeeds] = None) -> tune.Tuner:
-    """The restored Tuner of this plan's interrupted experiment, or a new one over `to_run` (with adaptive `seeds`,
-    over the trials it proposes). Tune prints nothing of its own unless `verbose` (study.run.progress prints the
-    trials' events). Made inside `tune_environment`."""
-    callbacks = with_loggers(callbacks)
-    verbosity = None if verbose else 0  # None: Tune's default tables
+@dataclass(frozen=True)
+class TunePlan:
+    """What one invocation hands to Ray Tune: the study, all its trials, those to run (the others are cached), how
+    many may run at once (--max-concurrent; None: the study file's), and an adaptive study's `seeds`, which propose
+    the trials its results ask for."""
+    study: Study
+    trials: list[Trial]
+    to_run: list[Trial]
+    max_concurrent: Optional[int] = None
+    seeds: Optional[AdaptiveSeeds] = None
+
+
+def restored_tuner(plan: TunePlan, book: TrialBook, experiment: Experiment, callbacks: list,
+                   verbose: bool) -> tune.Tuner:
+    """The Tuner of this plan's interrupted experiment, restored, its unfinished trials on the resources they
+    started with. Tune prints nothing of its own unless `verbose`. Made inside `tune_environment`."""
+    now = {"cpu": plan.study.spec.resources.cpu, "gpu": plan.study.spec.resources.gpu}
+    moved.install()  # what Tune pickled names this project's modules by the paths they had then
+    try:
+        resumed = [t for t in tune.ExperimentAnalysis(experiment.uri).trials
+                   if t.status != "TERMINATED" and t.checkpoint is not None]
+        # an experiment made before its resources were recorded runs on the study file's, as it did then
+        resources = TrialResources(now, experiment.planned_resources(), tuple(t.config for t in resumed))
+        fn = tune.with_resources(tune.with_parameters(trainable, book=book), resources)
+        tuner = tune.Tuner.restore(experiment.uri, trainable=fn, resume_unfinished=True, resume_errored=True)
+    except Exception as exc:  # a damaged experiment state fails in many ways; all end the same for the user
+        raise StudyError(f"cannot resume the Ray experiment {experiment.uri} ({type(exc).__name__}: "
+                         f"{first_line(str(exc))}); "
+                         f"run again with --fresh to start it over (the old folder is kept aside)") from None
+    note = resources.kept_note([book.describe(t.config).name for t in resumed])
+    if note:
+        print(note)
+    replace_callbacks(tuner, with_loggers(callbacks), None if verbose else 0, plan.seeds)
+    return tuner
+
+
+def new_tuner(plan: TunePlan, book: TrialBook, experiment: Experiment, callbacks: list, verbose: bool) -> tune.Tuner:
+    """A Tuner over `plan.to_run` (or the search, or the trials adaptive seeds propose), in a new experiment folder:
+    an earlier one of this plan is set aside. Tune prints nothing of its own unless `verbose` (None: its default
+    tables; study.run.progress prints the trials' events). Made inside `tune_environment`."""
+    study = plan.study
     now = {"cpu": study.spec.resources.cpu, "gpu": study.spec.resources.gpu}
-    if resume:
-        moved.install()  # what Tune pickled names this project's modules by the paths they had then
-        try:
-            resumed = [t for t in tune.ExperimentAnalysis(experiment.uri).trials
-                       if t.status != "TERMINATED" and t.checkpoint is not None]
-            # an experiment made before its resources were recorded runs on the study file's, as it did then
-            resources = TrialResources(now, experiment.planned_resources(), tuple(t.config for t in resumed))
-            fn = tune.with_resources(tune.with_parameters(trainable, book=book), resources)
-            tuner = tune.Tuner.restore(experiment.uri, trainable=fn, resume_unfinished=True, resume_errored=True)
-        except Exception as exc:  # a damaged experiment state fails in many ways; all end the same for the user
-            raise StudyError(f"cannot resume the Ray experiment {experiment.uri} ({type(exc).__name__}: "
-                             f"{first_line(str(exc))}); "
-                             f"run again with --fresh to start it over (the old folder is kept aside)") from None
-        note = resources.kept_note([book.describe(t.config).name for t in resumed])
-        if note:
-            print(note)
-        replace_callbacks(tuner, callbacks, verbosity, seeds)
-        return tuner
     # trials carrying on from an earlier experiment's checkpoints keep that experiment's resources, as restored ones do
     resources = TrialResources(now, book.carried_with, tuple({"trial": name} for name in book.carried))
     note = resources.kept_note(list(book.carried))
@@ -263,11 +279,12 @@ def build_tuner(study: Study, to_run: list[Trial], book: TrialBook, experiment: 
     fn = tune.with_resources(tune.with_parameters(trainable, book=book), resources)
     if experiment.exists():  # an earlier, finished or abandoned, experiment of this plan: keep it aside
         experiment.set_aside()
-    experiment.write_plan(to_run, now)
+    experiment.write_plan(plan.to_run, now)
     run_config = tune.RunConfig(
-        name=experiment.name, storage_path=experiment.storage, callbacks=callbacks, verbose=verbosity,
+        name=experiment.name, storage_path=experiment.storage, callbacks=with_loggers(callbacks),
+        verbose=None if verbose else 0,
         # a PBT member's checkpoints are pruned by the member itself (study.run.worker.prune_member_checkpoints)
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None if book.pbt else 2),
         failure_config=tune.FailureConfig(max_failures=study.spec.retries))
-    return tune.Tuner(fn, param_space=param_space(study, to_run),
-                      tune_config=tune_config(study, max_concurrent, seeds), run_config=run_config)
+    return tune.Tuner(fn, param_space=param_space(study, plan.to_run),
+                      tune_config=tune_config(study, plan.max_concurrent, plan.seeds), run_config=run_config)

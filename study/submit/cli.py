@@ -23,6 +23,7 @@ from study.submit.script import SlurmJob, script, time_limit_seconds
 
 STOP_BEFORE_S = 300  # Slurm may warn up to a minute early; a trial loses at most the epoch it is in
 MAX_REQUEUES = 10  # a Table 1 study (200 epochs a trial) needs several 24 h jobs; a loop needs fewer than this to show
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # newlines among them
 # file systems on which sqlite's locking is unsafe (sqlite.org/lockingv3.html#how_to_corrupt)
 NETWORK_FS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "ceph", "fuse.sshfs", "glusterfs",
               "fuse.glusterfs", "fuse.beegfs", "panfs", "wekafs"}
@@ -101,6 +102,20 @@ def cpus_per_node(study: Study, args: argparse.Namespace) -> int:
     return max(1, math.ceil(trials * cpu))
 
 
+def check_header_values(args: argparse.Namespace) -> None:
+    """StudyError for a value that would not stay within its #SBATCH line: a newline ends the line, and what
+    follows runs as a command (or ends the header, so that sbatch ignores the lines after it); a space splits it."""
+    values = [("--partition", args.partition), ("--account", args.account), ("--time", args.time),
+              *(("--sbatch-arg", arg) for arg in args.sbatch_arg)]
+    for flag, value in values:
+        if value is None:
+            continue
+        if CONTROL.search(value):
+            raise StudyError(f"{flag}: got {value!r}, expected a value without newlines or control characters")
+        if flag != "--sbatch-arg" and " " in value:
+            raise StudyError(f"{flag}: got {value!r}, expected a value without spaces")
+
+
 def job_for(study: Study, args: argparse.Namespace) -> tuple[SlurmJob, Path]:
     """The job `args` asks for, and where its script goes; StudyError for what Slurm would refuse or a study
     cannot use."""
@@ -111,6 +126,7 @@ def job_for(study: Study, args: argparse.Namespace) -> tuple[SlurmJob, Path]:
             ("--max-requeues", args.max_requeues, ">= 0") if args.max_requeues < 0 else
             ("--stop-before", args.stop_before, ">= 1 (seconds)"))
         raise StudyError(f"{wrong[0]}: got {wrong[1]}, expected an integer {wrong[2]}")
+    check_header_values(args)
     limit = time_limit_seconds(args.time)
     if args.stop_before >= limit:
         raise StudyError(f"--stop-before: {args.stop_before} s, not shorter than --time {args.time} ({limit} s): the "
