@@ -9,7 +9,9 @@ surrogate  the surrogate gradients and the spike op
 neuron     the ISNM neuron and its kernels (eager, compiled)
 bn_neuron  batch norm -> (max pool) -> ISNM as one op
 conv       a convolution whose input is spikes, keeping one byte per spike for backward
-models     the networks: tiny, VGG-small, ResNet-18
+models     the networks: tiny, VGG-small, ResNet-18; NetSpec, what every network is built for; yours, by name
+layers     the public layers a spiking network is built from (the built-in ones are): SpikingNet, ISNM, BNISNM, ...
+plugins    your own network or data set named in a config (module:callable, or an installed package's name)
 activity   what a network does on a test pass: firing rates, synaptic operations, energy
 kernels    what compiling the ISNM kernels costs and saves, measured: which one `kernel: auto` runs (no torch)
 runtime    how a config runs on this machine: device, kernel, memory layout, precision, the prepared network
@@ -28,12 +30,14 @@ from typing import Any
 EXPORTS = {
     **dict.fromkeys(("CONFIG_KEYS", "ConfigError", "TrainConfig", "check", "default_config", "flat", "join", "merged", "nested",
                      "parse_config", "parse_dataclass", "to_dict", "unknown_key_message", "config_hash",
-                     "HASHED_WHEN_SET", "with_setting", "shown", "SurrogateConfig"), "isnm.config"),
+                     "HASHED_WHEN_SET", "with_setting", "shown", "SurrogateConfig", "ARCHS", "DATASETS"), "isnm.config"),
     "metrics": "isnm.metrics",
     **dict.fromkeys(("surrogate_at", "betas_text"), "isnm.schedule"),
     **dict.fromkeys(("DataError", "check_data"), "isnm.datafiles"),
-    **dict.fromkeys(("Dataset", "load_dataset"), "isnm.data"),
-    **dict.fromkeys(("MEASURED", "compile_note", "compile_seconds", "compile_seconds_here", "compiled_here",
+    **dict.fromkeys(("Dataset", "Images", "load_dataset"), "isnm.data"),
+    **dict.fromkeys(("PluginError", "PluginSource", "source_of", "is_reference", "check_sources"), "isnm.plugins"),
+    **dict.fromkeys(("NetSpec", "SpikingNet", "network", "check_output", "BUILT_IN"), "isnm.models"),
+    **dict.fromkeys(("MEASURED", "figures", "measured_source", "compile_note", "compile_seconds", "compile_seconds_here", "compiled_here",
                      "device_type_of", "kernel_for"), "isnm.kernels"),
     **dict.fromkeys(("resolve_device", "resolve_kernel", "channels_last", "precision_of", "reuse_freed_memory",
                      "prepared_model"), "isnm.runtime"),

@@ -3,8 +3,10 @@
 Synaptic operations (SynOps) count what a spike costs on event-driven hardware: each spike triggers one
 accumulate (AC) in every weight it drives, so a layer fed spikes costs spikes x fan-out ACs. They are
 counted exactly, border effects included, where spikes meet weights:
-- a `SpikeConv2d`: the ACs are those of the convolution with every weight 1, which is C_out times the
-  sum over each output position of the spikes in its receptive field;
+- a convolution in the body (`SpikeConv2d`, or any `nn.Conv2d` there): the ACs are those of the convolution
+  with every weight 1, which is C_out times the sum over each output position of the spikes in its receptive
+  field;
+- a linear layer in the body (a spiking MLP's): each spike drives every output, spikes x out_features;
 - the readout (`SpikingNet.head`): one AC per spike per class (ResNet's average pool folds into the
   linear layer's weights);
 - an identity shortcut (ResNet): one AC per spike, the addition of the spike to the block's current.
@@ -24,7 +26,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from isnm.conv import SpikeConv2d
 from isnm.metrics import ENERGY, ENERGY_ANN, LAYER_RATE, SPIKE_RATE, SYNOPS
 from isnm.neuron import ISNM
 
@@ -87,6 +88,8 @@ class ActivityMonitor:
     def __init__(self, model: nn.Module):
         self.model, self.activity, self.hooks = model, Activity(), []
         self.batch = 0  # images in the forward pass under way
+        self.sees_images: set[int] = set()  # the encoder's layers: multiply-accumulates on the image
+        self.in_head: set[int] = set()  # the readout's layers: counted once, by the head's own hook
 
     def count_images(self, model, inputs) -> None:
         self.batch = len(inputs[0])
@@ -102,10 +105,14 @@ class ActivityMonitor:
     def count_weights(self, module, inputs, out) -> None:
         macs = macs_per_sample(module, out) * self.batch  # a folded sample is one image at one step; an ANN has one
         self.activity.ann_macs += macs
-        if isinstance(module, SpikeConv2d):
-            self.activity.synops += module.out_channels * receptive_field_spikes(inputs[0], module).item()
-        elif isinstance(module, nn.Conv2d):
+        if id(module) in self.sees_images:
             self.activity.encoder_macs += macs
+        elif id(module) in self.in_head:
+            return
+        elif isinstance(module, nn.Conv2d):
+            self.activity.synops += module.out_channels * receptive_field_spikes(inputs[0], module).item()
+        else:
+            self.activity.synops += inputs[0].sum(dtype=torch.float64).item() * module.out_features
 
     def count_fan_out(self, fan_out: int):
         def hook(module, inputs, out):
@@ -115,6 +122,8 @@ class ActivityMonitor:
     def __enter__(self) -> Activity:
         model = self.model
         readout = next(m for m in model.head.modules() if isinstance(m, nn.Linear))
+        self.sees_images = {id(m) for m in model.encoder.modules()}
+        self.in_head = {id(m) for m in model.head.modules()}
         self.hooks = [model.register_forward_pre_hook(self.count_images),
                       model.head.register_forward_hook(self.count_fan_out(readout.out_features))]
         for name, module in model.named_modules():

@@ -264,10 +264,12 @@ class SurrogateConfig:
 class TrainConfig:
     # The paper's recipe (section 3.1): Adam, lr 1e-3, weight decay 1e-4, cross-entropy.
     # Data set, architecture and length default to the embedded digits demo.
-    dataset: Literal[DATASETS] = "digits"
+    dataset: str = "digits"  # digits, cifar10, cifar100, a name a package registers, or module:callable
+    dataset_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments to your data set's callable
     data_dir: str = "./data"
     download: bool = False
-    arch: Literal[ARCHS] = "tiny"
+    arch: str = "tiny"  # tiny, vgg_small, resnet18, a name a package registers, or module:callable
+    arch_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments to your network's callable
     width: float = 1.0  # every layer's channels times this (1 = the paper's networks; < 1 for a quick look on a CPU)
     timesteps: int = 5
     epochs: int = 10
@@ -298,8 +300,17 @@ class TrainConfig:
     conv_backward: Literal["auto", "chunked", "whole"] = "auto"
     neuron: NeuronConfig = field(default_factory=NeuronConfig)
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
+    arch_source: str = ""  # hashed: edited code trains again, and a trial refuses code of another digest
+    dataset_source: str = ""  # as arch_source
 
     def check(self, path: str) -> None:
+        check_plugin_name("arch", self.arch, ARCHS, path)
+        check_plugin_name("dataset", self.dataset, DATASETS, path)
+        for key in ("arch", "dataset"):
+            if getattr(self, f"{key}_args"):
+                check(getattr(self, key) not in (ARCHS if key == "arch" else DATASETS), join(path, f"{key}_args"),
+                      getattr(self, f"{key}_args"), f"nothing for the built-in {key} {getattr(self, key)!r} "
+                                                    f"(only your own code takes {key}_args)")
         for key in ("timesteps", "epochs", "batch_size"):
             check(getattr(self, key) >= 1, join(path, key), getattr(self, key), "an integer >= 1")
         check(self.lr > 0, join(path, "lr"), self.lr, "a number > 0")
@@ -313,6 +324,20 @@ class TrainConfig:
             check(len(self.surrogate.schedule.beta) == self.epochs, join(path, "surrogate.schedule.beta"),
                   self.surrogate.schedule.beta, f"one beta for each of the {self.epochs} epochs "
                                                 f"(got {len(self.surrogate.schedule.beta)})")
+
+
+def check_plugin_name(key: str, name: str, built_in: tuple[str, ...], path: str) -> None:
+    """ConfigError unless `name` is built in, registered by an installed package, or module:callable."""
+    from isnm.plugins import REFERENCE, GROUPS, is_reference, registered
+
+    if name in built_in:
+        return
+    if is_reference(name):
+        check(bool(REFERENCE.match(name)), join(path, key), name, "module:callable, e.g. my_nets:spiking_mlp")
+        return
+    check(name in registered(key), join(path, key), name,
+          f"{' or '.join(repr(b) for b in built_in)}, a name an installed package registers ({GROUPS[key]}), or your "
+          f"own code as module:callable")
 
 
 def parse_config(config: dict, path: str = "") -> TrainConfig:
@@ -336,7 +361,8 @@ UNHASHED_KEYS = ("data_dir", "download")
 # before them computed: a new option must not turn every finished run into a stranger (not cached, not
 # found by the report). Every option added from now on goes here with that default.
 HASHED_WHEN_SET = {"surrogate.function": "tanh", "surrogate.shape": "loglinear", "surrogate.update": "epoch",
-                   "memory_format": "auto", "conv_backward": "auto", "surrogate.beta_lr": 0.01}
+                   "memory_format": "auto", "conv_backward": "auto", "surrogate.beta_lr": 0.01,
+                   "arch_source": "", "dataset_source": ""}
 
 
 def config_hash(config: dict) -> str:

@@ -1,7 +1,9 @@
 """Data sets held as whole tensors on the training device, with augmentation as batched tensor ops.
 
 digits (scikit-learn's 8x8 handwritten digits, shipped with the package) is the embedded default;
-cifar10 and cifar100 are read from CIFAR's "python version" files under `data_dir`.
+cifar10 and cifar100 are read from CIFAR's "python version" files under `data_dir`. Your own set is a callable
+that returns `Images` (`dataset: module:callable`): the validation split, the move to the device and the
+fingerprint are done here, as for the built-in sets.
 """
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from isnm.config import DATASETS
 from isnm.datafiles import CIFAR, cifar_folder, read_cifar, read_digits
+from isnm.plugins import PluginError, first_line, loaded
 
 DIGITS_SPLIT_SEED = 0  # fixed, so every run of every study sees the same digits test set
 DIGITS_TEST_FRACTION = 0.25
@@ -38,6 +40,73 @@ class Dataset:
     @property
     def image_size(self) -> int:
         return self.train_x.shape[-1]
+
+
+@dataclass(frozen=True)
+class Images:
+    """What your data set's callable returns (`dataset: module:callable`, called with `dataset_args`): square images
+    [N, C, H, H] as floats, normalized as you want them (nothing is done to them), integer labels [N] in
+    [0, num_classes), a training and a test set. `augment`: random crop and flip while training, off unless asked.
+    The validation split (the config's `validation`) is taken from the training set here."""
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    augment: bool = False
+
+
+def checked_images(images: object, name: str, validation: float) -> Images:
+    """`images`, if it is what a data set callable must return; PluginError naming what is wrong otherwise."""
+    def fail(what: str) -> None:
+        raise PluginError(f"dataset {name}: {what}")
+
+    if not isinstance(images, Images):
+        fail(f"returned {type(images).__name__}, expected isnm.data.Images")
+    if not isinstance(images.num_classes, int) or images.num_classes < 2:
+        fail(f"num_classes {images.num_classes!r}, expected an integer >= 2")
+    for part in ("train", "test"):
+        x, y = getattr(images, f"{part}_x"), getattr(images, f"{part}_y")
+        if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() == 4 and x.shape[2] == x.shape[3]):
+            fail(f"{part}_x: {describe_tensor(x)}, expected square float images [N, C, H, H]")
+        if not (isinstance(y, torch.Tensor) and y.dim() == 1 and not y.is_floating_point() and y.dtype != torch.bool):
+            fail(f"{part}_y: {describe_tensor(y)}, expected integer labels [N]")
+        if len(x) != len(y):
+            fail(f"{part}_x holds {len(x)} images but {part}_y {len(y)} labels")
+        if len(y) and not (0 <= int(y.min()) and int(y.max()) < images.num_classes):
+            fail(f"{part}_y: labels from {int(y.min())} to {int(y.max())}, expected 0 to {images.num_classes - 1}")
+    if images.train_x.shape[1:] != images.test_x.shape[1:]:
+        fail(f"training images {list(images.train_x.shape[1:])} and test images {list(images.test_x.shape[1:])} differ")
+    keep, held = validation_split(len(images.train_y), validation)
+    if not len(keep) or not len(images.test_y) or (validation > 0 and not len(held)):
+        fail(f"{len(images.train_y)} training and {len(images.test_y)} test images: too few to hold out "
+             f"validation {validation:g} and train on the rest")
+    return images
+
+
+def describe_tensor(value: object) -> str:
+    if not isinstance(value, torch.Tensor):
+        return f"a {type(value).__name__}"
+    return f"a {str(value.dtype).removeprefix('torch.')} tensor of shape {list(value.shape)}"
+
+
+def load_images(name: str, args: dict, folder, device: torch.device, validation: float) -> Dataset:
+    """Your data set `name` (module:callable or a registered name), called with `args`, checked, split, on `device`."""
+    load = loaded("dataset", name, folder)
+    try:
+        images = load(**args)
+    except Exception as exc:  # the user's code: its traceback stays on the exception, for the trial's log
+        raise PluginError(f"dataset {name}: calling it with dataset_args {args} failed: {type(exc).__name__}: "
+                          f"{first_line(exc)}") from exc
+    images = checked_images(images, name, validation)
+    keep, held = validation_split(len(images.train_y), validation)
+
+    def prepared(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.float().to(device), y.long().to(device)
+
+    return Dataset(*prepared(images.train_x[keep], images.train_y[keep]),
+                   *prepared(images.train_x[held], images.train_y[held]),
+                   *prepared(images.test_x, images.test_y), images.num_classes, images.augment)
 
 
 def normalized(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -83,8 +152,10 @@ def load_cifar(name: str, data_dir: str, download: bool, device: torch.device, v
 
 
 def load_dataset(name: str, data_dir: str = "./data", download: bool = False,
-                 device: torch.device | str = "cpu", validation: float = 0.0) -> Dataset:
-    """Data set `name` on `device`, with `validation` (a fraction) of its training set held out."""
+                 device: torch.device | str = "cpu", validation: float = 0.0, args: dict | None = None,
+                 folder=None) -> Dataset:
+    """Data set `name` on `device`, with `validation` (a fraction) of its training set held out: built in, or your
+    own (`args` its keyword arguments, its module found in `folder` first)."""
     device = torch.device(device)
     if not 0.0 <= validation < 1.0:
         raise ValueError(f"validation must be a fraction in [0, 1), got {validation!r}")
@@ -92,7 +163,7 @@ def load_dataset(name: str, data_dir: str = "./data", download: bool = False,
         return load_digits(device, validation)
     if name in CIFAR:
         return load_cifar(name, data_dir, download, device, validation)
-    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return load_images(name, args or {}, folder, device, validation)
 
 
 def augmented(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:

@@ -53,22 +53,33 @@ def epoch_scale(cfg: TrainConfig) -> float:
             / work(m["dataset"], m["width"], m["timesteps"], m["validation"]))
 
 
+UNMEASURED_AS = "vgg_small"  # your own network, never measured: the estimate counts the costliest compile measured
+
+
+def figures(arch: str) -> KernelFigures:
+    """MEASURED's figures of `arch`; of UNMEASURED_AS for a network not measured (your own)."""
+    return MEASURED.get(arch, MEASURED[UNMEASURED_AS])
+
+
 def compile_seconds(arch: str, cached: bool) -> float:
     """Seconds a process spends compiling `arch`'s kernels, on a cache that holds them or an empty one: the one-off
     part of its first compiled epoch (over a later one) beyond the one-off part of a first eager epoch."""
-    f = MEASURED[arch]
+    f = figures(arch)
     return max(0.0, (f.warm_first if cached else f.cold_first) - f.compiled - (f.eager_first - f.eager))
 
 
 def compiling_pays(cfg: TrainConfig, device_type: str) -> bool:
     """Whether `kernel: auto` compiles: always on a GPU (eager, the time loops are one small kernel launch after
     another), never at T=1 (no time loop), and on the CPU when the epochs save more than the compile costs on an
-    empty cache: epochs x (eager - compiled) x epoch_scale >= compile_seconds. A pure function of the config, so
-    that the same config runs the same kernel whatever this machine's cache holds."""
+    empty cache: epochs x (eager - compiled) x epoch_scale >= compile_seconds; never on the CPU for a network not
+    measured (your own: what compiling saves it is unknown). A pure function of the config, so that the same config
+    runs the same kernel whatever this machine's cache holds."""
     if cfg.timesteps == 1:
         return False
     if device_type == "cuda":
         return True
+    if cfg.arch not in MEASURED or cfg.dataset not in EPOCH_IMAGES:
+        return False
     f = MEASURED[cfg.arch]
     return cfg.epochs * (f.eager - f.compiled) * epoch_scale(cfg) >= compile_seconds(cfg.arch, cached=False)
 
@@ -150,9 +161,16 @@ def compile_seconds_here(arch: str, timesteps: int, cached: bool) -> tuple[float
     (at the nearest T), else as `compile_seconds` says."""
     recorded = recorded_compile(arch, timesteps, cached)
     if recorded is None:
-        return compile_seconds(arch, cached), "measured on the project's 2-core CPU"
+        return compile_seconds(arch, cached), measured_source(arch)
     seconds, t = recorded
     return seconds, f"measured here{'' if t == timesteps else f' at T={t}'}"
+
+
+def measured_source(arch: str) -> str:
+    """Where `compile_seconds(arch)` comes from, for the estimate's line."""
+    if arch in MEASURED:
+        return "measured on the project's 2-core CPU"
+    return f"{UNMEASURED_AS}'s, measured on the project's 2-core CPU: none of this network yet"
 
 
 class CompileTimer:

@@ -11,7 +11,7 @@ from isnm.config import TrainConfig
 from isnm.conv import set_conv_backward
 from isnm.data import Dataset
 from isnm.kernels import kernel_for
-from isnm.models import build_model
+from isnm.models import BUILT_IN, NetSpec, check_output, network
 from isnm.neuron import set_kernel
 
 
@@ -60,8 +60,11 @@ def reuse_freed_memory() -> None:
 def prepared_model(cfg: TrainConfig, data: Dataset, device: torch.device) -> tuple[nn.Module, str]:
     """(the config's network for `data` on `device`, the ISNM kernel it runs): built, its ISNM kernel and
     SpikeConv2d backward set, in the config's memory layout."""
-    model = build_model(cfg.arch, data.num_classes, data.in_channels, cfg.timesteps, cfg.neuron.tau,
-                        cfg.neuron.threshold, cfg.neuron.reset, data.image_size, cfg.width).to(device)
+    spec = NetSpec(data.num_classes, data.in_channels, data.image_size, cfg.timesteps, cfg.neuron.tau,
+                   cfg.neuron.threshold, cfg.neuron.reset, cfg.width)
+    model = network(cfg.arch, spec, cfg.arch_args).to(device)
+    if cfg.arch not in BUILT_IN:
+        check_output(model, cfg.arch, spec)
     kernel = resolve_kernel(cfg, device)
     set_kernel(model, kernel)
     set_conv_backward(model, cfg.conv_backward)

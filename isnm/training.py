@@ -20,6 +20,7 @@ from isnm.kernels import CompileTimer
 from isnm.metrics import (ALPHA, BETA, DATA_FINGERPRINT, EPOCH, EPOCH_SECONDS, KERNEL, KERNEL_FALLBACK, TEST_ACC,
                           TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_SPIKE_RATE)
 from isnm.metrics import LAYER_BETA
+from isnm.plugins import check_sources
 from isnm.neuron import kernel_fallback, learn_beta, learned_betas, set_surrogate
 from isnm.runtime import precision_of, prepared_model, resolve_device, reuse_freed_memory
 from isnm.schedule import alpha_for, surrogate_at
@@ -116,11 +117,14 @@ class Training:
 
 
 def set_up(config: dict) -> Training:
-    """The run `config` asks for, at epoch 0. Raises ConfigError (bad config) or DataError (data set missing)."""
+    """The run `config` asks for, at epoch 0. Raises ConfigError (bad config), DataError (data set missing) or
+    PluginError (your network or data set: not found, not what it must be, or not the code the trial was planned
+    with)."""
     cfg = parse_config(config)
+    check_sources(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, device, cfg.validation)
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, device, cfg.validation, cfg.dataset_args)
     model, kernel = prepared_model(cfg, data, device)
     if device.type == "cuda":  # an algorithm search that is faster on GPUs and means nothing on the CPU
         torch.backends.cudnn.benchmark = True

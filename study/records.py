@@ -73,6 +73,7 @@ class Tag:
     CHECKPOINT_FALLBACK = "checkpoint_fallback"  # newer checkpoints that did not load, on resuming
     INTERRUPTED = "interrupted"  # "E of N epochs logged": the run of a trial its driver was stopped in
     STOPPED_EARLY = "stopped_early"  # by a search's scheduler
+    PLUGINS = "plugins"  # a trial of your own code: {arch|dataset: {callable, source digest, path}} in JSON
     RETRIES = "retries"
     SLURM_JOB = "slurm_job_id"  # the Slurm job the driver ran in (a requeued job keeps its id)
     SLURM_RESTARTS = "slurm_restart_count"  # how often that job had been requeued when the run last trained

@@ -88,14 +88,14 @@ def test_resumed_run_equals_uninterrupted_run():
 
 
 def test_nan_loss_raises_training_diverged(monkeypatch):
-    real = isnm.runtime.build_model
+    real = isnm.runtime.network
 
     def poisoned(*args, **kwargs):
         model = real(*args, **kwargs)
         torch.nn.init.constant_(model.head[-1].bias, math.nan)
         return model
 
-    monkeypatch.setattr(isnm.runtime, "build_model", poisoned)
+    monkeypatch.setattr(isnm.runtime, "network", poisoned)
     with pytest.raises(TrainingDiverged, match="epoch 1, step 1"):
         train({"epochs": 2})
 

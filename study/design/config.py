@@ -252,6 +252,9 @@ class Study:
     # the file's contents with each `{from_study: NAME}` replaced by the schedule found (what study.run stores with its
     # runs, and what the report reads back); None when the file names no study
     resolved: Optional[dict] = None
+    # the sources of its own code as an invocation recorded them ("arch NAME" -> callable, source digest, path): a
+    # study read back from the store is planned with the code it ran, not the code there is now; None: found now
+    plugins: Optional[dict] = None
 
     @property
     def name(self) -> str:
@@ -282,12 +285,15 @@ def with_overrides(base: dict, overrides: dict[str, Any]) -> dict:
 
 
 TRAIN_KEYS = CONFIG_KEYS
-FIXED_BY_STUDY = {"seed": "seeds are set by the top-level 'seeds:' list"}
+FIXED_BY_STUDY = {"seed": "seeds are set by the top-level 'seeds:' list",
+                  "arch_source": "study.run sets it: the digest of your network's source",
+                  "dataset_source": "study.run sets it: the digest of your data set's source"}
+FREE_FORM = ("arch_args.", "dataset_args.")  # your own code's keyword arguments: its callable checks them
 
 
 def check_override_keys(overrides: dict[str, Any], path: str) -> None:
     for key in overrides:
         if key in FIXED_BY_STUDY:
             raise ConfigError(join(path, key), FIXED_BY_STUDY[key])
-        if key not in TRAIN_KEYS:
+        if key not in TRAIN_KEYS and not key.startswith(FREE_FORM):
             raise ConfigError(join(path, key), unknown_key_message(key, list(TRAIN_KEYS)))

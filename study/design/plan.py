@@ -14,6 +14,7 @@ from isnm import betas_text, config_hash, flat, nested, shown
 from study.errors import StudyError
 from study.records import Tag
 from study.design.config import VARIANT_KEY, Search, Study, Table, with_overrides
+from study.design.plugins import Sources
 
 SEARCH_VARIANT = "search"  # the variant tag of every trial a search samples
 PBT_VARIANT = "pbt"  # the variant tag of every member of a population-based search
@@ -88,12 +89,12 @@ def plan_summary(study: Study, trials: list[Trial]) -> str:
 
 def plan_trials(study: Study) -> list[Trial]:
     """Every trial of a grid study, in file order: variant, then grid cell, then seed."""
-    trials = []
+    trials, sources = [], Sources(study)
     for variant, overrides in study.variants.items():
         for cell in grid_cells(study.spec.grid):
             for seed in study.seeds:
                 dotted = {**flat(overrides), **cell}
-                config = with_absolute_data_dir(with_overrides(study.base, {**dotted, "seed": seed}))
+                config = sources.hashed(with_absolute_data_dir(with_overrides(study.base, {**dotted, "seed": seed})))
                 name = " ".join(part for part in (variant, cell_label(cell), f"seed={seed}") if part)
                 trials.append(Trial(name, variant, dotted, seed, config, config_hash(config)))
     seen: dict[str, str] = {}
@@ -107,7 +108,7 @@ def plan_trials(study: Study) -> list[Trial]:
 
 def search_base(study: Study) -> dict:
     """The config every search trial starts from; a search compares its samples on the first seed."""
-    return with_absolute_data_dir(with_overrides(study.base, {"seed": study.seeds[0]}))
+    return Sources(study).hashed(with_absolute_data_dir(with_overrides(study.base, {"seed": study.seeds[0]})))
 
 
 def pbt_member(base: dict, search: Search, member: int, values: dict[str, Any]) -> Trial:

@@ -43,14 +43,16 @@ def accuracies(cfg: TrainConfig, data: Dataset, weights: dict, timesteps: list[i
 
 
 def evaluate_run(client, run_id: str, timesteps: list[int]) -> int:
-    from isnm import DataError, load_dataset, resolve_device
+    from isnm import DataError, PluginError, check_sources, load_dataset, resolve_device
 
     run, _, cfg = recorded_run(client, run_id)
     weights = fetch_weights(client, run)
     try:
-        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, resolve_device(cfg.device), cfg.validation)
-    except DataError as exc:
-        raise StudyError(str(exc)) from None
+        check_sources(cfg)  # the weights fit the network they trained in: the code must be that code
+        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, resolve_device(cfg.device), cfg.validation,
+                            cfg.dataset_args)
+    except (DataError, PluginError) as exc:
+        raise StudyError(f"run {run_id}: {exc}") from None
     epoch = max((m.step for m in history(client, run_id, metrics.TEST_ACC)), default=0)
     recalibrated = (f"batch-norm statistics recalibrated at each T on the first "
                     f"{len(data.train_x[:cfg.bn_recalibration])} training images, as the training does before it "

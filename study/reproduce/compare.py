@@ -98,7 +98,7 @@ def log_reproduction(client, run, config: dict, here: list[dict], code: CodeStat
 
 
 def reproduce(client, run_id: str, epochs: Optional[int], tolerance: float) -> int:
-    from isnm import DataError, config_hash, resolve_device, to_dict, train
+    from isnm import DataError, PluginError, config_hash, resolve_device, to_dict, train
     from study.tracking.cache import source_code
 
     run, config, cfg = recorded_run(client, run_id)
@@ -130,8 +130,8 @@ def reproduce(client, run_id: str, epochs: Optional[int], tolerance: float) -> i
 
     try:
         train(config, on_epoch=collect, last_epoch=last)
-    except DataError as exc:
-        raise StudyError(str(exc)) from None
+    except (DataError, PluginError) as exc:  # a plugin: missing here, or its source not the one the run trained
+        raise StudyError(f"run {run_id}: {exc}") from None
     env = environment(str(resolve_device(cfg.device)))
     recorded_env = {**recorded_env, "data": run.data.tags.get(Tag.DATA_FINGERPRINT, "-")}
     env_here = {**env, "data": str(here[-1][metrics.DATA_FINGERPRINT])}

@@ -14,7 +14,8 @@ from study.records import METRICS
 from study.design.adaptive import SeedRule
 from study.design.config import Study
 from study.design.load import load_study
-from study.design.plan import Trial, check_data_of, plan_summary, plan_trials, trial_count, trial_table
+from study.design.plan import Trial, check_data_of, plan_summary, plan_trials, search_base, trial_count, trial_table
+from study.design.plugins import check_plugins_of
 from study.tracking.pbt import schedules_in
 from study.tracking.provenance import code_state, warn_if_dirty
 from study.tracking.retry import DEFAULT_PATIENCE_S
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             from study.run.cluster import check_address
 
             check_address(cluster_address(args.address))  # before any output: a cluster not there fails in seconds
+        check_plugins_of(study, [t.config for t in trials] or [search_base(study)])
         code = code_state()
         if args.dry_run:
             warn_if_dirty(code)

@@ -7,7 +7,7 @@ import os
 import re
 import socket
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 from study.errors import StudyError, first_line
 
@@ -93,8 +93,10 @@ def wait_for_nodes(nodes: int, address: str) -> None:
         time.sleep(1)
 
 
-def start_ray(address: Optional[str], verbose: bool = False) -> None:
-    """Join `address`, else start Ray on this machine (then `cluster_ready`).
+def start_ray(address: Optional[str], verbose: bool = False, code: Sequence[str] = ()) -> None:
+    """Join `address`, else start Ray on this machine (then `cluster_ready`). `code`: the files and package
+    folders of the study's own network and data set, which Ray ships to every worker (runtime_env `py_modules`:
+    on a node without them, and on this one, whose workers run in folders of their own, they are importable).
 
     A local Ray cannot be confined to 127.0.0.1: Ray 2.60 binds its servers to every interface and
     resolves a loopback node address to the routable one. Token authentication (on by default) is
@@ -108,7 +110,7 @@ def start_ray(address: Optional[str], verbose: bool = False) -> None:
         # "local", not None: None joins the cluster that `ray start` last recorded in /tmp/ray on this machine, or
         # waits minutes for it when it has gone
         ray.init(address=address or "local", include_dashboard=False, logging_level="WARNING" if verbose else "ERROR",
-                 log_to_driver=verbose)
+                 log_to_driver=verbose, runtime_env={"py_modules": list(code)} if code else None)
     except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
         refused = token_refusal(exc)
         if refused is None:

@@ -22,6 +22,7 @@ from study.run.progress import Progress
 from study.run.seeds import AdaptiveSeeds, settled_lines
 from study.run.signals import Interrupts
 from study.run.storage import Experiment, experiment_at
+from study.design.plugins import Sources
 from study.run.tuner import TrialBook, TunePlan, new_tuner, resumable, restored_tuner, tune_environment
 from study.design.config import Study
 from study.design.adaptive import SeedRule
@@ -264,7 +265,7 @@ def run_on_tune(plan: TunePlan, options: RunOptions, here: Invocation,
                             carried={name: run_id for name, (run_id, _) in carried.items()})
     try:
         with interrupts.deferred():  # cut inside ray.init, Ray is left half started and the driver crashes at exit
-            start_ray(options.address, options.verbose)
+            start_ray(options.address, options.verbose, Sources(study).paths([t.config for t in trials] or [book.base]))
             interrupts.take_back_sigterm()
         cluster_ready(options.address, study.spec.resources, options.nodes)  # minutes, maybe: Ctrl-C stops it
         search = study.spec.search

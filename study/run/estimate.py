@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Hashable, Mapping, Optional, Sequence
 
-from isnm import (HASHED_WHEN_SET, MEASURED, compile_seconds, compile_seconds_here, compiled_here, device_type_of,
-                  kernel_for, metrics, parse_config)
+from isnm import (HASHED_WHEN_SET, compile_seconds, compile_seconds_here, compiled_here, device_type_of, figures,
+                  kernel_for, measured_source, metrics, parse_config)
 from study.records import RunStatus, history
 from study.errors import plural
 from study.markdown import markdown_table
@@ -97,7 +97,7 @@ def setup(config: dict) -> tuple:
     device = resolve_device(cfg.device)
     began = time.perf_counter()
     try:
-        data = load_dataset(cfg.dataset, cfg.data_dir, False, device, cfg.validation)
+        data = load_dataset(cfg.dataset, cfg.data_dir, False, device, cfg.validation, cfg.dataset_args)
     except DataError:
         train, test, classes = CIFAR_SIZES[cfg.dataset]
         n_val = round(train * cfg.validation)
@@ -143,7 +143,7 @@ def timed_here(config: dict, threads: float, gpus: float) -> EpochCost:
     seconds = steps * statistics.median(times[WARMUP_STEPS:]) + evaluated * per_image
     if not compiled:
         return EpochCost(seconds, start, "timed here")
-    f = MEASURED[cfg.arch]
+    f = figures(cfg.arch)
     return EpochCost(seconds * f.compiled / f.eager, start, f"timed here eager, x {f.compiled / f.eager:.2f} compiled")
 
 
@@ -277,7 +277,7 @@ def compile_costs(keys: Sequence[Optional[tuple[str, int]]], local: bool) -> tup
             figure, source = compile_seconds_here(arch, timesteps, cached)
             state = "cached on this machine" if cached else "first run on this machine"
         else:
-            figure, source, state = compile_seconds(arch, cached=False), "measured on the project's 2-core CPU", "each node's first"
+            figure, source, state = compile_seconds(arch, cached=False), measured_source(arch), "each node's first"
         seconds[arch, timesteps] = figure
         parts.append(f"{arch} T={timesteps} {duration(figure)} ({state}, {source})")
     return seconds, ("compiling, once per worker: " + ", ".join(parts)) if parts else ""

@@ -49,7 +49,7 @@ echo "$(date "+%F %T") job $SLURM_JOB_ID, restart ${SLURM_RESTART_COUNT:-0}: Ray
 # The study. The same command resumes it: from its trials' last checkpoints, each trial in its own MLflow run.
 code={{interrupted}}
 if [ -z "$stopped_by" ]; then
-    python -m study.run {{study_file}}{{profile}} --address "$head_ip:$port" --wait-for-nodes "${#nodes[@]}" \
+    python -m study.run {{study}}{{profile_option}} --address "$head_ip:$port" --wait-for-nodes "${#nodes[@]}" \
         --storage {{storage}} --tracking-uri {{tracking_uri}} &
     driver=$!
     [ -n "$stopped_by" ] && kill -TERM "$driver"

@@ -101,6 +101,6 @@ def script(job: SlurmJob, path: str) -> str:
         "max_requeues": job.max_requeues, "activate": job.activate, "folder": q(job.folder),
         "gpus_per_node": job.gpus_per_node,
         "srun_gres": f" --gres=gpu:{job.gpus_per_node}" if job.gpus_per_node else "",
-        "study_file": q(job.study_file), "profile": f" --profile {q(job.profile)}" if job.profile else "",
+        "study": q(job.study_file), "profile_option": f" --profile {q(job.profile)}" if job.profile else "",
         "storage": q(job.storage), "tracking_uri": q(job.tracking_uri),
         "finished": FINISHED, "interrupted": INTERRUPTED})

@@ -21,6 +21,7 @@ from study.design.config import Study
 from study.design.plan import Trial
 from study.tracking.provenance import CodeState, environment_tags, slurm_tags
 from study.tracking.retry import DEFAULT_PATIENCE_S, Backlog, PatientClient
+from study.design.plugins import Sources, plugins_of
 from study.tracking.writers import create_trial_run, log_epoch, place_tags
 
 
@@ -146,7 +147,7 @@ class MlflowTracker(Callback):
                  carried: Optional[dict[str, str]] = None):
         self.uri, self.exp_id, self.parent_id = uri, exp_id, parent_id
         self.study, self.code, self.describe, self.ray_path = study, code, describe, ray_path
-        self.patience_s = patience_s
+        self.patience_s, self.sources = patience_s, Sources(study)
         self.carried = dict(carried or {})  # trial name -> the run its interrupted trial left, to carry on in
         self.client: Optional[PatientClient] = None  # made by `setup`, in Tune's loop: the tracker is pickled before
         self.backlog: Optional[Backlog] = None
@@ -171,7 +172,7 @@ class MlflowTracker(Callback):
             self.client.set_tag(existing.run_id, Tag.RAY_EXPERIMENT, self.ray_path)
         if existing is None:
             extra = {Tag.RAY_TRIAL_ID: trial_id, Tag.RAY_EXPERIMENT: self.ray_path, Tag.PROFILE: self.study.profile or "",
-                     **place_tags(self.study, trial)}
+                     **place_tags(self.study, trial), **self.sources.tags(plugins_of(trial.config))}
             log = TrialLog(create_trial_run(self.client, self.exp_id, self.parent_id, self.study.name, trial, self.code,
                                             extra), trial, tune_config)
         elif existing.status == RunStatus.FINISHED:

@@ -2,6 +2,8 @@
 train or evaluate it again)."""
 from __future__ import annotations
 
+import dataclasses
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,7 @@ from mlflow.exceptions import MlflowException
 from isnm import nested
 from study.errors import StudyError
 from study.records import Artifact, Kind, RunRecord, RunStatus, Tag, read_runs
+from study.design.plugins import recorded_plugins
 from study.design.strict_yaml import read_yaml
 from study.tracking.provenance import recorded_environment
 
@@ -72,7 +75,8 @@ def stored(client, name: str, where: str, table_from: Optional[Path] = None) -> 
             study = study_from({**data, "table": read_yaml(table_from).get("table")}, table_from, profile)
         else:
             study = study_from(data, local, profile)
-    return Stored(study, parent, exp_id, data)
+    # planned with the code it ran (its plugins' digests as recorded), wherever and however that code is now
+    return Stored(dataclasses.replace(study, plugins=recorded_plugins(parent.tags)), parent, exp_id, data)
 
 
 def fetch_config(client, run) -> dict:
@@ -90,7 +94,8 @@ def fetch_config(client, run) -> dict:
 
 def recorded_run(client, run_id: str) -> tuple[object, dict, TrainConfig]:
     """(the run, its config as recorded, that config parsed) with torch's thread count set to the trial's, as
-    CPU reductions depend on it; an unknown run or a config this code refuses is a StudyError."""
+    CPU reductions depend on it, and the folders of its own network's and data set's code (as recorded) first on
+    sys.path; an unknown run or a config this code refuses is a StudyError."""
     import torch
 
     from isnm import ConfigError, parse_config
@@ -104,6 +109,10 @@ def recorded_run(client, run_id: str) -> tuple[object, dict, TrainConfig]:
         cfg = parse_config(config)
     except ConfigError as exc:
         raise StudyError(f"run {run_id}: its config is not one this code accepts: {exc}") from None
+    for plugin in (recorded_plugins(run.data.tags) or {}).values():  # its own code: where it was, first
+        folder = str(Path(plugin["path"]).parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     threads = recorded_environment(run.data.tags).get("threads", "")
     if threads.isdigit():
         torch.set_num_threads(int(threads))

@@ -14,6 +14,7 @@ from isnm import flat, metrics
 from study.records import Artifact, Kind, RunStatus, Tag, logged_per_epoch, mean_metric, newest_finished, read_runs
 from study.design.config import Study
 from study.design.plan import Trial, place
+from study.design.plugins import Sources
 from study.tracking.provenance import CodeState, slurm_tags
 
 MAX_PARAM_LENGTH = 6000
@@ -31,9 +32,11 @@ def log_text(client: MlflowClient, run_id: str, name: str, text: str) -> None:
 
 
 def start_parent_run(client: MlflowClient, exp_id: str, study: Study, code: CodeState, ray_path: str) -> str:
+    sources = Sources(study)  # the code of its own the study names, as it is now: what the report plans with later
     tags = {Tag.KIND: Kind.STUDY, Tag.STUDY: study.name, Tag.PROFILE: study.profile or "", **code_tags(code),
             Tag.RAY_EXPERIMENT: ray_path, Tag.NOTE: study.spec.description,
-            Tag.STUDY_FILE: str(Path(study.path).resolve()), **slurm_tags()}
+            Tag.STUDY_FILE: str(Path(study.path).resolve()), **slurm_tags(),
+            **sources.tags(sources.named())}
     run = client.create_run(exp_id, run_name=f"{study.name} {time.strftime('%Y-%m-%d %H:%M:%S')}", tags=tags)
     if study.resolved is None:
         client.log_artifact(run.info.run_id, study.path)
