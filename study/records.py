@@ -98,6 +98,7 @@ class Artifact:
     DIFF = "code.diff"  # the uncommitted changes a run was made from
     WEIGHTS = "model.pt"  # a finished trial's final state_dict
     REPORT = "report"  # the folder of a parent run holding the report's plots
+    ERROR = "error.txt"  # a failed trial's traceback: what its code raised, where
 
 
 class Reported:

@@ -328,6 +328,17 @@ def test_rows_and_columns_are_a_pivot_with_each_rows_differences(tmp_path, monke
 
 
 
+
+def test_a_table_of_one_column_has_no_column_differences(tmp_path, monkeypatch, mlflow_uri):
+    """A column key with one value (a grid narrowed to T=2, say) left nothing to compare, and the report crashed."""
+    monkeypatch.chdir(tmp_path)
+    one = {**TAU_RESET, "grid": {"neuron.reset": ["hard"], "neuron.tau": [1.5, 2.0]}}
+    trials = plan_trials(load_study(write_spec(tmp_path, one)))
+    uri = write_store(tmp_path, one, {t.name: 0.8 + 0.01 * t.seed for t in trials}, mlflow_uri)
+    assert main(["--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r/tau_reset.md").read_text()
+    assert "| τ | hard |" in text and "Differences between" not in text
+
 def test_an_edited_table_is_reported_and_rendered_with_file(tmp_path, monkeypatch, mlflow_uri, capsys):
     monkeypatch.chdir(tmp_path)
     trials = plan_trials(load_study(write_spec(tmp_path, TAU_RESET)))

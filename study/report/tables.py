@@ -180,6 +180,8 @@ def differences(cells: list[Cell], table: Table, metric: str, split_value: tuple
     made = comparisons(placed)
     pp = unit(metric)
     rows: list[tuple[list[str], Optional[Difference]]] = []
+    if not made:  # one column (or one row): nothing to compare it with
+        return None
     if placed.pivot:
         names = [table.values_label(table.column_keys, c) for c in placed.columns]
         several = len(placed.columns) > 2

@@ -22,7 +22,7 @@ from study.design.plan import Trial
 from study.tracking.provenance import CodeState, environment_tags, slurm_tags
 from study.tracking.retry import DEFAULT_PATIENCE_S, Backlog, PatientClient
 from study.design.plugins import Sources, plugins_of
-from study.tracking.writers import create_trial_run, log_epoch, place_tags
+from study.tracking.writers import create_trial_run, log_epoch, log_text, place_tags
 
 
 def finite_metrics(row: dict) -> dict:
@@ -30,16 +30,22 @@ def finite_metrics(row: dict) -> dict:
     return {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
-def trial_error(trial) -> str:
-    """The last line of a failed trial's error. When the callback runs, Ray may not yet have copied the error
-    file to the storage folder that `Trial.get_error` reads, but it has written it in the trial's local folder."""
+def trial_traceback(trial) -> str:
+    """A failed trial's error, its traceback whole (what the user's code raised, where). When the callback runs, Ray
+    may not yet have copied the error file to the storage folder that `Trial.get_error` reads, but it has written it
+    in the trial's local folder."""
     error = trial.get_error()
     if error is not None:
-        return last_line(str(error))
+        return str(error)
     local = trial.error_file
     if local and Path(local).is_file():
-        return last_line(Path(local).read_text())
+        return Path(local).read_text()
     return "unknown error"
+
+
+def trial_error(trial) -> str:
+    """The last line of a failed trial's error: the exception and its message."""
+    return last_line(trial_traceback(trial))
 
 
 @dataclass
@@ -316,10 +322,10 @@ class MlflowTracker(Callback):
         self.client.set_tag(self.log_of(trial_id, tune_config).run_id, Tag.RETRIES, str(failures))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        why = trial_error(trial)
-        self.backlog.submit(self.fail, trial.trial_id, trial.config, why)
+        self.backlog.submit(self.fail, trial.trial_id, trial.config, trial_traceback(trial))
 
-    def fail(self, trial_id: str, tune_config: dict, error: str) -> None:
+    def fail(self, trial_id: str, tune_config: dict, traceback: str) -> None:
         run_id = self.log_of(trial_id, tune_config).run_id
-        self.client.set_tag(run_id, Tag.ERROR, error)
+        self.client.set_tag(run_id, Tag.ERROR, last_line(traceback))
+        log_text(self.client, run_id, Artifact.ERROR, traceback)  # the user's code's traceback, in the run
         self.client.set_terminated(run_id, RunStatus.FAILED)
