@@ -1,6 +1,6 @@
 """A researcher's own network or data set, named in a config: `module:callable`, or a name an installed package
-registers under the entry-point group `isnm.archs` or `isnm.datasets` (no torch here: a study file is checked,
-and its plugins found and hashed, without it).
+registers under the entry-point group `isnm_study.archs` or `isnm_study.datasets` (no torch here: a study file is
+checked, and its plugins found and hashed, without it).
 
 A plugin is data to a study: its source is hashed (`PluginSource.digest`, the module's file, or every file of
 its package), and the hash goes into the config's hash, so an edited network is never answered from the cache
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-GROUPS = {"arch": "isnm.archs", "dataset": "isnm.datasets"}  # the config key -> its entry-point group
+GROUPS = {"arch": "isnm_study.archs", "dataset": "isnm_study.datasets"}  # the config key -> its entry-point group
 REFERENCE = re.compile(r"^(?P<module>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):(?P<attr>[A-Za-z_]\w*)$")
 SKIPPED = {"__pycache__", ".git", ".ipynb_checkpoints"}
 

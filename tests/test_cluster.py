@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -22,7 +23,7 @@ from study.errors import StudyError
 from study.run.cluster import token_refusal
 from study.run.worker import usable_gpus
 from tests.ray_cluster import Cluster
-from tests.studies import free_port, run_study, small_study, start_study, steps, trial_runs, wait_for
+from tests.studies import ROOT, free_port, run_study, small_study, start_study, steps, trial_runs, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -172,24 +173,54 @@ def two_hosts():
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root (CI runs as root)")
 def test_trials_run_on_another_host_at_its_own_address(two_hosts, tmp_path):
-    # the head, without CPUs, and the driver on host a; the only CPUs on host b: every trial crosses the
-    # network, its checkpoints written where the driver reads them (the shared folder), its results back
+    """The head, without CPUs, and the driver on host a; the only CPUs on host b: every trial crosses the network,
+    its checkpoints written where the driver reads them (the shared folder), its results back. The trials train the
+    study's own network, a module only in the study file's folder: Ray ships it to host b (runtime_env py_modules),
+    where, without that, a task cannot import it (the hosts share this machine's disk, so the test shows both)."""
     cluster = Cluster(tmp_path, hosts={"head": two_hosts["a"], "worker": two_hosts["b"]})
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copy(ROOT / "examples" / "spiking_mlp.py", mine / "hostnet.py")
     try:
         cluster.start_nodes({"head": ("--num-cpus", "0"), "worker": ("--num-cpus", "2")})
-        path = small_study(tmp_path, name="hosts", epochs=2, variants={"A": {}})
+        unshipped = subprocess.run(
+            [*two_hosts["a"][1], sys.executable, "-c", UNSHIPPED, cluster.address, str(mine)], cwd=tmp_path,
+            env=cluster.env, capture_output=True, text=True, timeout=120)
+        assert unshipped.stdout.strip() == f"ModuleNotFoundError on {two_hosts['b'][0]}", unshipped.stderr[-2000:]
+        path = small_study(mine, name="hosts", epochs=2, variants={"A": {"arch": "hostnet:spiking_mlp"}})
         db = tmp_path / "mlflow.db"
         done = run_study(tmp_path, str(path), "--address", cluster.address, "--tracking-uri", f"sqlite:///{db}",
                          "--storage", str(tmp_path / "shared"), env=cluster.env, where=two_hosts["a"][1])
     finally:
         cluster.stop()
-    assert cluster.address.startswith(two_hosts["a"][0] + ":") and "0 failed" in done.stdout
+    assert cluster.address.startswith(two_hosts["a"][0] + ":") and "0 failed" in done.stdout, done.stdout[-2000:]
     runs = trial_runs(db, "hosts")
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     worker_node = f"{cluster.node_id('worker')} {two_hosts['b'][0]}"
     assert [r.data.tags["ray_node"] for r in runs] == [worker_node, worker_node]
+    assert all(r.data.params["arch"] == "hostnet:spiking_mlp" and r.data.params["arch_source"] for r in runs)
     assert all(steps(db, r) == [1, 2] and "model.pt" in {a.path for a in MlflowClient(f"sqlite:///{db}")
                                                           .list_artifacts(r.info.run_id)} for r in runs)
+
+
+# A Ray task on host b, from a driver on host a that has the module's folder on its own sys.path, as study.run does
+UNSHIPPED = """
+import sys
+import ray
+sys.path.insert(0, sys.argv[2])
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+
+@ray.remote(num_cpus=1)
+def where_it_imports():
+    import ray.util
+    try:
+        import hostnet
+        return "imported on " + ray.util.get_node_ip_address()
+    except ModuleNotFoundError:
+        return "ModuleNotFoundError on " + ray.util.get_node_ip_address()
+
+print(ray.get(where_it_imports.remote()))
+"""
 
 
 @pytest.mark.slow

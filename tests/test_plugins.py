@@ -105,7 +105,7 @@ def test_a_package_is_hashed_whole_and_a_registered_name_resolves(tmp_path, monk
     dist = tmp_path / "site" / f"{name}-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[isnm.archs]\nmlp_{name} = {name}.nets:net\n")
+    (dist / "entry_points.txt").write_text(f"[isnm_study.archs]\nmlp_{name} = {name}.nets:net\n")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     parse_config({"arch": f"mlp_{name}"})  # a registered name is a valid arch
     found = source_of("arch", f"mlp_{name}")
