@@ -8,6 +8,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from study.records import Artifact, Tag
+from study.evaluate.cli import main as evaluate_main
 from study.reproduce.cli import main as reproduce_main
 from tests.studies import ROOT, run_study, steps, trial_runs
 from tests.test_pbt import run_report
@@ -72,6 +73,7 @@ def test_the_example_runs_caches_until_edited_reproduces_and_a_users_exception_f
             assert plugins["arch spiking_mlp:spiking_mlp"]["path"] == str(code / "spiking_mlp.py")
             assert run.data.params["arch_source"] == plugins["arch spiking_mlp:spiking_mlp"]["source"]
 
+    before_edit = next(r for r in trial_runs(db, "own_network") if r.info.status == "FINISHED")
     again = run_study(tmp_path, str(path), cluster=shared_ray)
     assert "own_network: 4 trials (4 cached)" in again.stdout, again.stdout[-2000:]
 
@@ -86,6 +88,14 @@ def test_the_example_runs_caches_until_edited_reproduces_and_a_users_exception_f
 
     newest = max((r for r in trial_runs(db, "own_network") if r.info.status == "FINISHED"),
                  key=lambda r: r.info.start_time)
+    uri = f"sqlite:///{db}"
     capsys.readouterr()
-    assert reproduce_main([newest.info.run_id, "--tracking-uri", f"sqlite:///{db}"]) == 0
+    assert reproduce_main([newest.info.run_id, "--tracking-uri", uri]) == 0
     assert "verdict: bit-identical" in capsys.readouterr().out
+    assert evaluate_main([newest.info.run_id, "--timesteps", "1", "4", "--tracking-uri", uri]) == 0
+    evaluated = MlflowClient(uri).get_run(newest.info.run_id).data.metrics
+    assert {"test_acc_T1", "test_acc_T4"} <= set(evaluated)  # its own network, at other T
+    assert reproduce_main([before_edit.info.run_id, "--tracking-uri", uri]) == 2  # trained by the code before the edit
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"has digest {newest.data.params['arch_source']}, the trial was planned with " \
+        f"{before_edit.data.params['arch_source']}" in err, err

@@ -166,9 +166,11 @@ def test_a_bad_data_set_is_one_line_at_the_dry_run(tmp_path, monkeypatch, capsys
                           f"    return {made}")
     path = study_with(tmp_path, {m: source}, dataset=f"{m}:load")
     monkeypatch.chdir(tmp_path)
+    before = set(tmp_path.rglob("*"))
     assert main([str(path), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}: dataset {m}:load: ") and err.count("\n") == 1 and re.search(words, err), err
+    assert {p for p in tmp_path.rglob("*") if "__pycache__" not in p.parts} == before
 
 
 def test_a_good_plugin_dry_runs_and_its_arguments_are_hashed_and_swept(tmp_path, monkeypatch, capsys):
