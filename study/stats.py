@@ -1,5 +1,6 @@
 """The statistics of a study: mean ± sample std over seeds; the difference of two rows with its 95% CI and p-value, by
-a paired t-test where the seeds pair the runs and by Welch's t otherwise; Holm's adjustment of a table's p-values;
+a paired t-test where the seeds pair the runs and by Welch's t otherwise; the interaction of a 2-D table (does
+one row's difference to another change across the columns?), the same two ways; Holm's adjustment of a table's p-values;
 the smallest difference a table could detect. The report prints them; adaptive seeds (study.design.adaptive) decide
 on the same intervals.
 
@@ -42,11 +43,16 @@ class Difference:
         return (self.high - self.low) / 2
 
 
+ROUNDING = 1e-9  # a difference or standard error this small (in the printed unit) is floating-point rounding: zero
+
+
 def from_t(diff: float, se: float, df: float, test: str) -> Difference:
     from scipy.special import stdtr, stdtrit  # Student's t CDF and its inverse
 
-    if se == 0:
-        return Difference(diff, diff, diff, 1.0 if diff == 0 else 0.0, test, df, se)
+    if se < ROUNDING:  # every seed gave the same difference: no spread to test it against
+        if abs(diff) < ROUNDING:  # rounding, as (a - b) - (c - d) of equal differences leaves: no difference
+            return Difference(0.0, 0.0, 0.0, 1.0, test, df, 0.0)
+        return Difference(diff, diff, diff, 0.0, test, df, 0.0)
     half = float(stdtrit(df, 1 - ALPHA / 2)) * se
     return Difference(diff, diff - half, diff + half, float(2 * stdtr(df, -abs(diff / se))), test, df, se)
 
@@ -80,6 +86,27 @@ def compared(reference: Seeded, cell: Seeded) -> Optional[Difference]:
     if len(common) >= 2 and all(reference[s][1] == cell[s][1] for s in common):
         return paired([reference[s][0] for s in common], [cell[s][0] for s in common])
     return welch([v for v, _ in reference.values()], [v for v, _ in cell.values()])
+
+
+def interaction(a: Seeded, b: Seeded, a_j: Seeded, b_j: Seeded) -> Optional[Difference]:
+    """How much row B's difference to row A changes from the first column to column j: (mean(b_j) - mean(a_j)) -
+    (mean(b) - mean(a)). Paired on the seeds all four cells have, when there are at least 2 and each seed's four runs
+    pair: a one-sample t-test of each seed's double difference. Otherwise from the four independent means: their
+    variances summed, with Welch-Satterthwaite's degrees of freedom. None if a cell has fewer than 2 runs."""
+    cells = (a, b, a_j, b_j)
+    if any(len(c) < 2 for c in cells):
+        return None
+    common = sorted(set(a).intersection(b, a_j, b_j))
+    if len(common) >= 2 and all(len({c[s][1] for c in cells}) == 1 for s in common):
+        mean, std = mean_std([(b_j[s][0] - a_j[s][0]) - (b[s][0] - a[s][0]) for s in common])
+        return from_t(mean, std / math.sqrt(len(common)), len(common) - 1, "paired")
+    stats = [(mean_std([v for v, _ in c.values()]), len(c)) for c in cells]
+    (ma, _), (mb, _), (ma_j, _), (mb_j, _) = (m for m, _ in stats)
+    variances = [sd ** 2 / n for (_, sd), n in stats]
+    se = math.sqrt(sum(variances))
+    df = (sum(variances) ** 2 / sum(v ** 2 / (n - 1) for v, (_, n) in zip(variances, stats)) if se
+          else sum(n for _, n in stats) - 4)
+    return from_t((mb_j - ma_j) - (mb - ma), se, df, "Welch")
 
 
 def holm(pvalues: list[float]) -> list[float]:

@@ -3,6 +3,7 @@ from collections import Counter
 
 import mlflow
 import pytest
+import numpy as np
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -324,10 +325,47 @@ def test_rows_and_columns_are_a_pivot_with_each_rows_differences(tmp_path, monke
 
 | τ | Δ soft − hard (pp) | 95% CI (pp) | p | p (Holm) | test |
 |---|---|---|---|---|---|
-| 1.5 | +4.25 | [+1.07, +7.43] | 0.037 | 0.112 | paired |""" in text  # scipy: ttest_rel([84, 85.5], [80, 81]); Holm: x3
+| 1.5 | +4.25 | [+1.07, +7.43] | 0.037 | 0.187 | paired |""" in text  # scipy: ttest_rel([84, 85.5], [80, 81]); Holm: x5
+    # (with the 2 interactions, which are none: soft - hard is the same at every tau, to the last bit of rounding)
+    assert "| 3.0 | soft | +0.00 | [+0.00, +0.00] | 1.000 | 1.000 | paired |" in text
+    assert "The data shows no interaction: no change has Holm p < 0.05." in text
 
 
 
+
+def test_a_table_compares_rows_columns_or_both_and_prints_the_interaction_held_to_a_hand_computation(
+        tmp_path, monkeypatch, mlflow_uri):
+    """Does soft reset's benefit depend on tau? Soft helps more at larger tau here: an interaction."""
+    from scipy import stats
+
+    monkeypatch.chdir(tmp_path)
+    both = {**TAU_RESET, "table": {**TAU_RESET["table"], "compare": "both"}, "seeds": [0, 1, 2]}
+    trials = plan_trials(load_study(write_spec(tmp_path, both)))
+    tau = {1.5: 0.80, 2.0: 0.85, 3.0: 0.90}
+    soft = {1.5: 0.01, 2.0: 0.03, 3.0: 0.06}
+    noise = {0: 0.0, 1: 0.013, 2: -0.007}
+
+    def value(t):
+        cfg = t.config["neuron"]
+        return tau[cfg["tau"]] + (soft[cfg["tau"]] + noise[t.seed] * cfg["tau"] if cfg["reset"] == "soft" else 0) \
+            + 0.01 * t.seed
+
+    uri = write_store(tmp_path, both, {t.name: value(t) for t in trials}, mlflow_uri)
+    assert main(["--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r/tau_reset.md").read_text()
+    assert "### Differences between the neuron.reset columns, row by row" in text
+    assert "### Differences to the first row, column by column\n\n| τ | Column | Δ vs τ=1.5 (pp) |" in text
+    assert "### Interaction: does each τ's difference to the first change across the neuron.reset columns?" in text
+    # the 3.0 row: (soft - hard at 3.0) - (soft - hard at 1.5), per seed, as a one-sample t-test
+    per_seed = [100 * ((soft[3.0] + noise[s] * 3.0) - (soft[1.5] + noise[s] * 1.5)) for s in (0, 1, 2)]
+    result = stats.ttest_1samp(per_seed, 0.0)
+    low, high = result.confidence_interval(0.95)
+    interactions = text.split("### Interaction: ")[1].split("###")[0]
+    line = next(line for line in interactions.splitlines() if line.startswith("| 3.0 | soft | "))
+    assert line.startswith(f"| 3.0 | soft | {np.mean(per_seed):+.2f} | [{low:+.2f}, {high:+.2f}] | "
+                           f"{result.pvalue:.3f} |"), line
+    assert "The data shows an interaction: " in text or "The data shows no interaction: " in text
+    assert "Holm's strictest α = 0.05/9" in text  # 3 column, 4 row and 2 interaction tests adjusted together
 
 def test_a_table_of_one_column_has_no_column_differences(tmp_path, monkeypatch, mlflow_uri):
     """A column key with one value (a grid narrowed to T=2, say) left nothing to compare, and the report crashed."""

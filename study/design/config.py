@@ -162,8 +162,14 @@ class Table:
     paper: dict[str, Any] = field(default_factory=dict)  # published figures of the (first) metric, nested by split, rows, columns
     labels: dict[str, str] = field(default_factory=dict)  # printed names of values, e.g. vgg_small: VGG
     extra: list[Literal[TABULATED]] = field(default_factory=list)  # columns of other final metrics, e.g. spike_rate, energy
+    # with columns: each column against the first, per row (columns, the default), each row against the first, per
+    # column (rows), or both; with two or more of each, also the interaction (does a row's difference change across
+    # the columns?). A table of rows compares rows.
+    compare: Optional[Literal["columns", "rows", "both"]] = None
 
     def check(self, path: str) -> None:
+        check(self.compare in (None, "rows") or bool(self.columns), join(path, "compare"), self.compare,
+              "'rows' for a table without columns (only a table with columns: compares its columns)")
         check(len(self.metrics) > 0, join(path, "metric"), self.metric, "a metric or a non-empty list of metrics")
         check(not self.eval_timesteps or metrics.TEST_ACC in self.metrics, join(path, "metric"), self.metric,
               f"{metrics.TEST_ACC} among the metrics: the {EVAL_TIMESTEPS} columns are test accuracies, shown beside "

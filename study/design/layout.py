@@ -24,10 +24,18 @@ class Layout:
     lines: list[tuple]
     columns: list[tuple]
     keys: dict[tuple[tuple, tuple], tuple]  # (line, column) -> the cell's key
+    compare: str = "rows"  # which differences: "columns", "rows" or "both" (Table.compare); a table of rows: rows
 
     @property
     def pivot(self) -> bool:
         return self.columns != [()]
+
+    def groups(self) -> list[list[tuple]]:
+        """The lines by the leading row keys' values they share: each group's lines are compared with its first."""
+        grouped: dict[tuple, list[tuple]] = {}
+        for line in self.lines:
+            grouped.setdefault(line[:-1], []).append(line)
+        return list(grouped.values())
 
 
 def layout(keys: list[tuple], table: Table, offset: int) -> Layout:
@@ -42,7 +50,8 @@ def layout(keys: list[tuple], table: Table, offset: int) -> Layout:
         placed[line, column] = key
     lines = sorted(dict.fromkeys(line for line, _ in placed),
                    key=lambda line: tuple(seen[level][v] for level, v in enumerate(line)))
-    return Layout(lines, list(dict.fromkeys(column for _, column in placed)), placed)
+    columns = list(dict.fromkeys(column for _, column in placed))
+    return Layout(lines, columns, placed, table.compare or ("columns" if columns != [()] else "rows"))
 
 
 @dataclass(frozen=True)
@@ -54,19 +63,46 @@ class Comparison:
     column: tuple
     reference: Optional[tuple]
     cell: Optional[tuple]
+    across: str = "rows"  # "columns": a cell against its line's first column; "rows": against its group's first line
 
 
 def comparisons(placed: Layout) -> list[Comparison]:
-    """The comparisons one table makes, in the order it prints them."""
-    if placed.pivot:
+    """The comparisons one table makes, in the order it prints them: in a table with columns, each line's cells
+    against its first column's (compare: columns), then each column's lines against the first of their group
+    (compare: rows); in a table of rows, the lines."""
+    made = []
+    if placed.pivot and placed.compare in ("columns", "both"):
         first, *others = placed.columns
-        return [Comparison(line, column, placed.keys.get((line, first)), placed.keys.get((line, column)))
-                for line in placed.lines for column in others]
-    groups: dict[tuple, list[tuple]] = {}
-    for line in placed.lines:
-        groups.setdefault(line[:-1], []).append(line)
-    return [Comparison(line, (), placed.keys[lines[0], ()], placed.keys[line, ()])
-            for lines in groups.values() for line in lines[1:]]
+        made += [Comparison(line, column, placed.keys.get((line, first)), placed.keys.get((line, column)), "columns")
+                 for line in placed.lines for column in others]
+    if not placed.pivot or placed.compare in ("rows", "both"):
+        made += [Comparison(line, column, placed.keys.get((lines[0], column)), placed.keys.get((line, column)))
+                 for column in placed.columns for lines in placed.groups() for line in lines[1:]]
+    return made
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """Does line B's difference to line A (the first of its group) change from the first column to `column`? The four
+    cells' keys, any of which may be missing (None)."""
+    line: tuple
+    column: tuple
+    a: Optional[tuple]
+    b: Optional[tuple]
+    a_j: Optional[tuple]
+    b_j: Optional[tuple]
+
+
+def interactions(placed: Layout) -> list[Interaction]:
+    """The interactions a table with columns has: each line against the first of its group, each column against the
+    first; none without two lines in a group and two columns."""
+    if not placed.pivot:
+        return []
+    first, *others = placed.columns
+    k = placed.keys
+    return [Interaction(line, column, k.get((lines[0], first)), k.get((line, first)), k.get((lines[0], column)),
+                        k.get((line, column)))
+            for lines in placed.groups() for line in lines[1:] for column in others]
 
 
 def split_keys(table: Table, keys: list[tuple]) -> dict[tuple, list[tuple]]:

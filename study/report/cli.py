@@ -133,11 +133,10 @@ def table_sections(client: MlflowClient, study: Study, trials: list, children: l
             mine = [c for c in cells if c.key[:len(split_value)] == split_value]
             title = f"{level} {table.label(split_value[0])}\n\n" if split_value else ""
             parts.append(title + render_table(mine, table, metric, split_value, paper, verdicts is not None))
-            compared_here = differences(mine, table, metric, split_value,  # the seeds went by the first metric
-                                        verdicts if metric == table.metrics[0] else None)
-            if compared_here:
-                where = f" ({table.label(split_value[0])})" if split_value else ""
-                found.append(f"### {compared_here[0]}{where}\n\n{compared_here[1]}")
+            where = f" ({table.label(split_value[0])})" if split_value else ""
+            for heading, text in differences(mine, table, metric, split_value,  # the seeds went by the first metric
+                                             verdicts if metric == table.metrics[0] else None):
+                found.append(f"### {heading}{where}\n\n{text}")
         seeds = ("n = seeds, as many as the cell's comparisons needed" if verdicts is not None else
                  "n = finished seeds where fewer than planned")
         parts.append(f"{what_each_run_gives(asked.stat, metric)}, mean ± sample std over seeds; {seeds}; best in bold"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from isnm import metrics
@@ -14,8 +15,8 @@ from study.markdown import markdown_table
 from study.records import METRICS, Status, states_text
 from study.report.cells import Cell
 from study.design.adaptive import Verdict
-from study.design.layout import comparisons, layout
-from study.stats import ALPHA, Difference, Seeded, compared, detectable, holm, mean_std
+from study.design.layout import Comparison, Layout, comparisons, interactions, layout
+from study.stats import ALPHA, Difference, Seeded, compared, detectable, holm, interaction, mean_std
 from study.design.config import Study, Table
 from study.design.plan import Trial
 
@@ -151,10 +152,11 @@ def comparison_cells(d: Optional[Difference], adjusted: Optional[float], metric:
             p_text(adjusted), d.test]
 
 
-def detectable_line(found: list[Difference], metric: str) -> str:
-    """The smallest difference every comparison of the table detects with 80% power at Holm's strictest level
-    (alpha / k), from each comparison's observed spread and seeds; and how many differences are smaller."""
-    k = len(found)
+def detectable_line(found: list[Difference], metric: str, family: Optional[int] = None) -> str:
+    """The smallest difference every test in `found` detects with 80% power at Holm's strictest level (alpha / k, k
+    the tests adjusted together: `family`, else `found`'s), from each test's observed spread and seeds; and how
+    many differences are smaller."""
+    n, k = len(found), family or len(found)
     smallest = max(detectable(d, ALPHA / k) for d in found)
     strictest = f"α = {ALPHA:g}" if k == 1 else f"Holm's strictest α = {ALPHA:g}/{k}"
     pp = " pp" if unit(metric) else ""
@@ -162,60 +164,123 @@ def detectable_line(found: list[Difference], metric: str) -> str:
             f"spread and seeds): {number(smallest, metric)}{pp}.")
     under = sum(abs(d.diff) < smallest for d in found)
     if under:
-        which = "The difference is" if k == 1 else ("All the differences are" if under == k else
-                                                     f"{under} of the {k} differences are")
+        which = "The difference is" if n == 1 else ("All the differences are" if under == n else
+                                                     f"{under} of the {n} differences are")
         line += (f" {which} smaller: with these seeds a real difference of that size is missed more often than "
                  f"not, so a p-value above the level says little.")
     return line
 
 
+@dataclass
+class Section:
+    """One table of differences: its title, its header's leading columns, and a line per test (its labels, the
+    difference where both sides have two runs, the comparison it makes: None for an interaction)."""
+    title: str
+    head: list[str]
+    rows: list[tuple[list[str], Optional[Difference], Optional[Comparison]]]
+
+
+def across_columns(made: list[Comparison], placed: Layout, by_key: dict, table: Table, metric: str) -> Section:
+    """Each line's cells against its first column's."""
+    names = [table.values_label(table.column_keys, c) for c in placed.columns]
+    several = len(placed.columns) > 2
+    rows = [([table.label(v) for v in c.line] + ([table.values_label(table.column_keys, c.column)] if several else []),
+             both_compared(by_key, c.reference, c.cell, metric), c) for c in made]
+    head = [table.header(k) for k in table.row_keys] + (
+        [f"Δ {names[1]} − {names[0]}{unit(metric)}"] if not several else ["Column", f"Δ vs {names[0]}{unit(metric)}"])
+    return Section(f"Differences between the {columns_named(table)} columns, row by row", head, rows)
+
+
+def across_rows(made: list[Comparison], placed: Layout, by_key: dict, table: Table, metric: str) -> Section:
+    """Each line against the first of its group (in each column, where the table has columns)."""
+    firsts = {table.values_label(table.row_keys[-1:], lines[0][-1:]) for lines in placed.groups()}
+    versus = next(iter(firsts)) if len(firsts) == 1 else "the first"
+    pivot = placed.pivot
+    rows = [([table.label(v) for v in c.line] + ([table.values_label(table.column_keys, c.column)] if pivot else []),
+             both_compared(by_key, c.reference, c.cell, metric), c) for c in made]
+    head = [table.header(k) for k in table.row_keys] + (["Column"] if pivot else []) + [f"Δ vs {versus}{unit(metric)}"]
+    *leading, last = table.row_keys
+    title = ("Differences to the first row" if not leading else
+             f"Differences to the first {table.header(last)} of each {' · '.join(table.header(k) for k in leading)}")
+    return Section(title + (", column by column" if pivot else ""), head, rows)
+
+
+def interaction_section(placed: Layout, by_key: dict, table: Table, metric: str) -> Optional[Section]:
+    """Does a line's difference to the first of its group change across the columns? One test per line and column
+    after the first; None where the table has no two lines in a group and two columns."""
+    made = interactions(placed)
+    if not made:
+        return None
+    first = table.values_label(table.column_keys, placed.columns[0])
+    rows = []
+    for i in made:
+        cells = [by_key.get(k) for k in (i.a, i.b, i.a_j, i.b_j)]
+        d = interaction(*(seeded(c, metric) for c in cells)) if all(cells) else None
+        rows.append(([table.label(v) for v in i.line] + [table.values_label(table.column_keys, i.column)], d, None))
+    head = [table.header(k) for k in table.row_keys] + ["Column", f"Δ of Δ vs {first}{unit(metric)}"]
+    title = (f"Interaction: does each {table.header(table.row_keys[-1])}'s difference to the first change across the "
+             f"{columns_named(table)} columns?")
+    return Section(title, head, rows)
+
+
+def interaction_line(section: Section, adjusted: list[float], metric: str, family: int) -> str:
+    """Whether the data shows an interaction, and what the seeds could have detected."""
+    found = [d for _, d, _ in section.rows if d is not None]
+    significant = sum(p < ALPHA for p in adjusted)
+    said = (f"The data shows an interaction: {significant} of the {len(found)} changes have Holm p < {ALPHA:g}, so "
+            f"the difference between these rows depends on the column." if significant else
+            f"The data shows no interaction: no change has Holm p < {ALPHA:g}.")
+    return (f"Each line: (the row − the first row, in the column) − (the same, in the first column). {said} "
+            + detectable_line(found, metric, family))
+
+
+def columns_named(table: Table) -> str:
+    return " · ".join(table.header(k) for k in table.column_keys)
+
+
+def both_compared(by_key: dict, reference: Optional[tuple], cell: Optional[tuple], metric: str) -> Optional[Difference]:
+    """The cell's difference to its reference, where both have runs (study.stats.compared)."""
+    a, b = by_key.get(reference), by_key.get(cell)
+    return compared(seeded(a, metric), seeded(b, metric)) if a and b else None
+
+
 def differences(cells: list[Cell], table: Table, metric: str, split_value: tuple,
-                verdicts: Optional[dict[tuple[tuple, tuple], Verdict]] = None) -> Optional[tuple[str, str]]:
-    """(its title, the Markdown table and the detectable-difference line) of the differences a table makes
-    (`study.design.layout.comparisons`), or None when no reference has two seeds. Each comparison is paired or Welch
-    (`study.stats.compared`); the table's p-values are adjusted together (Holm). With adaptive seeds' `verdicts`
-    (by reference and cell key), each line says how many seeds its comparison got, and why it stopped."""
+                verdicts: Optional[dict[tuple[tuple, tuple], Verdict]] = None) -> list[tuple[str, str]]:
+    """(title, Markdown) of each table of differences a table makes (`study.design.layout.comparisons`: across its
+    columns, its rows, or both), and, with two lines and two columns, of its interactions; none when no reference has
+    two seeds. Each test is paired or Welch (`study.stats`); every p-value of the table is adjusted together (Holm).
+    With adaptive seeds' `verdicts` (by reference and cell key), each comparison says how many seeds it got, and why
+    it stopped."""
     placed = layout([c.key for c in cells], table, len(split_value))
     by_key = {c.key: c for c in cells}
     made = comparisons(placed)
-    pp = unit(metric)
-    rows: list[tuple[list[str], Optional[Difference]]] = []
-    if not made:  # one column (or one row): nothing to compare it with
-        return None
-    if placed.pivot:
-        names = [table.values_label(table.column_keys, c) for c in placed.columns]
-        several = len(placed.columns) > 2
-        for c in made:
-            reference, cell = by_key.get(c.reference), by_key.get(c.cell)
-            rows.append(([table.label(v) for v in c.line] + ([table.values_label(table.column_keys, c.column)]
-                                                             if several else []),
-                         compared(seeded(reference, metric), seeded(cell, metric)) if reference and cell else None))
-        head = [table.header(k) for k in table.row_keys] + (
-            [f"Δ {names[1]} − {names[0]}{pp}"] if not several else ["Column", f"Δ vs {names[0]}{pp}"])
-        title = f"Differences between the {' · '.join(table.header(k) for k in table.column_keys)} columns, row by row"
-    else:
-        rows = [([table.label(v) for v in c.line], compared(seeded(by_key[c.reference], metric),
-                                                             seeded(by_key[c.cell], metric))) for c in made]
-        firsts = {table.values_label(table.row_keys[-1:], c.reference[-1:]) for c in made}
-        versus = next(iter(firsts)) if len(firsts) == 1 else "the first"
-        head = [table.header(k) for k in table.row_keys] + [f"Δ vs {versus}{pp}"]
-        *leading, last = table.row_keys
-        title = ("Differences to the first row" if not leading else
-                 f"Differences to the first {table.header(last)} of each {' · '.join(table.header(k) for k in leading)}")
-    references = [by_key.get(c.reference) for c in made]
-    if not rows or not any(r is not None and len(r.values) >= 2 for r in references):
-        return None
-    found = [d for _, d in rows if d is not None]
-    adjusted = iter(holm([d.p for d in found]))
-    body = [labels + comparison_cells(d, next(adjusted) if d is not None else None, metric) for labels, d in rows]
-    head += [f"95% CI{pp}", "p", "p (Holm)", "test"]
-    if verdicts is not None:
-        head += ["seeds", "stopped"]
-        for line, c in zip(body, made):
-            v = verdicts.get((c.reference, c.cell))
-            line += [DASH, DASH] if v is None else [str(v.seeds), v.state]
-    table_text = markdown_table(head, body)
-    return title, table_text + (f"\n\n{detectable_line(found, metric)}" if found else "")
+    if not made or not any(len(getattr(by_key.get(c.reference), "values", [])) >= 2 for c in made):
+        return []  # one column (or row): nothing to compare it with; or no reference with two seeds
+    sections = [make([c for c in made if c.across == across], placed, by_key, table, metric)
+                for across, make in (("columns", across_columns), ("rows", across_rows))
+                if any(c.across == across for c in made)]
+    mixed = interaction_section(placed, by_key, table, metric)
+    tests = [d for section in sections + [mixed] * bool(mixed) for _, d, _ in section.rows if d is not None]
+    adjusted = iter(holm([d.p for d in tests]))
+    out = []
+    for section in sections + [mixed] * bool(mixed):
+        p_holm = [next(adjusted) if d is not None else None for _, d, _ in section.rows]
+        head = section.head + [f"95% CI{unit(metric)}", "p", "p (Holm)", "test"]
+        body = [labels + comparison_cells(d, p, metric) for (labels, d, _), p in zip(section.rows, p_holm)]
+        if verdicts is not None and section is not mixed:
+            head += ["seeds", "stopped"]
+            for line, (_, _, c) in zip(body, section.rows):
+                v = verdicts.get((c.reference, c.cell))
+                line += [DASH, DASH] if v is None else [str(v.seeds), v.state]
+        text = markdown_table(head, body)
+        found = [d for _, d, _ in section.rows if d is not None]
+        if section is mixed and found:
+            text += "\n\n" + interaction_line(section, [p for p in p_holm if p is not None], metric, len(tests))
+        elif found and section is sections[-1]:
+            compared_found = [d for s in sections for _, d, _ in s.rows if d is not None]
+            text += f"\n\n{detectable_line(compared_found, metric, len(tests))}"
+        out.append((section.title, text))
+    return out
 
 
 def setting_line(study: Study, trials: list[Trial]) -> str:
