@@ -109,6 +109,22 @@ def interaction(a: Seeded, b: Seeded, a_j: Seeded, b_j: Seeded) -> Optional[Diff
     return from_t((mb_j - ma_j) - (mb - ma), se, df, "Welch")
 
 
+def non_dominated(points: list[tuple[float, float]]) -> list[int]:
+    """The indices of `points` (each (a, b), both larger-is-better) that no other point dominates (at least as good in
+    both, better in one), in the order given: the Pareto front. Sorted by a, then swept keeping the best b so far,
+    so n log n; equal points are all on the front."""
+    order = sorted(range(len(points)), key=lambda i: (-points[i][0], -points[i][1]))
+    front, best_b, i = [], -math.inf, 0
+    while i < len(order):  # points of one a: each is dominated only by a point of larger a, or of equal a larger b
+        a = points[order[i]][0]
+        same = [j for j in order[i:] if points[j][0] == a]
+        top = max(points[j][1] for j in same)
+        front += [j for j in same if points[j][1] == top and top > best_b]
+        best_b = max(best_b, top)
+        i += len(same)
+    return sorted(front)
+
+
 def holm(pvalues: list[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values, in the order given: the i-th smallest of m times (m - i + 1), never
     below an adjusted one before it, at most 1."""

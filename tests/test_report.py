@@ -103,6 +103,9 @@ Energy (µJ/image), gradual |
     assert "![firing rate per spiking layer](shapes-firing.png)" in text
     assert (tmp_path / "reports/shapes-firing.png").stat().st_size > 0
     assert (tmp_path / "reports/shapes-schedule.png").stat().st_size > 0  # the per-step cosine curve
+    # accuracy against energy, the figure beside an SNN paper's table: every cell, the non-dominated ones ringed
+    assert "![test accuracy against energy per image, non-dominated cells ringed](shapes-tradeoff.png)" in text
+    assert (tmp_path / "reports/shapes-tradeoff.png").stat().st_size > 10_000
 
 
 def test_unknown_study_and_missing_store_are_one_line_errors(tiny_table_store, tmp_path, capsys):

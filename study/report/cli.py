@@ -19,7 +19,7 @@ from study.errors import StudyError, store_message, user_error_exit
 from study.records import Artifact, Kind, METRICS, TABULATED, Tag, read_runs
 from study.report.cells import Cell, table_cells
 from study.report.leaderboard import leaderboard
-from study.report.plots import plot_curves, plot_firing, plot_schedule
+from study.report.plots import plot_curves, plot_firing, plot_schedule, plot_tradeoff
 from study.report.population import population_report
 from study.report.sources import provenance_line, runs_frame, write_sources
 from study.report.tables import counts_line, differences, paper_figure, render_table, setting_line
@@ -153,7 +153,7 @@ def table_sections(client: MlflowClient, study: Study, trials: list, children: l
 def plotted(client: MlflowClient, study: Study, trials: list, children: list, cells: list[Cell], shown: list[str],
             out: Path) -> tuple[list[str], list[Path]]:
     """(the report's image lines, the plot files drawn): the metrics' curves, the surrogate's schedule and, where
-    the runs logged it, the firing rate per layer; none where no cell has a run."""
+    the runs logged them, the firing rate per layer and accuracy against energy; none where no cell has a run."""
     if not any(c.run_ids for c in cells):
         return [], []
     curves, schedule = out / f"{study.name}-curves.png", out / f"{study.name}-schedule.png"
@@ -165,6 +165,10 @@ def plotted(client: MlflowClient, study: Study, trials: list, children: list, ce
     if plot_firing(children, cells, study.table, firing):
         plots.append(firing)
         lines.append(f"![firing rate per spiking layer]({firing.name})")
+    tradeoff = out / f"{study.name}-tradeoff.png"
+    if plot_tradeoff(children, cells, study.table, tradeoff):
+        plots.append(tradeoff)
+        lines.append(f"![test accuracy against energy per image, non-dominated cells ringed]({tradeoff.name})")
     return lines, plots
 
 

@@ -2,6 +2,7 @@
 each spiking layer's firing rate."""
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ from isnm import betas_text, metrics
 from study.records import LAYER_RATE, METRICS, RunRecord, histories, history
 from study.report.cells import Cell
 from study.report.tables import scaled
+from study.stats import mean_std, non_dominated
 from study.design.config import Table
 
 if TYPE_CHECKING:
@@ -86,6 +88,43 @@ def plot_firing(runs: list[RunRecord], cells: list[Cell], table: Table, path: Pa
     ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=8)
     ax.set_xlabel("spiking layer (input to output)")
     ax.set_ylabel("firing rate, final epoch (% of neurons per step)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_tradeoff(runs: list[RunRecord], cells: list[Cell], table: Table, path: Path) -> bool:
+    """Each cell's final test accuracy against its energy per image (mean ± std over its seeds on both axes), the
+    non-dominated cells (no other both as accurate and as cheap, and better in one) ringed and joined: the figure an
+    SNN paper puts beside its table. False, and no figure, where the runs logged no energy."""
+    by_id = {run.run_id: run.metrics for run in runs}
+    placed = []
+    for cell in cells:
+        finals = [by_id[i] for i in cell.run_ids if metrics.ENERGY in by_id.get(i, {}) and metrics.TEST_ACC in by_id[i]]
+        if finals:
+            placed.append((" ".join(table.label(v) for v in cell.key),
+                           mean_std([100 * m[metrics.TEST_ACC] for m in finals]),
+                           mean_std([m[metrics.ENERGY] for m in finals])))
+    if not placed:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    front = non_dominated([(acc[0], -energy[0]) for _, acc, energy in placed])
+    fig, ax = plt.subplots(figsize=(7.0, 4.6))
+    for i, (label, (acc, acc_sd), (energy, energy_sd)) in enumerate(placed):
+        ax.errorbar(energy, acc, xerr=None if math.isnan(energy_sd) else energy_sd,
+                    yerr=None if math.isnan(acc_sd) else acc_sd, marker="o", capsize=3, label=label)
+        if i in front:
+            ax.plot(energy, acc, marker="o", markersize=14, fillstyle="none", color="black", linestyle="none")
+    edge = sorted((placed[i][2][0], placed[i][1][0]) for i in front)
+    ax.plot(*zip(*edge), color="black", linewidth=1, alpha=0.6, label="non-dominated (ringed)")
+    ax.set_xlabel("energy per image (µJ), final epoch")
+    ax.set_ylabel("test accuracy (%), final epoch")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
