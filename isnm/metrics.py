@@ -9,6 +9,8 @@ TRAIN_LOSS = "train_loss"
 TRAIN_ACC = "train_acc"
 VAL_ACC = "val_acc"
 VAL_SPIKE_RATE = "val_spike_rate"
+VAL_SYNOPS = "val_synops"  # per image, on the validation pass: what a search may select on (never the test pass)
+VAL_ENERGY = "val_energy"  # microjoules per image, on the validation pass
 TEST_ACC = "test_acc"
 BETA = "beta"  # the surrogate's: with per-step updates, the epoch's last step's
 ALPHA = "alpha"
@@ -24,7 +26,8 @@ KERNEL = "kernel"  # the ISNM loops that ran: "eager" or "compiled"
 KERNEL_FALLBACK = "kernel_fallback"  # only after a compilation failed: why the loops fell back to eager
 DATA_FINGERPRINT = "data_fingerprint"  # isnm.data.fingerprint of the data trained and tested on
 
-# The numbers every epoch reports, besides one LAYER_RATE per spiking layer. VAL_ACC and VAL_SPIKE_RATE come
-# only with a validation split (`validation` > 0, the default).
-PER_EPOCH = (EPOCH, TRAIN_LOSS, TRAIN_ACC, VAL_ACC, VAL_SPIKE_RATE, TEST_ACC, BETA, ALPHA, EPOCH_SECONDS,
+# The numbers every epoch reports, besides one LAYER_RATE per spiking layer. The VAL_ ones come only with a
+# validation split (`validation` > 0, the default).
+VALIDATION = (VAL_ACC, VAL_SPIKE_RATE, VAL_SYNOPS, VAL_ENERGY)
+PER_EPOCH = (EPOCH, TRAIN_LOSS, TRAIN_ACC, *VALIDATION, TEST_ACC, BETA, ALPHA, EPOCH_SECONDS,
              SPIKE_RATE, SYNOPS, ENERGY, ENERGY_ANN)

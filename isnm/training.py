@@ -18,7 +18,7 @@ from isnm.config import TrainConfig, parse_config
 from isnm.data import Dataset, batches, fingerprint, load_dataset, train_batches
 from isnm.kernels import CompileTimer
 from isnm.metrics import (ALPHA, BETA, DATA_FINGERPRINT, EPOCH, EPOCH_SECONDS, KERNEL, KERNEL_FALLBACK, TEST_ACC,
-                          TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_SPIKE_RATE)
+                          TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_SPIKE_RATE, VAL_SYNOPS, VAL_ENERGY, SYNOPS, ENERGY)
 from isnm.metrics import LAYER_BETA
 from isnm.plugins import check_sources
 from isnm.neuron import kernel_fallback, learn_beta, learned_betas, set_surrogate
@@ -196,7 +196,9 @@ def measured(run: Training, alpha: float, beta: float) -> dict:
     val = {}
     if len(data.val_y):  # what a search may select on: the validation pass's accuracy and firing
         val_acc, val_activity = evaluate(run.model, data.val_x, data.val_y, run.precision)
-        val = {VAL_ACC: val_acc, VAL_SPIKE_RATE: val_activity.spike_rate}
+        measured_val = val_activity.metrics()
+        val = {VAL_ACC: val_acc, VAL_SPIKE_RATE: val_activity.spike_rate, VAL_SYNOPS: measured_val[SYNOPS],
+               VAL_ENERGY: measured_val[ENERGY]}
     # the loops that really ran: a compilation that failed falls back to eager, and says why
     ran = {KERNEL: "eager", KERNEL_FALLBACK: kernel_fallback()} if kernel_fallback() else {KERNEL: run.kernel}
     if run.learned:  # the layers' betas as they end the epoch, and their geometric mean as the study's beta

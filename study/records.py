@@ -175,6 +175,8 @@ METRICS = {metric.name: metric for metric in (  # in the order of an epoch: trai
     Metric(m.VAL_ACC, "Validation accuracy (%)", 100, 2, maximize=True, selectable=True, reproduced=True,
            validation=True),
     Metric(m.VAL_SPIKE_RATE, "Validation spike rate (%)", 100, 2, selectable=True, reproduced=True, validation=True),
+    Metric(m.VAL_SYNOPS, "Validation SynOps (M/image)", 1e-6, 2, selectable=True, validation=True),
+    Metric(m.VAL_ENERGY, "Validation energy (µJ/image)", selectable=True, validation=True),
     Metric(m.TEST_ACC, "Accuracy (%)", 100, 2, maximize=True, reproduced=True),
     Metric(m.SPIKE_RATE, "Spike rate (%)", 100, 2, reproduced=True),
     Metric(m.SYNOPS, "SynOps (M/image)", 1e-6, 2),

@@ -86,6 +86,18 @@ BAD = [
     ("not a mapping", "- a\n- b\n", "expected a mapping"),
     ("search with variants", with_change(search={"space": {"lr": {"loguniform": [1e-4, 1e-2]}}}),
      "search: .*either a search or variants/grid"),
+    ("two metrics, one mode", {**GOOD, "variants": {}, "search": {
+        "space": {"lr": {"loguniform": [1e-4, 1e-2]}}, "metric": ["val_acc", "val_energy"], "mode": "max"}},
+     r"search.metric: got \['val_acc', 'val_energy'\], expected two different metrics with two modes"),
+    ("two metrics at random", {**GOOD, "variants": {}, "search": {
+        "space": {"lr": {"loguniform": [1e-4, 1e-2]}}, "algorithm": "random", "metric": ["val_acc", "val_energy"],
+        "mode": ["max", "min"]}}, "search.algorithm: got 'random', expected optuna for two metrics"),
+    ("two metrics with asha", {**GOOD, "variants": {}, "search": {
+        "space": {"lr": {"loguniform": [1e-4, 1e-2]}}, "metric": ["val_acc", "val_energy"], "mode": ["max", "min"],
+        "scheduler": {"asha": {"grace_period": 1}}}}, "search.scheduler: .*no scheduler with two metrics"),
+    ("test energy selected", {**GOOD, "variants": {}, "search": {
+        "space": {"lr": {"loguniform": [1e-4, 1e-2]}}, "metric": ["val_acc", "energy"], "mode": ["max", "min"]}},
+     r"search.metric: got \['val_acc', 'energy'\], expected 'train_loss' or .* or a list of"),
     ("bad distribution", {**GOOD, "variants": {}, "search": {"space": {"lr": {"lognormal": [1, 2]}}}},
      r"search.space.lr: got .*, expected one of \{loguniform"),
     ("loguniform low", {**GOOD, "variants": {}, "search": {"space": {"lr": {"loguniform": [0, 1]}}}},

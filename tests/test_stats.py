@@ -4,6 +4,8 @@ import math
 import numpy as np
 import pytest
 
+from tests.test_front import brute_front
+
 from study.stats import Difference, detectable, holm, interaction, mean_std, non_dominated, paired, welch
 
 SAMPLES = [([90.1, 91.3, 90.7], [92.0, 91.1, 93.4]), ([1.0, 2.0, 4.0, 8.0], [3.0, 3.5, 1.0, 9.5]),
@@ -118,11 +120,6 @@ def test_a_difference_of_rounding_alone_is_no_difference():
     assert (d.diff, d.p) == (0.0, 1.0)
     same = paired([1.0, 2.0], [3.0, 4.0])  # every seed 2 points better: no spread, an exact difference
     assert (same.diff, same.p) == (2.0, 0.0)
-
-
-def brute_front(points):
-    return [i for i, p in enumerate(points)
-            if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)]
 
 
 def test_the_front_is_the_brute_force_non_dominated_filter():

@@ -62,8 +62,10 @@ class Search:
     space: dict[str, dict[str, Any]] = field(default_factory=dict)  # dotted config key -> a distribution (optuna, random)
     algorithm: Literal["optuna", "random", "pbt"] = "optuna"
     num_samples: int = 16
-    metric: Literal[SELECTABLE] = metrics.VAL_ACC  # test_acc is refused: a configuration chosen on it is tested on it
-    mode: Literal["max", "min"] = "max"
+    # test_acc is refused: a configuration chosen on it is tested on it. Two metrics and two modes, e.g. [val_acc,
+    # val_energy] and [max, min]: a search for the trade-off (optuna's multi-objective sampler), reported as its front
+    metric: Union[Literal[SELECTABLE], list[Literal[SELECTABLE]]] = metrics.VAL_ACC
+    mode: Union[Literal["max", "min"], list[Literal["max", "min"]]] = "max"
     scheduler: Optional[Schedulers] = None  # {asha: {grace_period: N}}
     # pbt: `population` members train side by side; every `interval` epochs, all of them at that epoch (synchronous),
     # the worst quarter continue from the best quarter's checkpoints with `mutate`'s values perturbed (x0.8, x1.2) or
@@ -88,10 +90,30 @@ class Search:
                 check_distribution(spec, join(join(path, "mutate"), key))
             return
         check(not self.mutate, join(path, "mutate"), self.mutate, "mutate: only with algorithm: pbt")
+        if isinstance(self.metric, list) or isinstance(self.mode, list):
+            check(isinstance(self.metric, list) and isinstance(self.mode, list) and len(self.metric) == len(self.mode)
+                  == 2 and self.metric[0] != self.metric[1], join(path, "metric"), self.metric,
+                  "two different metrics with two modes, e.g. metric: [val_acc, val_energy], mode: [max, min]")
+            check(self.algorithm == "optuna", join(path, "algorithm"), self.algorithm,
+                  "optuna for two metrics (its multi-objective sampler)")
+            check(self.scheduler is None, join(path, "scheduler"), self.scheduler,
+                  "no scheduler with two metrics (ASHA stops trials on one metric)")
         check(self.num_samples >= 1, join(path, "num_samples"), self.num_samples, "an integer >= 1")
         check(len(self.space) > 0, join(path, "space"), self.space, "at least one dotted key to search")
         for key, spec in self.space.items():
             check_distribution(spec, join(join(path, "space"), key))
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        """(metric, mode) of each thing the search optimises: one, or two for a trade-off."""
+        if isinstance(self.metric, list):
+            return list(zip(self.metric, self.mode))
+        return [(self.metric, self.mode)]
+
+    @property
+    def primary(self) -> str:
+        """The metric progress lines show and the leaderboard ranks by: the first."""
+        return self.objectives[0][0]
 
     @property
     def mutations(self) -> dict[str, dict[str, Any]]:

@@ -81,8 +81,9 @@ def study_from(data: dict, path: Path, profile: Optional[str] = None, found: Opt
             check_override_keys(spec.search.space, "search.space")
             if spec.search.algorithm == "pbt":
                 check_pbt(spec.search, base)
-            if METRICS[spec.search.metric].validation and base["validation"] == 0:
-                raise ConfigError("search.metric", f"{spec.search.metric} needs a validation split, but "
+            needed = [m for m, _ in spec.search.objectives if METRICS[m].validation]
+            if needed and base["validation"] == 0:
+                raise ConfigError("search.metric", f"{needed[0]} needs a validation split, but "
                                                    f"base.validation is 0; set base.validation (0.1 is the default)")
         if spec.table is not None and spec.search is None:
             check_table_keys(spec)

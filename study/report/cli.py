@@ -18,6 +18,7 @@ from isnm import metrics
 from study.errors import StudyError, store_message, user_error_exit
 from study.records import Artifact, Kind, METRICS, TABULATED, Tag, read_runs
 from study.report.cells import Cell, table_cells
+from study.report.front import front_section
 from study.report.leaderboard import leaderboard
 from study.report.plots import plot_curves, plot_firing, plot_schedule, plot_tradeoff
 from study.report.population import population_report
@@ -85,8 +86,11 @@ def report_study(client: MlflowClient, uri: str, name: str, out: Path, asked: As
     if search is not None and search.algorithm == "pbt":
         parts, plots = population_section(client, found.exp_id, study, out)
     elif search is not None:
-        parts, plots = [f"## Leaderboard (ranked by final {search.metric}; test accuracy of the final epoch beside "
+        parts, plots = [f"## Leaderboard (ranked by final {search.primary}; test accuracy of the final epoch beside "
                         f"it)\n\n" + leaderboard(client, children, study)], []
+        if len(search.objectives) == 2:  # a trade-off: the front comes first
+            front, plots = front_section(children, study, out)
+            parts = front + parts
     else:
         parts, plots = table_sections(client, study, trials, children, verdicts, out, asked)
     text = "\n\n".join(p for p in head + parts if p) + "\n"

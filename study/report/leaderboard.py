@@ -25,16 +25,21 @@ def short(param: str) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def finished_samples(children: list[RunRecord], study: Study) -> list[RunRecord]:
+    """The search's trials that finished, under this report's profile."""
+    return [run for run in children if run.status == RunStatus.FINISHED and run.variant == SEARCH_VARIANT
+            and run.tags.get(Tag.PROFILE, "") == (study.profile or "")]
+
+
 def leaderboard(client: MlflowClient, children: list[RunRecord], study: Study) -> str:
     """The top trials of a search, ranked by the search's own metric (val_acc, never test data), with their
     sampled values and final test accuracy, and the best as a `base:` overlay."""
     keys = list(study.spec.search.space)
-    metric = study.spec.search.metric
-    done = [run for run in children if run.status == RunStatus.FINISHED and run.variant == SEARCH_VARIANT
-            and run.tags.get(Tag.PROFILE, "") == (study.profile or "") and metric in run.metrics]
+    metric, mode = study.spec.search.objectives[0]
+    done = [run for run in finished_samples(children, study) if metric in run.metrics]
     if not done:
         return "No finished search trials yet."
-    top = sorted(done, key=lambda run: run.metrics[metric], reverse=study.spec.search.mode == "max")[:LEADERBOARD_SIZE]
+    top = sorted(done, key=lambda run: run.metrics[metric], reverse=mode == "max")[:LEADERBOARD_SIZE]
     header = ["#"] + keys + [METRICS[metric].header, METRICS[metrics.TEST_ACC].header, "epochs"]
     rows = []
     for i, run in enumerate(top, start=1):

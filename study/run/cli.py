@@ -88,7 +88,7 @@ def search_plan(study: Study) -> str:
                 f"{search.metric} ({search.mode}) go on from the best quarter's checkpoints with "
                 + ", ".join(f"{k} perturbed within {spec}" for k, spec in search.mutations.items()))
     return (f"{study.name}: search, {search.num_samples} samples ({search.algorithm}) over "
-            f"{', '.join(search.space)}; {search.metric} {search.mode}")
+            f"{', '.join(search.space)}; " + ", ".join(f"{m} {mode}" for m, mode in search.objectives))
 
 
 def check_before_start(study: Study, trials: list[Trial], address: Optional[str]) -> None:

@@ -273,7 +273,7 @@ def run_on_tune(plan: TunePlan, options: RunOptions, here: Invocation,
         on = {"gpus": study.spec.resources.gpu, "local": options.address is None,
               "slots": slots_of(study, total.get("CPU", 0), total.get("GPU", 0), options.max_concurrent)}
         if search:
-            progress = Progress(search.samples, 0, search.metric, book.describe, **on)
+            progress = Progress(search.samples, 0, search.primary, book.describe, **on)
         elif seeds is not None:  # the trials planned grow as the results ask for seeds
             progress = Progress(lambda: len(seeds.rule.needed(seeds.decision)), seeds.done(),
                                 study.table.metrics[0], book.describe, max(len(t.name) for t in trials), **on)

@@ -114,14 +114,16 @@ def tune_config(study: Study, max_concurrent: Optional[int], seeds: Optional[Ada
     algorithm = None
     if search.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
-        algorithm = OptunaSearch(metric=search.metric, mode=search.mode, seed=study.seeds[0])
+        algorithm = OptunaSearch(metric=search.metric, mode=search.mode, seed=study.seeds[0])  # lists for two
     scheduler = None
     if search.scheduler is not None and search.scheduler.asha is not None:
         options = search.scheduler.asha
         scheduler = tune.schedulers.ASHAScheduler(
             time_attr=metrics.EPOCH, max_t=study.base["epochs"], grace_period=options.grace_period,
             reduction_factor=options.reduction_factor)
-    return tune.TuneConfig(metric=search.metric, mode=search.mode, num_samples=search.num_samples,
+    single = len(search.objectives) == 1  # Tune itself takes one metric: two go to the searcher alone
+    return tune.TuneConfig(metric=search.metric if single else None, mode=search.mode if single else None,
+                           num_samples=search.num_samples,
                            search_alg=algorithm, scheduler=scheduler, max_concurrent_trials=max_concurrent,
                            trial_dirname_creator=trial_folder, reuse_actors=True)
 
