@@ -23,6 +23,8 @@ CLI_ONLY = [
      r"--address 127\.0\.0\.1:\d+: no Ray cluster answers there \(Connection refused\)"),
     ("ray client address", GOOD, ["--address", "ray://127.0.0.1:10001"],
      r"--address ray://127\.0\.0\.1:10001: Ray Client \(ray://\) is not supported"),
+    ("tracking server not there", GOOD, ["--tracking-uri", f"http://127.0.0.1:{free_port()}", "--tracking-patience", "300"],
+     r"--tracking-uri http://127\.0\.0\.1:\d+: no tracking server answers there \(connection refused\)"),
     ("storage uri pyarrow cannot open", GOOD, ["--storage", "nosuchscheme://bucket/x"],
      r"--storage nosuchscheme://bucket/x: pyarrow cannot open it"),
 ]
@@ -137,3 +139,19 @@ def test_a_grid_of_a_million_trials_is_refused_before_any_is_made_and_a_large_dr
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "t: 300 trials (too many to list: the values of each key)" and len(out) == 4, out
     assert out[1].split()[:3] == ["variant", "2", "values"] and out[3].split()[:3] == ["seed", "5", "values"]
+
+
+def test_every_command_says_at_once_that_no_tracking_server_answers(tmp_path, capsys):
+    """A refused connection is an answer: one line, not MLflow's minutes of silent retries (the subprocess-free calls
+    and pytest's own timeout only stop a hang)."""
+    from study.evaluate.cli import main as evaluate
+    from study.report.cli import main as report
+    from study.reproduce.cli import main as reproduce
+    from study.status.cli import main as status
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    for command, args in ((report, ["itest"]), (status, ["itest"]), (reproduce, ["0123abcd"]),
+                          (evaluate, ["0123abcd", "--timesteps", "2"])):
+        assert command([*args, "--tracking-uri", uri]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "no tracking server answers there (connection refused)" in err, err

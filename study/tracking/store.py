@@ -4,10 +4,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlsplit
 
 from mlflow.tracking import MlflowClient
 
@@ -34,10 +36,33 @@ def quiet_downloads() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+ANSWER_S = 5.0  # seconds a tracking server has to accept a connection when a command starts
+
+
+def server_answers(uri: str) -> None:
+    """One line (StudyError) if nothing accepts a connection at an http(s) store's host and port: a refused
+    connection, an unknown host or no answer within ANSWER_S is an answer, and MLflow's own retries would take
+    minutes, silent, to give it. A server that answers now and goes away later is what --tracking-patience waits
+    for (study.tracking.retry)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=ANSWER_S).close()
+    except OSError as exc:
+        why = ("connection refused" if isinstance(exc, ConnectionRefusedError) else
+               f"no answer within {ANSWER_S:g} s" if isinstance(exc, TimeoutError) else
+               "unknown host" if isinstance(exc, socket.gaierror) else exc.strerror or type(exc).__name__)
+        raise StudyError(f"--tracking-uri {redacted(uri)}: no tracking server answers there ({why}); start it "
+                         f"(docs/clusters.md, 'A team tracking server') or check the address") from None
+
+
 def read_client(uri: str) -> MlflowClient:
     """A client for reading a store that must already hold runs; a sqlite file that is not there is one line
-    (MLflow would create an empty one)."""
+    (MLflow would create an empty one), and so is a server that does not answer."""
     quiet_downloads()
+    server_answers(uri)
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise StudyError(f"no MLflow store at {db.resolve()}; run `python -m study.run FILE` first, or pass --tracking-uri")
@@ -53,7 +78,8 @@ def read_client(uri: str) -> MlflowClient:
 
 def writable_store(uri: str) -> None:
     """One line if `uri` is a sqlite file that cannot be written, or made (its folder, where sqlite writes its journal
-    and the runs' artifacts go): MLflow would retry for minutes before it failed."""
+    and the runs' artifacts go), or a server that does not answer: MLflow would retry for minutes before it failed."""
+    server_answers(uri)
     db = sqlite_path(uri)
     if db is None:
         return
