@@ -135,6 +135,9 @@ BAD = [
     ("an alias bomb", "name: t\n" + "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else '1'] * 10)}]\n"
                                             for i in range(9)),
      "more than 100,000 values once its YAML aliases"),
+    ("nested 600 deep", "name: t\nbase: " + "[" * 600 + "]" * 600 + "\n", "values nested more than 64 deep"),
+    ("nested 5000 deep", "name: t\nbase: " + "[" * 5000 + "]" * 5000 + "\n", "values nested more than 64 deep"),
+    ("a 2 MB study file", "name: t\n" + "# padding\n" * 200_000, r"[\d,]+ bytes; a study file is a few kilobytes \(at most 1,000,000 are read\)"),
     ("pbt with a space", with_change(variants={}, base__surrogate={"schedule": "fixed"}, search={
         "algorithm": "pbt", "space": {"lr": {"loguniform": [1e-4, 1e-2]}}, "mutate": {"surrogate.beta": [0.5, 10]}}),
      "search.space: got .*, expected no space with algorithm: pbt"),

@@ -27,14 +27,16 @@ class StrictLoader(yaml.SafeLoader):
 
 
 MAX_NODES = 100_000  # a study file's values, counted with YAML's aliases expanded: studies are hundreds
+MAX_DEPTH = 64  # mappings and lists within one another: a study file nests a few deep
+MAX_BYTES = 1_000_000  # a study file is a few kilobytes; it is stored with every invocation's parent run
 
 
 def expanded_nodes(node: yaml.Node, counted: dict[int, int], open_nodes: set[int]) -> int:
     """How many nodes `node` is with every alias in it expanded, without expanding them: an alias is the node it names,
-    counted once (`counted`); a node that holds itself counts as too many."""
+    counted once (`counted`); a node that holds itself, or lies more than MAX_DEPTH deep, counts as too many."""
     if id(node) in counted:
         return counted[id(node)]
-    if id(node) in open_nodes:
+    if id(node) in open_nodes or len(open_nodes) > MAX_DEPTH:
         return MAX_NODES + 1
     open_nodes.add(id(node))
     children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else (
@@ -54,8 +56,8 @@ def bounded_yaml(text: str, path: Path):
     try:
         node = loader.get_single_node()
         if node is not None and expanded_nodes(node, {}, set()) > MAX_NODES:
-            raise StudyError(f"{path}: more than {MAX_NODES:,} values once its YAML aliases (*name) are expanded; "
-                             "a study file is hundreds")
+            raise StudyError(f"{path}: more than {MAX_NODES:,} values once its YAML aliases (*name) are expanded, or "
+                             f"values nested more than {MAX_DEPTH} deep; a study file has hundreds, a few deep")
         return None if node is None else loader.construct_document(node)
     finally:
         loader.dispose()
@@ -64,12 +66,17 @@ def bounded_yaml(text: str, path: Path):
 def read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise StudyError(f"{path}: no such study file")
+    if path.stat().st_size > MAX_BYTES:
+        raise StudyError(f"{path}: {path.stat().st_size:,} bytes; a study file is a few kilobytes (at most "
+                         f"{MAX_BYTES:,} are read)")
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:  # unreadable: permissions, not text
         raise StudyError(f"{path}: cannot be read ({type(exc).__name__}: {first_line(str(exc))})") from None
     try:
         data = bounded_yaml(text, path)
+    except RecursionError:  # nested past what YAML's composer recurses through, before the depth is counted
+        raise StudyError(f"{path}: values nested more than {MAX_DEPTH} deep; a study file nests a few deep") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where, line = "", ""
