@@ -141,7 +141,7 @@ def keys(cls: type, prefix: str = "") -> Iterator[Key]:
         inner = dataclass_in(tp)
         comment = comments.get(spec.name, "")
         if not comment and inner is not None and inner.__doc__ and not inner.__doc__.startswith(inner.__name__ + "("):
-            comment = inner.__doc__.strip().splitlines()[0]
+            comment = " ".join(inner.__doc__.strip().split("\n\n")[0].split())  # its first paragraph, whole
         yield Key(path, type_text(tp), default_text(spec), comment)
         if inner is not None:
             yield from keys(inner, path + ".")

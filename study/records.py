@@ -162,7 +162,8 @@ class Metric:
         return f"{value:.{self.decimals}f}"
 
     def signed(self, value: float) -> str:
-        return f"{value:+.{self.decimals}f}"
+        """A difference with its sign: +0.00 for one that rounds to nothing (never -0.00)."""
+        return f"{round(value, self.decimals) + 0.0:+.{self.decimals}f}"
 
     def printed(self, value: float) -> str:
         """A value as a run holds it, as the paper prints it (0.9087 -> 90.87)."""

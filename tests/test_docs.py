@@ -250,3 +250,23 @@ def test_the_readme_table_names_every_option_of_each_command(command):
     if " ...]` |" in row or " ...` |" in row:
         missing = [o for o in missing if o not in (DOCS / "clusters.md").read_text()]
     assert not missing, f"study.{command}: {missing} in neither README's row nor the page it points to"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_commands_help_reads_whole(command, capsys):
+    """--help's description is a whole sentence: study.status's once stopped at its docstring's first line break,
+    inside a parenthesis."""
+    import importlib
+
+    module = importlib.import_module(f"study.{command}.cli")
+    with pytest.raises(SystemExit):
+        module.main(["--help"])
+    text = capsys.readouterr().out
+    description = text.split("\n\n")[1]
+    assert description.count("(") == description.count(")"), description
+
+
+def test_every_shipped_study_file_is_in_the_study_files_table():
+    text = (ROOT / "docs" / "study-files.md").read_text()
+    for path in [*sorted((ROOT / "search_spaces").glob("*.yaml")), *sorted((ROOT / "examples").glob("*.yaml"))]:
+        assert f"| `{path.relative_to(ROOT)}` |" in text, path

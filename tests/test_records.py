@@ -174,3 +174,10 @@ def test_histories_read_in_bulk_equal_a_run_a_call(store):
     assert [m.step for m in histories(client, runs, "test_acc")[runs[0]]] == [1, 2, 3]
     # the bulk read a report on a sqlite or PostgreSQL store takes; gone in a new MLflow, reports slow down 2x
     assert callable(client._tracking_client.store.get_metric_history_bulk)
+
+
+def test_a_difference_that_rounds_to_nothing_prints_without_a_minus():
+    from study.records import METRICS
+
+    assert METRICS["test_acc"].signed(-0.00001) == "+0.00" and METRICS["test_acc"].signed(-0.01) == "-0.01"
+    assert METRICS["train_loss"].signed(-0.00004) == "+0.0000"

@@ -38,7 +38,7 @@ def plot_curves(client: MlflowClient, cells: list[Cell], table: Table, metrics: 
             data = np.array([s[:length] for s in series])
             epochs = np.arange(1, length + 1)
             mean = data.mean(0)
-            line, = ax.plot(epochs, mean, label=" ".join(table.label(v) for v in cell.key))
+            line, = ax.plot(epochs, mean, label=table.values_label(table.keys, cell.key))
             if len(series) > 1:
                 std = data.std(0, ddof=1)
                 ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
@@ -84,7 +84,7 @@ def plot_firing(runs: list[RunRecord], cells: list[Cell], table: Table, path: Pa
         if rates.empty:
             continue
         ax.errorbar(range(len(layers)), rates.mean(), yerr=rates.std(ddof=1) if len(rates) > 1 else None,
-                    marker="o", capsize=3, label=" ".join(table.label(v) for v in cell.key))
+                    marker="o", capsize=3, label=table.values_label(table.keys, cell.key))
     ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=8)
     ax.set_xlabel("spiking layer (input to output)")
     ax.set_ylabel("firing rate, final epoch (% of neurons per step)")
@@ -105,7 +105,7 @@ def plot_tradeoff(runs: list[RunRecord], cells: list[Cell], table: Table, path: 
     for cell in cells:
         finals = [by_id[i] for i in cell.run_ids if metrics.ENERGY in by_id.get(i, {}) and metrics.TEST_ACC in by_id[i]]
         if finals:
-            placed.append((" ".join(table.label(v) for v in cell.key),
+            placed.append((table.values_label(table.keys, cell.key),
                            mean_std([100 * m[metrics.TEST_ACC] for m in finals]),
                            mean_std([m[metrics.ENERGY] for m in finals])))
     if not placed:

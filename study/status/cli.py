@@ -133,7 +133,7 @@ def slurm_lines(parent: RunRecord) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m study.status", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m study.status", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("studies", nargs="*", metavar="STUDY", help="study names (default: every study in the store)")
     parser.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     args = parser.parse_args(argv)
