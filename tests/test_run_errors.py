@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from study.run.cli import main
-from tests.studies import free_port, loopback_env
+from tests.studies import ROOT, free_port, loopback_env
 from tests.study_files import BAD, GOOD
 
 CLI_ONLY = [
@@ -155,3 +155,21 @@ def test_every_command_says_at_once_that_no_tracking_server_answers(tmp_path, ca
         assert command([*args, "--tracking-uri", uri]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "no tracking server answers there (connection refused)" in err, err
+
+
+SHIPPED = sorted([*(ROOT / "search_spaces").glob("*.yaml"), *(ROOT / "examples").glob("*.yaml")])
+
+
+@pytest.mark.slow  # each estimate times a few training steps here
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.stem)
+def test_every_shipped_study_dry_runs_and_estimates_on_a_fresh_store(path, tmp_path, monkeypatch, capsys):
+    """What a newcomer tries first, on a machine with no store yet: searches and PBT list what they will train and
+    what it costs; a {from_study: NAME} that has not run is planned with a placeholder and names the command."""
+    monkeypatch.chdir(tmp_path)
+    profile = ["--profile", "demo"] if "demo" in (yaml.safe_load(path.read_text()).get("profiles") or {}) else []
+    assert main([str(path), *profile, "--dry-run", "--estimate"]) == 0, capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "wall clock: ~" in out and "compute: " in out, out
+    if "from_study" in path.read_text():
+        assert "has not run yet, so its rows are planned with a placeholder" in err and "schedules_pbt.yaml" in err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()

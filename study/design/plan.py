@@ -111,6 +111,16 @@ def search_base(study: Study) -> dict:
     return Sources(study).hashed(with_absolute_data_dir(with_overrides(study.base, {"seed": study.seeds[0]})))
 
 
+def stand_ins(study: Study) -> list[Trial]:
+    """What a search will train, for its cost estimate: its samples (or PBT's members), each as its base config,
+    told apart by their names and hashes (none is cached: a sample is known only once drawn)."""
+    search, base = study.spec.search, search_base(study)
+    if search.algorithm == "pbt":
+        return [pbt_member(base, search, i, {}) for i in range(search.population)]
+    return [Trial(f"sample {i}", SEARCH_VARIANT, {}, base["seed"], base, f"sample-{i}")
+            for i in range(search.num_samples)]
+
+
 def pbt_member(base: dict, search: Search, member: int, values: dict[str, Any]) -> Trial:
     """Member `member` of population-based search `search` over `base`, training with `values` of the mutated keys now.
 

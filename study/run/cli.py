@@ -14,7 +14,8 @@ from study.records import METRICS
 from study.design.adaptive import SeedRule
 from study.design.config import Study
 from study.design.load import load_study
-from study.design.plan import Trial, check_data_of, plan_summary, plan_trials, search_base, trial_count, trial_table
+from study.design.plan import (Trial, check_data_of, plan_summary, plan_trials, search_base, stand_ins, trial_count,
+                               trial_table)
 from study.design.plugins import check_plugins_of
 from study.tracking.pbt import schedules_in
 from study.tracking.provenance import code_state, warn_if_dirty
@@ -80,15 +81,18 @@ def adaptive_plan(study: Study, trials: list[Trial]) -> str:
 
 
 def search_plan(study: Study) -> str:
-    """The dry run of a search: what it samples, or what its population changes and how often."""
-    search = study.spec.search
+    """The dry run of a search: what it samples, or what its population changes and how often; what each trains."""
+    search, epochs, seed = study.spec.search, study.base["epochs"], study.seeds[0]
     if search.algorithm == "pbt":
-        return (f"{study.name}: population-based training, {search.population} members over "
-                f"{study.base['epochs']} epochs; every {plural(search.interval, 'epoch')} the worst quarter by "
-                f"{search.metric} ({search.mode}) go on from the best quarter's checkpoints with "
+        steps = list(range(search.interval, epochs, search.interval))
+        return (f"{study.name}: population-based training, {search.population} members over {epochs} epochs on seed "
+                f"{seed}; after epochs {', '.join(map(str, steps)) or 'none'} the worst quarter by {search.metric} "
+                f"({search.mode}) go on from the best quarter's checkpoints with "
                 + ", ".join(f"{k} perturbed within {spec}" for k, spec in search.mutations.items()))
+    stopping = " (ASHA may stop a sample early)" if search.scheduler is not None else ""
     return (f"{study.name}: search, {search.num_samples} samples ({search.algorithm}) over "
-            f"{', '.join(search.space)}; " + ", ".join(f"{m} {mode}" for m, mode in search.objectives))
+            f"{', '.join(search.space)}; " + ", ".join(f"{m} {mode}" for m, mode in search.objectives)
+            + f"; each trains up to {epochs} epochs on seed {seed}{stopping}")
 
 
 def check_before_start(study: Study, trials: list[Trial], address: Optional[str]) -> None:
@@ -116,6 +120,10 @@ def estimated(study: Study, trials: list[Trial], args: argparse.Namespace) -> st
     if address:  # to join it as study.run would (a local Ray is not started for an estimate)
         set_ray_environment(address)
     client = store_client(tracking_uri(args.tracking_uri))
+    if not trials:  # a search: its samples are drawn as it runs, so each is counted at its base config's cost
+        return estimate(study, stand_ins(study), client, set(), args.max_concurrent, address) + (
+            "\n\n(a search's samples are not known before it runs: each is counted at the cost of the base config; "
+            "samples that change T, width or the network cost more or less)")
     cached = set() if args.rerun or client is None else set(finished_runs(client, {t.config_hash for t in trials}))
     return estimate(study, trials, client, cached, args.max_concurrent, address)
 
@@ -123,7 +131,9 @@ def estimated(study: Study, trials: list[Trial], args: argparse.Namespace) -> st
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        study = load_study(args.file, args.profile, schedules_in(args.tracking_uri))
+        placeholders: list[str] = []  # a dry run plans a {from_study: NAME} that has not run with a stand-in
+        study = load_study(args.file, args.profile,
+                           schedules_in(args.tracking_uri, args.file, placeholders if args.dry_run else None))
         trials = planned(study, args.max_trials)
         if args.max_concurrent is not None and args.max_concurrent < 1:
             raise StudyError(f"--max-concurrent: got {args.max_concurrent}, expected an integer >= 1")
@@ -133,9 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             raise StudyError(f"--wait-for-nodes: got {args.wait_for_nodes}, expected an integer >= 1")
         if args.tracking_patience < 0:
             raise StudyError(f"--tracking-patience: got {args.tracking_patience:g}, expected seconds >= 0")
-        if args.estimate and not (args.dry_run and trials):
-            raise StudyError("--estimate: only with --dry-run, and for studies of variants and grids (a search "
-                             "samples its trials as it runs)")
+        if args.estimate and not args.dry_run:
+            raise StudyError("--estimate: only with --dry-run (it plans and times, and runs nothing)")
         if args.estimate:
             from study.run.cluster import check_address
 
@@ -153,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{study.name}: {plural(len(trials), 'trial')}\n{trial_table(trials)}")
             else:
                 print(search_plan(study))
+            if placeholders:
+                print("\n".join(placeholders), file=sys.stderr)
             if args.estimate:
                 print("\n" + estimated(study, trials, args))
             return 0

@@ -3,6 +3,7 @@ trained with (its ancestry), and the best member's, which `surrogate.schedule: {
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from isnm import metrics
@@ -106,12 +107,30 @@ def found_schedule(client: MlflowClient, name: str, profile: Optional[str]) -> l
                      + (f" --profile {profile}" if profile else ""))
 
 
-def schedules_in(store: Optional[str]):
+def schedules_in(store: Optional[str], study_file: Optional[str] = None, placeholders: Optional[list[str]] = None):
     """`found` for study.design.load.load_study: the schedule a PBT study found, in the store of --tracking-uri
-    `store` (study.tracking.store.tracking_uri), opened (and MLflow imported) only when a study file names one."""
+    `store` (study.tracking.store.tracking_uri), opened (and MLflow imported) only when a study file names one.
+    Where the PBT study has not run, the error names the command that runs it (its file beside `study_file`, when
+    there is one); with `placeholders` (a dry run), it is planned with its file's fixed beta at every epoch instead,
+    and a line saying so is appended to `placeholders`."""
     def found(name: str, profile: Optional[str]) -> list[float]:
         from study.tracking.store import read_client, tracking_uri
 
-        return found_schedule(read_client(tracking_uri(store)), name, profile)
+        try:
+            return found_schedule(read_client(tracking_uri(store)), name, profile)
+        except StudyError as exc:
+            source = Path(study_file).resolve().parent / f"{name}.yaml" if study_file else None
+            if source is None or not source.is_file():
+                raise
+            command = f"python -m study.run {source}" + (f" --profile {profile}" if profile else "")
+            if placeholders is None:
+                raise StudyError(f"{exc}; {name} has not run: run `{command}` first") from None
+            from study.design.load import load_study
+
+            base = load_study(source, profile).base
+            placeholders.append(f"note: {{from_study: {name}}} has not run yet, so its rows are planned with a "
+                                f"placeholder (beta {base['surrogate']['beta']:g} at every epoch) and other config "
+                                f"hashes; run `{command}` first")
+            return [base["surrogate"]["beta"]] * base["epochs"]
 
     return found
