@@ -46,6 +46,13 @@ class RunStatus:
     KILLED = "KILLED"
 
 
+def stopped_by(signal_name: str, slurm_job: str = "") -> str:
+    """How a parent run's tag `stopped` says the driver was stopped cleanly by `signal_name` (study.status prints it
+    where MLflow says KILLED, which reads as a crash)."""
+    said = {"SIGINT": "interrupted (Ctrl-C)", "SIGTERM": "stopped (SIGTERM)"}.get(signal_name, f"stopped ({signal_name})")
+    return said + (f" in Slurm job {slurm_job}: its time limit's warning, or scancel" if slurm_job else "")
+
+
 class Tag:
     """Run tag keys."""
     PARENT = "mlflow.parentRunId"  # MLflow's own: the UI nests a trial's run under its invocation's
@@ -73,6 +80,7 @@ class Tag:
     CHECKPOINT_FALLBACK = "checkpoint_fallback"  # newer checkpoints that did not load, on resuming
     INTERRUPTED = "interrupted"  # "E of N epochs logged": the run of a trial its driver was stopped in
     STOPPED_EARLY = "stopped_early"  # by a search's scheduler
+    STOPPED = "stopped_by"  # on a parent run the driver ended itself on a signal: "interrupted (Ctrl-C)", ...
     PLUGINS = "plugins"  # a trial of your own code: {arch|dataset: {callable, source digest, path}} in JSON
     RETRIES = "retries"
     SLURM_JOB = "slurm_job_id"  # the Slurm job the driver ran in (a requeued job keeps its id)

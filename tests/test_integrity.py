@@ -2,6 +2,8 @@
 a store that fails mid-study, a relative data folder. Real processes, real signals, real Ray and MLflow."""
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from isnm import train
 from study.design.load import load_study
 from study.design.plan import plan_trials
 from tests.cifar_files import write_fake_cifar
-from tests.studies import finished_output, run_study, small_study, start_study, steps, trial_runs, wait_for, with_store
+from tests.studies import finished_output, loopback_env, run_study, small_study, start_study, steps, trial_runs, wait_for, with_store
 
 pytestmark = pytest.mark.slow
 
@@ -62,6 +64,9 @@ def test_sigint_leaves_unfinished_trials_unfinished_and_the_rerun_completes_them
     killed = [r for r in runs if r.info.status == "KILLED"]
     assert killed and all(f"of {epochs} epochs logged" in r.data.tags["interrupted"] for r in killed)
     assert [p.info.status for p in parent_runs(db, "sigint")] == ["KILLED"]
+    status = subprocess.run([sys.executable, "-m", "study.status", "sigint"], cwd=tmp_path, env=loopback_env(),
+                            capture_output=True, text=True, timeout=120).stdout
+    assert "last invocation " in status and ", interrupted (Ctrl-C)" in status and "KILLED" not in status, status
 
     # the checkpoint the interrupted trial resumes from (its last logged epoch's; Tune numbers them from 0)
     # is cut short, as a full disk would leave it
@@ -82,6 +87,10 @@ def test_sigint_leaves_unfinished_trials_unfinished_and_the_rerun_completes_them
     resumed = next(r for r in runs if r.info.run_id == interrupted.info.run_id)
     assert f"{newest.parent.name} unreadable" in resumed.data.tags["checkpoint_fallback"]
     assert "unreadable" in done.stdout + done.stderr
+    # the resume says so first, and the trial that goes on from its checkpoint says where
+    assert "resuming the interrupted study (" in done.stdout and "trial(s) done, 1 in progress (from epoch " \
+        in done.stdout, done.stdout[-3000:]
+    assert f"{interrupted.info.run_name}  resumed at epoch " in done.stdout, done.stdout[-3000:]
     assert (f"resuming: 1 trial(s) keep the resources they started with (cpu 1, gpu 0 per trial; the study file now "
             f"says cpu 2, gpu 0), so their threads and numbers stay as they were: {interrupted.info.run_name};"
             in done.stdout), done.stdout[-3000:]

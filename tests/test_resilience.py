@@ -2,6 +2,7 @@
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from study.records import read_runs
 from study.design.adaptive import MAX, SeedRule
 from study.design.load import load_study
 from study.design.plan import plan_trials
-from tests.studies import checkpoints, finished_output, run_study, small_study, start_study, steps, trial_runs, wait_for
+from tests.studies import checkpoints, finished_output, loopback_env, run_study, small_study, start_study, steps, trial_runs, wait_for
 
 pytestmark = pytest.mark.slow  # real Ray, MLflow and processes
 
@@ -77,7 +78,11 @@ def test_killed_driver_resumes_on_rerun_without_repeating_work(tmp_path):
         driver.kill()
     before = {r.info.run_id: r.info.end_time for r in trial_runs(db, "killdriver") if r.info.status == "FINISHED"}
     assert len(before) < 2, "the study ended before the driver was killed"
+    status = subprocess.run([sys.executable, "-m", "study.status", "killdriver"], cwd=tmp_path, env=loopback_env(),
+                            capture_output=True, text=True, timeout=120).stdout
+    assert "RUNNING, but no driver runs it now (killed)" in status, status  # nobody stopped it cleanly
     done = run_study(tmp_path, str(path))
+    assert "resuming the interrupted study (" in done.stdout and "1 trial(s) done" in done.stdout, done.stdout[-3000:]
     runs = trial_runs(db, "killdriver")
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert len(finished) == 2 and len({r.data.tags["config_hash"] for r in finished}) == 2

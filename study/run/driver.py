@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from study.errors import StudyError, duration, first_line, last_line, plural
 from isnm import metrics
-from study.records import Kind, METRICS, Reported, RunRecord, RunStatus, Tag, history, read_runs
+from study.records import Kind, METRICS, Reported, RunRecord, RunStatus, Tag, history, read_runs, stopped_by
 from study.run.cluster import cluster_ready, start_ray
 from study.run.estimate import slots_of
 from study.run.progress import Progress
@@ -29,7 +29,7 @@ from study.design.adaptive import SeedRule
 from study.design.plan import Trial
 from study.tracking.cache import copy_cached_runs, finished_runs
 from study.tracking.callback import MlflowTracker
-from study.tracking.provenance import CodeState, warn_if_dirty
+from study.tracking.provenance import CodeState, slurm_tags, warn_if_dirty
 from study.tracking.store import UI_PORT, open_store, served, show_layout, ui_base, ui_command, ui_url
 from study.tracking.writers import close_dangling_runs, log_summary, place_tags, start_parent_run
 
@@ -123,12 +123,17 @@ def run(study: Study, trials: list[Trial], options: RunOptions, experiment: Expe
     except BaseException as exc:
         if parent is not None:
             try:  # best effort: the store itself may be what failed
+                if isinstance(exc, KeyboardInterrupt):
+                    client.set_tag(parent, Tag.STOPPED, stopped_by(interrupts.received or "SIGINT", slurm_tags().get(Tag.SLURM_JOB, "")))
                 client.set_terminated(parent, RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED)
             except Exception:
                 pass
         raise
+    if status == 130 and interrupts.received:
+        client.set_tag(parent, Tag.STOPPED, stopped_by(interrupts.received, slurm_tags().get(Tag.SLURM_JOB, "")))
     client.set_terminated(parent, {0: RunStatus.FINISHED, 130: RunStatus.KILLED}.get(status, RunStatus.FAILED))
     return status
+
 
 
 def run_trials(study: Study, trials: list[Trial], options: RunOptions, here: Invocation, interrupts: Interrupts) -> int:

@@ -65,7 +65,8 @@ class Progress(Callback):
         member = self.describe(trial.config)
         self.seen[trial.trial_id] = member
         self.running.add(trial.trial_id)
-        self.say(trial, "started")
+        before = int((trial.last_result or {}).get(metrics.EPOCH, 0))  # a restored trial's, from its checkpoint
+        self.say(trial, f"resumed at epoch {before + 1}" if before else "started")
         cfg = parse_config(member.config)
         key = (cfg.arch, cfg.timesteps)
         if key not in self.compiling and kernel_for(cfg, device_type_of(cfg, self.gpus)) == "compiled":

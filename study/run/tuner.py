@@ -260,11 +260,21 @@ def restored_tuner(plan: TunePlan, book: TrialBook, experiment: Experiment, call
         raise StudyError(f"cannot resume the Ray experiment {experiment.uri} ({type(exc).__name__}: "
                          f"{first_line(str(exc))}); "
                          f"run again with --fresh to start it over (the old folder is kept aside)") from None
+    print(resume_line(plan, [int((t.last_result or {}).get(metrics.EPOCH, 0)) for t in resumed], experiment.uri))
     note = resources.kept_note([book.describe(t.config).name for t in resumed])
     if note:
         print(note)
     replace_callbacks(tuner, with_loggers(callbacks), None if verbose else 0, plan.seeds)
     return tuner
+
+
+def resume_line(plan: TunePlan, epochs_done: list[int], uri: str) -> str:
+    """What a resume says first: the trials finished before (in the store), those that go on from a checkpoint (and
+    from which epoch), and those still to come."""
+    done, going = len(plan.trials) - len(plan.to_run), len(epochs_done)
+    starts = ", ".join(str(e + 1) for e in sorted(set(epochs_done)))
+    return (f"resuming the interrupted study ({uri}): {done} trial(s) done, {going} in progress"
+            + (f" (from epoch {starts})" if going else "") + f", {max(len(plan.to_run) - going, 0)} to come")
 
 
 def new_tuner(plan: TunePlan, book: TrialBook, experiment: Experiment, callbacks: list, verbose: bool) -> tune.Tuner:

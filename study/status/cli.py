@@ -76,8 +76,10 @@ def study_status(client: MlflowClient, name: str, uri: str) -> str:
     began = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(parent.start_time / 1000))
     profile = f" (profile {study.profile})" if study.profile else ""
     gone = parent.status == RunStatus.RUNNING and driver_alive(parent) is False  # killed outright: SIGKILL, scancel, a node
-    lines = [f"{study.name}{profile}: last invocation {began}, {parent.status}"
-             + (", but no driver runs it now" if gone else "")]
+    # KILLED, as MLflow says it, is also what a driver stopped cleanly ends its run with: say which
+    state = parent.tags.get(Tag.STOPPED) or ("killed" if parent.status == RunStatus.KILLED else parent.status)
+    lines = [f"{study.name}{profile}: last invocation {began}, {state}"
+             + (", but no driver runs it now (killed)" if gone else "")]
     if study.spec.search is not None:
         states = Counter(run.status for run in children)
         what = (f"population of {study.spec.search.population}" if study.spec.search.algorithm == "pbt" else
