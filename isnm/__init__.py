@@ -33,7 +33,7 @@ EXPORTS = {
                      "HASHED_WHEN_SET", "with_setting", "shown", "SurrogateConfig", "ARCHS", "DATASETS"), "isnm.config"),
     "metrics": "isnm.metrics",
     **dict.fromkeys(("surrogate_at", "betas_text"), "isnm.schedule"),
-    **dict.fromkeys(("DataError", "check_data"), "isnm.datafiles"),
+    **dict.fromkeys(("DataError", "check_data", "CLASSES"), "isnm.datafiles"),
     **dict.fromkeys(("Dataset", "Images", "load_dataset"), "isnm.data"),
     **dict.fromkeys(("PluginError", "PluginSource", "source_of", "is_reference", "check_sources"), "isnm.plugins"),
     **dict.fromkeys(("NetSpec", "SpikingNet", "network", "check_output", "BUILT_IN"), "isnm.models"),

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from isnm.datafiles import CIFAR, cifar_folder, read_cifar, read_digits
+from isnm.datafiles import CIFAR, CLASSES, cifar_folder, read_cifar, read_digits
 from isnm.plugins import PluginError, first_line, loaded
 
 DIGITS_SPLIT_SEED = 0  # fixed, so every run of every study sees the same digits test set
@@ -135,7 +135,7 @@ def load_digits(device: torch.device, validation: float = 0.0) -> Dataset:
     def prepared(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return normalized(x[idx], mean, std).to(device), y[idx].to(device)
 
-    return Dataset(*prepared(train), *prepared(val), *prepared(test), 10, augment=False)
+    return Dataset(*prepared(train), *prepared(val), *prepared(test), CLASSES["digits"], augment=False)
 
 
 def load_cifar(name: str, data_dir: str, download: bool, device: torch.device, validation: float = 0.0) -> Dataset:

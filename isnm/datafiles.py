@@ -26,6 +26,7 @@ CIFAR = {
                  "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
                  "mean": (0.5071, 0.4865, 0.4409), "std": (0.2673, 0.2564, 0.2762)},
 }
+CLASSES = {"digits": 10, **{name: spec["classes"] for name, spec in CIFAR.items()}}  # the built-in sets' classes
 
 
 class DataError(Exception):

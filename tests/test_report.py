@@ -430,3 +430,31 @@ def test_a_learned_beta_study_logs_each_layers_beta_and_the_report_draws_what_it
     assert not any(k.startswith("beta/") for k in runs["GSG"].data.metrics)
     assert main(["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r/learnedbeta-schedule.png").stat().st_size > 0
+
+
+def test_under_a_profile_the_paper_column_names_the_papers_setting_and_a_row_at_chance_is_flagged(tmp_path):
+    """The demo trains digits at a quarter width for 6 epochs; the paper's figures are CIFAR-10's at 200: no Δ between
+    the two. A row whose training loss stayed at ln 10 did not learn, and its accuracy says nothing."""
+    from types import SimpleNamespace
+
+    from study.design.config import Table
+    from study.report.cells import Cell, Source
+    from study.report.tables import not_learned_line, paper_setting, render_table
+
+    spec = {"name": "p", "base": {"dataset": "cifar10", "arch": "vgg_small", "epochs": 200}, "seeds": [0, 1],
+            "variants": {"A": {}, "B": {"neuron.reset": "soft"}},
+            "profiles": {"demo": {"base": {"dataset": "digits", "width": 0.25, "epochs": 6}}}}
+    path = write_spec(tmp_path, spec)
+    assert paper_setting(load_study(path, "demo")) == "CIFAR-10, VGG-small, T=5, 200 epochs"
+    assert paper_setting(load_study(path)) is None  # the file's own setting: the paper's, Δ drawn
+    table = Table(paper={"A": 80.0, "B": 81.0})
+    cells = [Cell(("A",), 2, [Source(f"a{s}", "A", s, "h", "c", "t", "cpu", 0.9) for s in (0, 1)]),
+             Cell(("B",), 2, [Source(f"b{s}", "B", s, "h", "c", "t", "cpu", 0.1) for s in (0, 1)])]
+    text = render_table(cells, table, "test_acc", (), table.paper, elsewhere="CIFAR-10, VGG-small, T=5, 200 epochs")
+    assert text.splitlines()[0] == "| Method | Accuracy (%) | Paper (%), CIFAR-10, VGG-small, T=5, 200 epochs |"
+    assert "| A | **90.00 ± 0.00** | 80.00 |" in text  # no Δ column
+    runs = [SimpleNamespace(run_id=f"{v}{s}", params={"dataset": "digits"},
+                            metrics={"train_loss": 0.3 if v == "a" else 2.28}) for v in "ab" for s in (0, 1)]
+    assert not_learned_line(runs, cells, table).startswith(
+        "Did not learn: B (final training loss 2.28; ln 10 = 2.30).")
+    assert not_learned_line(runs[:2], cells[:1], table) == ""

@@ -283,6 +283,8 @@ class Study:
     # the sources of its own code as an invocation recorded them ("arch NAME" -> callable, source digest, path): a
     # study read back from the store is planned with the code it ran, not the code there is now; None: found now
     plugins: Optional[dict] = None
+    # under a profile, the file's own base config without it (the setting a table's paper figures are of)
+    unprofiled: Optional[dict] = None
 
     @property
     def name(self) -> str:

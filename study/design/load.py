@@ -62,6 +62,7 @@ def study_from(data: dict, path: Path, profile: Optional[str] = None, found: Opt
         check_profiles(data)
         resolved = with_schedules_found(data, profile, found)
         resolved, data = (None, data) if resolved is data else (resolved, resolved)
+        own_base = data.get("base")  # the file's own setting, before the profile's overlay: the paper's, as a rule
         data = with_profile(data, profile)
         spec: StudyFile = parse_dataclass(StudyFile, data)
         base = to_dict(parse_config(spec.base, "base"))
@@ -89,4 +90,12 @@ def study_from(data: dict, path: Path, profile: Optional[str] = None, found: Opt
             check_table_keys(spec)
     except ConfigError as exc:
         raise StudyError(f"{path}: {exc}") from None
-    return Study(str(path), profile, spec, base, resolved)
+    return Study(str(path), profile, spec, base, resolved, unprofiled=unprofiled_base(own_base) if profile else None)
+
+
+def unprofiled_base(own_base) -> Optional[dict]:
+    """The complete config of a study file's own base, without its profile; None where it is not one alone."""
+    try:
+        return to_dict(parse_config(own_base if isinstance(own_base, dict) else {}, "base"))
+    except ConfigError:
+        return None

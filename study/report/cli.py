@@ -23,7 +23,8 @@ from study.report.leaderboard import leaderboard
 from study.report.plots import plot_curves, plot_firing, plot_schedule, plot_tradeoff
 from study.report.population import population_report
 from study.report.sources import provenance_line, runs_frame, write_sources
-from study.report.tables import counts_line, differences, paper_figure, render_table, setting_line
+from study.report.tables import (counts_line, differences, not_learned_line, paper_figure, paper_setting, render_table,
+                                 setting_line)
 from study.design.adaptive import SeedRule
 from study.design.config import Study
 from study.design.strict_yaml import read_yaml
@@ -136,15 +137,21 @@ def table_sections(client: MlflowClient, study: Study, trials: list, children: l
         for split_value in splits:
             mine = [c for c in cells if c.key[:len(split_value)] == split_value]
             title = f"{level} {table.label(split_value[0])}\n\n" if split_value else ""
-            parts.append(title + render_table(mine, table, metric, split_value, paper, verdicts is not None))
+            parts.append(title + render_table(mine, table, metric, split_value, paper, verdicts is not None,
+                                              paper_setting(study)))
             where = f" ({table.label(split_value[0])})" if split_value else ""
             for heading, text in differences(mine, table, metric, split_value,  # the seeds went by the first metric
                                              verdicts if metric == table.metrics[0] else None):
                 found.append(f"### {heading}{where}\n\n{text}")
         seeds = ("n = seeds, as many as the cell's comparisons needed" if verdicts is not None else
                  "n = finished seeds where fewer than planned")
+        elsewhere = paper_setting(study)
         parts.append(f"{what_each_run_gives(asked.stat, metric)}, mean ± sample std over seeds; {seeds}; best in bold"
-                     + ("; Δ = ours − paper." if compared else "."))
+                     + ("." if not compared else f"; the paper's figures are of {elsewhere}, not ours, so no Δ is drawn."
+                        if elsewhere else "; Δ = ours − paper."))
+        stalled = not_learned_line(children, cells, table)
+        if stalled and metric == table.metrics[0]:
+            parts.append(stalled)
         parts += found
     parts.append(counts_line(counts))
     sidecar = out / f"{study.name}.runs.csv"

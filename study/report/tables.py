@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from isnm import metrics
+from isnm import CLASSES, metrics
 from study.markdown import markdown_table
 from study.records import METRICS, Status, states_text
 from study.report.cells import Cell
@@ -80,11 +80,12 @@ def paper_figure(paper: dict, key: tuple) -> Optional[tuple[float, Optional[floa
 
 
 def render_table(cells: list[Cell], table: Table, metric: str, split_value: tuple, paper: dict,
-                 counted: bool = False) -> str:
+                 counted: bool = False, elsewhere: Optional[str] = None) -> str:
     """One Markdown table in the paper's shape (docs/reports.md, "Tables"): Method?, the row keys (a value repeated
     from the line above left blank), the constants, then for each column (a table of rows has one) the cell's value,
     the paper's figure and Δ, the test accuracy at each T study.evaluate measured, and the extra metrics. `counted`:
-    each cell's value says its seeds (n)."""
+    each cell's value says its seeds (n). `elsewhere`: the paper's setting, where ours is another (a profile's):
+    its column says which, and no Δ is drawn between the two."""
     placed = layout([c.key for c in cells], table, len(split_value))
     by_key = {c.key: c for c in cells}
     has_paper = any(paper_figure(paper, c.key) is not None for c in cells)
@@ -92,7 +93,8 @@ def render_table(cells: list[Cell], table: Table, metric: str, split_value: tupl
     evaluated = sorted({t for c in cells for t in c.at_timesteps}) if beside else []
     means = {c.key: mean_std([scaled(v, metric) for v in c.values])[0] for c in cells if c.values}
     best = (max if METRICS[metric].maximize else min)(means.values()) if means else None
-    names = ([METRICS[metric].header] + (["Paper (%)", "Δ"] if has_paper else [])
+    paper_columns = ["Paper (%)", "Δ"] if elsewhere is None else [f"Paper (%), {elsewhere}"]
+    names = ([METRICS[metric].header] + (paper_columns if has_paper else [])
              + [f"Accuracy at T={t} (%)" for t in evaluated] + [METRICS[m].header for m in table.extra])
 
     def shown(cell: Optional[Cell]) -> list[str]:
@@ -104,11 +106,12 @@ def render_table(cells: list[Cell], table: Table, metric: str, split_value: tupl
         if has_paper:
             figure = paper_figure(paper, cell.key)
             if figure is None:
-                out += [DASH, DASH]
+                out += [DASH] * len(paper_columns)
             else:
                 mean, std = figure
                 out.append(f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}")
-                out.append(DASH if cell.key not in means else f"{means[cell.key] - mean:+.2f}")
+                if elsewhere is None:
+                    out.append(DASH if cell.key not in means else f"{means[cell.key] - mean:+.2f}")
         out += [cell_text(cell.at_timesteps.get(t, []), cell.planned, metric) for t in evaluated]
         return out + [extra_text(cell, m) for m in table.extra]
 
@@ -281,6 +284,43 @@ def differences(cells: list[Cell], table: Table, metric: str, split_value: tuple
             text += f"\n\n{detectable_line(compared_found, metric, len(tests))}"
         out.append((section.title, text))
     return out
+
+
+SETTING_KEYS = ("dataset", "arch", "width", "timesteps", "epochs")  # what makes our numbers and the paper's comparable
+PAPER_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "vgg_small": "VGG-small", "resnet18": "ResNet-18"}
+
+
+def paper_setting(study: Study) -> Optional[str]:
+    """The study file's own setting (the paper's figures are of it), where its profile trains another; else None."""
+    own = study.unprofiled
+    if own is None or all(own[k] == study.base[k] for k in SETTING_KEYS):
+        return None
+    def name(value: str) -> str:  # the table's label, else the name papers use
+        return study.table.labels.get(value) or PAPER_NAMES.get(value, value)
+
+    width = f" (width {own['width']:g})" if own["width"] != 1 else ""
+    return f"{name(own['dataset'])}, {name(own['arch'])}{width}, T={own['timesteps']}, {own['epochs']} epochs"
+
+
+def not_learned_line(runs: list, cells: list[Cell], table: Table) -> str:
+    """The cells whose final training loss stayed within 10% of ln(classes), what guessing gives: they did not learn,
+    and their accuracy is chance's, not a measure of the method; "" where every cell learned (or its data set is
+    one of yours, whose classes the runs do not record)."""
+    by_id = {run.run_id: run for run in runs}
+    flagged = []
+    for cell in cells:
+        mine = [by_id[i] for i in cell.run_ids if i in by_id and metrics.TRAIN_LOSS in by_id[i].metrics]
+        classes = CLASSES.get(mine[0].params.get("dataset", "")) if mine else None
+        if not classes:
+            continue
+        loss, guess = mean_std([r.metrics[metrics.TRAIN_LOSS] for r in mine])[0], math.log(classes)
+        if loss >= 0.9 * guess:
+            flagged.append(f"{table.values_label(table.keys, cell.key)} (final training loss {loss:.2f}; "
+                           f"ln {classes} = {guess:.2f})")
+    if not flagged:
+        return ""
+    return ("Did not learn: " + "; ".join(flagged) + ". A loss that stays near ln(classes) is what guessing gives: "
+            "such a row's accuracy is chance's, not a measure of what the table compares.")
 
 
 def setting_line(study: Study, trials: list[Trial]) -> str:
