@@ -134,7 +134,9 @@ BAD = [
      r"variants\.C\.lr: got \[\[\[1, 1, 1, 1, 1, 1, \.\.\.\], \[1, 1, 1, 1, 1, 1, \.\.\.\], .*\.\.\., expected a number$"),
     ("an alias bomb", "name: t\n" + "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else '1'] * 10)}]\n"
                                             for i in range(9)),
-     "more than 100,000 values once its YAML aliases"),
+     r"more than 100,000 values \(seeds, grid values, each YAML alias \*name counted as expanded\)"),
+    ("100,000 seeds", with_change(seeds=list(range(100_001))),
+     r"more than 100,000 values \(seeds, grid values, each YAML alias \*name counted as expanded\)"),
     ("nested 600 deep", "name: t\nbase: " + "[" * 600 + "]" * 600 + "\n", "values nested more than 64 deep"),
     ("nested 5000 deep", "name: t\nbase: " + "[" * 5000 + "]" * 5000 + "\n", "values nested more than 64 deep"),
     ("a 2 MB study file", "name: t\n" + "# padding\n" * 200_000, r"[\d,]+ bytes; a study file is a few kilobytes \(at most 1,000,000 are read\)"),

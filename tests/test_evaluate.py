@@ -76,6 +76,18 @@ def test_unknown_run_a_T_below_1_and_missing_artifacts_are_one_line_exit_2(store
     assert main([bare, "--timesteps", "1", "--tracking-uri", uri]) == 2
     assert f"run {bare} holds neither config.yaml nor params" in one_line_error(capsys)
     assert "test_acc_T1" not in client.get_run(run_id).data.metrics
+    damaged = record(client, exp, CONFIG, trained, code_state())
+    with tempfile.TemporaryDirectory() as tmp:  # a model.pt cut short, as a full disk leaves one
+        path = Path(tmp) / "model.pt"
+        torch.save({"w": torch.zeros(1000)}, path)
+        path.write_bytes(path.read_bytes()[:100])
+        client.log_artifact(damaged, str(path))
+    assert main([damaged, "--timesteps", "1", "--tracking-uri", uri]) == 2
+    assert f"run {damaged}: its model.pt cannot be read (" in one_line_error(capsys)
+    empty = Path(uri.removeprefix("sqlite:///")).with_name("empty.db")
+    empty.touch()  # a 0-byte file: MLflow would make its tables in it
+    assert main([run_id, "--timesteps", "1", "--tracking-uri", f"sqlite:///{empty}"]) == 2
+    assert "no MLflow store at" in one_line_error(capsys) and empty.stat().st_size == 0
 
 
 def test_a_cached_copy_is_evaluated_with_the_weights_of_the_run_it_copies(store, trained, capsys):

@@ -56,8 +56,9 @@ def bounded_yaml(text: str, path: Path):
     try:
         node = loader.get_single_node()
         if node is not None and expanded_nodes(node, {}, set()) > MAX_NODES:
-            raise StudyError(f"{path}: more than {MAX_NODES:,} values once its YAML aliases (*name) are expanded, or "
-                             f"values nested more than {MAX_DEPTH} deep; a study file has hundreds, a few deep")
+            raise StudyError(f"{path}: more than {MAX_NODES:,} values (seeds, grid values, each YAML alias *name "
+                             f"counted as expanded), or values nested more than {MAX_DEPTH} deep; a study file has "
+                             f"hundreds, a few deep")
         return None if node is None else loader.construct_document(node)
     finally:
         loader.dispose()

@@ -13,7 +13,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 
 from isnm import nested
-from study.errors import StudyError
+from study.errors import StudyError, first_line
 from study.records import Artifact, Kind, RunRecord, RunStatus, Tag, read_runs
 from study.design.plugins import recorded_plugins
 from study.design.strict_yaml import read_yaml
@@ -135,4 +135,9 @@ def fetch_weights(client, run) -> dict:
                                  f"`python -m study.run FILE --rerun` trains the trial again") from None
             raise StudyError(f"run {source} holds no {Artifact.WEIGHTS}: it ended {status}, and only a trial run that "
                              f"finished has its final weights") from None
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # cut short, damaged, or not torch's: what it would load is not the run's network
+            raise StudyError(f"run {source}: its {Artifact.WEIGHTS} cannot be read ({type(exc).__name__}: "
+                             f"{first_line(str(exc))}); `python -m study.run FILE --rerun` trains the trial "
+                             f"again") from None

@@ -64,8 +64,9 @@ def read_client(uri: str) -> MlflowClient:
     quiet_downloads()
     server_answers(uri)
     db = sqlite_path(uri)
-    if db is not None and not db.is_file():
-        raise StudyError(f"no MLflow store at {db.resolve()}; run `python -m study.run FILE` first, or pass --tracking-uri")
+    if db is not None and (not db.is_file() or db.stat().st_size == 0):  # empty: MLflow would make its tables in it
+        raise StudyError(f"no MLflow store at {db.resolve()}{' (an empty file)' if db.is_file() else ''}; run "
+                         f"`python -m study.run FILE` first, or pass --tracking-uri")
     refuse_damaged(uri)
     client = MlflowClient(uri)
     try:
