@@ -3,13 +3,10 @@ accuracy against energy (Optuna's multi-objective sampler on real Ray) whose rep
 hypervolume, the front checked against a brute-force non-dominated filter."""
 import numpy as np
 import pytest
-import yaml
-from mlflow.tracking import MlflowClient
 
 from study.report.cli import main as report
 from study.report.front import hypervolume, reference_point
-from tests.studies import run_study
-from tests.test_search import STUDY
+from tests.test_search import STUDY, searched
 
 
 def test_hypervolume_is_the_area_the_front_dominates():
@@ -39,12 +36,7 @@ def test_a_search_of_accuracy_against_energy_reports_its_front(tmp_path, shared_
              "search": {"algorithm": "optuna", "num_samples": 4, "metric": ["val_acc", "val_energy"],
                         "mode": ["max", "min"], "space": {"timesteps": {"choice": [1, 2, 3]},
                                                           "width": {"choice": [0.25, 0.5]}}}}
-    path = tmp_path / "pareto.yaml"
-    path.write_text(yaml.safe_dump(study, sort_keys=False))
-    run_study(tmp_path, str(path), cluster=shared_ray)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    trials = client.search_runs([client.get_experiment_by_name("pareto").experiment_id], "tags.kind = 'trial'")
+    client, trials, uri = searched(tmp_path, study, shared_ray)
     assert len(trials) == 4 and {r.info.status for r in trials} == {"FINISHED"}
     assert all(len(client.get_metric_history(r.info.run_id, "val_energy")) == 2 for r in trials)
     assert report(["--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0

@@ -18,6 +18,17 @@ STUDY = {
 }
 
 
+def searched(tmp_path, study: dict, shared_ray) -> tuple[MlflowClient, list, str]:
+    """(a client, the trial runs, the store's URI) of search `study`, run on the session's cluster."""
+    path = tmp_path / f"{study['name']}.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    run_study(tmp_path, str(path), cluster=shared_ray)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    return client, client.search_runs([client.get_experiment_by_name(study["name"]).experiment_id],
+                                      "tags.kind = 'trial'"), uri
+
+
 def test_a_search_samples_stops_early_and_ranks_on_validation(tmp_path, shared_ray):
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(STUDY, sort_keys=False))
@@ -48,12 +59,7 @@ def test_a_search_for_sparse_networks_ranks_on_the_validation_passs_firing(tmp_p
     study = {**STUDY, "name": "sparse", "search": {"algorithm": "random", "num_samples": 3, "metric": "val_spike_rate",
                                                    "mode": "min", "space": {"neuron.tau": {"uniform": [1.5, 4.0]}}}}
     study["base"] = {**STUDY["base"], "epochs": 2}
-    path = tmp_path / "sparse.yaml"
-    path.write_text(yaml.safe_dump(study, sort_keys=False))
-    run_study(tmp_path, str(path), cluster=shared_ray)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    trials = client.search_runs([client.get_experiment_by_name("sparse").experiment_id], "tags.kind = 'trial'")
+    client, trials, uri = searched(tmp_path, study, shared_ray)
     assert len(trials) == 3 and all(len(client.get_metric_history(r.info.run_id, "val_spike_rate")) == 2
                                     for r in trials)  # logged every epoch, as every selectable metric is
     assert report(["--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0

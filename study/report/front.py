@@ -9,6 +9,7 @@ from isnm import metrics
 from study.markdown import markdown_table
 from study.records import METRICS, RunRecord
 from study.report.leaderboard import finished_samples, short
+from study.report.plots import saved
 from study.report.tables import number, scaled
 from study.design.config import Study
 from study.stats import non_dominated
@@ -84,10 +85,4 @@ def draw_front(values: list[tuple[float, float]], front: list[int], names: tuple
     ax.scatter([b for _, b in values], [a for a, _ in values], color="tab:blue", label="trial")
     edge = sorted((values[i][1], values[i][0]) for i in front)
     ax.plot(*zip(*edge), color="black", marker="o", markersize=10, fillstyle="none", label="non-dominated")
-    ax.set_xlabel(f"{METRICS[names[1]].header}, final epoch")
-    ax.set_ylabel(f"{METRICS[names[0]].header}, final epoch")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    saved(fig, ax, f"{METRICS[names[1]].header}, final epoch", f"{METRICS[names[0]].header}, final epoch", path)

@@ -86,13 +86,7 @@ def plot_firing(runs: list[RunRecord], cells: list[Cell], table: Table, path: Pa
         ax.errorbar(range(len(layers)), rates.mean(), yerr=rates.std(ddof=1) if len(rates) > 1 else None,
                     marker="o", capsize=3, label=table.values_label(table.keys, cell.key))
     ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=8)
-    ax.set_xlabel("spiking layer (input to output)")
-    ax.set_ylabel("firing rate, final epoch (% of neurons per step)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    saved(fig, ax, "spiking layer (input to output)", "firing rate, final epoch (% of neurons per step)", path)
     return True
 
 
@@ -123,14 +117,22 @@ def plot_tradeoff(runs: list[RunRecord], cells: list[Cell], table: Table, path: 
             ax.plot(energy, acc, marker="o", markersize=14, fillstyle="none", color="black", linestyle="none")
     edge = sorted((placed[i][2][0], placed[i][1][0]) for i in front)
     ax.plot(*zip(*edge), color="black", linewidth=1, alpha=0.6, label="non-dominated (ringed)")
-    ax.set_xlabel("energy per image (µJ), final epoch")
-    ax.set_ylabel("test accuracy (%), final epoch")
+    saved(fig, ax, "energy per image (µJ), final epoch", "test accuracy (%), final epoch", path)
+    return True
+
+
+def saved(fig, ax, xlabel: str, ylabel: str, path: Path) -> None:
+    """The report's look for a figure of points (axis labels, a light grid, a small legend), written to `path` and
+    closed."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True
 
 
 def schedule_label(surrogate: dict) -> str:
