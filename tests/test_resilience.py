@@ -163,7 +163,7 @@ def test_killed_adaptive_study_resumes_and_its_stopping_rule_holds(tmp_path):
     # no driver holds the study's lock and counts them interrupted
     after = status()
     assert f"{len(before)} finished" in after and "0 running" in after, after
-    assert after.splitlines()[0].endswith("RUNNING, but no driver runs it now") and "nothing runs now" in after
+    assert after.splitlines()[0].endswith("RUNNING, but no driver runs it now (killed)") and "nothing runs now" in after
     done = run_study(tmp_path, str(path))
     runs = trial_runs(db, "killadaptive")
     finished = [r for r in runs if r.info.status == "FINISHED"]

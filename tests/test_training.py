@@ -42,7 +42,8 @@ def test_tiny_learns_digits_with_gsg():
     assert final["test_acc"] >= 0.97
     assert [m["epoch"] for m in history] == list(range(1, 11))
     assert 0 < final["spike_rate"] < 1 and history[0]["beta"] == pytest.approx(0.5)
-    assert set(final) == {"epoch", "train_loss", "train_acc", "val_acc", "val_spike_rate", "test_acc", "beta", "alpha",
+    assert set(final) == {"epoch", "train_loss", "train_acc", "val_acc", "val_spike_rate", "val_synops", "val_energy",
+                          "test_acc", "beta", "alpha",
                           "epoch_seconds", "spike_rate", "spike_rate/body.0", "spike_rate/body.2", "synops", "energy",
                           "energy_ann", "kernel", "data_fingerprint"}
     assert final["kernel"] == "eager" and 0.9 < final["val_acc"] <= 1 and 0 < final["val_spike_rate"] < 1
