@@ -67,6 +67,8 @@ def test_sigint_leaves_unfinished_trials_unfinished_and_the_rerun_completes_them
     status = subprocess.run([sys.executable, "-m", "study.status", "sigint"], cwd=tmp_path, env=loopback_env(),
                             capture_output=True, text=True, timeout=120).stdout
     assert "last invocation " in status and ", interrupted (Ctrl-C)" in status and "KILLED" not in status, status
+    logged = sum(len(steps(db, r)) for r in runs)  # the interrupted trials' epochs count too (they read 0 before)
+    assert f"  epochs  {logged} of {2 * epochs} (" in status and logged > 0, status
 
     # the checkpoint the interrupted trial resumes from (its last logged epoch's; Tune numbers them from 0)
     # is cut short, as a full disk would leave it

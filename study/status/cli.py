@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Optional
 from isnm import metrics
 from study.errors import StudyError, duration, first_line, user_error_exit
 from study.locks import held, lock_file
-from study.records import Kind, RunRecord, RunStatus, Status, Tag, newest_finished, read_runs, states_text, trial_status
+from study.records import (Kind, RunRecord, RunStatus, Status, Tag, history, newest_finished, read_runs, states_text,
+                           trial_status)
 from study.design.adaptive import SeedRule
 from study.design.plan import Trial, plan_trials
 from study.tracking.recorded import stored, study_names
@@ -62,11 +63,13 @@ def slurm_state(job: str) -> str:
     return f"state unknown (squeue: {first_line(done.stderr) or f'exit {done.returncode}'})"
 
 
-def epochs_done(trial: Trial, runs: list[RunRecord], finished: Optional[RunRecord]) -> int:
-    """Epochs a trial has logged: all of them once finished, else the most its runs got to."""
+def epochs_done(client: MlflowClient, trial: Trial, runs: list[RunRecord], finished: Optional[RunRecord]) -> int:
+    """Epochs a trial has logged: all of them once finished, else the most its runs got to (the last step of their
+    per-epoch test accuracy: an epoch's number is its step, not a metric)."""
     if finished is not None:
         return trial.config["epochs"]
-    return max((int(r.metrics.get(metrics.EPOCH, 0)) for r in runs), default=0)
+    return max((max((int(m.step) for m in history(client, r.run_id, metrics.TEST_ACC)), default=0) for r in runs),
+               default=0)
 
 
 def study_status(client: MlflowClient, name: str, uri: str) -> str:
@@ -104,7 +107,7 @@ def study_status(client: MlflowClient, name: str, uri: str) -> str:
         runs, run = by_hash.get(trial.config_hash, []), finished.get(trial.config_hash)
         state = trial_status(runs, run)
         counts[Status.INTERRUPTED if gone and state is Status.RUNNING else state] += 1  # left RUNNING
-        done += epochs_done(trial, runs, run)
+        done += epochs_done(client, trial, runs, run)
         total += trial.config["epochs"]
     lines.append(f"  trials  {planned}: {states_text(counts)}")
     lines.append(f"  epochs  {done} of {total} ({100 * done / total:.0f}%)" if total else "  epochs  none planned")
