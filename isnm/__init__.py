@@ -40,7 +40,7 @@ EXPORTS = {
     **dict.fromkeys(("MEASURED", "figures", "measured_source", "compile_note", "compile_seconds", "compile_seconds_here", "compiled_here",
                      "device_type_of", "kernel_for"), "isnm.kernels"),
     **dict.fromkeys(("resolve_device", "resolve_kernel", "channels_last", "precision_of", "reuse_freed_memory",
-                     "prepared_model"), "isnm.runtime"),
+                     "prepared_model", "net_spec"), "isnm.runtime"),
     **dict.fromkeys(("train", "train_step", "TrainingDiverged", "evaluate", "recalibrate_batch_norm",
                      "EVAL_BATCH_SIZE"), "isnm.training"),
 }

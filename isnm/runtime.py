@@ -57,11 +57,16 @@ def reuse_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 1 << 30)
 
 
+def net_spec(cfg: TrainConfig, data: Dataset) -> NetSpec:
+    """What `data` and `cfg` decide of the network every architecture callable builds."""
+    return NetSpec(data.num_classes, data.in_channels, data.image_size, cfg.timesteps, cfg.neuron.tau,
+                   cfg.neuron.threshold, cfg.neuron.reset, cfg.width)
+
+
 def prepared_model(cfg: TrainConfig, data: Dataset, device: torch.device) -> tuple[nn.Module, str]:
     """(the config's network for `data` on `device`, the ISNM kernel it runs): built, its ISNM kernel and
     SpikeConv2d backward set, in the config's memory layout."""
-    spec = NetSpec(data.num_classes, data.in_channels, data.image_size, cfg.timesteps, cfg.neuron.tau,
-                   cfg.neuron.threshold, cfg.neuron.reset, cfg.width)
+    spec = net_spec(cfg, data)
     model = network(cfg.arch, spec, cfg.arch_args).to(device)
     if cfg.arch not in BUILT_IN:
         check_output(model, cfg.arch, spec)

@@ -85,21 +85,25 @@ def check_plugins_of(study: Study, configs: list[dict]) -> None:
     wanted = [c for c in configs if plugins_of(c)]
     if not wanted:
         return
-    from isnm import NetSpec, check_output, load_dataset, network
+    from isnm import check_output, load_dataset, net_spec, network, parse_config
 
-    sources, data = Sources(study), {}
+    sources, data, built = Sources(study), {}, set()
     for config in wanted:
         for kind, name in plugins_of(config):
             sources(kind, name)  # found and hashed, with the study's folder first on sys.path
-        key = json.dumps([config["dataset"], config["dataset_args"], config["validation"]], sort_keys=True)
+        cfg = parse_config(config)
+        key = json.dumps([cfg.dataset, cfg.dataset_args, cfg.validation], sort_keys=True)
+        network_key = json.dumps([key, cfg.arch, cfg.arch_args, cfg.timesteps, config["neuron"], cfg.width],
+                                 sort_keys=True)
+        if network_key in built:  # another seed of a setting already checked
+            continue
+        built.add(network_key)
         try:
             if key not in data:
-                data[key] = load_dataset(config["dataset"], config["data_dir"], False, "cpu", config["validation"],
-                                         config["dataset_args"], sources.folder)
-            d = data[key]
-            spec = NetSpec(d.num_classes, d.in_channels, d.image_size, config["timesteps"], config["neuron"]["tau"],
-                           config["neuron"]["threshold"], config["neuron"]["reset"], config["width"])
-            if config["arch"] not in BUILT_IN["arch"]:
-                check_output(network(config["arch"], spec, config["arch_args"], sources.folder), config["arch"], spec)
+                data[key] = load_dataset(cfg.dataset, cfg.data_dir, False, "cpu", cfg.validation, cfg.dataset_args,
+                                         sources.folder)
+            if cfg.arch not in BUILT_IN["arch"]:
+                spec = net_spec(cfg, data[key])
+                check_output(network(cfg.arch, spec, cfg.arch_args, sources.folder), cfg.arch, spec)
         except PluginError as exc:
             raise StudyError(f"{study.path}: {exc}") from None
