@@ -92,6 +92,9 @@ class Tag:
     # a PBT member's exploit: + the epoch (6 digits, so the tags sort by it) -> PbtExploit.text. The member trained
     # epochs after it from the source run's checkpoint of that epoch, with the new value
     PBT_EXPLOIT = "pbt.exploit."
+    # on a parent run: + a file of its Ray experiment that Tune's restore unpickles (relative to the experiment
+    # folder) -> the digests it had as Tune wrote it, newest last (study.run.trust)
+    TUNE_STATE = "tune_state."
 
 
 class ExperimentTag:

@@ -136,15 +136,6 @@ def hit_after_the_first_epoch(tmp_path: Path, name: str, hit, cluster) -> tuple[
     return driver.returncode, output, db
 
 
-def test_sigterm_mid_study_stops_it_as_ctrl_c_does(tmp_path, shared_ray):
-    # a batch system's stop, after ray.init set a SIGTERM handler of its own
-    code, output, db = hit_after_the_first_epoch(
-        tmp_path, "term", lambda driver, _: driver.send_signal(signal.SIGTERM), shared_ray)
-    assert code == 130 and "interrupted (SIGTERM)" in output, output[-3000:]
-    (run,) = trial_runs(db, "term")
-    assert run.info.status == "KILLED" and 0 < len(steps(db, run)) < 30
-
-
 def test_a_second_ctrl_c_stops_at_once_and_leaves_no_run_running(tmp_path, shared_ray):
     def twice(driver, _):
         driver.send_signal(signal.SIGINT)  # the first asks Tune to stop after the trials' checkpoints
@@ -205,39 +196,28 @@ def test_a_renamed_variant_resumes_its_experiment(tmp_path, shared_ray):
     assert run.info.status == "FINISHED" and steps(db, run) == [1, 2, 3, 4]
 
 
-def test_wiped_store_beside_a_finished_experiment_on_a_file_uri(tmp_path, shared_ray):
+def test_a_wiped_store_beside_a_finished_experiment_on_a_file_uri_trains_again(tmp_path, shared_ray):
     path = small_study(tmp_path, name="wiped", epochs=2, variants={"A": {}}, seeds=[0, 1])
     storage = f"file://{tmp_path / 'shared'}"
     run_study(tmp_path, str(path), "--storage", storage, cluster=shared_ray)
     assert list((tmp_path / "shared").glob("wiped-*/*/checkpoint_*")) and not (tmp_path / "file:").exists()
     before = {r.info.run_name: r.data.metrics for r in trial_runs(tmp_path / "mlflow.db", "wiped")}
 
-    def in_new_store(name: str, *extra: str, check: bool = True):
-        """A store with none of the runs (mlflow.db deleted, or another --tracking-uri). A new file each
-        time: this process's MLflow keeps its connection to a deleted one."""
-        return with_store(tmp_path, name), run_study(tmp_path, str(path), "--storage", storage, "--tracking-uri",
-                                                     f"sqlite:///{tmp_path / name}", *extra, check=check,
-                                                     cluster=shared_ray)
-
-    db, done = in_new_store("wiped.db")  # the finished Ray experiment is all that is left
-    assert "2 trials (0 cached)" in done.stdout
+    # a store with none of the runs (mlflow.db deleted, or another --tracking-uri): the finished Ray experiment is all
+    # that is left
+    db = with_store(tmp_path, "wiped.db")
+    done = run_study(tmp_path, str(path), "--storage", storage, "--tracking-uri", f"sqlite:///{db}", cluster=shared_ray)
+    # and nothing vouches for its pickles now (study.run.trust): set aside unread, its trials train again, in new runs
+    warning = [line for line in done.stderr.splitlines() if "not restoring the Ray experiment" in line]
+    assert len(warning) == 1 and "set aside unread" in warning[0], done.stderr[-3000:]
+    assert "2 trials (0 cached)" in done.stdout and "0 failed" in done.stdout
     client = MlflowClient(f"sqlite:///{db}")
     runs = trial_runs(db, "wiped")
-    assert {r.info.run_name: r.data.metrics for r in runs} == before  # logged again from Ray's own record
+    assert {r.info.run_name: r.data.metrics["test_acc"] for r in runs} == {
+        name: metrics["test_acc"] for name, metrics in before.items()}  # the same machine: the same numbers
     for run in runs:
         assert run.info.status == "FINISHED" and steps(db, run) == [1, 2]
         assert {"model.pt", "config.yaml"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
-
-    (tuner,) = (tmp_path / "shared").glob("wiped-*/tuner.pkl")
-    tuner.write_bytes(tuner.read_bytes()[:100])
-    db, failed = in_new_store("damaged.db", check=False)
-    assert failed.returncode == 2
-    assert "cannot resume the Ray experiment" in one_line_error(failed.stderr) and "--fresh" in failed.stderr
-    assert [p.info.status for p in parent_runs(db, "wiped")] == ["FAILED"]
-    db, fresh = in_new_store("fresh.db", "--fresh")
-    assert "2 trials (0 cached)" in fresh.stdout and "0 failed" in fresh.stdout
-    assert {r.info.run_name: r.data.metrics["test_acc"] for r in trial_runs(db, "wiped")} == {
-        name: metrics["test_acc"] for name, metrics in before.items()}
 
 
 def test_store_failing_mid_study_stops_with_one_line(tmp_path, shared_ray):

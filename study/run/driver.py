@@ -22,6 +22,7 @@ from study.run.progress import Progress
 from study.run.seeds import AdaptiveSeeds, settled_lines
 from study.run.signals import Interrupts
 from study.run.storage import Experiment, experiment_at
+from study.run.trust import StateLedger, recorded_state, record_tuner, shared_storage_warning, unrestorable_files
 from study.design.plugins import Sources
 from study.run.tuner import TrialBook, TunePlan, new_tuner, resumable, restored_tuner, tune_environment
 from study.design.config import Study
@@ -190,8 +191,8 @@ def copy_cached(study: Study, trials: list[Trial], cached: dict[str, RunRecord],
     copy_cached_runs(here.client, copies, here.exp_id, here.parent, study.name, copied)
 
 
-def carried_over(here: Invocation, study: Study, trials: list[Trial],
-                 to_run: list[Trial]) -> tuple[dict[str, tuple[str, str]], Optional[dict[str, float]]]:
+def carried_over(here: Invocation, study: Study, trials: list[Trial], to_run: list[Trial],
+                 aside: Optional[Experiment] = None) -> tuple[dict[str, tuple[str, str]], Optional[dict[str, float]]]:
     """({trial name: (its run, its checkpoint)}, the resources those trials started with) for each trial to run whose
     config an interrupted trial of an earlier Ray experiment of this study had: the study file changed since (a seed
     added, another trial's value, a variant renamed), so this invocation has a plan, and an experiment, of its own,
@@ -200,7 +201,8 @@ def carried_over(here: Invocation, study: Study, trials: list[Trial],
     previous invocation left interrupted and no longer planned (its config changed, or its trial was removed) is
     said, and stays KILLED.
 
-    "The same trial" is the same config hash, whatever its name: that is what a run is cached and resumed by."""
+    "The same trial" is the same config hash, whatever its name: that is what a run is cached and resumed by. When
+    this plan's own experiment was set `aside` unread (`trusted`), its trials carry on the same way, from there."""
     wanted = {t.config_hash: t for t in to_run}
     carried: dict[str, tuple[str, str]] = {}
     epochs: dict[str, int] = {}
@@ -209,9 +211,10 @@ def carried_over(here: Invocation, study: Study, trials: list[Trial],
     for run in read_runs(here.client, [here.exp_id], Kind.TRIAL, RunStatus.KILLED, newest_first=True):
         source, trial_id = run.tags.get(Tag.RAY_EXPERIMENT), run.tags.get(Tag.RAY_TRIAL_ID)
         trial = wanted.get(run.config_hash)
-        if trial is None or trial.name in carried or not source or not trial_id or source == here.experiment.uri:
+        if trial is None or trial.name in carried or not source or not trial_id or (
+                source == here.experiment.uri and aside is None):
             continue
-        earlier = experiment_at(*source.rsplit("/", 1))
+        earlier = aside if source == here.experiment.uri else experiment_at(*source.rsplit("/", 1))
         resources = earlier.planned_resources() or now
         logged = len(history(here.client, run.run_id, metrics.TEST_ACC))
         # the checkpoint of the last epoch logged: a later one's epochs never reached the run (the interrupt came
@@ -223,8 +226,9 @@ def carried_over(here: Invocation, study: Study, trials: list[Trial],
             started_with = resources
     if carried:
         by_name = {t.name: t for t in to_run}
-        print(f"the study file changed since it was interrupted, but not the configs of {plural(len(carried), 'trial')}: "
-              f"carrying on from the last checkpoint, in the same run: "
+        why = "" if aside else (f"the study file changed since it was interrupted, but not the configs of "
+                                f"{plural(len(carried), 'trial')}: ")
+        print(f"{why}carrying on from the last checkpoint, in the same run: "
               + ", ".join(f"{name} ({epochs[name]} of {by_name[name].config['epochs']} epochs)" for name in carried))
     planned = {t.config_hash for t in trials}
     invocations = list(read_runs(here.client, [here.exp_id], Kind.STUDY, newest_first=True, limit=2))
@@ -236,6 +240,25 @@ def carried_over(here: Invocation, study: Study, trials: list[Trial],
             print(f"no longer planned (the study file changed their configs, or removed them): "
                   f"{', '.join(dropped)}; their runs stay KILLED, with the epochs they logged")
     return carried, started_with
+
+
+def trusted(here: Invocation, study: Study) -> tuple[bool, Optional[Experiment]]:
+    """(whether the interrupted experiment may be restored, where it was set aside if not). Restoring unpickles what
+    Tune saved, so it is restored only as this study's drivers recorded it (study.run.trust): otherwise it is set
+    aside unread, and the study carries on from the store's record, each trial from its last logged epoch's
+    checkpoint (a search starts over)."""
+    experiment = here.experiment
+    unread = unrestorable_files(experiment, recorded_state(here.client, here.exp_id, experiment.uri))
+    if not unread:
+        return True, None
+    aside = experiment.set_aside()
+    shown = ", ".join(unread[:3]) + (f" and {len(unread) - 3} more" if len(unread) > 3 else "")
+    went_on = "the search starts over" if study.spec.search else "each trial goes on from its last logged epoch"
+    print(f"warning: not restoring the Ray experiment {experiment.uri}: {shown} not as this study's driver saved "
+          f"and recorded it (changed or cut short since, or the driver was killed before it recorded it), and "
+          f"restoring would unpickle it, which runs any code in it; set aside unread as {aside.uri}; {went_on} "
+          f"from the tracking store's record", file=sys.stderr)
+    return False, aside
 
 
 def close_quietly(tracker: MlflowTracker) -> None:
@@ -260,9 +283,15 @@ def run_on_tune(plan: TunePlan, options: RunOptions, here: Invocation,
         experiment, to_run, study.spec.search is not None)
     if why_not:
         print(why_not)
+    warning = shared_storage_warning(experiment)
+    if warning:
+        print(warning, file=sys.stderr)
+    aside = None
+    if resume:
+        resume, aside = trusted(here, study)
     carried, started_with = {}, None
     if not (resume or options.fresh or options.rerun or study.spec.search):
-        carried, started_with = carried_over(here, study, trials, to_run)
+        carried, started_with = carried_over(here, study, trials, to_run, aside)
     book = TrialBook(study, trials, experiment.uri, aliases=experiment.planned_hashes() if resume else None,
                      carried={name: checkpoint for name, (_, checkpoint) in carried.items()}, carried_with=started_with)
     tracker = MlflowTracker(options.tracking_uri, here.exp_id, here.parent, study, here.code, book.describe,
@@ -287,7 +316,9 @@ def run_on_tune(plan: TunePlan, options: RunOptions, here: Invocation,
                                 max(len(t.name) for t in trials), planned=to_run, **on)
         with tune_environment(options.verbose):
             made = restored_tuner if resume else new_tuner
-            tuner = made(plan, book, experiment, [tracker, progress], options.verbose)
+            tuner = made(plan, book, experiment, [tracker, StateLedger(tracker), progress], options.verbose)
+            if not resume:
+                record_tuner(here.client, here.parent, tuner)
             try:
                 with interrupts.fitting():
                     results = tuner.fit()

@@ -44,10 +44,10 @@ class Experiment:
     def exists(self) -> bool:
         return self.fs.get_file_info(self.fs_path).type != pafs.FileType.NotFound
 
-    def set_aside(self) -> str:
-        """Rename the folder with a time stamp (a finished or abandoned run of this plan); returns the new name."""
-        aside = f"{self.fs_path}.{time.strftime('%Y%m%d-%H%M%S')}"
-        self.fs.move(self.fs_path, aside)
+    def set_aside(self) -> Experiment:
+        """Rename the folder with a time stamp (a finished or abandoned run of this plan); the experiment it now is."""
+        aside = Experiment(self.storage, f"{self.name}.{time.strftime('%Y%m%d-%H%M%S')}", self.fs, self.fs_root)
+        self.fs.move(self.fs_path, aside.fs_path)
         return aside
 
     def write_plan(self, trials: list[Trial], resources: dict[str, float]) -> None:
