@@ -15,7 +15,6 @@ Standard library and isnm's metric names only, so the pure study-file code can i
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
 
 import re
@@ -214,24 +213,6 @@ def at_timesteps(timesteps: int) -> str:
 def logged_per_epoch(key: str) -> bool:
     """Whether a key of a trial's report is a metric the tracker logs at every epoch."""
     return (key in METRICS and METRICS[key].per_epoch) or key.startswith((LAYER_RATE, LAYER_BETA))
-
-
-def metric_name(text: str) -> str:
-    """`text` as (part of) an MLflow metric name, which takes letters, digits and `_ - . / space` only (a colon
-    too, but not on Windows): anything else, `+` in "ISNM+GSG" say, becomes `_`, and `/` too (a path)."""
-    return "".join(c if c.isascii() and (c.isalnum() or c in "_-. ") else "_" for c in text)
-
-
-MAX_METRIC_NAME = 250  # MLflow's limit on a metric name's length
-
-
-def mean_metric(row: str) -> str:
-    """The parent run's metric of a table row's mean final test_acc (named so that the UI, which orders charts by
-    name, draws the trials' test_acc before them); a long row label is cut, with a digest of it kept unique."""
-    name = f"{m.TEST_ACC}.mean.{metric_name(row.replace(' · ', ' - '))}"
-    if len(name) <= MAX_METRIC_NAME:
-        return name
-    return f"{name[:MAX_METRIC_NAME - 9]}-{hashlib.sha256(row.encode()).hexdigest()[:8]}"
 
 
 def code_label(commit: str, dirty: bool) -> str:

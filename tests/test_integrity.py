@@ -196,28 +196,37 @@ def test_a_renamed_variant_resumes_its_experiment(tmp_path, shared_ray):
     assert run.info.status == "FINISHED" and steps(db, run) == [1, 2, 3, 4]
 
 
-def test_a_wiped_store_beside_a_finished_experiment_on_a_file_uri_trains_again(tmp_path, shared_ray):
+def test_wiped_store_beside_a_finished_experiment_on_a_file_uri(tmp_path, shared_ray):
     path = small_study(tmp_path, name="wiped", epochs=2, variants={"A": {}}, seeds=[0, 1])
     storage = f"file://{tmp_path / 'shared'}"
     run_study(tmp_path, str(path), "--storage", storage, cluster=shared_ray)
     assert list((tmp_path / "shared").glob("wiped-*/*/checkpoint_*")) and not (tmp_path / "file:").exists()
     before = {r.info.run_name: r.data.metrics for r in trial_runs(tmp_path / "mlflow.db", "wiped")}
 
-    # a store with none of the runs (mlflow.db deleted, or another --tracking-uri): the finished Ray experiment is all
-    # that is left
-    db = with_store(tmp_path, "wiped.db")
-    done = run_study(tmp_path, str(path), "--storage", storage, "--tracking-uri", f"sqlite:///{db}", cluster=shared_ray)
-    # and nothing vouches for its pickles now (study.run.trust): set aside unread, its trials train again, in new runs
-    warning = [line for line in done.stderr.splitlines() if "not restoring the Ray experiment" in line]
-    assert len(warning) == 1 and "set aside unread" in warning[0], done.stderr[-3000:]
-    assert "2 trials (0 cached)" in done.stdout and "0 failed" in done.stdout
+    def in_new_store(name: str, *extra: str, check: bool = True):
+        """A store with none of the runs (mlflow.db deleted, or another --tracking-uri). A new file each
+        time: this process's MLflow keeps its connection to a deleted one."""
+        return with_store(tmp_path, name), run_study(tmp_path, str(path), "--storage", storage, "--tracking-uri",
+                                                     f"sqlite:///{tmp_path / name}", *extra, check=check,
+                                                     cluster=shared_ray)
+
+    db, done = in_new_store("wiped.db")  # the finished Ray experiment is all that is left
+    assert "2 trials (0 cached)" in done.stdout
     client = MlflowClient(f"sqlite:///{db}")
     runs = trial_runs(db, "wiped")
-    assert {r.info.run_name: r.data.metrics["test_acc"] for r in runs} == {
-        name: metrics["test_acc"] for name, metrics in before.items()}  # the same machine: the same numbers
+    assert {r.info.run_name: r.data.metrics for r in runs} == before  # logged again from Ray's own record
     for run in runs:
         assert run.info.status == "FINISHED" and steps(db, run) == [1, 2]
         assert {"model.pt", "config.yaml"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+    (tuner,) = (tmp_path / "shared").glob("wiped-*/tuner.pkl")
+    tuner.write_bytes(tuner.read_bytes()[:100])  # cut short (a full disk): not restored; nothing fails
+    db, cut = in_new_store("damaged.db")
+    warning = [line for line in cut.stderr.splitlines() if "not restoring the Ray experiment" in line]
+    assert len(warning) == 1 and "tuner.pkl" in warning[0] and "Traceback" not in cut.stderr, cut.stderr[-3000:]
+    assert "2 trials (0 cached)" in cut.stdout and "0 failed" in cut.stdout  # trained again, to the same numbers
+    assert {r.info.run_name: r.data.metrics["test_acc"] for r in trial_runs(db, "wiped")} == {
+        name: metrics["test_acc"] for name, metrics in before.items()}
 
 
 def test_store_failing_mid_study_stops_with_one_line(tmp_path, shared_ray):

@@ -9,9 +9,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = {"run", "report", "reproduce", "evaluate", "status", "submit"}
 # each part of study/ and the parts it may import (besides itself)
-PARTS = {"errors": set(), "markdown": set(), "moved": set(), "stats": set(), "locks": set(), "records": {"errors"},
+PARTS = {"errors": set(), "markdown": set(), "stats": set(), "locks": set(), "records": {"errors"},
          "design": {"errors", "records", "markdown", "stats"},
-         "tracking": {"errors", "records", "moved", "design", "markdown", "stats"}}
+         "tracking": {"errors", "records", "design", "markdown", "stats"}}
 
 
 def unit(module: str) -> str:

@@ -8,7 +8,7 @@ import pytest
 
 from isnm import metrics
 from study.records import (AT_TIMESTEPS, METRICS, SELECTABLE, Artifact, ExperimentTag, Kind, Reported, RunRecord,
-                           RunStatus, Tag, at_timesteps, code_label, logged_per_epoch, mean_metric, newest_finished,
+                           RunStatus, Tag, at_timesteps, code_label, logged_per_epoch, newest_finished,
                            run_filter)
 
 STUDY = Path(__file__).resolve().parent.parent / "study"
@@ -126,7 +126,6 @@ def test_printed_values_follow_the_registry():
 
 def test_evaluated_timesteps_names_round_trip():
     assert at_timesteps(4) == "test_acc_T4" and AT_TIMESTEPS.fullmatch(at_timesteps(12))[1] == "12"
-    assert mean_metric("ISNM+GSG") == "test_acc.mean.ISNM_GSG"
 
 
 def test_filters_quote_values_and_name_tags_through_the_registry():

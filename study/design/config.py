@@ -19,9 +19,8 @@ DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
 # enough that the folder name stays far below the 255 bytes a file system allows.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
 SAFE_NAME_RULE = "1 to 100 letters, digits, '_', '.', '+' or '-', starting with a letter or digit"
-# A variant's name labels its table row, its trials' run names and the parent run's metric of its mean, each
-# within MLflow's limits (a run name and a metric name take 250 characters; study.records.mean_metric cuts a row
-# label that joins several keys); a line break would split its row of a Markdown table.
+# A variant's name labels its table row and its trials' run names, within MLflow's limit (a run name takes 250
+# characters); a line break would split its row of a Markdown table.
 VARIANT_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
 VARIANT_NAME_RULE = "a variant name of 1 to 64 characters, none of them a line break, tab or other control character"
 

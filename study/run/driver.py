@@ -163,8 +163,9 @@ def run_trials(study: Study, trials: list[Trial], options: RunOptions, here: Inv
         copy_cached(study, [t for t in wanted if t.config_hash not in copied], cached, here)  # asked for after all
         trials, rows = wanted, {t.name: rows[t.name] for t in wanted}
     # also when all were cached
-    log_summary(here.client, here.exp_id, here.parent, {t.config_hash: place_tags(study, t) for t in trials})
-    show_layout(here.client, here.exp_id, bool(study.table.column_keys))
+    log_summary(here.client, here.exp_id, here.parent, {t.config_hash: place_tags(study, t) for t in trials},
+                study.spec.description)
+    show_layout(here.client, here.exp_id, bool(study.table.column_keys), study.table.metrics[0])
     notes = [] if study.adaptive is None else [
         f"adaptive seeds ({study.adaptive.min} to {study.adaptive.max}, target ±{study.adaptive.target:g}{rule.unit}):",
         *settled_lines(rule, final)]
@@ -318,7 +319,7 @@ def run_on_tune(plan: TunePlan, options: RunOptions, here: Invocation,
             made = restored_tuner if resume else new_tuner
             tuner = made(plan, book, experiment, [tracker, StateLedger(tracker), progress], options.verbose)
             if not resume:
-                record_tuner(here.client, here.parent, tuner)
+                record_tuner(here.client, here.parent, tuner, experiment.uri)
             try:
                 with interrupts.fitting():
                     results = tuner.fit()

@@ -3,9 +3,10 @@
 Restoring an interrupted experiment, Tune unpickles what it saved: `tuner.pkl`, the experiment, searcher and
 callback states beside it (the experiment state's trials carry pickles, hex-encoded, in its JSON) and a failed
 trial's `error.pkl`. Unpickling runs whatever code the file names, and on a cluster the storage folder is shared:
-whoever can write there could run code as the next driver. So the driver records in the tracking store (another
-trust domain) a digest of each of these files as Tune writes them (`StateLedger`), and an experiment is
-restored only when every such file in it has a recorded digest (`untrusted_files`). Anything else is set aside
+whoever can write there could run code as the next driver. So the driver records a digest of each of these files
+as Tune writes them (`StateLedger`) where only the user writes: in the tracking store, and in a file of the user's
+own (`LOCAL_RECORDS`: a store that is away or was wiped keeps no record), and an experiment is restored only when
+every such file in it has a digest recorded in either (`unrestorable_files`). Anything else is set aside
 unread and the study carries on from the store's record (docs/clusters.md, "Who may write the storage").
 
 The checkpoints are outside this: only the trainable reads them, with `torch.load(weights_only=True)`.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickletools
 import stat
 from pathlib import Path
@@ -29,6 +31,8 @@ from study.run.storage import PLAN_FILE, Experiment
 TUNER_FILE = "tuner.pkl"  # Tune writes it once, when the Tuner is made, straight into the storage
 TRIAL_STATE_FILES = ("error.pkl",)  # what restore unpickles inside a trial's folder (never params.pkl)
 RECENT_DIGESTS = 4  # versions of a file kept per invocation: a sync still under way lags a save or two
+LOCAL_RECORDS = Path.home() / ".cache" / "isnm-study" / "tune-state"  # a file per experiment, the user's alone
+LOCAL_DIGESTS = 16  # versions of a file the local record keeps: a few invocations' last ones
 
 
 def digest(data: bytes) -> str:
@@ -105,9 +109,35 @@ def shared_storage_warning(experiment: Experiment) -> str:
             f"(docs/clusters.md, \"Who may write the storage\")")
 
 
+def local_record(ray_experiment: str) -> Path:
+    return LOCAL_RECORDS / f"{hashlib.sha256(ray_experiment.encode()).hexdigest()[:16]}.json"
+
+
+def read_local(ray_experiment: str) -> dict[str, list[str]]:
+    """The digests this user's drivers recorded on this host (or a home shared with it), by file; {} if none."""
+    try:
+        found = json.loads(local_record(ray_experiment).read_text())
+    except (OSError, ValueError):
+        return {}
+    return found.get("files", {}) if isinstance(found, dict) and found.get("experiment") == ray_experiment else {}
+
+
+def write_local(ray_experiment: str, digests: dict[str, str]) -> None:
+    """Add `digests` (file -> digest) to the local record: made private, replaced whole (a reader never sees half)."""
+    files = read_local(ray_experiment)
+    for name, d in digests.items():
+        files[name] = [*(k for k in files.get(name, []) if k != d), d][-LOCAL_DIGESTS:]
+    path = local_record(ray_experiment)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(json.dumps({"experiment": ray_experiment, "files": files}))
+    temporary.chmod(0o600)
+    temporary.replace(path)
+
+
 def recorded_state(client, exp_id: str, ray_experiment: str) -> dict[str, set[str]]:
-    """Every digest any driver of `ray_experiment` recorded, by file."""
-    recorded: dict[str, set[str]] = {}
+    """Every digest any driver of `ray_experiment` recorded, by file: in the tracking store, and locally."""
+    recorded = {name: set(ds) for name, ds in read_local(ray_experiment).items()}
     for run in read_runs(client, [exp_id], Kind.STUDY, ray_experiment=ray_experiment):
         for key, value in run.tags.items():
             if key.startswith(Tag.TUNE_STATE):
@@ -115,21 +145,23 @@ def recorded_state(client, exp_id: str, ray_experiment: str) -> dict[str, set[st
     return recorded
 
 
-def record_tuner(client, parent_id: str, tuner) -> None:
+def record_tuner(client, parent_id: str, tuner, ray_experiment: str) -> None:
     """Record the `tuner.pkl` a new Tuner has just written: the digest of its state pickled again here as Tune pickles
     it (what Tune wrote, byte for byte) rather than of the file, which another writer could have replaced by now.
     Reaches into the Tuner's private `_local_tuner`, as study.run.tuner.replace_callbacks does; without it nothing is
     recorded, and the experiment is then never restored but carried on from the store's record."""
     local = getattr(tuner, "_local_tuner", None)
     if local is not None:
-        client.set_tag(parent_id, Tag.TUNE_STATE + TUNER_FILE, digest(ray.cloudpickle.dumps(local.__getstate__())))
+        pickled = digest(ray.cloudpickle.dumps(local.__getstate__()))
+        write_local(ray_experiment, {TUNER_FILE: pickled})
+        client.set_tag(parent_id, Tag.TUNE_STATE + TUNER_FILE, pickled)
 
 
 class StateLedger(Callback):
     """Records each state file Tune saves, before Tune copies it to the storage: Tune asks the callbacks for their
     state (`get_state`) last when it saves the experiment into its driver-local staging folder, and uploads that
-    folder once they have answered. The writes go through the tracker's backlog, so they wait for the store in
-    order with the runs' (and hold the save up while they do, unless the server is away)."""
+    folder once they have answered. The local record is written at once; the store's goes through the tracker's
+    backlog, in order with the runs' writes (holding the save up while it waits, unless the server is away)."""
 
     def __init__(self, tracker):
         self.tracker = tracker
@@ -142,13 +174,14 @@ class StateLedger(Callback):
 
     def get_state(self) -> Optional[dict]:
         if self.staging is not None:
-            changed = {}
+            changed, new = {}, {}
             for name, d in state_digests(pafs.LocalFileSystem(), self.staging).items():
                 kept = self.seen.setdefault(name, [])
                 if d not in kept:
                     kept[:] = (kept + [d])[-RECENT_DIGESTS:]
-                    changed[Tag.TUNE_STATE + name] = " ".join(kept)
+                    changed[Tag.TUNE_STATE + name], new[name] = " ".join(kept), d
             if changed:
+                write_local(self.tracker.ray_path, new)  # at once: the store's write may wait for its server
                 self.tracker.backlog.submit(self.write, changed)
         return None  # nothing of its own to restore: Tune then writes no callback state for it
 

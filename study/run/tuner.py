@@ -14,7 +14,6 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from isnm import config_hash, metrics
-from study import moved
 from study.errors import StudyError, first_line
 from study.run.seeds import AdaptiveSeeds
 from study.run.storage import Experiment
@@ -248,7 +247,6 @@ def restored_tuner(plan: TunePlan, book: TrialBook, experiment: Experiment, call
     """The Tuner of this plan's interrupted experiment, restored, its unfinished trials on the resources they
     started with. Tune prints nothing of its own unless `verbose`. Made inside `tune_environment`."""
     now = {"cpu": plan.study.spec.resources.cpu, "gpu": plan.study.spec.resources.gpu}
-    moved.install()  # what Tune pickled names this project's modules by the paths they had then
     try:
         resumed = [t for t in tune.ExperimentAnalysis(experiment.uri).trials
                    if t.status != "TERMINATED" and t.checkpoint is not None]

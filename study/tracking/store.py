@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from mlflow.tracking import MlflowClient
 
+from isnm import metrics
 from study.errors import StudyError, redacted, store_message
 from study.records import ExperimentTag, Tag
 
@@ -201,17 +202,19 @@ MODEL_TRAINING = "custom_model_development"  # the experiment kind whose UI show
 VIEW_KEY = "by-row"  # the saved view `ui_url` opens: tag ExperimentTag.VIEW + VIEW_KEY on the experiment
 
 
-def row_view(columns: bool = False) -> str:
+def row_view(columns: bool = False, metric: str = metrics.TEST_ACC) -> str:
     """The UI's saved-view envelope for a view grouping the runs by their table row tag, and column tag when the table
-    has `columns` (MLflow 3.17's `{name, createdAt, updatedAt, state}`, the state being its search facets and UI
-    state as JSON)."""
+    has `columns`, its charts searched for the table's `metric` (MLflow 3.17's `{name, createdAt, updatedAt, state}`,
+    the state being its search facets and UI state as JSON)."""
     keys = [Tag.ROW, Tag.COLUMN] if columns else [Tag.ROW]
     state = {"groupBy": {"aggregateFunction": "average",
                          "groupByKeys": [{"mode": "tag", "groupByData": key} for key in keys]},
              "useGroupedValuesInCharts": True, "runsHiddenMode": "SHOW_ALL",
-             "chartsSearchFilter": "acc"}  # the accuracy charts first; the rest: the UI's defaults
+             # the table's metric alone: with every metric's chart the cards narrow until their titles are cut
+             "chartsSearchFilter": metric}
     now = int(time.time() * 1000)
-    return json.dumps({"name": "Trials by table cell" if columns else "Trials by table row", "createdAt": now, "updatedAt": now, "state": json.dumps(state)})
+    return json.dumps({"name": "Trials by table cell" if columns else "Trials by table row", "createdAt": now,
+                       "updatedAt": now, "state": json.dumps(state)})
 
 
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
@@ -230,7 +233,7 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     return found.experiment_id
 
 
-def show_layout(client: MlflowClient, exp_id: str, columns: bool) -> None:
+def show_layout(client: MlflowClient, exp_id: str, columns: bool, metric: str = metrics.TEST_ACC) -> None:
     """The saved view `ui_url` opens, grouped as this invocation's table lays the study out (its runs' row and column
-    tags follow the same layout: `log_summary`)."""
-    client.set_experiment_tag(exp_id, ExperimentTag.VIEW + VIEW_KEY, row_view(columns))
+    tags follow the same layout: `log_summary`), its charts those of the table's `metric`."""
+    client.set_experiment_tag(exp_id, ExperimentTag.VIEW + VIEW_KEY, row_view(columns, metric))

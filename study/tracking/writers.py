@@ -1,5 +1,5 @@
 """MLflow writes of a study: one parent run per invocation, one child run per trial, each epoch's metrics, the
-parent's per-variant summary."""
+parent's per-row summary."""
 from __future__ import annotations
 
 import tempfile
@@ -11,7 +11,8 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from isnm import flat, metrics
-from study.records import Artifact, Kind, RunStatus, Tag, logged_per_epoch, mean_metric, newest_finished, read_runs
+from study.records import (METRICS, Artifact, Kind, RunStatus, Tag, logged_per_epoch, newest_finished,
+                           read_runs)
 from study.design.config import Study
 from study.design.plan import Trial, place
 from study.design.plugins import Sources
@@ -94,13 +95,14 @@ def place_tags(study: Study, trial: Trial) -> dict[str, str]:
     return {Tag.ROW: row, **({Tag.COLUMN: column} if column else {})}
 
 
-def log_summary(client: MlflowClient, exp_id: str, parent_id: str, places: dict[str, dict[str, str]]) -> dict[str, float]:
-    """Each table row's mean final test_acc, as `test_acc.mean.<row>` on the parent run, so that it has numbers to
-    chart (named so that the UI, which orders charts by name, draws the trials' `test_acc` before them). Over the
-    newest FINISHED trial run of each config hash that is a child of this parent (run now, or a cached copy) or a
-    planned trial's (a trial cached in this same experiment is not copied), each tagged with its row and column in
-    this invocation's layout (`places`: a planned config hash's `place_tags`), which may have changed since it ran;
-    a search's samples: their variant. Returns the means by metric name."""
+def log_summary(client: MlflowClient, exp_id: str, parent_id: str, places: dict[str, dict[str, str]],
+                description: str = "") -> dict[str, float]:
+    """Each table row's mean final test_acc, as a table in the parent run's description below the study's own
+    `description` (the UI shows it on the run's page; as metrics, the UI drew each as a one-bar chart labelled
+    "Unassigned" among the trials' curves). Over the newest FINISHED trial run of each config hash that is a child of
+    this parent (run now, or a cached copy) or a planned trial's (a trial cached in this same experiment is not
+    copied), each tagged with its row and column in this invocation's layout (`places`: a planned config hash's
+    `place_tags`), which may have changed since it ran; a search's samples: their variant. Returns the means by row."""
     mine = (run for run in read_runs(client, [exp_id], Kind.TRIAL, RunStatus.FINISHED)
             if run.parent_id == parent_id or run.config_hash in places)
     finals: dict[str, list[float]] = {}
@@ -111,15 +113,13 @@ def log_summary(client: MlflowClient, exp_id: str, parent_id: str, places: dict[
                 client.set_tag(run.run_id, key, value)
         if metrics.TEST_ACC in run.metrics:
             finals.setdefault(tags[Tag.ROW], []).append(run.metrics[metrics.TEST_ACC])
-    summary: dict[str, float] = {}
-    for row in sorted(finals):
-        name = base = mean_metric(row)
-        for n in range(2, len(finals) + 2):  # rows that differ only in what `metric_name` replaced
-            if name not in summary:
-                break
-            name = f"{base}_{n}"
-        summary[name] = sum(finals[row]) / len(finals[row])
-    now = int(time.time() * 1000)
-    if summary:
-        client.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in summary.items()])
-    return summary
+    means = {row: sum(finals[row]) / len(finals[row]) for row in sorted(finals)}
+    if means:
+        shown = METRICS[metrics.TEST_ACC]
+        table = "\n".join([f"Mean final {metrics.TEST_ACC} per table row (the newest finished run of each trial; "
+                           f"`python -m study.report` for the tables with their spread and tests):", "",
+                           f"| row | trials | {metrics.TEST_ACC} |", "| --- | ---: | ---: |",
+                           *(f"| {row.replace('|', '/')} | {len(finals[row])} | {shown.printed(mean)} |"
+                             for row, mean in means.items())])
+        client.set_tag(parent_id, Tag.NOTE, f"{description}\n\n{table}" if description else table)
+    return means
