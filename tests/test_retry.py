@@ -1,13 +1,16 @@
 """study.retry against real stores: a loopback port where no server listens, and a sqlite store that refuses.
 A server that goes away and comes back, and answers lost on the way, are in test_server.py (slow)."""
+import errno
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from study.tracking.retry import Backlog, PatientClient, ServerAway
+from study.errors import StudyError
+from study.tracking.retry import Backlog, PatientClient, ServerAway, local_store_fault
 from tests.studies import free_port
 
 
@@ -114,3 +117,27 @@ def test_a_backlog_runs_in_place_while_the_server_answers(mlflow_uri):
     with pytest.raises(MlflowException):
         backlog.check()
     assert order == [0, 1, 2]
+
+
+def test_a_deleted_sqlite_store_stops_at_once_in_one_line(tmp_path, mlflow_uri, capsys):
+    db = Path(mlflow_uri[len("sqlite:///"):])
+    client = PatientClient(MlflowClient(mlflow_uri), mlflow_uri, patience_s=600, advice=", and so on")
+    run_id = client.create_run(client.create_experiment("gone")).info.run_id
+    db.unlink()  # the store's file removed while the study runs: no server to wait for
+    with pytest.raises(StudyError) as raised:
+        client.log_metric(run_id, "test_acc", 0.5)
+    assert str(raised.value) == (f"the MLflow store {db.resolve()} was deleted while the study ran (put it back, or "
+                                 f"pass --tracking-uri); the study stopped, and so on")
+    assert not client.away and "does not answer" not in capsys.readouterr().err  # never waited for
+
+
+def test_only_a_vanished_file_or_a_full_disk_is_a_local_stores_fault(tmp_path):
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    full = MlflowException("(sqlite3.OperationalError) database or disk is full")
+    assert local_store_fault(uri, full).startswith("the MLflow store ") and "deleted" in local_store_fault(uri, full)
+    db.write_bytes(b"")
+    assert local_store_fault(uri, full) == f"the disk holding the MLflow store {db} is full"
+    assert local_store_fault(uri, OSError(errno.ENOSPC, "No space left on device")).startswith("the disk holding")
+    assert local_store_fault(uri, MlflowException("(sqlite3.OperationalError) database is locked")) == ""
+    assert local_store_fault("http://127.0.0.1:5000", full) == ""  # a server's disk is the server's to report

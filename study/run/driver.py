@@ -110,6 +110,8 @@ def run(study: Study, trials: list[Trial], options: RunOptions, experiment: Expe
     FAILED or FINISHED with them, whatever stops the invocation."""
     if not options.verbose:  # MLflow's INFO lines (a new store's tables made and migrated) are not the user's business
         logging.getLogger("mlflow").setLevel(logging.WARNING)
+        # nor its database errors, each logged with a traceback before it is raised: what raised it says it in a line
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     with interrupts.deferred():
         client, exp_id = open_store(options.tracking_uri, study.name)
     warn_if_dirty(code)

@@ -160,7 +160,7 @@ class MlflowTracker(Callback):
         self.trials: dict[str, TrialLog] = {}  # by Ray trial id
 
     def setup(self, **info) -> None:
-        advice = (f", and its checkpoints are kept in {self.ray_path}: once the server answers, run the same command "
+        advice = (f", and its checkpoints are kept in {self.ray_path}: once the store answers, run the same command "
                   f"again to resume")
         self.client = PatientClient(MlflowClient(self.uri), self.uri, self.patience_s, advice)
         self.backlog = Backlog(lambda: self.client.away)

@@ -7,6 +7,7 @@ one thread, so that while they wait the Tune loop, and with it the trials, keep 
 """
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import sys
@@ -44,6 +45,24 @@ def unreachable_reason(exc: BaseException) -> str:
             return "connection broken"
         if isinstance(seen, MlflowException) and seen.get_http_status_code() in BUSY_STATUS:
             return f"HTTP {seen.get_http_status_code()}"
+        seen = seen.__cause__ or seen.__context__
+    return ""
+
+
+def local_store_fault(uri: str, exc: BaseException) -> str:
+    """Why a write to a sqlite store failed where waiting would not help, as the start of a line: its file deleted,
+    or its disk full ("" for anything else: sqlite's own "database is locked" passes as another writer finishes)."""
+    from study.tracking.store import sqlite_path  # MLflow's: loaded once a store is in use
+
+    db = sqlite_path(uri)
+    if db is None:
+        return ""
+    if not db.exists():
+        return f"the MLflow store {db.resolve()} was deleted while the study ran (put it back, or pass --tracking-uri)"
+    seen: Optional[BaseException] = exc
+    while seen is not None:
+        if "disk is full" in str(seen) or getattr(seen, "errno", None) == errno.ENOSPC:
+            return f"the disk holding the MLflow store {db.resolve()} is full"
         seen = seen.__cause__ or seen.__context__
     return ""
 
@@ -96,6 +115,9 @@ class PatientClient:
             except Landed as done:
                 result = done.result
             except Exception as exc:
+                fault = local_store_fault(self.uri, exc)
+                if fault:  # no server to wait for: the file itself failed
+                    raise StudyError(f"{fault}; the study stopped{self.advice}") from None
                 reason = unreachable_reason(exc)
                 if not reason:
                     raise
