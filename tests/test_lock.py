@@ -49,3 +49,26 @@ def test_an_object_stores_lock_lies_on_this_host():
                         "studies")
     path = lock_path(bucket)
     assert str(path.parent) == os.path.expanduser("~/.cache/isnm-study/locks") and path.name.startswith("s-1234-")
+
+
+def test_a_run_elsewhere_of_the_same_study_is_found_while_its_driver_holds_its_lock(tmp_path, mlflow_uri):
+    from mlflow.tracking import MlflowClient
+
+    from study.records import Kind, RunStatus, Tag
+    from study.run.driver import running_elsewhere
+    from study.run.lock import study_lock
+    from study.run.storage import experiment_at
+
+    client = MlflowClient(mlflow_uri)
+    exp = client.create_experiment("twice")
+    other = experiment_at(str(tmp_path / "elsewhere"), "twice-12345678")  # the same study, another --storage
+    parent = client.create_run(exp, tags={Tag.KIND: Kind.STUDY, Tag.RAY_EXPERIMENT: other.uri}).info.run_id
+    assert running_elsewhere(client, exp) == []  # no lock file: nothing says a driver runs it
+    with study_lock(other, "twice"):
+        assert running_elsewhere(client, exp) == [(other.uri, parent)]
+    # its driver ended: no flock, and the process the lock names is gone
+    lock_path(other).write_text(f"PID {2 ** 22 + 1} on host {socket.gethostname()}, started at then")
+    assert running_elsewhere(client, exp) == []
+    with study_lock(other, "twice"):
+        client.set_terminated(parent, RunStatus.FINISHED)
+        assert running_elsewhere(client, exp) == []  # not RUNNING: ended, whatever holds the lock

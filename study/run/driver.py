@@ -16,7 +16,9 @@ from mlflow.tracking import MlflowClient
 from study.errors import StudyError, duration, first_line, last_line, plural
 from isnm import metrics
 from study.records import Kind, METRICS, Reported, RunRecord, RunStatus, Tag, history, read_runs, stopped_by
+from study.locks import held
 from study.run.cluster import cluster_ready, start_ray
+from study.run.lock import lock_path
 from study.run.estimate import slots_of
 from study.run.progress import Progress
 from study.run.seeds import AdaptiveSeeds, settled_lines
@@ -104,6 +106,22 @@ class Invocation:
     experiment: Experiment
 
 
+def running_elsewhere(client: MlflowClient, exp_id: str) -> list[tuple[str, str]]:
+    """(Ray experiment, parent run) of each invocation of this study whose driver runs now: its parent run RUNNING
+    and its experiment's lock held (on this host, or on NFS; a lock on another host counts when its file is here to
+    say so). Another --storage, or another plan, is another lock: nothing else stops the two from training the same
+    trials. Folders only (and file:// URIs)."""
+    found = []
+    for run in read_runs(client, [exp_id], Kind.STUDY, RunStatus.RUNNING):
+        uri = run.tags.get(Tag.RAY_EXPERIMENT)
+        if not uri or "/" not in uri or ("://" in uri and not uri.startswith("file://")):
+            continue  # a bucket's lock is on the host of its driver: nothing to read here without reaching out
+        lock = lock_path(experiment_at(*uri.rsplit("/", 1)))
+        if held(lock) or (held(lock) is None and lock.is_file()):
+            found.append((uri, run.run_id))
+    return found
+
+
 def run(study: Study, trials: list[Trial], options: RunOptions, experiment: Experiment, interrupts: Interrupts,
         code: CodeState) -> int:
     """Open the store, start this invocation's parent run, run the trials; the parent run ends KILLED,
@@ -118,6 +136,10 @@ def run(study: Study, trials: list[Trial], options: RunOptions, experiment: Expe
     closed = close_dangling_runs(client, exp_id, experiment.uri)
     if closed:
         print(f"closed {closed} run(s) left RUNNING by an interrupted driver")
+    for uri, run_id in running_elsewhere(client, exp_id):
+        print(f"warning: study {study.name} is running now in another Ray experiment, {uri} (its parent run {run_id}, "
+              f"whose driver holds that experiment's lock): a trial both plan trains in each, twice; one driver per "
+              f"study, on one --storage, trains each trial once", file=sys.stderr)
     parent = None
     try:
         with interrupts.deferred():  # a Ctrl-C while the parent run is made (its study file logged) waits for it
