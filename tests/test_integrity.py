@@ -1,5 +1,6 @@
 """A half-trained trial never counts as finished: Ctrl-C, a damaged checkpoint, a wiped tracking store,
-a store that fails mid-study, a relative data folder. Real processes, real signals, real Ray and MLflow."""
+a store that fails mid-study, a full disk, a relative data folder. Real processes, real signals, real Ray and MLflow."""
+import os
 import signal
 import sqlite3
 import subprocess
@@ -249,3 +250,25 @@ def test_relative_data_dir_is_the_drivers(tmp_path, shared_ray):
     assert "0 failed" in done.stdout and list((tmp_path / "it's here").glob("cifar-*/*/checkpoint_*"))
     (run,) = trial_runs(tmp_path / "mlflow.db", "cifar")
     assert run.info.status == "FINISHED" and run.data.params["data_dir"] == str(tmp_path / "cifar")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
+def test_a_full_disk_ends_in_one_line_and_the_rerun_finishes_every_run(tmp_path, shared_ray):
+    """The store, the checkpoints and the artifacts on a 2 MB tmpfs: the study fills it; once there is room again,
+    the same command finishes the study, each epoch logged once, nothing left RUNNING."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    try:
+        path = small_study(small, name="full", epochs=30, variants={"A": {}}, seeds=[0])
+        done = run_study(small, str(path), check=False, cluster=shared_ray)
+        assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "is full" in one_line_error(done.stderr), done.stderr[-3000:]
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small)], check=True)
+        again = run_study(small, str(path), cluster=shared_ray)
+        assert "Traceback" not in again.stderr and "0 failed" in again.stdout, again.stderr[-3000:]
+        (run,) = trial_runs(small / "mlflow.db", "full")
+        assert run.info.status == "FINISHED" and steps(small / "mlflow.db", run) == list(range(1, 31))
+        assert [p.info.status for p in parent_runs(small / "mlflow.db", "full")].count("RUNNING") == 0
+    finally:
+        subprocess.run(["umount", "--lazy", str(small)], check=False)

@@ -130,6 +130,8 @@ def run(study: Study, trials: list[Trial], options: RunOptions, experiment: Expe
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         # nor its database errors, each logged with a traceback before it is raised: what raised it says it in a line
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+        # nor Tune's traceback of a failed trial: its progress line says why, and its run keeps it whole (error.txt)
+        logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     with interrupts.deferred():
         client, exp_id = open_store(options.tracking_uri, study.name)
     warn_if_dirty(code)
