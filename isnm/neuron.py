@@ -131,6 +131,10 @@ def kernel_fn(fn, kernel: str):
         # around each call: a patch costs 25 us, 40% of a small compiled call's 60 us on the CPU
         config = torch._dynamo.config
         config.recompile_limit = max(config.recompile_limit, 8 * len(SURROGATES))
+        # Inductor builds kernels on a pool of processes, one per core of the machine, whatever this process may
+        # use: a trial given 1 of 2 cores started a second Python (about 4 CPU-seconds) to compete with the other
+        # trial for its core. As many as torch's threads, which a trial sets to its CPUs (study.run.worker)
+        torch._inductor.config.compile_threads = torch.get_num_threads()
         _compiled[fn] = torch.compile(fn, dynamic=True, options={"cpp.dynamic_threads": True})
     return _compiled[fn]
 
