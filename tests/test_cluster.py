@@ -20,7 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from study.errors import StudyError
-from study.run.cluster import token_refusal
+from study.run.cluster import stop_orphaned_ray_agents, token_refusal
 from study.run.worker import usable_gpus
 from tests.ray_cluster import Cluster
 from tests.studies import ROOT, free_port, run_study, small_study, start_study, steps, trial_runs, wait_for
@@ -236,3 +236,28 @@ def test_a_local_study_never_joins_the_cluster_ray_start_last_recorded(tmp_path)
         assert "alone: 1 trial (0 cached) in" in done.stdout and "GCS" not in done.stderr, done.stderr[-2000:]
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_the_agents_a_killed_drivers_ray_left_are_stopped_and_no_others(capsys):
+    """What a local Ray leaves when its driver is SIGKILLed (its agents, named by their raylet in RAY_RAYLET_PID),
+    stood in for by processes of those names: the next local start stops those of a raylet that is gone."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a raylet that was
+
+    def agent(name: str, raylet: int) -> subprocess.Popen:
+        return subprocess.Popen(["bash", "-c", f"exec -a {name} sleep 120"], env={**os.environ, "RAY_RAYLET_PID": str(raylet)})
+
+    left = [agent("ray::DashboardAgent", gone.pid), agent("ray::RuntimeEnvAgent", gone.pid)]
+    alive = agent("ray::DashboardAgent", os.getpid())  # its raylet runs: another Ray's, whoever started it
+    other = agent("sleepy", gone.pid)  # not an agent of Ray's
+    try:
+        wait_for(lambda: all(open(f"/proc/{p.pid}/cmdline", "rb").read().startswith(b"ray::") for p in left), 10,
+                 "the stand-ins' names")
+        stop_orphaned_ray_agents()
+        assert [p.wait(timeout=10) for p in left] == [-signal.SIGKILL] * 2
+        assert alive.poll() is None and other.poll() is None
+        assert "stopped 2 Ray agent process(es) that a killed driver's Ray left running" in capsys.readouterr().out
+    finally:
+        for p in (*left, alive, other):
+            p.kill()
+            p.wait()

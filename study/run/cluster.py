@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import time
 from typing import Optional, Sequence
@@ -93,6 +94,46 @@ def wait_for_nodes(nodes: int, address: str) -> None:
         time.sleep(1)
 
 
+ORPHAN_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")  # what a local Ray leaves when its driver is killed
+
+
+def orphaned_ray_agents() -> list[int]:
+    """This user's Ray agents whose raylet is gone: a local Ray's driver SIGKILLed takes its raylet with it, but its
+    DashboardAgent and RuntimeEnvAgent live on, ignoring SIGTERM. An agent names its raylet in its environment
+    (RAY_RAYLET_PID); one of a raylet that runs, whoever started it, is left alone."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.stat(entry.path).st_uid != os.getuid():
+                continue
+            with open(f"{entry.path}/cmdline", "rb") as f:
+                name = f.read().split(b"\0")[0].decode(errors="replace").strip()
+            if name not in ORPHAN_AGENTS:
+                continue
+            with open(f"{entry.path}/environ", "rb") as f:
+                raylet = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v).get(b"RAY_RAYLET_PID")
+        except OSError:  # ended while read, or not ours to read
+            continue
+        if raylet and raylet.isdigit() and not os.path.exists(f"/proc/{int(raylet)}"):
+            found.append(int(entry.name))
+    return found
+
+
+def stop_orphaned_ray_agents() -> None:
+    """Stop (SIGKILL: they ignore SIGTERM) the Ray agents an earlier driver killed outright left, saying so."""
+    stopped = 0
+    for pid in orphaned_ray_agents():
+        try:
+            os.kill(pid, signal.SIGKILL)
+            stopped += 1
+        except OSError:
+            continue
+    if stopped:
+        print(f"stopped {stopped} Ray agent process(es) that a killed driver's Ray left running (their raylet is gone)")
+
+
 def start_ray(address: Optional[str], verbose: bool = False, code: Sequence[str] = ()) -> None:
     """Join `address`, else start Ray on this machine (then `cluster_ready`). `code`: the files and package
     folders of the study's own network and data set, which Ray ships to every worker (runtime_env `py_modules`:
@@ -106,6 +147,8 @@ def start_ray(address: Optional[str], verbose: bool = False, code: Sequence[str]
     """
     import ray
 
+    if address is None and os.path.isdir("/proc"):
+        stop_orphaned_ray_agents()
     try:
         # "local", not None: None joins the cluster that `ray start` last recorded in /tmp/ray on this machine, or
         # waits minutes for it when it has gone
