@@ -2,12 +2,14 @@
 counted at, and a real compile recorded and then used. How close an estimate comes to the study it estimates is
 measured, not tested: benchmarks/estimate.py, docs/performance.md."""
 import re
+import shutil
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 import study.run.estimate
-from isnm.kernels import CompileTimer, compile_record, compile_seconds, compiled_marker, note_compiled
+from isnm.kernels import (CompileTimer, compile_record, compile_seconds, compiled_marker, measured_source,
+                          note_compiled)
 from study.run.cli import main
 from study.run.estimate import compile_costs, placed
 from study.design.load import load_study
@@ -15,7 +17,7 @@ from study.design.plan import plan_trials
 from study.tracking.provenance import CodeState
 from study.tracking.store import experiment_id
 from study.tracking.writers import create_trial_run, log_epoch, start_parent_run
-from tests.studies import run_study, small_study, trial_runs
+from tests.studies import ROOT, run_study, small_study, trial_runs
 
 
 @pytest.mark.parametrize("durations, slots, wall", [([10, 10, 10], 2, 20), ([5, 1, 1, 1], 2, 5), ([3, 3], 4, 3),
@@ -136,29 +138,32 @@ def test_estimate_without_dry_run_is_one_line_and_exit_2(tmp_path, capsys):
     assert "--estimate: only with --dry-run" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # compiles tiny's kernels in a real study on an empty cache: about 40 s
+@pytest.mark.slow  # compiles a one-layer network's kernels in a real study on an empty cache
 def test_a_compile_in_a_study_is_recorded_and_the_next_estimate_counts_it_compiling_nothing(tmp_path):
     """The study's worker, the first on this machine, is announced at the project's CPU's figures and records its
     compile (its first epoch over its second, as the run logged them); an estimate at another T then counts this
-    machine's compile, and compiles nothing itself."""
+    machine's compile, and compiles nothing itself. The network is the smallest that compiles the ISNM loops (a
+    spiking MLP of one layer, your own network's way): tiny's kernels took 50 CPU-seconds more to compile."""
     cache = tmp_path / "inductor"  # empty: the first run on this machine
     env = {"TORCHINDUCTOR_CACHE_DIR": str(cache)}
-    path = small_study(tmp_path, name="cc", epochs=2, variants={"A": {"kernel": "compiled"}}, seeds=[0])
+    shutil.copy(ROOT / "examples" / "spiking_mlp.py", tmp_path)
+    arch, one_layer = "spiking_mlp:spiking_mlp", {"kernel": "compiled", "arch_args": {"layers": 1, "hidden": 16}}
+    path = small_study(tmp_path, name="cc", epochs=2, variants={"A": {"arch": arch, **one_layer}}, seeds=[0])
     done = run_study(tmp_path, str(path), env=env)
-    first = round(compile_seconds("tiny", cached=False))
-    assert (f"A seed=0  compiling kernels for tiny at T=2 (first run on this machine: about {first} s measured on "
-            "the project's 2-core CPU; cached afterwards)") in done.stdout, done.stdout
+    first = round(compile_seconds(arch, cached=False))
+    assert (f"A seed=0  compiling kernels for {arch} at T=2 (first run on this machine: about {first} s "
+            f"{measured_source(arch)}; cached afterwards)") in done.stdout, done.stdout
     [run] = trial_runs(tmp_path / "mlflow.db", "cc")
     epochs = sorted(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(run.info.run_id,
                                                                                               "epoch_seconds"),
                     key=lambda m: m.step)
-    recorded = float((cache / "isnm" / "tiny-T2-cold.seconds").read_text())
+    recorded = float((cache / "isnm" / f"{arch}-T2-cold.seconds").read_text())
     assert recorded == pytest.approx(epochs[0].value - epochs[1].value, abs=0.006)
     kernels = sorted(cache.rglob("*.so"))
-    other_t = small_study(tmp_path, name="cc3", epochs=2, variants={"A": {"kernel": "compiled", "timesteps": 3}},
+    other_t = small_study(tmp_path, name="cc3", epochs=2, variants={"A": {"arch": arch, **one_layer, "timesteps": 3}},
                           seeds=[0])
     after = run_study(tmp_path, str(other_t), "--dry-run", "--estimate", env=env).stdout
     seconds = study.run.estimate.duration(recorded)
-    assert (f"compiling, once per worker: tiny T=3 {seconds} (first run on this machine, measured here at T=2)"
+    assert (f"compiling, once per worker: {arch} T=3 {seconds} (first run on this machine, measured here at T=2)"
             in after), after
-    assert sorted(cache.rglob("*.so")) == kernels and not (cache / "isnm" / "tiny-T3.compiled").exists()
+    assert sorted(cache.rglob("*.so")) == kernels and not (cache / "isnm" / f"{arch}-T3.compiled").exists()
