@@ -117,7 +117,8 @@ def running_elsewhere(client: MlflowClient, exp_id: str) -> list[tuple[str, str]
         if not uri or "/" not in uri or ("://" in uri and not uri.startswith("file://")):
             continue  # a bucket's lock is on the host of its driver: nothing to read here without reaching out
         lock = lock_path(experiment_at(*uri.rsplit("/", 1)))
-        if held(lock) or (held(lock) is None and lock.is_file()):
+        holds = held(lock)
+        if holds or (holds is None and lock.is_file()):
             found.append((uri, run.run_id))
     return found
 

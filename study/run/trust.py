@@ -53,16 +53,21 @@ def state_files(fs: pafs.FileSystem, root: str) -> list[str]:
     return sorted(files) + sorted(i.path[len(root) + 1:] for i in inside if i.type == pafs.FileType.File)
 
 
-def state_digests(fs: pafs.FileSystem, root: str) -> dict[str, str]:
-    """Each of `state_files`' digest, as the files are now."""
-    digests = {}
+def state_contents(fs: pafs.FileSystem, root: str) -> dict[str, bytes]:
+    """Each of `state_files`' bytes, as the files are now (one removed while listed is left out)."""
+    contents = {}
     for name in state_files(fs, root):
         try:
             with fs.open_input_stream(f"{root}/{name}") as stream:
-                digests[name] = digest(stream.read())
-        except (OSError, FileNotFoundError):  # removed while listed: nothing to restore from it
+                contents[name] = stream.read()
+        except (OSError, FileNotFoundError):
             continue
-    return digests
+    return contents
+
+
+def state_digests(fs: pafs.FileSystem, root: str) -> dict[str, str]:
+    """Each of `state_files`' digest, as the files are now."""
+    return {name: digest(data) for name, data in state_contents(fs, root).items()}
 
 
 def whole(data: bytes) -> bool:
@@ -81,16 +86,8 @@ def unrestorable_files(experiment: Experiment, recorded: dict[str, set[str]]) ->
     """The files of `experiment` that Tune would unpickle and that no driver of it recorded as they are now
     (changed since, planted, or written after the last record by a driver that was killed), or that do not read to
     their end (a write cut short)."""
-    found = []
-    for name in state_files(experiment.fs, experiment.fs_path):
-        try:
-            with experiment.fs.open_input_stream(f"{experiment.fs_path}/{name}") as stream:
-                data = stream.read()
-        except (OSError, FileNotFoundError):
-            continue
-        if digest(data) not in recorded.get(name, set()) or not whole(data):
-            found.append(name)
-    return found
+    return [name for name, data in state_contents(experiment.fs, experiment.fs_path).items()
+            if digest(data) not in recorded.get(name, set()) or not whole(data)]
 
 
 def shared_storage_warning(experiment: Experiment) -> str:
@@ -123,16 +120,20 @@ def read_local(ray_experiment: str) -> dict[str, list[str]]:
 
 
 def write_local(ray_experiment: str, digests: dict[str, str]) -> None:
-    """Add `digests` (file -> digest) to the local record: made private, replaced whole (a reader never sees half)."""
+    """Add `digests` (file -> digest) to the local record: made private, replaced whole (a reader never sees half);
+    best effort."""
     files = read_local(ray_experiment)
     for name, d in digests.items():
         files[name] = [*(k for k in files.get(name, []) if k != d), d][-LOCAL_DIGESTS:]
     path = local_record(ray_experiment)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    temporary.write_text(json.dumps({"experiment": ray_experiment, "files": files}))
-    temporary.chmod(0o600)
-    temporary.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps({"experiment": ray_experiment, "files": files}))
+        temporary.chmod(0o600)
+        temporary.replace(path)
+    except OSError:  # a home that cannot be written: the store's record alone serves
+        pass
 
 
 def recorded_state(client, exp_id: str, ray_experiment: str) -> dict[str, set[str]]:
